@@ -1,0 +1,1 @@
+"""Vendor side: the ``bundle`` command (keys, trust roots; bundles from release trees)."""

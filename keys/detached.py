@@ -1,0 +1,59 @@
+"""Where detached signatures live beside a signed document, and loading them.
+
+Naming (docs/TRUST.md, "Signature files"): each key holder's signature of ``DOC`` is
+``DOC.<KEY ID>.minisig``, so holders sign separately and their files never collide, and each one
+is checked with the standard tool: ``minisign -V -p KEY.pub -m DOC -x DOC.<KEY ID>.minisig``.
+``DOC.minisig`` (minisign's own default name) is read too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from keys.errors import Failed
+from keys.files import read_capped
+from keys.minisign import MAX_SIGNATURE_FILE_BYTES, Signature
+from keys.rotation import RootCandidate
+from keys.trust_root import MAX_ROOT_BYTES
+
+SUFFIX = ".minisig"
+MAX_SIGNATURE_FILES = 64
+_KEY_ID = re.compile(r"[0-9A-F]{16}")
+
+
+def signature_path(document: Path, key_id: str) -> Path:
+    return document.with_name(f"{document.name}.{key_id}{SUFFIX}")
+
+
+def signature_paths(document: Path) -> list[Path]:
+    """The signature files of ``document`` present in its directory, in name order."""
+    try:
+        names = os.listdir(document.parent)
+    except OSError as error:
+        raise Failed(f"cannot list the directory: {error.strerror}", where=document.parent) from None
+    found = []
+    for name in sorted(names):
+        if name == document.name + SUFFIX:
+            found.append(document.with_name(name))
+        elif name.startswith(document.name + ".") and name.endswith(SUFFIX):
+            if _KEY_ID.fullmatch(name[len(document.name) + 1:-len(SUFFIX)]):
+                found.append(document.with_name(name))
+    if len(found) > MAX_SIGNATURE_FILES:
+        raise Failed(f"more than {MAX_SIGNATURE_FILES} signature files", where=document.parent)
+    return found
+
+
+def load_signatures(document: Path) -> list[Signature]:
+    """Read and parse every signature of ``document``. Raises MalformedSignature, Failed."""
+    return [Signature.from_bytes(read_capped(path, MAX_SIGNATURE_FILE_BYTES, what="signature file"),
+                                 where=path)
+            for path in signature_paths(document)]
+
+
+def load_root_candidate(path: Path) -> RootCandidate:
+    """A trust-root file and its signatures, read but not yet verified."""
+    path = Path(path)
+    raw = read_capped(path, MAX_ROOT_BYTES, what="trust root")
+    return RootCandidate(raw=raw, signatures=load_signatures(path), where=str(path))

@@ -1,0 +1,89 @@
+"""Verify-only commands, shared by the vendor's ``bundle`` and the device's ``bundle-agent``.
+
+This module must not import signing or secret-key code: the device loads it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from keys.detached import load_root_candidate
+from keys.errors import Failed
+from keys.files import read_capped
+from keys.minisign import MAX_PUBLIC_KEY_FILE_BYTES, PublicKey, Signature, MAX_SIGNATURE_FILE_BYTES, prehash_stream
+from keys.rotation import VerifiedRoot, accept_next, trust_anchor
+from keys.trust_root import TrustRoot
+
+_existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def load_public_key(path: Path) -> PublicKey:
+    return PublicKey.from_bytes(read_capped(path, MAX_PUBLIC_KEY_FILE_BYTES, what="public key"), where=path)
+
+
+@click.command("verify")
+@click.argument("file", type=_existing_file)
+@click.option("--pub", "pub_path", type=_existing_file, required=True, help="The signer's public key (.pub).")
+@click.option("--signature", "signature_path", type=_existing_file,
+              help="The signature file [default: FILE.minisig].")
+def verify_file(file: Path, pub_path: Path, signature_path: Path | None) -> None:
+    """Check a detached minisign signature of FILE. Exit 0 if good, 3 if not."""
+    public_key = load_public_key(pub_path)
+    signature_path = signature_path or file.with_name(file.name + ".minisig")
+    signature = Signature.from_bytes(
+        read_capped(signature_path, MAX_SIGNATURE_FILE_BYTES, what="signature file"), where=signature_path)
+    try:
+        with open(file, "rb") as stream:
+            digest = prehash_stream(stream)
+    except OSError as error:
+        raise Failed(f"cannot read: {error.strerror}", where=file) from None
+    data = None if signature.algorithm == b"ED" else read_capped(file, 1 << 30, what="signed file")
+    signature.verify(public_key, data, digest=digest, where=file)
+    click.echo(f"{file}: good signature by key {public_key.id}")
+    click.echo(f"trusted comment: {signature.trusted_comment}")
+
+
+def describe_root(verified: VerifiedRoot, name: str) -> list[str]:
+    root = verified.root
+    lines = [f"{name}: trusted root version {root.version}"]
+    lines += [f"  {result.describe()}" for result in verified.evidence]
+    lines.append(f"  root keys (threshold {root.root_keys.threshold} of {len(root.root_keys.keys)}): "
+                 + ", ".join(k.label() for k in root.root_keys.keys))
+    lines.append(f"  release signers (threshold {root.release_signers.threshold} of "
+                 f"{len(root.release_signers.keys)}): " + ", ".join(k.label() for k in root.release_signers.keys))
+    if root.revoked_keys:
+        lines.append("  revoked: " + ", ".join(k.label() for k in root.revoked_keys))
+    return lines
+
+
+@click.command("verify")
+@click.argument("root_path", metavar="ROOT.json", type=_existing_file)
+@click.option("--trusted", "trusted_paths", multiple=True, type=_existing_file,
+              help="An older root already trusted; repeat for each intermediate version. The oldest is "
+                   "the anchor; ROOT.json must follow from it one version at a time.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout.")
+def verify_root(root_path: Path, trusted_paths: tuple[Path, ...], as_json: bool) -> None:
+    """Check a trust root: its own root-key threshold, or a rotation from --trusted roots.
+
+    Exit 0 if ROOT.json is trusted, 3 if refused (the message names what is missing).
+    """
+    target = load_root_candidate(root_path)
+    if trusted_paths:
+        trusted = sorted((load_root_candidate(p) for p in trusted_paths),
+                         key=lambda c: TrustRoot.from_bytes(c.raw, where=c.where).version)
+        verified = trust_anchor(trusted[0])
+        for candidate in (*trusted[1:], target):
+            verified = accept_next(verified, candidate)
+    else:
+        verified = trust_anchor(target)
+    if as_json:
+        click.echo(json.dumps({
+            "path": str(root_path), "trusted": True, "version": verified.version,
+            "evidence": [r.to_json() for r in verified.evidence],
+            "root": json.loads(verified.raw),
+        }, indent=2))
+    else:
+        click.echo("\n".join(describe_root(verified, str(root_path))))

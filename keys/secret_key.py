@@ -122,10 +122,9 @@ class SecretKeyFile:
         if len(data) > MAX_SECRET_KEY_FILE_BYTES:
             raise MalformedKey("secret key file is too large", where=where)
         lines = data.rstrip(b"\n").split(b"\n")
+        if lines[0].startswith(b"untrusted comment: minisign public key"):
+            raise MalformedKey("this is a public key file; signing needs the secret .key file", where=where)
         if len(lines) != 2 or not lines[0].startswith(b"untrusted comment: "):
-            if lines and lines[0].startswith(b"untrusted comment: minisign public key"):
-                raise MalformedKey("this is a public key file; signing needs the secret .key file",
-                                   where=where)
             raise MalformedKey("not a secret key file (expected a comment line and one base64 line)",
                                where=where, hint=hint)
         try:

@@ -50,7 +50,7 @@ class ThresholdResult:
         if self.revoked:
             details.append("ignored, revoked: " + ", ".join(k.name for k in self.revoked))
         if self.unknown:
-            details.append("ignored, unknown key ids: " + ", ".join(self.unknown))
+            details.append("ignored, keys not in this role: " + ", ".join(self.unknown))
         return text + (f" ({'; '.join(details)})" if details else "")
 
     def to_json(self) -> dict:

@@ -1,0 +1,55 @@
+"""Shared fixtures: in-memory keys, the real command lines as subprocesses, the real minisign."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.keyring import Keyring
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def keyring() -> Keyring:
+    return Keyring()
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, input: str | None = None,
+            check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``bundle``/``bundle-agent`` as a real process, exactly as an operator would."""
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    full_env.pop("BUNDLE_PASSPHRASE", None)
+    full_env.update(env or {})
+    result = subprocess.run([str(BIN / args[0]), *args[1:]], cwd=cwd, env=full_env, input=input,
+                            capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+@pytest.fixture(scope="session")
+def minisign() -> str:
+    """The real minisign (Debian package), installed on first use when we are root."""
+    found = shutil.which("minisign")
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        if subprocess.run(["apt-get", "install", "-y", "-q", "minisign"], env=env, **quiet).returncode:
+            subprocess.run(["apt-get", "update", "-q"], env=env, **quiet)
+            subprocess.run(["apt-get", "install", "-y", "-q", "minisign"], env=env, **quiet)
+        found = shutil.which("minisign")
+    if found is None:
+        pytest.skip("minisign is not installed and could not be installed with apt-get "
+                    "(needs root and a reachable Debian mirror)")
+    return found

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Sequence
 
 from keys.errors import Failed
 from keys.files import read_capped
 from keys.minisign import MAX_SIGNATURE_FILE_BYTES, Signature
 from keys.rotation import RootCandidate
-from keys.trust_root import MAX_ROOT_BYTES
+from keys.trust_root import MAX_ROOT_BYTES, TrustRoot
 
 SUFFIX = ".minisig"
 MAX_SIGNATURE_FILES = 64
@@ -57,3 +58,9 @@ def load_root_candidate(path: Path) -> RootCandidate:
     path = Path(path)
     raw = read_capped(path, MAX_ROOT_BYTES, what="trust root")
     return RootCandidate(raw=raw, signatures=load_signatures(path), where=str(path))
+
+
+def load_root_chain(paths: Sequence[Path]) -> list[RootCandidate]:
+    """Trust-root files with their signatures, oldest version first (for ``accept_chain``)."""
+    candidates = [load_root_candidate(p) for p in paths]
+    return sorted(candidates, key=lambda c: TrustRoot.from_bytes(c.raw, where=c.where).version)

@@ -128,3 +128,12 @@ def walk_chain(trusted: VerifiedRoot, candidates: Iterable[RootCandidate]) -> Ve
     while (candidate := by_version.get(trusted.version + 1)) is not None:
         trusted = accept_next(trusted, candidate)
     return trusted
+
+
+def accept_chain(candidates: Sequence[RootCandidate]) -> VerifiedRoot:
+    """Trust the first candidate as the anchor, then accept each following one as its successor."""
+    assert candidates, "at least the anchor is needed"
+    trusted = trust_anchor(candidates[0])
+    for candidate in candidates[1:]:
+        trusted = accept_next(trusted, candidate)
+    return trusted

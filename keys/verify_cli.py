@@ -10,12 +10,11 @@ from pathlib import Path
 
 import click
 
-from keys.detached import load_root_candidate
+from keys.detached import load_root_candidate, load_root_chain
 from keys.errors import Failed
 from keys.files import read_capped
 from keys.minisign import MAX_PUBLIC_KEY_FILE_BYTES, PublicKey, Signature, MAX_SIGNATURE_FILE_BYTES, prehash_stream
-from keys.rotation import VerifiedRoot, accept_next, trust_anchor
-from keys.trust_root import TrustRoot
+from keys.rotation import VerifiedRoot, accept_chain
 
 _existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -70,15 +69,8 @@ def verify_root(root_path: Path, trusted_paths: tuple[Path, ...], as_json: bool)
 
     Exit 0 if ROOT.json is trusted, 3 if refused (the message names what is missing).
     """
-    target = load_root_candidate(root_path)
-    if trusted_paths:
-        trusted = sorted((load_root_candidate(p) for p in trusted_paths),
-                         key=lambda c: TrustRoot.from_bytes(c.raw, where=c.where).version)
-        verified = trust_anchor(trusted[0])
-        for candidate in (*trusted[1:], target):
-            verified = accept_next(verified, candidate)
-    else:
-        verified = trust_anchor(target)
+    # The target goes last, not sorted in: an older target must be refused as a replay.
+    verified = accept_chain([*load_root_chain(trusted_paths), load_root_candidate(root_path)])
     if as_json:
         click.echo(json.dumps({
             "path": str(root_path), "trusted": True, "version": verified.version,

@@ -53,3 +53,9 @@ def minisign() -> str:
         pytest.skip("minisign is not installed and could not be installed with apt-get "
                     "(needs root and a reachable Debian mirror)")
     return found
+
+
+@pytest.fixture(scope="session")
+def trust(tmp_path_factory):
+    from tests.releases import make_trust
+    return make_trust(run_cli, tmp_path_factory.mktemp("trust"))

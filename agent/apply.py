@@ -1,0 +1,207 @@
+"""The apply engine: build a component's new tree from its base tree and a verified bundle.
+
+One engine for both sides: ``bundle verify --base`` runs it into a temporary directory, the
+agent runs it into the inactive boot environment. Memory stays bounded whatever the file sizes:
+a file is produced one chunk at a time (at most MAX_CHUNK_BYTES of output, its stored object,
+and its base region). Every byte is checked: stored objects against their hashes before use,
+base files against the hashes the manifest names before they are used as a source, each written
+file against its SHA-256, and finally the whole tree against the manifest (verify_staged).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from agent.format import codec, gzip_recipe
+from agent.beneath import open_beneath
+from agent.format.manifest import Component
+from agent.format.tree import DIR, FILE, HARDLINK, SYMLINK, Entry, Prefix
+from agent.payload import Payload
+from agent.scan import READ_SIZE, scan_tree
+from keys.errors import Refused
+
+Progress = Callable[[int], None]
+
+
+class StagingError(Refused):
+    """What was built does not match the manifest; the staged tree must be discarded."""
+
+
+@dataclass
+class BaseTree:
+    """The installed tree a delta applies to. Every base file is hashed before it is used."""
+
+    root: Path
+    _verified: dict[str, str] = field(default_factory=dict)
+
+    def _open(self, path: str) -> int:
+        try:
+            return open_beneath(self.root, path)
+        except FileNotFoundError:
+            raise StagingError(f"base file {path!r} is missing from {self.root}",
+                               hint="this delta needs the exact base release; use a full bundle") from None
+
+    def check(self, path: str, sha256: str) -> None:
+        if self._verified.get(path) == sha256:
+            return
+        digest = hashlib.sha256()
+        fd = self._open(path)
+        try:
+            while block := os.read(fd, READ_SIZE):
+                digest.update(block)
+        finally:
+            os.close(fd)
+        if digest.hexdigest() != sha256:  # T-BASE: the base differs from the manifest's base
+            raise StagingError(f"base file {path!r} differs from the one this delta was made against",
+                               where=self.root, hint="this delta needs the exact base release; use a full bundle")
+        self._verified[path] = sha256
+
+    def region(self, prefix: Prefix) -> bytes:
+        """The base bytes a patch chunk refers to (of the gunzipped content if it says so)."""
+        self.check(prefix.path, prefix.sha256)
+        fd = self._open(prefix.path)
+        try:
+            if prefix.gunzip:
+                try:
+                    content = gzip_recipe.gunzip_prefix(lambda: os.read(fd, READ_SIZE), prefix.offset + prefix.length)
+                except ValueError:
+                    raise StagingError(f"base file {prefix.path!r} is not gzip data as the delta expects") from None
+                data = content[prefix.offset:]
+            else:
+                data = os.pread(fd, prefix.length, prefix.offset)
+        finally:
+            os.close(fd)
+        path, length = prefix.path, prefix.length
+        if len(data) != length:
+            raise StagingError(f"base file {path!r} is shorter than the region the delta refers to")
+        return data
+
+    def copy_to(self, path: str, sha256: str, out_fd: int, progress: Progress | None) -> None:
+        """Copy a base file while hashing it; the hash must be the manifest's (moved/unchanged files)."""
+        digest = hashlib.sha256()
+        fd = self._open(path)
+        try:
+            while block := os.read(fd, READ_SIZE):
+                digest.update(block)
+                _write_all(out_fd, block)
+                if progress:
+                    progress(len(block))
+        finally:
+            os.close(fd)
+        if digest.hexdigest() != sha256:
+            raise StagingError(f"base file {path!r} differs from the one this delta was made against",
+                               where=self.root, hint="this delta needs the exact base release; use a full bundle")
+        self._verified[path] = sha256
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _write_file(entry: Entry, dest: Path, payload: Payload, base: BaseTree | None, progress: Progress | None) -> None:
+    objects = payload.manifest.object_index()
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        if entry.base_path is not None:
+            assert base is not None, "the manifest parser refuses base copies in full updates"
+            base.copy_to(entry.base_path, entry.sha256, fd, progress)
+            return
+        file_digest = hashlib.sha256()
+
+        def write(data: bytes) -> None:
+            file_digest.update(data)
+            _write_all(fd, data)
+            if progress:
+                progress(len(data))
+
+        rebuilder = gzip_recipe.Rebuilder(entry.gzip, write) if entry.gzip is not None else None
+        content_digest = hashlib.sha256()
+        for chunk in entry.chunks:
+            stored = objects[chunk.object]
+            prefix = None
+            if chunk.prefix is not None:
+                assert base is not None, "the manifest parser refuses patches in full updates"
+                prefix = base.region(chunk.prefix)
+            data = codec.decode(stored.encoding, payload.read_object(stored), chunk.size, prefix)
+            content_digest.update(data)
+            if rebuilder is not None:
+                rebuilder.feed(data)
+            else:
+                write(data)
+        if rebuilder is not None:
+            if content_digest.hexdigest() != entry.gzip.sha256:
+                raise StagingError(f"{entry.path!r}: decoded gzip content does not match its SHA-256")
+            rebuilder.finish()
+        if file_digest.hexdigest() != entry.sha256:
+            if rebuilder is not None:
+                raise StagingError(f"{entry.path!r}: re-deflating its content did not reproduce the file; this "
+                                   "system's zlib deflates differently from the bundler's",
+                                   hint="install a full bundle, or use a stock zlib")
+            raise StagingError(f"{entry.path!r} decoded to content that does not match its SHA-256")
+    finally:
+        os.close(fd)
+
+
+def _set_metadata(entry: Entry, dest: Path, set_owner: bool) -> None:
+    if set_owner:
+        os.lchown(dest, entry.uid, entry.gid)  # before chmod: chown clears setuid bits
+    if entry.type != SYMLINK:
+        os.chmod(dest, entry.mode)
+    os.utime(dest, ns=(entry.mtime * 10**9, entry.mtime * 10**9), follow_symlinks=False)
+
+
+def apply_component(component: Component, payload: Payload, target: Path, *, base: Path | None,
+                    set_owner: bool, progress: Progress | None = None) -> None:
+    """Create ``target`` (which must not exist) holding the component's new tree.
+
+    ``base`` is the installed tree for a delta. ``set_owner`` applies numeric ownership (root only).
+    Raises StagingError, CorruptPayload, CorruptObject (the caller discards ``target``), OSError.
+    """
+    target = Path(target)
+    if component.is_delta and base is None:
+        raise StagingError(f"component {component.name} is a delta from sequence {component.base.sequence}; "
+                           "its base tree is needed", hint="name the base tree, or use a full bundle")
+    base_tree = BaseTree(Path(base)) if base is not None else None
+    directories = []
+    for entry in component.entries:
+        dest = target if entry.path == "." else target / entry.path
+        if entry.type == DIR:
+            os.mkdir(dest, 0o700)  # final mode after the children exist: it may be read-only
+            directories.append((entry, dest))
+        elif entry.type == FILE:
+            _write_file(entry, dest, payload, base_tree, progress)
+            _set_metadata(entry, dest, set_owner)
+        elif entry.type == SYMLINK:
+            os.symlink(entry.target, dest)
+            _set_metadata(entry, dest, set_owner)
+        elif entry.type == HARDLINK:
+            os.link(target / entry.target, dest, follow_symlinks=False)
+    for entry, dest in reversed(directories):
+        _set_metadata(entry, dest, set_owner)
+
+
+def verify_staged(component: Component, target: Path, *, check_owner: bool) -> None:
+    """Check the built tree against the manifest, entry by entry. Raises StagingError naming the
+    first difference."""
+    actual = {e.path: e for e in scan_tree(Path(target))}
+    for expected in component.entries:
+        found = actual.pop(expected.path, None)
+        if found is None:
+            raise StagingError(f"{component.name}: {expected.path!r} is missing from the staged tree")
+        checks = [("type", expected.type, found.type), ("size", expected.size, found.size),
+                  ("content", expected.sha256, found.sha256), ("target", expected.target, found.target)]
+        if expected.type != HARDLINK and expected.type != SYMLINK:
+            checks.append(("mode", expected.mode, found.mode))
+        if check_owner and expected.type != HARDLINK:
+            checks.append(("owner", (expected.uid, expected.gid), (found.uid, found.gid)))
+        for what, want, got in checks:
+            if want != got:
+                raise StagingError(f"{component.name}: {expected.path!r} has the wrong {what} after staging")
+    if actual:
+        raise StagingError(f"{component.name}: the staged tree has unexpected {sorted(actual)[0]!r}")

@@ -1,0 +1,122 @@
+"""gzip files carried as their content plus a recipe to re-deflate them bit for bit.
+
+A changed ``.gz`` file differs almost everywhere in its compressed bytes even when its content
+changed in one line, so a binary delta of the compressed bytes is nearly the whole file. On the
+Debian platform pair, diffing the decompressed content instead costs 28x less (FIELD-NOTES). It
+is safe because it is checked twice: the bundler uses a recipe only when re-deflating reproduces
+the file exactly, and the device checks the rebuilt file against its SHA-256 - a device whose
+zlib deflates differently fails verification instead of installing wrong bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Callable
+
+from agent.format.tree import GzipRecipe
+
+MAGIC = b"\x1f\x8b\x08"
+MAX_HEADER_BYTES = 1024
+_FTEXT, _FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 1, 2, 4, 8, 16
+# The order levels are tried in: Debian's gzip -9n first, then zlib's default.
+_LEVELS = (9, 6, 1, 2, 3, 4, 5, 7, 8)
+_MEM_LEVEL = 8
+
+
+def header_length(data: bytes) -> int | None:
+    """Length of a gzip member header at the start of ``data``, or None if it is not one."""
+    if len(data) < 10 or not data.startswith(MAGIC):
+        return None
+    flags = data[3]
+    if flags & 0xE0:
+        return None
+    position = 10
+    if flags & _FEXTRA:
+        if len(data) < position + 2:
+            return None
+        position += 2 + struct.unpack_from("<H", data, position)[0]
+    for flag in (_FNAME, _FCOMMENT):
+        if flags & flag:
+            end = data.find(b"\0", position)
+            if end < 0:
+                return None
+            position = end + 1
+    if flags & _FHCRC:
+        position += 2
+    return position if position <= min(len(data), MAX_HEADER_BYTES) else None
+
+
+def check_header(header: bytes) -> None:
+    """Raises ValueError unless ``header`` is exactly one well-formed gzip header."""
+    if header_length(header) != len(header):
+        raise ValueError("not a well-formed gzip header")
+
+
+def find_recipe(data: bytes, max_content: int) -> tuple[bytes, int, bytes] | None:
+    """``(header, level, content)`` if deflating ``content`` at ``level`` rebuilds ``data`` exactly."""
+    start = header_length(data)
+    if start is None:
+        return None
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        content = inflater.decompress(data[start:], max_content + 1)
+    except zlib.error:
+        return None
+    if not inflater.eof or len(content) > max_content or len(inflater.unused_data) != 8:
+        return None  # truncated, too large, or several members / trailing bytes
+    crc, size = struct.unpack("<II", inflater.unused_data)
+    if crc != zlib.crc32(content) or size != len(content) & 0xFFFFFFFF:
+        return None
+    deflated = data[start:-8]
+    for level in _LEVELS:
+        deflater = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, _MEM_LEVEL)
+        if deflater.compress(content) + deflater.flush() == deflated:
+            return data[:start], level, content
+    return None
+
+
+class Rebuilder:
+    """Streams a gzip file from its content pieces: ``header``, deflate, trailer."""
+
+    def __init__(self, recipe: GzipRecipe, write: Callable[[bytes], None]):
+        self._write = write
+        self._deflater = zlib.compressobj(recipe.level, zlib.DEFLATED, -zlib.MAX_WBITS, _MEM_LEVEL)
+        self._crc = 0
+        self._size = 0
+        write(recipe.header)
+
+    def feed(self, content: bytes) -> None:
+        self._crc = zlib.crc32(content, self._crc)
+        self._size += len(content)
+        self._write(self._deflater.compress(content))
+
+    def finish(self) -> None:
+        self._write(self._deflater.flush())
+        self._write(struct.pack("<II", self._crc, self._size & 0xFFFFFFFF))
+
+
+def gunzip_prefix(read_block: Callable[[], bytes], end: int) -> bytes:
+    """The first ``end`` bytes of a gzip stream's content (all members), reading block by block.
+
+    Raises ValueError if the stream is not gzip. Memory: at most ``end`` bytes plus one block.
+    """
+    output = bytearray()
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)
+    pending = b""
+    while len(output) < end:
+        if not pending:
+            pending = read_block()
+            if not pending:
+                break
+        try:
+            output += inflater.decompress(pending, end - len(output))
+        except zlib.error as error:
+            raise ValueError(f"not a gzip stream: {error}") from None
+        pending = inflater.unconsumed_tail
+        if inflater.eof:  # another member may follow
+            pending = inflater.unused_data + pending
+            inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)
+            if not pending.startswith(b"\x1f\x8b"):
+                break
+    return bytes(output)

@@ -1,0 +1,570 @@
+"""The bundle manifest (``manifest.json``): the one definition of its layout and rules.
+
+Both the bundler (which writes it) and the agent (which trusts nothing it has not checked)
+use this module; docs/FORMAT.md and docs/manifest.schema.json describe the same layout. The
+parser is strict and bounded and checks every cross-reference, so that a manifest that parses
+is internally consistent: every file's data is accounted for, every object lies inside the
+payload, every path obeys the path rules and its component's content policy, and each
+component's tree digest matches its listing. Signatures are checked over the exact bytes
+*before* this parser runs (agent/verify.py).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from agent.format import codec, gzip_recipe, paths
+from agent.format.tree import (DIR, EMPTY_SHA256, FILE, HARDLINK, SETUID_SETGID, SYMLINK, TYPES, Chunk, Entry,
+                               GzipRecipe, Prefix, path_order, tree_digest)
+from keys import strict_json
+from keys.errors import Refused
+from keys.strict_json import JSONShapeError, field
+
+DOCUMENT_TYPE = "bundle-manifest"
+FORMAT = 1
+MAX_MANIFEST_BYTES = codec.MAX_DECODED_BYTES  # decompressed
+MAX_STORED_MANIFEST_BYTES = 32 << 20
+MANIFEST_LEVEL = 19
+MAX_ENTRIES = 1_000_000
+MAX_CHUNK_BYTES = codec.MAX_DECODED_BYTES  # bounds the device's decode buffers
+MAX_VOLUME_BYTES = (4 << 30) - 1  # FAT32's file size limit
+MAX_VOLUMES = 10_000
+MAX_IDS = 256  # hardware models, target serials, downgrade sequences
+ENCODINGS = ("raw", "zstd", "zstd-patch")
+POLICIES = ("system", "content")
+COMPONENT_NAME = re.compile(r"platform|game/[a-z0-9][a-z0-9._-]{0,63}")
+LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+:~@-]{0,127}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_TREE_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_VOLUME_NAME = re.compile(r"[0-9a-f]{64}\.vol")
+_MODE = re.compile(r"[0-7]{4}")
+
+
+class MalformedManifest(Refused):
+    """The manifest is not valid: its layout, a rule, or a cross-reference is broken."""
+
+
+@dataclass(frozen=True)
+class Base:
+    """The exact installed component a delta applies to."""
+
+    sequence: int
+    version: str
+    tree_digest: str
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    version: str
+    sequence: int
+    policy: str
+    tree_digest: str
+    entries: tuple[Entry, ...]
+    base: Base | None = None  # None: a full update
+    targets: tuple[str, ...] = ()  # serials allowed to receive it when not installed; () = any
+    downgrade_from: tuple[int, ...] = ()  # exact installed sequences this may replace downwards
+    removed: tuple[str, ...] = ()  # base paths the new tree no longer has (deltas; informational)
+
+    @property
+    def is_delta(self) -> bool:
+        return self.base is not None
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """Bytes at ``offset`` in the payload (all volumes end to end); ``id`` is their SHA-256."""
+
+    id: str
+    offset: int
+    size: int
+    encoding: str
+
+
+@dataclass(frozen=True)
+class Volume:
+    name: str  # "<sha256>.vol": content-addressed
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    product: str
+    hardware: tuple[str, ...]
+    components: tuple[Component, ...]
+    objects: tuple[StoredObject, ...]
+    volumes: tuple[Volume, ...]
+
+    @property
+    def payload_size(self) -> int:
+        return sum(v.size for v in self.volumes)
+
+    def component(self, name: str) -> Component | None:
+        return next((c for c in self.components if c.name == name), None)
+
+    def object_index(self) -> dict[str, StoredObject]:
+        return {o.id: o for o in self.objects}
+
+    # --- serialisation ------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        return strict_json.dumps({
+            "type": DOCUMENT_TYPE,
+            "format": FORMAT,
+            "product": self.product,
+            "hardware": list(self.hardware),
+            "components": [_component_to_json(c) for c in self.components],
+            "objects": [{"id": o.id, "offset": o.offset, "size": o.size, "encoding": o.encoding}
+                        for o in self.objects],
+            "volumes": [{"name": v.name, "size": v.size, "sha256": v.sha256} for v in self.volumes],
+        })
+
+    def to_stored(self) -> bytes:
+        """The file that is signed and shipped: the canonical JSON in one zstd frame.
+
+        Compressed because a full listing (a SHA-256 for every file) of a real platform tree is
+        ~3 MB of JSON but ~0.5 MB compressed - more than the delta itself otherwise.
+        """
+        return codec.compress(self.to_bytes(), MANIFEST_LEVEL)
+
+    @classmethod
+    def from_stored(cls, stored: bytes, *, where=None) -> "Manifest":
+        """Decompress (bounded: T-BOMB) and parse a stored manifest. Raises MalformedManifest."""
+        if len(stored) > MAX_STORED_MANIFEST_BYTES:
+            raise MalformedManifest(f"stored manifest is larger than {MAX_STORED_MANIFEST_BYTES} bytes", where=where)
+        try:
+            size = codec.declared_size(stored)
+            if not 0 < size <= MAX_MANIFEST_BYTES:
+                raise MalformedManifest(f"manifest would decompress to {size} bytes (limit {MAX_MANIFEST_BYTES})",
+                                        where=where)
+            data = codec.decompress(stored, size)
+        except codec.CorruptObject as error:
+            raise MalformedManifest(f"stored manifest is not a valid zstd frame: {error.message}",
+                                    where=where) from None
+        return cls.from_bytes(data, where=where)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, where=None) -> "Manifest":
+        """Parse and validate. Raises MalformedManifest naming the broken rule."""
+        try:
+            document = strict_json.loads(data, limit=MAX_MANIFEST_BYTES)
+            doc_type = field(document, "type", str, context="manifest")
+            if doc_type != DOCUMENT_TYPE:  # T-TYPE: a trust root is never read as a manifest
+                raise JSONShapeError(f"document type is {doc_type!r}, not {DOCUMENT_TYPE!r}")
+            major = field(document, "format", int, context="manifest")
+            if major != FORMAT:
+                raise JSONShapeError(f"format version {major} is not supported (this tool reads {FORMAT})")
+            manifest = cls(
+                product=_label(field(document, "product", str, context="manifest"), "product"),
+                hardware=_labels(field(document, "hardware", list, context="manifest"), "hardware"),
+                components=tuple(_component_from_json(c) for c in
+                                 _bounded(field(document, "components", list, context="manifest"), 64,
+                                          "components")),
+                objects=tuple(_object_from_json(o) for o in
+                              _bounded(field(document, "objects", list, context="manifest"), MAX_ENTRIES,
+                                       "objects")),
+                volumes=tuple(_volume_from_json(v) for v in
+                              _bounded(field(document, "volumes", list, context="manifest"), MAX_VOLUMES,
+                                       "volumes")),
+            )
+            _check_manifest(manifest)
+            return manifest
+        except (JSONShapeError, paths.PathError) as error:
+            raise MalformedManifest(f"invalid manifest: {error}", where=where) from None
+
+
+# --- JSON <-> dataclasses ---------------------------------------------------------------------
+
+
+def _bounded(values: list, limit: int, what: str) -> list:
+    if len(values) > limit:
+        raise JSONShapeError(f"more than {limit} {what}")
+    return values
+
+
+def _label(value: str, what: str) -> str:
+    if not LABEL.fullmatch(value):
+        raise JSONShapeError(f"{what} {value[:80]!r} must be 1-128 letters, digits or ._+:~@-")
+    return value
+
+
+def _labels(values: list, what: str) -> tuple[str, ...]:
+    _bounded(values, MAX_IDS, what)
+    result = tuple(_label(v, what) if isinstance(v, str) else _label("", what) for v in values)
+    if len(set(result)) != len(result):
+        raise JSONShapeError(f"{what} lists a value twice")
+    return result
+
+
+def _count(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value >= 1 << 63:
+        raise JSONShapeError(f"{what} must be a non-negative integer")
+    return value
+
+
+def _sha256(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not _SHA256.fullmatch(value):
+        raise JSONShapeError(f"{what} must be 64 lower-case hex digits")
+    return value
+
+
+def _mode_to_json(mode: int) -> str:
+    return f"{mode:04o}"
+
+
+def _component_to_json(component: Component) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "name": component.name, "version": component.version, "sequence": component.sequence,
+        "policy": component.policy, "tree_digest": component.tree_digest,
+        "entries": [_entry_to_json(e) for e in component.entries],
+    }
+    if component.base is not None:
+        result["base"] = {"sequence": component.base.sequence, "version": component.base.version,
+                          "tree_digest": component.base.tree_digest}
+    if component.targets:
+        result["targets"] = list(component.targets)
+    if component.downgrade_from:
+        result["downgrade_from"] = list(component.downgrade_from)
+    if component.removed:
+        result["removed"] = list(component.removed)
+    return result
+
+
+def _entry_to_json(entry: Entry) -> dict[str, Any]:
+    result: dict[str, Any] = {"path": entry.path, "type": entry.type}
+    if entry.type == HARDLINK:
+        result["target"] = entry.target
+        return result
+    if entry.type != SYMLINK:
+        result["mode"] = _mode_to_json(entry.mode)
+    result.update(uid=entry.uid, gid=entry.gid, mtime=entry.mtime)
+    if entry.type == SYMLINK:
+        result["target"] = entry.target
+    elif entry.type == FILE:
+        result.update(size=entry.size, sha256=entry.sha256)
+        if entry.base_path is not None:
+            result["base"] = entry.base_path
+        elif entry.chunks:
+            result["chunks"] = [_chunk_to_json(c) for c in entry.chunks]
+        if entry.gzip is not None:
+            result["gzip"] = {"header": entry.gzip.header.hex(), "level": entry.gzip.level,
+                              "size": entry.gzip.size, "sha256": entry.gzip.sha256}
+    return result
+
+
+def _chunk_to_json(chunk: Chunk) -> dict[str, Any]:
+    result: dict[str, Any] = {"object": chunk.object, "size": chunk.size}
+    if chunk.prefix is not None:
+        p = chunk.prefix
+        result["prefix"] = {"path": p.path, "sha256": p.sha256, "offset": p.offset, "length": p.length}
+        if p.gunzip:
+            result["prefix"]["gunzip"] = True
+    return result
+
+
+def _component_from_json(value: Any) -> Component:
+    if not isinstance(value, dict):
+        raise JSONShapeError("each component must be an object")
+    name = field(value, "name", str, context="component")
+    if not COMPONENT_NAME.fullmatch(name):
+        raise JSONShapeError(f"component name {name[:80]!r} must be 'platform' or 'game/<id>'")
+    context = f"component {name}"
+    policy = field(value, "policy", str, context=context)
+    if policy not in POLICIES:
+        raise JSONShapeError(f"{context}: policy must be one of {POLICIES}")
+    digest = field(value, "tree_digest", str, context=context)
+    if not _TREE_DIGEST.fullmatch(digest):
+        raise JSONShapeError(f"{context}: tree_digest must be 'sha256:' and 64 hex digits")
+    base = None
+    if "base" in value:
+        raw_base = field(value, "base", dict, context=context)
+        base_digest = field(raw_base, "tree_digest", str, context=f"{context} base")
+        if not _TREE_DIGEST.fullmatch(base_digest):
+            raise JSONShapeError(f"{context}: base tree_digest must be 'sha256:' and 64 hex digits")
+        base = Base(sequence=_count(field(raw_base, "sequence", int, context=f"{context} base"), "sequence"),
+                    version=_label(field(raw_base, "version", str, context=f"{context} base"), "version"),
+                    tree_digest=base_digest)
+    entries = _bounded(field(value, "entries", list, context=context), MAX_ENTRIES, "entries")
+    return Component(
+        name=name, policy=policy, tree_digest=digest, base=base,
+        version=_label(field(value, "version", str, context=context), "version"),
+        sequence=_count(field(value, "sequence", int, context=context), f"{context}: sequence"),
+        entries=tuple(_entry_from_json(e, context) for e in entries),
+        targets=_labels(field(value, "targets", list, context=context) if "targets" in value else [],
+                        f"{context} targets"),
+        downgrade_from=tuple(_count(s, f"{context}: downgrade_from") for s in _bounded(
+            field(value, "downgrade_from", list, context=context) if "downgrade_from" in value else [],
+            MAX_IDS, "downgrade_from")),
+        removed=tuple(_removed_path(p) for p in _bounded(
+            field(value, "removed", list, context=context) if "removed" in value else [], MAX_ENTRIES, "removed")),
+    )
+
+
+def _removed_path(value: Any) -> str:
+    if not isinstance(value, str):
+        raise JSONShapeError("removed paths must be strings")
+    paths.check_path(value)
+    return value
+
+
+def _entry_from_json(value: Any, context: str) -> Entry:
+    if not isinstance(value, dict):
+        raise JSONShapeError(f"{context}: each entry must be an object")
+    path = field(value, "path", str, context=f"{context} entry")
+    paths.check_path(path)
+    context = f"{context} entry {path[:200]!r}"
+    kind = field(value, "type", str, context=context)
+    if kind not in TYPES:
+        raise JSONShapeError(f"{context}: type must be one of {TYPES}")
+    allowed = {"path", "type"}
+    if kind == HARDLINK:
+        target = field(value, "target", str, context=context)
+        paths.check_path(target)
+        allowed.add("target")
+        _no_other_fields(value, allowed, context)
+        return Entry(path=path, type=kind, target=target)
+    mode = None
+    if kind != SYMLINK:
+        raw_mode = field(value, "mode", str, context=context)
+        if not _MODE.fullmatch(raw_mode):
+            raise JSONShapeError(f"{context}: mode must be an octal string like '0755'")
+        mode = int(raw_mode, 8)
+        allowed.add("mode")
+    common = dict(path=path, type=kind, mode=mode,
+                  uid=_count(field(value, "uid", int, context=context), f"{context}: uid"),
+                  gid=_count(field(value, "gid", int, context=context), f"{context}: gid"),
+                  mtime=field(value, "mtime", int, context=context))
+    if abs(common["mtime"]) >= 1 << 62:
+        raise JSONShapeError(f"{context}: mtime is out of range")
+    allowed |= {"uid", "gid", "mtime"}
+    if kind == DIR:
+        _no_other_fields(value, allowed, context)
+        return Entry(**common)
+    if kind == SYMLINK:
+        target = field(value, "target", str, context=context)
+        paths.check_link_target(path, target, must_stay_inside=False)
+        _no_other_fields(value, allowed | {"target"}, context)
+        return Entry(**common, target=target)
+    size = _count(field(value, "size", int, context=context), f"{context}: size")
+    digest = _sha256(field(value, "sha256", str, context=context), f"{context}: sha256")
+    allowed |= {"size", "sha256", "base", "chunks", "gzip"}
+    _no_other_fields(value, allowed, context)
+    if "base" in value and "chunks" in value:
+        raise JSONShapeError(f"{context}: a file comes from its base or from chunks, not both")
+    gzip = None
+    if "gzip" in value:
+        gzip = _gzip_from_json(field(value, "gzip", dict, context=context), context)
+    base_path = None
+    chunks: tuple[Chunk, ...] = ()
+    if "base" in value:
+        base_path = field(value, "base", str, context=context)
+        paths.check_path(base_path)
+    elif "chunks" in value:
+        raw_chunks = _bounded(field(value, "chunks", list, context=context), 1 << 20, "chunks")
+        chunks = tuple(_chunk_from_json(c, context) for c in raw_chunks)
+    return Entry(**common, size=size, sha256=digest, base_path=base_path, chunks=chunks, gzip=gzip)
+
+
+def _gzip_from_json(value: dict, context: str) -> GzipRecipe:
+    _no_other_fields(value, {"header", "level", "size", "sha256"}, f"{context} gzip")
+    raw_header = field(value, "header", str, context=context)
+    try:
+        header = bytes.fromhex(raw_header)
+        gzip_recipe.check_header(header)
+    except ValueError:
+        raise JSONShapeError(f"{context}: gzip header must be the hex of one well-formed gzip header") from None
+    level = field(value, "level", int, context=context)
+    if not 1 <= level <= 9:
+        raise JSONShapeError(f"{context}: gzip level must be 1..9")
+    size = _count(field(value, "size", int, context=context), f"{context}: gzip size")
+    if size > MAX_CHUNK_BYTES:  # the content is rebuilt in one pass; keep it bounded
+        raise JSONShapeError(f"{context}: gzip content larger than {MAX_CHUNK_BYTES} bytes")
+    return GzipRecipe(header=header, level=level, size=size,
+                      sha256=_sha256(field(value, "sha256", str, context=context), f"{context}: gzip sha256"))
+
+
+def _no_other_fields(value: dict, allowed: set[str], context: str) -> None:
+    # Entries are exact: an unknown field could mean data this version would silently drop.
+    unknown = set(value) - allowed
+    if unknown:
+        raise JSONShapeError(f"{context}: unknown field(s) {sorted(unknown)}")
+
+
+def _chunk_from_json(value: Any, context: str) -> Chunk:
+    if not isinstance(value, dict):
+        raise JSONShapeError(f"{context}: each chunk must be an object")
+    _no_other_fields(value, {"object", "size", "prefix"}, f"{context} chunk")
+    size = _count(field(value, "size", int, context=context), f"{context}: chunk size")
+    if not 0 < size <= MAX_CHUNK_BYTES:
+        raise JSONShapeError(f"{context}: chunk size must be 1..{MAX_CHUNK_BYTES}")
+    prefix = None
+    if "prefix" in value:
+        raw = field(value, "prefix", dict, context=context)
+        _no_other_fields(raw, {"path", "sha256", "offset", "length", "gunzip"}, f"{context} prefix")
+        gunzip = raw.get("gunzip", False)
+        if gunzip is not True and gunzip is not False:
+            raise JSONShapeError(f"{context}: prefix gunzip must be true or false")
+        prefix_path = field(raw, "path", str, context=context)
+        paths.check_path(prefix_path)
+        prefix = Prefix(path=prefix_path, sha256=_sha256(field(raw, "sha256", str, context=context), "prefix sha256"),
+                        offset=_count(field(raw, "offset", int, context=context), "prefix offset"),
+                        length=_count(field(raw, "length", int, context=context), "prefix length"),
+                        gunzip=gunzip)
+        if not 0 < prefix.length <= 2 * MAX_CHUNK_BYTES:
+            raise JSONShapeError(f"{context}: prefix length must be 1..{2 * MAX_CHUNK_BYTES}")
+    return Chunk(object=_sha256(field(value, "object", str, context=context), f"{context}: object"),
+                 size=size, prefix=prefix)
+
+
+def _object_from_json(value: Any) -> StoredObject:
+    if not isinstance(value, dict):
+        raise JSONShapeError("each object must be an object")
+    encoding = field(value, "encoding", str, context="object")
+    if encoding not in ENCODINGS:
+        raise JSONShapeError(f"object encoding must be one of {ENCODINGS}")
+    size = _count(field(value, "size", int, context="object"), "object size")
+    if not 0 < size <= MAX_CHUNK_BYTES + (MAX_CHUNK_BYTES >> 4):
+        raise JSONShapeError("object size is out of range")
+    return StoredObject(id=_sha256(field(value, "id", str, context="object"), "object id"),
+                        offset=_count(field(value, "offset", int, context="object"), "object offset"),
+                        size=size, encoding=encoding)
+
+
+def _volume_from_json(value: Any) -> Volume:
+    if not isinstance(value, dict):
+        raise JSONShapeError("each volume must be an object")
+    name = field(value, "name", str, context="volume")
+    digest = _sha256(field(value, "sha256", str, context="volume"), "volume sha256")
+    if not _VOLUME_NAME.fullmatch(name) or name != f"{digest}.vol":
+        raise JSONShapeError(f"volume name {name[:80]!r} must be '<its sha256>.vol'")
+    size = _count(field(value, "size", int, context="volume"), "volume size")
+    if not 0 < size <= MAX_VOLUME_BYTES:
+        raise JSONShapeError(f"volume size must be 1..{MAX_VOLUME_BYTES}")
+    return Volume(name=name, size=size, sha256=digest)
+
+
+# --- cross-checks -----------------------------------------------------------------------------
+
+
+def _check_manifest(manifest: Manifest) -> None:
+    names = [c.name for c in manifest.components]
+    if len(set(names)) != len(names):
+        raise JSONShapeError("a component is listed twice")
+    if not manifest.components:
+        raise JSONShapeError("no components")
+    if not manifest.hardware:
+        raise JSONShapeError("hardware lists no model")
+    objects = manifest.object_index()
+    if len(objects) != len(manifest.objects):
+        raise JSONShapeError("an object is listed twice")
+    position = 0
+    for stored in manifest.objects:  # T-OVERLAP: objects tile the payload exactly, in order
+        if stored.offset != position:
+            raise JSONShapeError(f"object {stored.id[:16]} is at offset {stored.offset}, expected {position}")
+        position += stored.size
+    if position != manifest.payload_size:
+        raise JSONShapeError(f"objects cover {position} bytes but the volumes hold {manifest.payload_size}")
+    if len({v.name for v in manifest.volumes}) != len(manifest.volumes):
+        raise JSONShapeError("a volume is listed twice")
+    total_entries = 0
+    for component in manifest.components:
+        total_entries += len(component.entries)
+        if total_entries > MAX_ENTRIES:
+            raise JSONShapeError(f"more than {MAX_ENTRIES} entries")
+        check_component(component, objects)
+
+
+def check_component(component: Component, objects: dict[str, StoredObject]) -> None:
+    """The rules for one component's listing. Raises JSONShapeError or paths.PathError."""
+    context = f"component {component.name}"
+    if component.name == "platform" and component.policy != "system":
+        raise JSONShapeError("the platform component must have policy 'system'")
+    if component.name != "platform" and component.policy != "content":
+        raise JSONShapeError(f"{context}: games must have policy 'content'")
+    content_only = component.policy == "content"
+    entries = component.entries
+    if not entries or entries[0].path != paths.ROOT or entries[0].type != DIR:
+        raise JSONShapeError(f"{context}: the first entry must be the root directory '.'")
+    by_path: dict[str, Entry] = {}
+    seen_keys: dict[str, str] = {}
+    previous = None
+    for entry in entries:
+        order = path_order(entry.path)
+        if previous is not None and order <= previous:
+            raise JSONShapeError(f"{context}: entry {entry.path!r} is out of order or listed twice")
+        previous = order
+        key = paths.collision_key(entry.path, fold_case=content_only)
+        if key in seen_keys:  # T-COLLIDE
+            raise JSONShapeError(f"{context}: {entry.path!r} and {seen_keys[key]!r} name the same file "
+                                 "after Unicode normalisation" + (" or case folding" if content_only else ""))
+        seen_keys[key] = entry.path
+        if entry.path != paths.ROOT:
+            parent = by_path.get(paths.parent(entry.path))
+            if parent is None or parent.type != DIR:  # T-SYMLINK-WRITE: never write through a link
+                raise JSONShapeError(f"{context}: the parent of {entry.path!r} is not a directory of the listing")
+        by_path[entry.path] = entry
+        _check_entry(entry, component, objects, by_path, context)
+    if content_only:
+        symlinks = {e.path: e.target for e in entries if e.type == SYMLINK}
+        for path, target in symlinks.items():
+            try:
+                paths.resolve_within(posixpath.join(posixpath.dirname(path), target), symlinks)
+            except paths.PathError as error:  # T-LINK-ESCAPE
+                raise JSONShapeError(f"{context}: symlink {path!r} -> {target!r}: {error}") from None
+    if component.removed:
+        if component.base is None:
+            raise JSONShapeError(f"{context}: a full update removes nothing")
+        if list(component.removed) != sorted(set(component.removed), key=path_order):
+            raise JSONShapeError(f"{context}: removed paths must be sorted and unique")
+        if any(path in by_path for path in component.removed):
+            raise JSONShapeError(f"{context}: a removed path is also in the new tree")
+    computed = tree_digest(entries)
+    if computed != component.tree_digest:
+        raise JSONShapeError(f"{context}: tree_digest does not match its entries")
+
+
+def _check_entry(entry: Entry, component: Component, objects: dict[str, StoredObject],
+                 by_path: dict[str, Entry], context: str) -> None:
+    content_only = component.policy == "content"
+    if entry.type == HARDLINK:
+        target = by_path.get(entry.target)
+        if target is None or target.type != FILE:  # listed earlier, so links never dangle or chain
+            raise JSONShapeError(f"{context}: hard link {entry.path!r} must point to a file listed before it")
+        return
+    if content_only:  # T-POLICY: games are content only
+        if entry.mode is not None and entry.mode & SETUID_SETGID:
+            raise JSONShapeError(f"{context}: {entry.path!r} has a setuid/setgid bit")
+        if entry.uid != 0 or entry.gid != 0:
+            raise JSONShapeError(f"{context}: {entry.path!r} has owner {entry.uid}:{entry.gid}; content is "
+                                 "owned by 0:0")
+        if entry.type == SYMLINK:
+            paths.check_link_target(entry.path, entry.target, must_stay_inside=True)
+    if entry.type != FILE:
+        return
+    if entry.base_path is not None and component.base is None:
+        raise JSONShapeError(f"{context}: {entry.path!r} copies from a base, but this is a full update")
+    if entry.size == 0:
+        if entry.chunks or entry.base_path is not None or entry.sha256 != EMPTY_SHA256:
+            raise JSONShapeError(f"{context}: empty file {entry.path!r} must carry no data")
+        return
+    if entry.gzip is not None and entry.base_path is not None:
+        raise JSONShapeError(f"{context}: {entry.path!r}: a base copy takes no gzip recipe")
+    if entry.base_path is None:
+        content_size = entry.gzip.size if entry.gzip is not None else entry.size
+        if content_size and not entry.chunks:
+            raise JSONShapeError(f"{context}: {entry.path!r} has {entry.size} bytes but no data")
+        if sum(c.size for c in entry.chunks) != content_size:
+            raise JSONShapeError(f"{context}: the chunks of {entry.path!r} do not add up to its size")
+        for chunk in entry.chunks:
+            stored = objects.get(chunk.object)
+            if stored is None:
+                raise JSONShapeError(f"{context}: {entry.path!r} uses object {chunk.object[:16]} which is not stored")
+            if (stored.encoding == "zstd-patch") != (chunk.prefix is not None):
+                raise JSONShapeError(f"{context}: {entry.path!r}: a patch object needs a prefix, others none")
+            if chunk.prefix is not None and component.base is None:
+                raise JSONShapeError(f"{context}: {entry.path!r} patches a base, but this is a full update")
+

@@ -1,0 +1,106 @@
+"""Rules for paths inside a component tree (docs/FORMAT.md, "Paths").
+
+A manifest is signed, but a signed manifest is not trusted to stay inside its environment: an
+insider or a compromised build machine must not be able to write outside it (T-PATH in
+docs/THREAT-MODEL.md). These checks are pure and run on every manifest the device parses.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import unicodedata
+from typing import Mapping
+
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255
+MAX_DEPTH = 128
+ROOT = "."
+
+
+class PathError(ValueError):
+    """A path or link target breaks the rules; the message says which rule."""
+
+
+def check_path(path: str) -> None:
+    """A component-relative path: ``a/b/c``, or ``.`` for the component's root directory."""
+    if path == ROOT:
+        return
+    if not isinstance(path, str) or not path:
+        raise PathError("empty path")
+    try:
+        encoded = path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PathError(f"path {path!r} is not valid UTF-8") from None
+    if len(encoded) > MAX_PATH_BYTES:
+        raise PathError(f"path longer than {MAX_PATH_BYTES} bytes")
+    if "\0" in path:
+        raise PathError(f"path {path!r} contains a NUL byte")
+    if path.startswith("/"):
+        raise PathError(f"path {path!r} is absolute")
+    parts = path.split("/")
+    if len(parts) > MAX_DEPTH:
+        raise PathError(f"path {path[:80]!r}... is nested deeper than {MAX_DEPTH} levels")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise PathError(f"path {path!r} has an empty, '.' or '..' component")
+        if len(part.encode("utf-8")) > MAX_NAME_BYTES:
+            raise PathError(f"a name in {path[:80]!r} is longer than {MAX_NAME_BYTES} bytes")
+
+
+def parent(path: str) -> str:
+    return posixpath.dirname(path) or ROOT
+
+
+def collision_key(path: str, *, fold_case: bool) -> str:
+    """Two paths with the same key are the same file on some filesystem (NFC/NFD, or case)."""
+    key = unicodedata.normalize("NFC", path)
+    return key.casefold() if fold_case else key
+
+
+def check_link_target(path: str, target: str, *, must_stay_inside: bool) -> None:
+    """A symlink target: bounded, no NUL; for content components, relative and inside the tree."""
+    if not isinstance(target, str) or not target:
+        raise PathError(f"symlink {path!r} has an empty target")
+    try:
+        size = len(target.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise PathError(f"symlink {path!r} target is not valid UTF-8") from None
+    if size > MAX_PATH_BYTES or "\0" in target:
+        raise PathError(f"symlink {path!r} has an overlong target or one with a NUL byte")
+    if must_stay_inside and target.startswith("/"):
+        raise PathError(f"symlink {path!r} -> {target!r} is absolute; content components may only "
+                        "link inside themselves")
+
+
+MAX_SYMLINK_HOPS = 40  # Linux's limit
+
+
+def resolve_within(path: str, symlinks: Mapping[str, str]) -> str:
+    """Resolve ``path`` the way the kernel would inside a tree whose symlinks are ``symlinks``.
+
+    Returns the resolved component-relative path. Raises PathError if resolution climbs above the
+    component's root or loops. A purely lexical check is not enough: ``s -> ..`` followed by
+    ``e -> s/../x`` escapes although ``normpath`` says it stays inside.
+    """
+    pending = [part for part in path.split("/") if part not in ("", ".")]
+    resolved: list[str] = []
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part == "..":
+            if not resolved:
+                raise PathError(f"{path!r} resolves outside its component")
+            resolved.pop()
+            continue
+        candidate = "/".join([*resolved, part])
+        target = symlinks.get(candidate)
+        if target is None:
+            resolved.append(part)
+            continue
+        hops += 1
+        if hops > MAX_SYMLINK_HOPS:
+            raise PathError(f"{path!r} goes through a symlink loop")
+        if target.startswith("/"):
+            raise PathError(f"{path!r} goes through the absolute symlink {candidate!r}")
+        pending = [p for p in target.split("/") if p not in ("", ".")] + pending
+    return "/".join(resolved) or ROOT

@@ -1,0 +1,127 @@
+"""Reading stored objects from a bundle's volumes: hashed as read, used only after the hash holds.
+
+The volumes may sit on a stick that can be swapped or rewritten at any moment, so nothing read
+from them is used before its SHA-256 matches the signed manifest (T-CONTENT), and the files are
+opened without following symlinks and must be regular files of exactly the signed size.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import os
+import stat
+from pathlib import Path
+from typing import Callable
+
+from agent.format.bundle_dir import volume_path
+from agent.format.manifest import Manifest, StoredObject
+from keys.errors import Failed, Refused
+
+
+class CorruptPayload(Refused):
+    """A volume or stored object does not match the signed manifest."""
+
+
+class Payload:
+    """Random access to the payload (all volumes end to end) of one bundle."""
+
+    def __init__(self, bundle: Path, manifest: Manifest):
+        self.bundle = Path(bundle)
+        self.manifest = manifest
+        self._starts: list[int] = []
+        position = 0
+        for volume in manifest.volumes:
+            self._starts.append(position)
+            position += volume.size
+        self._fds: dict[int, int] = {}
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __enter__(self) -> "Payload":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _volume_fd(self, index: int) -> int:
+        if index not in self._fds:
+            volume = self.manifest.volumes[index]
+            path = volume_path(self.bundle, volume.name)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise CorruptPayload(f"volume {volume.name} is missing", where=self.bundle,
+                                     hint="copy the complete bundle again") from None
+            except OSError as error:
+                raise CorruptPayload(f"cannot open volume {volume.name}: {error.strerror}",
+                                     where=self.bundle) from None
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_size != volume.size:
+                os.close(fd)
+                raise CorruptPayload(f"volume {volume.name} has {info.st_size} bytes, the manifest says "
+                                     f"{volume.size}", where=self.bundle, hint="copy the complete bundle again")
+            self._fds[index] = fd
+        return self._fds[index]
+
+    def read_range(self, offset: int, size: int, sink: Callable[[int, bytes], None] | None = None) -> bytes:
+        """Bytes ``[offset, offset + size)`` of the payload, across volume boundaries.
+
+        ``sink(volume_index, piece)`` sees every piece as read (for hashing volumes).
+        """
+        pieces = []
+        index = bisect.bisect_right(self._starts, offset) - 1
+        while size > 0:
+            if index >= len(self.manifest.volumes):
+                raise CorruptPayload("object reaches past the last volume", where=self.bundle)
+            start = self._starts[index]
+            within = offset - start
+            length = min(size, self.manifest.volumes[index].size - within)
+            try:
+                piece = os.pread(self._volume_fd(index), length, within)
+            except OSError as error:
+                raise Failed(f"cannot read volume: {error.strerror}", where=self.bundle,
+                             hint="the medium may have been removed") from None
+            if len(piece) != length:
+                raise CorruptPayload(f"volume {self.manifest.volumes[index].name} is shorter than signed",
+                                     where=self.bundle)
+            if sink is not None:
+                sink(index, piece)
+            pieces.append(piece)
+            offset += length
+            size -= length
+            index += 1
+        return b"".join(pieces)
+
+    def _object_mismatch(self, stored: StoredObject) -> CorruptPayload:
+        first = bisect.bisect_right(self._starts, stored.offset) - 1
+        last = bisect.bisect_right(self._starts, stored.offset + stored.size - 1) - 1
+        names = ", ".join(v.name for v in self.manifest.volumes[first:last + 1])
+        return CorruptPayload(f"object {stored.id[:16]} (in volume {names}) does not match its hash",
+                              where=self.bundle,
+                              hint="the bundle is damaged or was altered; copy it again")
+
+    def read_object(self, stored: StoredObject) -> bytes:
+        """The object's bytes, after checking their SHA-256. Raises CorruptPayload."""
+        data = self.read_range(stored.offset, stored.size)
+        if hashlib.sha256(data).hexdigest() != stored.id:
+            raise self._object_mismatch(stored)
+        return data
+
+    def verify_all(self, progress: Callable[[int], None] | None = None) -> None:
+        """Read every byte once: each object's hash and each volume's hash. Raises CorruptPayload."""
+        volume_hashes = [hashlib.sha256() for _ in self.manifest.volumes]
+        for stored in self.manifest.objects:
+            data = self.read_range(stored.offset, stored.size, lambda i, piece: volume_hashes[i].update(piece))
+            if hashlib.sha256(data).hexdigest() != stored.id:
+                raise self._object_mismatch(stored)
+            if progress:
+                progress(stored.size)
+        for volume, digest in zip(self.manifest.volumes, volume_hashes):
+            if digest.hexdigest() != volume.sha256:
+                raise CorruptPayload(f"volume {volume.name} does not match its hash", where=self.bundle)
+        for index in range(len(self.manifest.volumes)):  # every volume present, even if it held no object
+            self._volume_fd(index)

@@ -1,0 +1,96 @@
+"""Listing a real directory tree as manifest entries (vendor: release trees; device: staged trees).
+
+Refuses what a component may never contain: device nodes, sockets, FIFOs, and names that are
+not valid UTF-8 (docs/FORMAT.md, "Entries").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+from dataclasses import replace
+from typing import Iterator
+
+from agent.format.tree import DIR, EMPTY_SHA256, FILE, HARDLINK, SYMLINK, Entry, path_order
+from keys.errors import Refused
+
+READ_SIZE = 1 << 20
+
+
+class UnsupportedFile(Refused):
+    """A tree contains something a component cannot carry."""
+
+
+def hash_file(path: Path | str, *, dir_fd: int | None = None) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    digest = hashlib.sha256()
+    with os.fdopen(fd, "rb", buffering=0) as handle:
+        while block := handle.read(READ_SIZE):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _relative_paths(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+    yield ".", os.lstat(root)
+    stack = [""]
+    while stack:
+        prefix = stack.pop()
+        directory = root / prefix if prefix else root
+        with os.scandir(directory) as listing:
+            for item in listing:
+                name = item.name
+                try:
+                    name.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise UnsupportedFile(f"name {os.fsencode(name)!r} is not valid UTF-8", where=directory,
+                                          hint="rename it: manifests carry UTF-8 paths only") from None
+                relative = f"{prefix}/{name}" if prefix else name
+                info = item.stat(follow_symlinks=False)
+                yield relative, info
+                if stat.S_ISDIR(info.st_mode):
+                    stack.append(relative)
+
+
+def scan_tree(root: Path, *, with_hashes: bool = True) -> list[Entry]:
+    """Entries of the tree at ``root`` in listing order. Hard-linked files become one FILE entry
+    (the first path in listing order) and HARDLINK entries pointing to it.
+
+    Raises UnsupportedFile, Failed-like OSError from the filesystem.
+    """
+    root = Path(root)
+    found = sorted(_relative_paths(root), key=lambda item: path_order(item[0]))
+    first_link: dict[tuple[int, int], str] = {}
+    entries = []
+    for relative, info in found:
+        mode = stat.S_IMODE(info.st_mode)
+        common = dict(path=relative, uid=info.st_uid, gid=info.st_gid, mtime=int(info.st_mtime))
+        if stat.S_ISDIR(info.st_mode):
+            entries.append(Entry(type=DIR, mode=mode, **common))
+        elif stat.S_ISLNK(info.st_mode):
+            target = os.readlink(root / relative)
+            entries.append(Entry(type=SYMLINK, target=target, **common))
+        elif stat.S_ISREG(info.st_mode):
+            inode = (info.st_dev, info.st_ino)
+            if info.st_nlink > 1 and inode in first_link:
+                entries.append(Entry(path=relative, type=HARDLINK, target=first_link[inode]))
+                continue
+            if info.st_nlink > 1:
+                first_link[inode] = relative
+            if info.st_size == 0:
+                digest = EMPTY_SHA256
+            else:
+                digest = hash_file(root / relative) if with_hashes else None
+            entries.append(Entry(type=FILE, mode=mode, size=info.st_size, sha256=digest, **common))
+        else:
+            kind = ("device node" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
+                    else "socket" if stat.S_ISSOCK(info.st_mode) else "FIFO")
+            raise UnsupportedFile(f"{relative!r} is a {kind}; components carry only directories, files "
+                                  "and links", where=root, hint="remove it from the release tree")
+    return entries
+
+
+def as_content(entries: list[Entry]) -> list[Entry]:
+    """A content component's view of a tree: no ownership, so every entry is owned by 0:0."""
+    return [entry if entry.uid is None else replace(entry, uid=0, gid=0) for entry in entries]

@@ -1,0 +1,105 @@
+"""What a bundle does, in numbers: per component, files added / changed / moved / removed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.format.manifest import Component, Manifest
+from agent.format.tree import FILE
+from keys.threshold import ThresholdResult
+
+
+def component_summary(component: Component, object_sizes: dict[str, int]) -> dict[str, Any]:
+    counts = {kind: {"files": 0, "bytes": 0, "stored_bytes": 0}
+              for kind in ("unchanged", "moved", "changed", "added")}
+    largest = []
+    for entry in component.entries:
+        if entry.type != FILE or entry.size == 0:
+            continue
+        stored = sum(object_sizes[c.object] for c in entry.chunks)
+        if entry.base_path == entry.path:
+            kind = "unchanged"
+        elif entry.base_path is not None:
+            kind = "moved"
+        elif entry.chunks and any(c.prefix is not None and c.prefix.path == entry.path for c in entry.chunks):
+            kind = "changed"
+        elif component.is_delta and any(c.prefix is not None for c in entry.chunks):
+            kind = "changed"  # patched against a similar file under another name (renamed and edited)
+        else:
+            kind = "added"
+        counts[kind]["files"] += 1
+        counts[kind]["bytes"] += entry.size
+        counts[kind]["stored_bytes"] += stored
+        if stored:
+            largest.append({"path": entry.path, "kind": kind, "size": entry.size, "stored_bytes": stored})
+    largest.sort(key=lambda item: (-item["stored_bytes"], item["path"]))
+    return {
+        "name": component.name,
+        "update": "delta" if component.is_delta else "full",
+        "from": ({"version": component.base.version, "sequence": component.base.sequence}
+                 if component.base else None),
+        "to": {"version": component.version, "sequence": component.sequence},
+        "policy": component.policy,
+        "entries": len(component.entries),
+        "files": counts,
+        "removed": len(component.removed),
+        "stored_bytes": sum(c["stored_bytes"] for c in counts.values()),
+        "largest_changes": largest[:10],
+        "targets": list(component.targets),
+        "downgrade_from": list(component.downgrade_from),
+    }
+
+
+def summary(manifest: Manifest, signers: ThresholdResult | None, signature_ids: list[str]) -> dict[str, Any]:
+    object_sizes = {o.id: o.size for o in manifest.objects}
+    result: dict[str, Any] = {
+        "product": manifest.product,
+        "hardware": list(manifest.hardware),
+        "payload_bytes": manifest.payload_size,
+        "volumes": [{"name": v.name, "size": v.size} for v in manifest.volumes],
+        "components": [component_summary(c, object_sizes) for c in manifest.components],
+    }
+    if signers is not None:
+        result["signatures"] = {"verified_against_root": True, **signers.to_json()}
+    else:
+        result["signatures"] = {"verified_against_root": False, "key_ids": signature_ids}
+    return result
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError
+
+
+def render(report: dict[str, Any]) -> list[str]:
+    lines = [f"product {report['product']}, hardware {', '.join(report['hardware'])}",
+             f"payload {_size(report['payload_bytes'])} in {len(report['volumes'])} volume(s)"]
+    for c in report["components"]:
+        start = f"{c['from']['version']} (sequence {c['from']['sequence']})" if c["from"] else "nothing"
+        lines.append(f"{c['name']}: {c['update']} {start} -> {c['to']['version']} (sequence "
+                     f"{c['to']['sequence']}), {_size(c['stored_bytes'])} stored")
+        for kind, numbers in c["files"].items():
+            if numbers["files"]:
+                lines.append(f"    {kind:9} {numbers['files']:6} files  {_size(numbers['bytes']):>10}"
+                             f"  stored {_size(numbers['stored_bytes'])}")
+        if c["removed"]:
+            lines.append(f"    removed   {c['removed']:6} paths")
+        for item in c["largest_changes"][:5]:
+            lines.append(f"    largest: {item['path']} ({item['kind']}, {_size(item['size'])} -> "
+                         f"{_size(item['stored_bytes'])})")
+        if c["targets"]:
+            lines.append(f"    only for serials not yet having it: {', '.join(c['targets'])}")
+        if c["downgrade_from"]:
+            lines.append(f"    may downgrade from sequence(s) {', '.join(map(str, c['downgrade_from']))}")
+    signatures = report["signatures"]
+    if signatures["verified_against_root"]:
+        names = ", ".join(k["name"] for k in signatures["signed"]) or "none"
+        lines.append(f"signers: {len(signatures['signed'])} of {signatures['threshold']} required ({names})"
+                     + ("" if signatures["met"] else " - below threshold"))
+    else:
+        lines.append(f"signatures by key ids: {', '.join(signatures['key_ids']) or 'none'} "
+                     "(pass --root to check them against a trust root)")
+    return lines

@@ -1,0 +1,380 @@
+"""``bundle make``: the smallest signed bundle that takes machines from a base release to a new one.
+
+Per file of a changed component (docs/FORMAT.md, "How files are carried"):
+
+* same content somewhere in the base (unchanged, moved, renamed, duplicated) -> copied from
+  the base on the device, no data in the bundle;
+* changed -> zstd patch chunks against the most similar base file (same path, else same name,
+  else same path with digits ignored), each chunk falling back to plain zstd or raw bytes when
+  that is smaller;
+* new -> plain zstd chunks (or raw bytes when compression does not help);
+* removed -> implied: the manifest lists the complete new tree.
+
+Files are cut into chunks of at most ``chunk_size`` bytes, each patched against a base region of
+at most ``PREFIX_BYTES``, so memory stays bounded for multi-GiB files on both sides. Work runs in
+a thread pool (libzstd releases the GIL) but results are written in a fixed order, so the same
+inputs and keys give byte-identical bundles.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import posixpath
+import re
+import shutil
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+from agent.format import codec
+from agent.format import bundle_dir, gzip_recipe
+from agent.format.manifest import (MAX_CHUNK_BYTES, Base, Component, Manifest, MalformedManifest,
+                                   check_component)
+from agent.format.paths import PathError
+from agent.format.tree import FILE, SETUID_SETGID, Chunk, Entry, GzipRecipe, Prefix, tree_digest
+from agent.scan import as_content, scan_tree
+from bundler.release import Release, ReleaseComponent
+from keys.detached import signature_path
+from keys.errors import Failed, KeyFileExists, Refused
+from keys.files import fsync_directory, write_atomic
+from keys.secret_key import SecretKey
+from keys.signing import sign
+from keys.strict_json import JSONShapeError
+from bundler.volumes import VolumeWriter
+
+DEFAULT_CHUNK_BYTES = 16 << 20
+# Prefix + chunk stay within 64 MiB: single-threaded level 19 loses long matches beyond that.
+PREFIX_BYTES = 48 << 20
+DEFAULT_VOLUME_BYTES = 2 << 30
+DEFAULT_LEVEL = 19
+
+
+class MakeRefused(Refused):
+    """The release cannot be turned into a bundle as asked."""
+
+
+@dataclass(frozen=True)
+class MakeOptions:
+    full: bool = False
+    level: int = DEFAULT_LEVEL
+    volume_size: int = DEFAULT_VOLUME_BYTES
+    chunk_size: int = DEFAULT_CHUNK_BYTES
+    threads: int = max(1, min(4, os.cpu_count() or 1))
+    targets: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    downgrades: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a job's bytes come from: a file, or a gzip file's content."""
+
+    path: Path
+    gunzip: bool = False
+
+    def read(self, offset: int, size: int) -> bytes:
+        with open(self.path, "rb", buffering=0) as handle:
+            if self.gunzip:
+                data = gzip_recipe.gunzip_prefix(lambda: handle.read(1 << 20), offset + size)[offset:]
+            else:
+                data = os.pread(handle.fileno(), size, offset)
+        if len(data) != size:
+            raise Failed("file changed while the bundle was being made", where=self.path)
+        return data
+
+
+@dataclass(frozen=True)
+class _ChunkJob:
+    """Encode bytes [offset, offset + size) of a new file's content, maybe against a base region."""
+
+    source: _Source
+    offset: int
+    size: int
+    reference: _Source | None = None
+    prefix: Prefix | None = None
+
+
+# --- choosing what to carry -------------------------------------------------------------------
+
+
+def _component_entries(component: ReleaseComponent) -> list[Entry]:
+    """Scan a release tree and apply its content policy (games: content only, owned by 0:0)."""
+    entries = scan_tree(component.path)
+    if component.policy == "system":
+        return entries
+    for entry in entries:
+        if entry.mode is not None and entry.mode & SETUID_SETGID:
+            raise MakeRefused(f"{entry.path!r} has a setuid/setgid bit; game components are content only",
+                              where=component.path, hint="clear the bit (chmod u-s,g-s) in the release tree")
+    return as_content(entries)
+
+
+def _similar_base_file(path: str, size: int, base_files: dict[str, Entry], by_name: dict[str, list[Entry]],
+                       by_blind_path: dict[str, list[Entry]]) -> Entry | None:
+    """The base file most likely to share content with new file ``path`` (OSTree pairs by name)."""
+    same = base_files.get(path)
+    if same is not None:
+        return same
+    for candidates in (by_name.get(posixpath.basename(path)), by_blind_path.get(_digits_blind(path))):
+        if candidates:
+            return min(candidates, key=lambda e: (abs(e.size - size), e.path))
+    return None
+
+
+def _digits_blind(path: str) -> str:
+    return re.sub(r"[0-9]+", "#", path)
+
+
+def _chunk_jobs(size: int, source: _Source, reference: Entry | None, reference_source: _Source | None,
+                reference_size: int, chunk_size: int) -> list[_ChunkJob]:
+    jobs = []
+    for offset in range(0, size, chunk_size):
+        length = min(chunk_size, size - offset)
+        prefix = None
+        if reference is not None and reference_size > 0:
+            region = min(reference_size, PREFIX_BYTES)
+            # Map the chunk's position proportionally into the base file and centre the region on it.
+            centre = (offset + length // 2) * reference_size // size
+            start = min(max(0, centre - region // 2), reference_size - region)
+            prefix = Prefix(path=reference.path, sha256=reference.sha256, offset=start, length=region,
+                            gunzip=reference_source.gunzip)
+        jobs.append(_ChunkJob(source=source, offset=offset, size=length,
+                              reference=reference_source if prefix else None, prefix=prefix))
+    return jobs
+
+
+def _gzip_content(path: Path, size: int) -> tuple[GzipRecipe, int] | None:
+    """A recipe if ``path`` is a gzip file that re-deflates bit for bit, with its content size."""
+    if size > MAX_CHUNK_BYTES:
+        return None
+    with open(path, "rb") as handle:
+        if not handle.read(len(gzip_recipe.MAGIC)) == gzip_recipe.MAGIC:
+            return None
+        data = gzip_recipe.MAGIC + handle.read()
+    found = gzip_recipe.find_recipe(data, MAX_CHUNK_BYTES)
+    if found is None:
+        return None
+    header, level, content = found
+    return GzipRecipe(header=header, level=level, size=len(content),
+                      sha256=hashlib.sha256(content).hexdigest()), len(content)
+
+
+def _gunzipped_size(path: Path) -> int | None:
+    """Content size of a gzip base file, if it is one and small enough to serve as a prefix."""
+    with open(path, "rb") as handle:
+        if gzip_recipe.header_length(handle.read(MAX_CHUNK_BYTES)) is None:
+            return None
+        handle.seek(0)
+        try:
+            content = gzip_recipe.gunzip_prefix(lambda: handle.read(1 << 20), 2 * MAX_CHUNK_BYTES + 1)
+        except ValueError:
+            return None
+    return len(content) if len(content) <= 2 * MAX_CHUNK_BYTES else None
+
+
+def _encode(job: _ChunkJob, level: int) -> tuple[str, bytes]:
+    """Smallest of: patch against the base region, plain zstd, raw bytes."""
+    data = job.source.read(job.offset, job.size)
+    candidates = [("raw", data), ("zstd", codec.compress(data, level))]
+    if job.prefix is not None:
+        region = job.reference.read(job.prefix.offset, job.prefix.length)
+        candidates.append(("zstd-patch", codec.compress(data, level, region)))
+    return min(candidates, key=lambda c: (len(c[1]), c[0] != "raw"))
+
+
+# --- the bundle -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    component: ReleaseComponent
+    base: ReleaseComponent | None
+    base_digest: str | None
+    entries: list[Entry]
+    jobs: dict[str, list[_ChunkJob]]  # path -> chunk jobs, for files that carry data
+    removed: tuple[str, ...] = ()
+
+
+def _plan_component(component: ReleaseComponent, base: ReleaseComponent | None, options: MakeOptions) -> _Plan:
+    entries = _component_entries(component)
+    if base is None:
+        plan_entries, jobs = [], {}
+        for entry in entries:
+            if entry.type == FILE and entry.size:
+                jobs[entry.path] = _chunk_jobs(entry.size, _Source(component.path / entry.path), None, None, 0,
+                                               options.chunk_size)
+            plan_entries.append(entry)
+        return _Plan(component, None, None, plan_entries, jobs)
+    base_entries = _component_entries(base)
+    base_files = {e.path: e for e in base_entries if e.type == FILE}
+    by_content: dict[str, Entry] = {}
+    by_name: dict[str, list[Entry]] = {}
+    by_blind_path: dict[str, list[Entry]] = {}
+    for entry in base_files.values():
+        if entry.size:
+            by_content.setdefault(entry.sha256, entry)
+            by_name.setdefault(posixpath.basename(entry.path), []).append(entry)
+            by_blind_path.setdefault(_digits_blind(entry.path), []).append(entry)
+    plan_entries, jobs = [], {}
+    for entry in entries:
+        if entry.type == FILE and entry.size:
+            same = base_files.get(entry.path)
+            if same is not None and same.sha256 == entry.sha256:
+                entry = replace(entry, base_path=entry.path)
+            elif entry.sha256 in by_content:
+                entry = replace(entry, base_path=by_content[entry.sha256].path)
+            else:
+                entry, jobs[entry.path] = _delta_jobs(entry, component, base, base_files, by_name, by_blind_path,
+                                                      options.chunk_size)
+        plan_entries.append(entry)
+    new_paths = {e.path for e in entries}
+    removed = tuple(e.path for e in base_entries if e.path not in new_paths)  # already in listing order
+    return _Plan(component, base, tree_digest(base_entries), plan_entries, jobs, removed)
+
+
+def _delta_jobs(entry: Entry, component: ReleaseComponent, base: ReleaseComponent, base_files: dict[str, Entry],
+                by_name: dict[str, list[Entry]], by_blind_path: dict[str, list[Entry]],
+                chunk_size: int) -> tuple[Entry, list[_ChunkJob]]:
+    """Jobs for a changed or new file of a delta. A gzip file that re-deflates bit for bit is
+    carried as its content (gzip_recipe.py); only deltas do this, so a full bundle never depends
+    on the device's zlib."""
+    source = _Source(component.path / entry.path)
+    size = entry.size
+    recipe = _gzip_content(source.path, entry.size)
+    if recipe is not None:
+        entry = replace(entry, gzip=recipe[0])
+        source, size = _Source(source.path, gunzip=True), recipe[1]
+    reference = _similar_base_file(entry.path, entry.size, base_files, by_name, by_blind_path)
+    reference_source, reference_size = None, 0
+    if reference is not None:
+        reference_source, reference_size = _Source(base.path / reference.path), reference.size
+        gunzipped = _gunzipped_size(reference_source.path) if recipe is not None else None
+        if gunzipped is not None:
+            reference_source, reference_size = _Source(reference_source.path, gunzip=True), gunzipped
+    return entry, _chunk_jobs(size, source, reference, reference_source, reference_size, chunk_size)
+
+
+def _select_components(release: Release, base: Release | None, options: MakeOptions) -> list[tuple]:
+    if base is not None and base.product != release.product:
+        raise MakeRefused(f"the base release is for product {base.product!r}, the new one for "
+                          f"{release.product!r}", where=base.source)
+    selected = []
+    for name in sorted(release.components, key=lambda n: (n != "platform", n)):
+        component = release.components[name]
+        previous = base.components.get(name) if base is not None else None
+        if previous is not None and component.sequence == previous.sequence:
+            if tree_digest(_component_entries(component)) != tree_digest(_component_entries(previous)):
+                raise MakeRefused(f"component {name} changed but its sequence is still {component.sequence}",
+                                  where=release.source, hint="raise the sequence in the new release.toml")
+            continue
+        if previous is not None and component.sequence < previous.sequence:
+            allowed = options.downgrades.get(name, ())
+            if previous.sequence not in allowed:
+                raise MakeRefused(
+                    f"component {name} goes down from sequence {previous.sequence} to {component.sequence}; "
+                    "devices refuse that without a signed permission",
+                    hint=f"add --allow-downgrade {name}={previous.sequence} if this downgrade is intended")
+        selected.append((component, None if options.full else previous))
+    if not selected:
+        raise MakeRefused("no component changed between the base and the new release (all sequences equal)",
+                          where=release.source)
+    return selected
+
+
+def make_bundle(release: Release, base: Release | None, keys: list[SecretKey], out: Path,
+                options: MakeOptions = MakeOptions(), progress: Callable[[str, int, int], None] | None = None
+                ) -> Manifest:
+    """Write a signed bundle directory at ``out`` (which must not exist). Returns its manifest.
+
+    Raises MakeRefused, UnsupportedFile, Failed; on any error nothing is left at ``out``.
+    """
+    out = Path(out)
+    if out.exists():
+        raise KeyFileExists("already exists; bundles are never overwritten", where=out,
+                            hint="choose another --out or remove the old bundle")
+    for name in options.targets:
+        if name not in release.components:
+            raise MakeRefused(f"--target names component {name!r}, which the release does not have")
+    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        plans = [_plan_component(c, b, options) for c, b in _select_components(release, base, options)]
+        writer = VolumeWriter(staging / bundle_dir.PAYLOAD, options.volume_size)
+        components = [_encode_component(plan, writer, options, progress) for plan in plans]
+        writer.close()
+        manifest = Manifest(product=release.product, hardware=release.hardware, components=tuple(components),
+                            objects=tuple(writer.objects), volumes=tuple(writer.volumes))
+        manifest_bytes = manifest.to_stored()
+        try:  # never emit what a device would refuse
+            Manifest.from_stored(manifest_bytes)
+        except MalformedManifest as error:
+            raise MakeRefused(f"the release breaks a bundle rule: {error.message}", where=release.source) from None
+        write_atomic(bundle_dir.manifest_path(staging), manifest_bytes)
+        for key in keys:
+            write_atomic(signature_path(bundle_dir.manifest_path(staging), key.id),
+                         sign(key, manifest_bytes, f"bundle-manifest product:{release.product}").to_bytes())
+        fsync_directory(staging)
+        os.rename(staging, out)
+        fsync_directory(out.parent)
+        return manifest
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _encode_component(plan: _Plan, writer: VolumeWriter, options: MakeOptions,
+                      progress: Callable[[str, int, int], None] | None) -> Component:
+    all_jobs = [job for jobs in plan.jobs.values() for job in jobs]
+    total = sum(job.size for job in all_jobs)
+    done = 0
+    results: Iterator[tuple[str, bytes]] = _ordered_map(lambda job: _encode(job, options.level), all_jobs,
+                                                         options.threads)
+    entries = []
+    for entry in plan.entries:
+        jobs = plan.jobs.get(entry.path)
+        if jobs:
+            chunks = []
+            for job in jobs:
+                encoding, stored = next(results)
+                chunks.append(Chunk(object=writer.add(stored, encoding), size=job.size,
+                                    prefix=job.prefix if encoding == "zstd-patch" else None))
+                done += job.size
+                if progress:
+                    progress(plan.component.name, done, total)
+            entry = replace(entry, chunks=tuple(chunks))
+        entries.append(entry)
+    component = plan.component
+    result = Component(
+        name=component.name, version=component.version, sequence=component.sequence, policy=component.policy,
+        tree_digest=tree_digest(entries), entries=tuple(entries),
+        base=(Base(sequence=plan.base.sequence, version=plan.base.version, tree_digest=plan.base_digest)
+              if plan.base is not None else None),
+        targets=options.targets.get(component.name, ()),
+        downgrade_from=options.downgrades.get(component.name, ()), removed=plan.removed)
+    try:
+        check_component(result, {o.id: o for o in writer.objects})
+    except (JSONShapeError, PathError) as error:
+        raise MakeRefused(f"component {component.name}: {error}", where=component.path,
+                          hint="fix the release tree") from None
+    return result
+
+
+def _ordered_map(function, items: list, threads: int) -> Iterator:
+    """Like ``executor.map`` but with at most ``2 * threads`` results in memory at once."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
+        pending: deque = deque()
+        items_iter = iter(items)
+        for item in items_iter:
+            pending.append(pool.submit(function, item))
+            if len(pending) >= 2 * threads:
+                break
+        while pending:
+            yield pending.popleft().result()
+            for item in items_iter:
+                pending.append(pool.submit(function, item))
+                break
+
+
+assert DEFAULT_CHUNK_BYTES <= MAX_CHUNK_BYTES

@@ -1,0 +1,96 @@
+"""``release.toml``: what a release is made of (docs/FORMAT.md, "Release description").
+
+    product = "demo-cabinet"
+    hardware = ["cab-a", "cab-b"]
+    [components.platform]
+    path = "platform"          # relative to this file
+    version = "13.2.1"
+    sequence = 7
+    [components."game/lucky-sevens"]
+    path = "games/lucky-sevens"
+    version = "2.0"
+    sequence = 3
+    policy = "content"         # optional: platform is "system", games are "content"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.format.manifest import COMPONENT_NAME, LABEL
+from keys.errors import Refused
+from keys.files import read_capped
+
+
+class BadRelease(Refused):
+    """The release description is invalid."""
+
+
+@dataclass(frozen=True)
+class ReleaseComponent:
+    name: str
+    path: Path
+    version: str
+    sequence: int
+    policy: str
+
+
+@dataclass(frozen=True)
+class Release:
+    source: Path
+    product: str
+    hardware: tuple[str, ...]
+    components: dict[str, ReleaseComponent]
+
+
+def load_release(path: Path) -> Release:
+    """Raises BadRelease naming the file and the field."""
+    path = Path(path)
+    try:
+        document = tomllib.loads(read_capped(path, 1 << 20, what="release description").decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise BadRelease(f"not valid TOML: {error}", where=path) from None
+
+    def fail(message: str) -> BadRelease:
+        return BadRelease(message, where=path, hint="see docs/FORMAT.md, 'Release description'")
+
+    product = document.get("product")
+    if not isinstance(product, str) or not LABEL.fullmatch(product):
+        raise fail("'product' must be a name of letters, digits and ._+:~@-")
+    hardware = document.get("hardware")
+    if isinstance(hardware, str):
+        hardware = [hardware]
+    if (not isinstance(hardware, list) or not hardware
+            or not all(isinstance(h, str) and LABEL.fullmatch(h) for h in hardware)):
+        raise fail("'hardware' must list at least one hardware model name")
+    raw_components = document.get("components")
+    if not isinstance(raw_components, dict) or not raw_components:
+        raise fail("no [components.NAME] tables")
+    components = {}
+    for name, table in raw_components.items():
+        if not COMPONENT_NAME.fullmatch(name):
+            raise fail(f"component {name!r}: names are 'platform' or 'game/<id>' (lower-case id)")
+        if not isinstance(table, dict):
+            raise fail(f"component {name!r} must be a table")
+        tree = table.get("path")
+        version = table.get("version")
+        sequence = table.get("sequence")
+        default_policy = "system" if name == "platform" else "content"
+        policy = table.get("policy", default_policy)
+        if not isinstance(tree, str) or not tree:
+            raise fail(f"component {name!r}: 'path' (the tree, relative to this file) is required")
+        if not isinstance(version, str) or not LABEL.fullmatch(version):
+            raise fail(f"component {name!r}: 'version' must be a string like \"13.2.1\"")
+        if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 0:
+            raise fail(f"component {name!r}: 'sequence' must be a non-negative integer")
+        if policy != default_policy:
+            raise fail(f"component {name!r}: policy must be {default_policy!r} (the platform may carry "
+                       "setuid bits and ownership; games are content only)")
+        tree_path = (path.parent / tree).resolve()
+        if not tree_path.is_dir():
+            raise fail(f"component {name!r}: {tree_path} is not a directory")
+        components[name] = ReleaseComponent(name=name, path=tree_path, version=version, sequence=sequence,
+                                            policy=policy)
+    return Release(source=path, product=product, hardware=tuple(hardware), components=components)

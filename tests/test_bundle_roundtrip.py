@@ -1,0 +1,239 @@
+"""bundle make -> verify -> apply round trips on real trees with every kind of change."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from agent.apply import apply_component
+from agent.format.bundle_dir import manifest_path
+from agent.format.manifest import Manifest
+from agent.format.tree import tree_digest
+from agent.payload import Payload
+from agent.scan import as_content, scan_tree
+from tests.releases import put, write_release
+
+RNG = random.Random(7)
+BLOB = RNG.randbytes(300_000)
+TEXT = "".join(f"line {i}: lorem ipsum dolor sit amet\n" for i in range(20_000))
+
+
+def build_r1(directory: Path) -> Path:
+    release = write_release(directory, {"platform": ("13.2.0", 6), "game/lucky-sevens": ("1.0", 2)})
+    p = directory / "platform"
+    put(p, "usr/bin/tool", BLOB, 0o755)
+    put(p, "usr/bin/sudo", b"setuid program", 0o4755)
+    put(p, "etc/config", TEXT)
+    put(p, "etc/shifted", TEXT)
+    put(p, "etc/appended", TEXT)
+    put(p, "etc/truncated", TEXT)
+    put(p, "etc/to-delete", "bye")
+    put(p, "etc/to-rename", BLOB[:50_000])
+    put(p, "var/empty-file", b"")
+    put(p, "usr/share/doc/changelog.gz", gzip.compress(TEXT.encode(), 9, mtime=0))
+    put(p, "usr/share/ünïcødé/naïve.txt", "unicode")
+    os.symlink("tool", p / "usr/bin/tool-link")
+    os.symlink("/etc/config", p / "etc/absolute-link")
+    os.link(p / "usr/bin/tool", p / "usr/bin/tool-hardlink")
+    (p / "srv/empty-dir").mkdir(parents=True)
+    os.chmod(p / "srv", 0o750)
+    os.chown(p / "etc/config", 1234, 5678)
+    g = directory / "games/lucky-sevens"
+    put(g, "reels.dat", RNG.randbytes(100_000))
+    put(g, "rules.txt", TEXT[:5000])
+    os.symlink("rules.txt", g / "rules-link")
+    return release
+
+
+def build_r2(r1: Path, directory: Path) -> Path:
+    os.system(f"cp -a {r1}/. {directory}/")
+    release = write_release(directory, {"platform": ("13.2.1", 7), "game/lucky-sevens": ("2.0", 3),
+                                        "game/fortune": ("1.0", 1)})
+    p = directory / "platform"
+    tool = bytearray(BLOB)
+    tool[1000:1010] = b"EDITEDEDIT"
+    put(p, "usr/bin/tool", bytes(tool), 0o755)  # edited in place: the hard link is rewritten too
+    os.unlink(p / "usr/bin/tool-hardlink")
+    os.link(p / "usr/bin/tool", p / "usr/bin/tool-hardlink")
+    put(p, "etc/config", TEXT.replace("line 500:", "line five hundred:"))
+    put(p, "etc/shifted", "inserted at the start\n" * 300 + TEXT)
+    put(p, "etc/appended", TEXT + "appended line\n" * 50)
+    put(p, "etc/truncated", TEXT[: len(TEXT) // 2])
+    os.unlink(p / "etc/to-delete")
+    os.rename(p / "etc/to-rename", p / "etc/renamed")
+    put(p, "usr/share/doc/changelog.gz", gzip.compress(("new entry\n" + TEXT).encode(), 9, mtime=0))
+    os.chmod(p / "etc/truncated", 0o600)
+    os.unlink(p / "usr/bin/tool-link")
+    os.symlink("sudo", p / "usr/bin/tool-link")
+    put(p, "new/dir/новый.txt", "new file, unicode path")
+    g = directory / "games/lucky-sevens"
+    reels = bytearray((directory / "games/lucky-sevens/reels.dat").read_bytes())
+    reels[5000:5004] = b"\0\1\2\3"
+    put(g, "reels.dat", bytes(reels))
+    put(directory / "games/fortune", "wheel.dat", RNG.randbytes(20_000))
+    return release
+
+
+@pytest.fixture(scope="module")
+def releases(tmp_path_factory):
+    base = tmp_path_factory.mktemp("releases")
+    r1 = build_r1(base / "r1")
+    (base / "r2").mkdir()
+    r2 = build_r2(base / "r1", base / "r2")
+    return r1, r2
+
+
+@pytest.fixture(scope="module")
+def bundles(releases, trust, tmp_path_factory):
+    from tests.conftest import run_cli
+    r1, r2 = releases
+    out = tmp_path_factory.mktemp("bundles")
+    keys = ["--key", trust.key("rel1"), "--key", trust.key("rel2")]
+    run_cli("bundle", "make", "--release", r1, *keys, "--out", out / "full-1", "--level", "3", check=True)
+    run_cli("bundle", "make", "--release", r2, "--base", r1, *keys, "--out", out / "d12", "--level", "3", check=True)
+    return out / "full-1", out / "d12"
+
+
+def _expected(release_dir: Path, name: str) -> list:
+    tree = release_dir / ("platform" if name == "platform" else f"games/{name.split('/')[1]}")
+    entries = scan_tree(tree)
+    return entries if name == "platform" else as_content(entries)
+
+
+def test_full_and_delta_verify_with_the_device_engine(cli, releases, bundles, trust):
+    r1, _ = releases
+    full, delta = bundles
+    result = cli("bundle", "verify", full, "--root", trust.root, "--apply", check=True)
+    assert "platform: applied: every file matches the manifest" in result.stdout
+    result = cli("bundle", "verify", delta, "--root", trust.root, "--base", f"platform={r1.parent / 'platform'}",
+                 "--base", f"game/lucky-sevens={r1.parent / 'games/lucky-sevens'}", check=True)
+    assert result.stdout.count("every file matches the manifest") == 3
+
+
+@pytest.mark.parametrize("name", ["platform", "game/lucky-sevens", "game/fortune"])
+def test_applied_delta_equals_the_new_release_exactly(releases, bundles, tmp_path, name):
+    """Paths, types, modes, setuid bits, numeric owners, contents, link targets, hard links."""
+    r1, r2 = releases
+    _, delta = bundles
+    manifest = Manifest.from_stored(manifest_path(delta).read_bytes())
+    component = manifest.component(name)
+    base = r1.parent / ("platform" if name == "platform" else f"games/{name.split('/')[1]}")
+    with Payload(delta, manifest) as payload:
+        apply_component(component, payload, tmp_path / "out", base=base if component.is_delta else None,
+                        set_owner=True)
+    applied = scan_tree(tmp_path / "out")
+    if name != "platform":
+        applied = as_content(applied)
+    assert tree_digest(applied) == tree_digest(_expected(r2.parent, name)) == component.tree_digest
+    if name == "platform":
+        out = tmp_path / "out"
+        assert (out / "usr/bin/sudo").stat().st_mode & 0o7777 == 0o4755
+        assert (out / "etc/config").stat().st_uid == 1234
+        assert os.readlink(out / "etc/absolute-link") == "/etc/config"
+        assert (out / "usr/bin/tool").stat().st_ino == (out / "usr/bin/tool-hardlink").stat().st_ino
+        assert (out / "srv").stat().st_mode & 0o777 == 0o750
+        assert (out / "var/empty-file").stat().st_size == 0
+        # Modification times are kept to the second.
+        assert (out / "etc/config").stat().st_mtime == int((r2.parent / "platform/etc/config").stat().st_mtime)
+
+
+def test_delta_carries_only_changes(cli, bundles):
+    import json
+    _, delta = bundles
+    report = json.loads(cli("bundle", "inspect", delta, "--json", check=True).stdout)
+    platform = next(c for c in report["components"] if c["name"] == "platform")
+    assert platform["update"] == "delta" and platform["from"] == {"version": "13.2.0", "sequence": 6}
+    assert platform["files"]["moved"]["files"] == 1  # etc/to-rename -> etc/renamed
+    assert platform["removed"] == 2  # etc/to-delete, etc/to-rename
+    assert platform["files"]["unchanged"]["files"] >= 2
+    # Every edit is small: the delta is a tiny fraction of the changed bytes.
+    changed = platform["files"]["changed"]
+    assert changed["files"] >= 6 and changed["stored_bytes"] < changed["bytes"] / 20
+    gz = next(i for i in platform["largest_changes"] if i["path"].endswith("changelog.gz")) \
+        if any(i["path"].endswith("changelog.gz") for i in platform["largest_changes"]) else None
+    assert gz is None or gz["stored_bytes"] < 2000  # the gzip recipe diffs content, not deflate bytes
+    games = {c["name"]: c for c in report["components"]}
+    assert games["game/fortune"]["update"] == "full"
+    assert games["game/lucky-sevens"]["update"] == "delta"
+
+
+def test_make_is_reproducible(cli, releases, trust, tmp_path):
+    r1, r2 = releases
+    outputs = []
+    for name in ("a", "b"):
+        cli("bundle", "make", "--release", r2, "--base", r1, "--key", trust.key("rel1"), "--out", tmp_path / name,
+            "--level", "3", "--threads", "1" if name == "a" else "2", check=True)
+        outputs.append({str(p.relative_to(tmp_path / name)): p.read_bytes()
+                        for p in sorted((tmp_path / name).rglob("*")) if p.is_file()})
+    assert outputs[0] == outputs[1]
+
+
+def test_cosigning_up_to_the_threshold(cli, releases, trust, tmp_path):
+    r1, _ = releases
+    cli("bundle", "make", "--release", r1, "--key", trust.key("rel1"), "--out", tmp_path / "b", "--level", "3",
+        check=True)
+    refused = cli("bundle", "verify", tmp_path / "b", "--root", trust.root)
+    assert refused.returncode == 3
+    assert "signed by 1 of 2 required release signers (signed: rel1; missing: rel2)" in refused.stderr
+    again = cli("bundle", "sign", tmp_path / "b", "--key", trust.key("rel1"), "--root", trust.root, check=True)
+    assert "signed by 1 of 2" in again.stdout  # the same signer twice still counts once
+    stranger = cli("bundle", "sign", tmp_path / "b", "--key", trust.key("rel3"), "--root", trust.root, check=True)
+    assert "signed by 1 of 2" in stranger.stdout  # a key the root does not list counts for nothing
+    done = cli("bundle", "sign", tmp_path / "b", "--key", trust.key("rel2"), "--root", trust.root, check=True)
+    assert "signed by 2 of 2" in done.stdout
+    cli("bundle", "verify", tmp_path / "b", "--root", trust.root, check=True)
+
+
+def _flip(path: Path, position: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[position % len(data)] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_verify_catches_one_flipped_byte_everywhere(cli, releases, trust, tmp_path):
+    r1, _ = releases
+    cli("bundle", "make", "--release", r1, "--key", trust.key("rel1"), "--key", trust.key("rel2"),
+        "--out", tmp_path / "orig", "--level", "3", "--volume-size", "64K", check=True)
+    files = sorted(p.relative_to(tmp_path / "orig") for p in (tmp_path / "orig").rglob("*") if p.is_file())
+    assert len([f for f in files if f.suffix == ".vol"]) >= 3
+    cases = []
+    for target in files:
+        size = (tmp_path / "orig" / target).stat().st_size
+        if target.suffix == ".vol":
+            cases += [(target, 0, "does not match its hash"), (target, size // 2, "does not match its hash")]
+        elif target.suffix == ".minisig":
+            # Line 2 is the signature itself (line 1, the untrusted comment, is not signed by design).
+            line2 = (tmp_path / "orig" / target).read_bytes().index(b"\n") + 20
+            cases.append((target, line2, "signed by 1 of 2"))
+        else:
+            cases += [(target, 0, "signed by 0 of 2"), (target, size // 2, "signed by 0 of 2")]
+    for number, (target, position, message) in enumerate(cases):
+        copy = tmp_path / f"copy-{number}"
+        shutil.copytree(tmp_path / "orig", copy)
+        _flip(copy / target, position)
+        result = cli("bundle", "verify", copy, "--root", trust.root)
+        assert result.returncode == 3, (target, result.stdout)
+        assert message in result.stderr or "signature" in result.stderr, (target, result.stderr)
+        shutil.rmtree(copy)
+
+
+def test_missing_and_swapped_volumes(cli, releases, trust, tmp_path):
+    r1, _ = releases
+    for name in ("a", "b"):
+        cli("bundle", "make", "--release", r1, "--key", trust.key("rel1"), "--key", trust.key("rel2"),
+            "--out", tmp_path / name, "--level", "3", "--volume-size", "64K", check=True)
+    volumes = sorted((tmp_path / "a/payload").iterdir())
+    volumes[1].unlink()
+    result = cli("bundle", "verify", tmp_path / "a", "--root", trust.root)
+    assert result.returncode == 3 and "is missing" in result.stderr
+    # A volume from another bundle under the expected name: size or hash gives it away.
+    other = sorted((tmp_path / "b/payload").iterdir())
+    os.system(f"cp {other[0]} {volumes[1]}")
+    result = cli("bundle", "verify", tmp_path / "a", "--root", trust.root)
+    assert result.returncode == 3 and "does not match its hash" in result.stderr
+    assert volumes[1].name in result.stderr

@@ -84,11 +84,82 @@ def trust_story(story: Story) -> None:
         story.say("(minisign is not installed here; `make test` installs it for the interop tests.)")
 
 
+def _write(root: Path, relative: str, data: bytes, mode: int = 0o644) -> None:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    os.chmod(path, mode)
+
+
+def build_releases(workdir: Path) -> None:
+    """Two releases of a small cabinet: R2 patches the platform, changes one game, adds another."""
+    import gzip
+    import random
+    rng = random.Random(13)
+    engine = rng.randbytes(400_000)
+    changelog = "".join(f"  * fix {i}: tightened input checks\n" for i in range(3000)).encode()
+    reels = rng.randbytes(200_000)
+    for name, version, sequence in (("r1", "13.2.0", 6), ("r2", "13.2.1", 7)):
+        root = workdir / name
+        platform = root / "platform"
+        patched = name == "r2"
+        _write(platform, "usr/bin/cabinet-engine", engine[:1000] + (b"PATCHED!" if patched else b"original") +
+               engine[1008:], 0o755)
+        _write(platform, "usr/bin/sudo", b"#!/bin/sh\n# stand-in for a setuid binary\n", 0o4755)
+        _write(platform, "etc/cabinet.conf", b"payout_table = standard\n" + (b"audit = strict\n" if patched else b""))
+        _write(platform, "usr/share/doc/cabinet/changelog.gz",
+               gzip.compress((b"13.2.1: security fixes\n" if patched else b"") + changelog, 9, mtime=0))
+        os.symlink("cabinet-engine", platform / "usr/bin/engine")
+        lucky = root / "games/lucky-sevens"
+        _write(lucky, "reels.dat", reels[:5000] + (b"new reel strip" if patched else b"old reel strip") + reels[5014:])
+        _write(lucky, "paytable.json", b'{"777": 500}\n')
+        lines = ['product = "demo-cabinet"', 'hardware = ["cab-a", "cab-b"]',
+                 '[components.platform]', 'path = "platform"', f'version = "{version}"', f"sequence = {sequence}",
+                 '[components."game/lucky-sevens"]', 'path = "games/lucky-sevens"',
+                 f'version = "{"2.0" if patched else "1.0"}"', f"sequence = {3 if patched else 2}"]
+        if patched:
+            _write(root / "games/fortune-wheel", "wheel.dat", rng.randbytes(50_000))
+            lines += ['[components."game/fortune-wheel"]', 'path = "games/fortune-wheel"', 'version = "1.0"',
+                      "sequence = 1"]
+        (root / "release.toml").write_text("\n".join(lines) + "\n")
+
+
+def bundle_story(story: Story) -> None:
+    build_releases(story.workdir)
+    story.say("""
+        5. Two releases. r1/ and r2/ each hold a release.toml and its trees: the platform and the
+        games. Release 2 patches the platform (13.2.0 -> 13.2.1), changes Lucky Sevens and adds
+        Fortune Wheel.""")
+    story.run("cat r2/release.toml")
+    story.say("""
+        6. Bundles. A full bundle of release 1 for the factory, and a delta from 1 to 2 for the
+        field: only what changed travels, patched against the files the machines already have.""")
+    story.run("bundle make --release r1/release.toml --key keys/rel1.key --key keys/rel2.key --out bundles/full-1")
+    story.run("bundle make --release r2/release.toml --base r1/release.toml --key keys/rel1.key --out bundles/d12")
+    story.say("The delta carries one signature; the trust root demands two (the two-person rule):")
+    story.run("bundle verify bundles/d12 --root root.json --root root-2.json", refused=True)
+    story.run("bundle sign bundles/d12 --key keys/rel2.key --root root.json --root root-2.json")
+    story.say("""
+        Now it verifies - and with the old trees as bases it is applied by the device's own engine
+        in a scratch directory, every resulting file checked against the signed manifest:""")
+    story.run("bundle verify bundles/d12 --root root.json --root root-2.json --base platform=r1/platform "
+              "--base game/lucky-sevens=r1/games/lucky-sevens")
+    story.run("bundle inspect bundles/d12 --root root.json --root root-2.json")
+    story.say("One flipped byte anywhere, and the bundle is refused:")
+    volume = next((story.workdir / "bundles/d12/payload").iterdir())
+    data = bytearray(volume.read_bytes())
+    data[len(data) // 2] ^= 1
+    shutil.copytree(story.workdir / "bundles/d12", story.workdir / "bundles/d12-tampered")
+    (story.workdir / "bundles/d12-tampered/payload" / volume.name).write_bytes(bytes(data))
+    story.run("bundle verify bundles/d12-tampered --root root.json --root root-2.json", refused=True)
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bundle-demo-") as workdir:
         story = Story(Path(workdir))
         story.say(f"Working in a throwaway directory: {workdir}")
         trust_story(story)
+        bundle_story(story)
         story.say("Demo complete: every step above behaved as expected.")
 
 

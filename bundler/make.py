@@ -38,7 +38,7 @@ from agent.format.tree import FILE, SETUID_SETGID, Chunk, Entry, GzipRecipe, Pre
 from agent.scan import as_content, scan_tree
 from bundler.release import Release, ReleaseComponent
 from keys.detached import signature_path
-from keys.errors import Failed, KeyFileExists, Refused
+from keys.errors import AlreadyExists, Failed, Refused
 from keys.files import fsync_directory, write_atomic
 from keys.secret_key import SecretKey
 from keys.signing import sign
@@ -292,7 +292,7 @@ def make_bundle(release: Release, base: Release | None, keys: list[SecretKey], o
     """
     out = Path(out)
     if out.exists():
-        raise KeyFileExists("already exists; bundles are never overwritten", where=out,
+        raise AlreadyExists("already exists; bundles are never overwritten", where=out,
                             hint="choose another --out or remove the old bundle")
     for name in options.targets:
         if name not in release.components:

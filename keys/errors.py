@@ -41,6 +41,10 @@ class Refused(UpdateError):
     exit_code = 3
 
 
+class AlreadyExists(Failed):
+    """Keys, trust roots and bundles are created exclusively: an existing one is never overwritten."""
+
+
 # --- trust layer -------------------------------------------------------------------------
 
 
@@ -73,10 +77,6 @@ class ThresholdNotMet(Refused):
 
 class RotationRefused(Refused):
     """A newer trust root cannot be accepted from the trusted one (version rules, revocation)."""
-
-
-class KeyFileExists(Failed):
-    """Key files are created exclusively: an existing file is never overwritten."""
 
 
 class WrongPassphrase(Failed):

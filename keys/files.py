@@ -11,7 +11,7 @@ import os
 import stat
 from pathlib import Path
 
-from keys.errors import Failed, KeyFileExists, Refused
+from keys.errors import AlreadyExists, Failed, Refused
 
 
 def read_capped(path: Path, limit: int, *, what: str) -> bytes:
@@ -74,7 +74,7 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
 def create_exclusive(path: Path, data: bytes, *, mode: int) -> None:
     """Create ``path`` with ``data``; never overwrite. The file appears complete or not at all.
 
-    Raises KeyFileExists if ``path`` exists (link(2) refuses to replace), Failed on I/O errors.
+    Raises AlreadyExists if ``path`` exists (link(2) refuses to replace), Failed on I/O errors.
     """
     path = Path(path)
     try:
@@ -84,7 +84,7 @@ def create_exclusive(path: Path, data: bytes, *, mode: int) -> None:
     try:
         os.link(temp, path)
     except FileExistsError:
-        raise KeyFileExists(
+        raise AlreadyExists(
             "already exists; it is never overwritten", where=path,
             hint="choose another name or directory, or move the old file away first",
         ) from None

@@ -21,3 +21,10 @@ def main() -> None:
 
 main.add_command(keys_group)
 main.add_command(root_group)
+
+from bundler.bundle_cli import inspect, make, sign_bundle, verify  # noqa: E402  (commands register below)
+
+from bundler.write_cli import write  # noqa: E402
+
+for command in (make, sign_bundle, verify, inspect, write):
+    main.add_command(command)

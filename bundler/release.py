@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.format.manifest import COMPONENT_NAME, LABEL
+from agent.format.stick import StickLayoutError, product_folder
 from keys.errors import Refused
 from keys.files import read_capped
 
@@ -58,7 +59,11 @@ def load_release(path: Path) -> Release:
 
     product = document.get("product")
     if not isinstance(product, str) or not LABEL.fullmatch(product):
-        raise fail("'product' must be a name of letters, digits and ._+:~@-")
+        raise fail("'product' must be a name of letters, digits and ._+~@-")
+    try:
+        product_folder(product)  # it names the product's folder on FAT sticks
+    except StickLayoutError as error:
+        raise fail(error.message) from None
     hardware = document.get("hardware")
     if isinstance(hardware, str):
         hardware = [hardware]

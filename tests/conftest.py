@@ -38,21 +38,34 @@ def cli():
     return run_cli
 
 
+_apt_updated = False
+
+
+def debian_tools(package: str, *commands: str) -> list[str]:
+    """Paths of ``commands``, installing the Debian ``package`` first when one is missing.
+
+    Skips the calling test, with the reason, when they cannot be had (not root, no mirror).
+    """
+    global _apt_updated
+    if not all(shutil.which(c) for c in commands) and os.geteuid() == 0 and shutil.which("apt-get"):
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-q", package]
+        if subprocess.run(install, env=env, **quiet).returncode and not _apt_updated:
+            subprocess.run(["apt-get", "update", "-q"], env=env, **quiet)
+            _apt_updated = True
+            subprocess.run(install, env=env, **quiet)
+    missing = [c for c in commands if not shutil.which(c)]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed and the Debian package {package} could not be "
+                    "installed with apt-get (needs root and a reachable Debian mirror)")
+    return [shutil.which(c) for c in commands]
+
+
 @pytest.fixture(scope="session")
 def minisign() -> str:
     """The real minisign (Debian package), installed on first use when we are root."""
-    found = shutil.which("minisign")
-    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        if subprocess.run(["apt-get", "install", "-y", "-q", "minisign"], env=env, **quiet).returncode:
-            subprocess.run(["apt-get", "update", "-q"], env=env, **quiet)
-            subprocess.run(["apt-get", "install", "-y", "-q", "minisign"], env=env, **quiet)
-        found = shutil.which("minisign")
-    if found is None:
-        pytest.skip("minisign is not installed and could not be installed with apt-get "
-                    "(needs root and a reachable Debian mirror)")
-    return found
+    return debian_tools("minisign", "minisign")[0]
 
 
 @pytest.fixture(scope="session")

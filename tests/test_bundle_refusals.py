@@ -124,6 +124,7 @@ def test_output_is_never_overwritten(cli, trust, tmp_path):
     ("product = 'x'\nhardware = ['a']\n[components.\"game/g\"]\npath='platform'\nversion='1'\nsequence=1\n"
      "policy='system'\n", "policy must be 'content'"),
     ("product = [\n", "not valid TOML"),
+    ("product = 'cab:1'\nhardware = ['a']\n", "cannot be a folder name on a FAT stick"),
 ])
 def test_bad_release_descriptions(cli, trust, tmp_path, text, message):
     (tmp_path / "platform").mkdir()

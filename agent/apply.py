@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -40,10 +41,14 @@ class BaseTree:
 
     def _open(self, path: str) -> int:
         try:
-            return open_beneath(self.root, path)
-        except FileNotFoundError:
+            fd = open_beneath(self.root, path, os.O_RDONLY | os.O_NONBLOCK)
+        except (FileNotFoundError, NotADirectoryError):
             raise StagingError(f"base file {path!r} is missing from {self.root}",
                                hint="this delta needs the exact base release; use a full bundle") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StagingError(f"base path {path!r} is not a regular file", where=self.root)
+        return fd
 
     def check(self, path: str, sha256: str) -> None:
         if self._verified.get(path) == sha256:

@@ -16,8 +16,9 @@ from zstandard import backend_cffi
 from keys.errors import Refused
 
 _lib, _ffi = backend_cffi.lib, backend_cffi.ffi
-# Single-threaded level 19 loses long matches once prefix + chunk exceed ~48-64 MiB (measured
-# here: 7 KB -> 400 KB on a 64 MiB prefix), so callers keep prefix + chunk within this.
+# The encoder's window covers prefix + chunk, up to 128 MiB. Single-threaded level 19 loses long
+# matches once prefix + chunk exceed ~48-64 MiB (measured here: 7 KB -> 400 KB on a 64 MiB
+# prefix), so the bundler keeps them within 64 MiB (bundler/make.py PREFIX_BYTES + chunk size).
 MAX_WINDOW_LOG = 27
 # Largest output of one frame: bounds every decode buffer, whatever a manifest says.
 MAX_DECODED_BYTES = 64 << 20

@@ -41,6 +41,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TREE_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _VOLUME_NAME = re.compile(r"[0-9a-f]{64}\.vol")
 _MODE = re.compile(r"[0-7]{4}")
+_HEX = re.compile(r"(?:[0-9a-f]{2})+")
 
 
 class MalformedManifest(Refused):
@@ -152,6 +153,8 @@ class Manifest:
         """Parse and validate. Raises MalformedManifest naming the broken rule."""
         try:
             document = strict_json.loads(data, limit=MAX_MANIFEST_BYTES)
+            _no_other_fields(document, {"type", "format", "product", "hardware", "components", "objects",
+                                        "volumes"}, "manifest")
             doc_type = field(document, "type", str, context="manifest")
             if doc_type != DOCUMENT_TYPE:  # T-TYPE: a trust root is never read as a manifest
                 raise JSONShapeError(f"document type is {doc_type!r}, not {DOCUMENT_TYPE!r}")
@@ -273,6 +276,8 @@ def _component_from_json(value: Any) -> Component:
     if not COMPONENT_NAME.fullmatch(name):
         raise JSONShapeError(f"component name {name[:80]!r} must be 'platform' or 'game/<id>'")
     context = f"component {name}"
+    _no_other_fields(value, {"name", "version", "sequence", "policy", "tree_digest", "entries", "base", "targets",
+                             "downgrade_from", "removed"}, context)
     policy = field(value, "policy", str, context=context)
     if policy not in POLICIES:
         raise JSONShapeError(f"{context}: policy must be one of {POLICIES}")
@@ -282,6 +287,7 @@ def _component_from_json(value: Any) -> Component:
     base = None
     if "base" in value:
         raw_base = field(value, "base", dict, context=context)
+        _no_other_fields(raw_base, {"sequence", "version", "tree_digest"}, f"{context} base")
         base_digest = field(raw_base, "tree_digest", str, context=f"{context} base")
         if not _TREE_DIGEST.fullmatch(base_digest):
             raise JSONShapeError(f"{context}: base tree_digest must be 'sha256:' and 64 hex digits")
@@ -289,6 +295,9 @@ def _component_from_json(value: Any) -> Component:
                     version=_label(field(raw_base, "version", str, context=f"{context} base"), "version"),
                     tree_digest=base_digest)
     entries = _bounded(field(value, "entries", list, context=context), MAX_ENTRIES, "entries")
+    downgrade_from = value.get("downgrade_from", [])
+    if isinstance(downgrade_from, list) and len(set(map(repr, downgrade_from))) != len(downgrade_from):
+        raise JSONShapeError(f"{context}: downgrade_from lists a sequence twice")
     return Component(
         name=name, policy=policy, tree_digest=digest, base=base,
         version=_label(field(value, "version", str, context=context), "version"),
@@ -363,6 +372,8 @@ def _entry_from_json(value: Any, context: str) -> Entry:
     if "base" in value:
         base_path = field(value, "base", str, context=context)
         paths.check_path(base_path)
+        if base_path == paths.ROOT:
+            raise JSONShapeError(f"{context}: a base copy must name a file")
     elif "chunks" in value:
         raw_chunks = _bounded(field(value, "chunks", list, context=context), 1 << 20, "chunks")
         chunks = tuple(_chunk_from_json(c, context) for c in raw_chunks)
@@ -373,6 +384,8 @@ def _gzip_from_json(value: dict, context: str) -> GzipRecipe:
     _no_other_fields(value, {"header", "level", "size", "sha256"}, f"{context} gzip")
     raw_header = field(value, "header", str, context=context)
     try:
+        if not _HEX.fullmatch(raw_header):
+            raise ValueError("not lower-case hex")
         header = bytes.fromhex(raw_header)
         gzip_recipe.check_header(header)
     except ValueError:
@@ -410,12 +423,17 @@ def _chunk_from_json(value: Any, context: str) -> Chunk:
             raise JSONShapeError(f"{context}: prefix gunzip must be true or false")
         prefix_path = field(raw, "path", str, context=context)
         paths.check_path(prefix_path)
+        if prefix_path == paths.ROOT:
+            raise JSONShapeError(f"{context}: a prefix must name a file")
         prefix = Prefix(path=prefix_path, sha256=_sha256(field(raw, "sha256", str, context=context), "prefix sha256"),
                         offset=_count(field(raw, "offset", int, context=context), "prefix offset"),
                         length=_count(field(raw, "length", int, context=context), "prefix length"),
                         gunzip=gunzip)
         if not 0 < prefix.length <= 2 * MAX_CHUNK_BYTES:
             raise JSONShapeError(f"{context}: prefix length must be 1..{2 * MAX_CHUNK_BYTES}")
+        if prefix.gunzip and prefix.offset + prefix.length > 2 * MAX_CHUNK_BYTES:
+            # The device gunzips the base up to offset + length: keep that bounded (T-BOMB).
+            raise JSONShapeError(f"{context}: a gunzip prefix must end within {2 * MAX_CHUNK_BYTES} bytes")
     return Chunk(object=_sha256(field(value, "object", str, context=context), f"{context}: object"),
                  size=size, prefix=prefix)
 
@@ -423,6 +441,7 @@ def _chunk_from_json(value: Any, context: str) -> Chunk:
 def _object_from_json(value: Any) -> StoredObject:
     if not isinstance(value, dict):
         raise JSONShapeError("each object must be an object")
+    _no_other_fields(value, {"id", "offset", "size", "encoding"}, "object")
     encoding = field(value, "encoding", str, context="object")
     if encoding not in ENCODINGS:
         raise JSONShapeError(f"object encoding must be one of {ENCODINGS}")
@@ -437,6 +456,7 @@ def _object_from_json(value: Any) -> StoredObject:
 def _volume_from_json(value: Any) -> Volume:
     if not isinstance(value, dict):
         raise JSONShapeError("each volume must be an object")
+    _no_other_fields(value, {"name", "size", "sha256"}, "volume")
     name = field(value, "name", str, context="volume")
     digest = _sha256(field(value, "sha256", str, context="volume"), "volume sha256")
     if not _VOLUME_NAME.fullmatch(name) or name != f"{digest}.vol":
@@ -548,9 +568,12 @@ def _check_entry(entry: Entry, component: Component, objects: dict[str, StoredOb
     if entry.base_path is not None and component.base is None:
         raise JSONShapeError(f"{context}: {entry.path!r} copies from a base, but this is a full update")
     if entry.size == 0:
-        if entry.chunks or entry.base_path is not None or entry.sha256 != EMPTY_SHA256:
+        if entry.chunks or entry.base_path is not None or entry.gzip is not None or entry.sha256 != EMPTY_SHA256:
             raise JSONShapeError(f"{context}: empty file {entry.path!r} must carry no data")
         return
+    if entry.gzip is not None and component.base is None:
+        # Full bundles never depend on the device's zlib reproducing a deflate stream.
+        raise JSONShapeError(f"{context}: {entry.path!r}: a gzip recipe is only allowed in a delta")
     if entry.gzip is not None and entry.base_path is not None:
         raise JSONShapeError(f"{context}: {entry.path!r}: a base copy takes no gzip recipe")
     if entry.base_path is None:
@@ -563,6 +586,8 @@ def _check_entry(entry: Entry, component: Component, objects: dict[str, StoredOb
             stored = objects.get(chunk.object)
             if stored is None:
                 raise JSONShapeError(f"{context}: {entry.path!r} uses object {chunk.object[:16]} which is not stored")
+            if stored.encoding == "raw" and stored.size != chunk.size:
+                raise JSONShapeError(f"{context}: {entry.path!r}: a raw object must be exactly its chunk's size")
             if (stored.encoding == "zstd-patch") != (chunk.prefix is not None):
                 raise JSONShapeError(f"{context}: {entry.path!r}: a patch object needs a prefix, others none")
             if chunk.prefix is not None and component.base is None:

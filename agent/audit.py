@@ -1,0 +1,39 @@
+"""The audit log: every decision with its reason, one JSON object per line, fsync'd.
+
+Times are recorded for people reading the log; no decision ever depends on them (there is no
+trustworthy clock on the device).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+
+class AuditLog:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def record(self, event: str, **details) -> None:
+        line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": event, **details},
+                          sort_keys=True, default=str) + "\n"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            os.write(fd, line.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        entries = []
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                entries.append({"event": "unreadable-line", "text": line[:200]})
+        return entries

@@ -1,0 +1,141 @@
+"""``dirs``: environments are directories under one root, chosen by a small durable boot record.
+
+    ROOT/<name>/        an environment's tree
+    ROOT/boot.json      {"default": name, "next_once": name or null, "booted": name or null}
+
+``bundle-agent boot`` plays the boot loader: it consumes the one-time choice durably *before*
+using it, so a trial that crashes can never be booted twice, and records what was booted. This
+is also a real deployment mode for an application or games partition a launcher runs from.
+Clones use reflinks where the filesystem has them (btrfs, xfs: ``cp --reflink=auto``), a plain
+copy elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from agent.boot.base import BootBackend, BootError, Environment
+from keys.files import write_atomic
+
+RECORD = "boot.json"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class DirsBackend(BootBackend):
+    name = "dirs"
+
+    def __init__(self, settings: dict):
+        if "root" not in settings:
+            raise BootError(self.name, "[boot] root (the directory holding the environments) is required")
+        self.root = Path(settings["root"])
+
+    # --- the boot record -------------------------------------------------------------------
+
+    def _record(self) -> dict:
+        path = self.root / RECORD
+        try:
+            record = json.loads(path.read_bytes())
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+        except FileNotFoundError:
+            return {"default": None, "next_once": None, "booted": None}
+        except ValueError:
+            # A damaged record must never stop the machine from booting: fall back to the newest
+            # environment that exists, keep the damaged file for the technician.
+            shutil.copyfile(path, path.with_name(RECORD + ".corrupt"))
+            names = self._names()
+            return {"default": names[-1] if names else None, "next_once": None, "booted": None, "recovered": True}
+        return {key: record.get(key) for key in ("default", "next_once", "booted")}
+
+    def _save(self, record: dict) -> None:
+        write_atomic(self.root / RECORD, (json.dumps(record, sort_keys=True) + "\n").encode())
+
+    def _names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        names = [p.name for p in self.root.iterdir() if p.is_dir() and not p.is_symlink() and _NAME.fullmatch(p.name)]
+        return sorted(names, key=lambda n: (len(n), n))
+
+    def _check_name(self, name: str) -> Path:
+        if not _NAME.fullmatch(name):
+            raise BootError(self.name, f"invalid environment name {name!r}")
+        return self.root / name
+
+    # --- the interface ---------------------------------------------------------------------
+
+    def environments(self) -> list[Environment]:
+        record = self._record()
+        return [Environment(name=n, path=self.root / n, booted_now=record["booted"] == n,
+                            default=record["default"] == n, next_once=record["next_once"] == n)
+                for n in self._names()]
+
+    def create_empty(self, name: str) -> Path:
+        path = self._check_name(name)
+        self.root.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            raise BootError(self.name, f"environment {name} already exists")
+        path.mkdir(mode=0o755)
+        return path
+
+    def clone(self, source: str, name: str) -> Path:
+        origin = self._check_name(source)
+        path = self._check_name(name)
+        if path.exists():
+            raise BootError(self.name, f"environment {name} already exists")
+        result = subprocess.run(["cp", "-a", "--reflink=auto", str(origin), str(path)], capture_output=True, text=True)
+        if result.returncode != 0:
+            shutil.rmtree(path, ignore_errors=True)
+            raise BootError(self.name, f"cannot clone {source} to {name}: {result.stderr.strip()}",
+                            hint="check free space on the environments' filesystem")
+        return path
+
+    def activate_once(self, name: str) -> None:
+        self._check_name(name)
+        record = self._record()
+        record["next_once"] = name
+        self._save(record)
+
+    def cancel_once(self) -> None:
+        record = self._record()
+        if record["next_once"] is not None:
+            record["next_once"] = None
+            self._save(record)
+
+    def commit(self, name: str) -> None:
+        if not self._check_name(name).is_dir():
+            raise BootError(self.name, f"environment {name} does not exist")
+        record = self._record()
+        record["default"] = name
+        if record["next_once"] == name:
+            record["next_once"] = None
+        self._save(record)
+
+    def destroy(self, name: str) -> None:
+        record = self._record()
+        if name in (record["default"], record["booted"]):
+            raise BootError(self.name, f"environment {name} is booted or the default; it cannot be destroyed")
+        path = self._check_name(name)
+        if record["next_once"] == name:
+            self.cancel_once()
+        shutil.rmtree(path, ignore_errors=True)
+
+    # --- the boot loader's part ------------------------------------------------------------
+
+    def boot(self) -> Environment:
+        """Choose the environment to start: the one-time choice (consumed durably first), else the
+        default. Raises BootError when there is nothing to boot."""
+        record = self._record()
+        choice = record["next_once"] or record["default"]
+        if choice is None or not (self.root / choice).is_dir():
+            names = self._names()
+            if not names:
+                raise BootError(self.name, f"no environment to boot under {self.root}",
+                                hint="provision the machine: bundle-agent provision BUNDLE")
+            choice = record["default"] if record["default"] in names else names[-1]
+        record.update(next_once=None, booted=choice)
+        self._save(record)  # durable before the choice is used: a crashing trial is never retried
+        return self.get(choice)

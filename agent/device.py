@@ -1,0 +1,52 @@
+"""One device: its configuration, boot backend, state and audit log, opened together."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.audit import AuditLog
+from agent.boot import BootBackend, open_backend
+from agent.config import AgentConfig
+from agent.select import Device as DeviceFacts
+from agent.state import StateStore
+
+
+@dataclass
+class Device:
+    config: AgentConfig
+    backend: BootBackend
+    store: StateStore
+    audit: AuditLog
+
+    @classmethod
+    def open(cls, config: AgentConfig) -> "Device":
+        return cls(config=config, backend=open_backend(config.backend, config.backend_settings),
+                   store=StateStore(config.state_dir), audit=AuditLog(config.state_dir / "audit.log"))
+
+    @property
+    def facts(self) -> DeviceFacts:
+        return DeviceFacts(product=self.config.product, hardware=self.config.hardware, serial=self.config.serial)
+
+    def component_dir(self, environment: Path, name: str) -> Path:
+        return environment / self.config.component_path(name)
+
+    def next_environment_name(self) -> str:
+        numbers = [int(e.name.split("-", 1)[1]) for e in self.backend.environments()
+                   if e.name.startswith("env-") and e.name.split("-", 1)[1].isdigit()]
+        return f"env-{max(numbers, default=0) + 1}"
+
+    def apply_reboot_policy(self, why: str) -> str:
+        """Reboot as configured; returns what was done, in words."""
+        policy = self.config.reboot
+        if policy == "never":
+            return f"reboot to {why} (reboot policy: never)"
+        command = ["shutdown", "-r", "now"] if policy == "now" else list(policy)
+        self.audit.record("reboot", command=command, why=why)
+        if shutil.which(command[0]) is None and not os.path.isabs(command[0]):
+            return f"reboot command {command[0]!r} not found; reboot to {why}"
+        subprocess.run(command, check=False)
+        return f"rebooting to {why}"

@@ -1,0 +1,311 @@
+"""Installing from a stick or a bundle: verify everything, then stage into a new environment.
+
+The order is the safety argument (docs/AGENT.md, "Install"), each step persisted before the next:
+
+1. read the medium; walk its trust-root rotations from the device's own root (never backwards);
+2. verify every bundle (release-signer threshold over the exact manifest bytes) and choose per
+   component (agent/select.py): product, hardware, targeting, anti-rollback;
+3. before writing anything: every stored byte of the chosen bundles against its hash, and the
+   free space;
+4. journal ``pending: staging``; clone the running environment into a new inactive one; build each
+   updated component beside its old tree with the apply engine (every byte hashed as read from
+   the stick, every file checked), swap it in, and check the untouched components' trees;
+5. journal ``pending: trial`` with the new component versions; activate the new environment for
+   one trial boot; apply the reboot policy.
+
+A failure anywhere before 5 destroys the new environment and clears the journal; the running
+environment is never written to. A crash before 5 is cleaned up on the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.apply import StagingError, apply_component, verify_staged
+from agent.device import Device
+from agent.format import stick
+from agent.format.bundle_dir import MANIFEST, read_bundle
+from agent.format.tree import FILE, tree_digest
+from agent.payload import Payload
+from agent.scan import as_content, scan_tree
+from agent.select import Choice, Decision, choose
+from agent.state import AgentState, InstalledComponent
+from agent.trust_store import advance, current_root, stick_roots
+from agent.verify import VerifiedBundle, verify_bundle
+from keys.errors import Failed, Refused, UpdateError
+
+
+class NotProvisioned(Refused):
+    """The machine has no committed environment yet."""
+
+
+class TrialPending(Refused):
+    """An installed update waits for its trial boot; nothing else is installed meanwhile."""
+
+
+class NothingInstallable(Refused):
+    """The medium was examined; nothing on it may be installed, and something was refused."""
+
+
+@dataclass
+class Report:
+    """What an install or provisioning did, for the command line and the audit log."""
+
+    decisions: list[Decision] = field(default_factory=list)
+    refusals: list[tuple[str, str]] = field(default_factory=list)  # (bundle or medium, reason)
+    installed: dict[str, str] = field(default_factory=dict)  # component -> "from -> to"
+    environment: str | None = None
+    trust_root_version: int | None = None
+    message: str = ""
+
+    def to_json(self) -> dict:
+        return {"message": self.message, "environment": self.environment, "installed": self.installed,
+                "trust_root_version": self.trust_root_version,
+                "decisions": [d.__dict__ for d in self.decisions],
+                "refusals": [{"source": s, "reason": r} for s, r in self.refusals]}
+
+
+@dataclass(frozen=True)
+class _Found:
+    path: Path
+    verified: VerifiedBundle
+
+
+def _read_medium(device: Device, medium: Path, report: Report):
+    """Trust root (after the medium's rotations) and the verified bundles on a stick or bundle dir."""
+    state_dir = device.config.state_dir
+    root = current_root(device.config.trust_root, state_dir)
+    if (medium / MANIFEST).is_file():
+        folders = [(medium.name, medium, None)]
+        offered_roots = []
+    else:
+        product = device.config.product
+        folders = [(b.id, b.path, b.manifest_sha256) for b in stick.complete_bundles(medium, product)]
+        offered_roots = stick_roots(medium, product)
+    try:
+        newer = advance(root, offered_roots, state_dir)
+    except UpdateError as error:  # T-ROOT-*: a bad rotation on the stick poisons the whole stick
+        report.refusals.append((str(medium), f"trust root rotation refused: {error}"))
+        device.audit.record("refused", source=str(medium), reason=f"trust root rotation: {error}")
+        raise
+    if newer.version != root.version:
+        device.audit.record("trust-root-rotated", from_version=root.version, to_version=newer.version)
+    report.trust_root_version = newer.version
+    found: dict[str, _Found] = {}
+    for bundle_id, path, marked in folders:
+        try:
+            files = read_bundle(path)
+            if marked is not None and hashlib.sha256(files.manifest_bytes).hexdigest() != marked:
+                raise Refused("the manifest is not the one the COMPLETE marker names (changed after writing)",
+                              where=path)
+            found[bundle_id] = _Found(path, verify_bundle(files.manifest_bytes, files.signatures, newer,
+                                                          where=path / MANIFEST))
+        except UpdateError as error:
+            report.refusals.append((bundle_id, str(error)))
+            device.audit.record("refused", bundle=bundle_id, reason=str(error))
+    return newer, found
+
+
+def _check_payloads(device: Device, chosen: dict[str, Choice], found: dict[str, _Found]) -> None:
+    """Every stored byte of every chosen bundle, before anything is written (T-CONTENT)."""
+    for bundle_id in sorted({c.bundle for c in chosen.values()}):
+        entry = found[bundle_id]
+        with Payload(entry.path, entry.verified.manifest) as payload:
+            payload.verify_all()
+
+
+def _tree_bytes(path: Path) -> int:
+    total = 0
+    for directory, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(directory, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+def _check_space(device: Device, chosen: dict[str, Choice], running: Path | None) -> None:
+    needed = sum(e.size for c in chosen.values() for e in c.component.entries if e.type == FILE)
+    if running is not None:
+        needed += _tree_bytes(running)  # a clone costs at most a full copy (less with reflinks)
+    root = Path(device.config.backend_settings.get("root", device.config.state_dir))
+    root.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(root).free
+    if needed > free:
+        raise Refused(f"not enough space to stage the update: about {needed >> 20} MiB needed, {free >> 20} MiB free",
+                      where=root, hint="free space on the environments' filesystem, or remove old environments")
+
+
+def _stage_component(device: Device, choice: Choice, found: _Found, environment: Path, running: Path | None) -> None:
+    """Build the component's new tree beside the old one, check it, swap it in."""
+    component = choice.component
+    target = device.component_dir(environment, component.name)
+    staging = target.with_name(target.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    base = device.component_dir(running, component.name) if component.is_delta else None
+    as_root = os.geteuid() == 0
+    with Payload(found.path, found.verified.manifest) as payload:
+        apply_component(component, payload, staging, base=base, set_owner=as_root)
+    verify_staged(component, staging, check_owner=as_root)
+    if target.exists():
+        old = target.with_name(target.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(target, old)
+        os.rename(staging, target)
+        shutil.rmtree(old)
+    else:
+        os.rename(staging, target)
+
+
+def _check_untouched(device: Device, state: AgentState, chosen: dict[str, Choice], environment: Path) -> None:
+    for name, installed in state.components.items():
+        if name in chosen:
+            continue
+        entries = scan_tree(device.component_dir(environment, name))
+        if name != "platform":
+            entries = as_content(entries)
+        if tree_digest(entries) != installed.tree_digest:
+            raise StagingError(f"the cloned {name} does not match the installed tree",
+                               hint="the running environment was modified outside the agent")
+
+
+def _new_components(state: AgentState, chosen: dict[str, Choice]) -> dict[str, dict]:
+    result = {name: installed.__dict__ for name, installed in state.components.items()}
+    for name, choice in chosen.items():
+        c = choice.component
+        result[name] = {"version": c.version, "sequence": c.sequence, "tree_digest": c.tree_digest}
+    return result
+
+
+def recover_interrupted(device: Device, state: AgentState) -> AgentState:
+    """A crash while staging left a half-built environment: destroy it, clear the journal."""
+    pending = state.pending
+    if pending and pending.get("phase") == "staging":
+        name = pending["environment"]
+        try:
+            if device.backend.get(name) is not None:
+                device.backend.destroy(name)
+        except UpdateError:
+            pass
+        state.pending = None
+        state.last_result = {"outcome": "interrupted", "message": f"an interrupted install into {name} was cleaned up"}
+        device.store.save(state)
+        device.audit.record("cleaned-up", environment=name)
+    return state
+
+
+def install(device: Device, medium: Path) -> Report:
+    """Raises NotProvisioned, TrialPending, NothingInstallable, and any verification or staging error."""
+    report = Report()
+    state = recover_interrupted(device, device.store.load())
+    if state.environment is None:
+        raise NotProvisioned("this machine has not been provisioned",
+                             hint="install a full bundle first: bundle-agent provision BUNDLE_OR_STICK")
+    if state.pending:
+        raise TrialPending(f"an update to {state.pending['environment']} waits for its trial boot",
+                           hint="reboot (bundle-agent boot, then boot-check) before installing another")
+    medium = Path(medium)
+    _, found = _read_medium(device, medium, report)
+    chosen, report.decisions = choose(device.facts, state.components, state.floors,
+                                      {k: v.verified for k, v in found.items()})
+    for decision in report.decisions:
+        device.audit.record("decision", **decision.__dict__)
+    if not chosen:
+        return _nothing(device, medium, report)
+    _check_payloads(device, chosen, found)
+    running_env = device.backend.get(state.environment)
+    if running_env is None or running_env.path is None:
+        raise Failed(f"the committed environment {state.environment} is missing")
+    _check_space(device, chosen, running_env.path)
+
+    name = device.next_environment_name()
+    state.pending = {"phase": "staging", "environment": name, "previous": state.environment}
+    device.store.save(state)
+    device.audit.record("staging", environment=name, components={n: c.component.sequence for n, c in chosen.items()})
+    try:
+        environment = device.backend.clone(state.environment, name)
+        for component_name in sorted(chosen):
+            choice = chosen[component_name]
+            _stage_component(device, choice, found[choice.bundle], environment, running_env.path)
+        _check_untouched(device, state, chosen, environment)
+    except BaseException as error:
+        try:
+            if device.backend.get(name) is not None:
+                device.backend.destroy(name)
+        finally:
+            state.pending = None
+            state.last_result = {"outcome": "failed", "message": f"staging into {name} failed: {error}"}
+            device.store.save(state)
+            device.audit.record("staging-failed", environment=name, reason=str(error))
+        raise
+    state.pending = {"phase": "trial", "environment": name, "previous": state.environment,
+                     "components": _new_components(state, chosen),
+                     "bundles": sorted({c.bundle for c in chosen.values()})}
+    device.store.save(state)
+    device.backend.activate_once(name)
+    for component_name, choice in sorted(chosen.items()):
+        before = state.components.get(component_name)
+        report.installed[component_name] = (f"{before.version} (sequence {before.sequence})" if before else "nothing") + \
+            f" -> {choice.component.version} (sequence {choice.component.sequence})"
+    report.environment = name
+    device.audit.record("trial-armed", environment=name, installed=report.installed)
+    report.message = (f"staged {', '.join(sorted(chosen))} in {name}; it boots once for a trial; "
+                      + device.apply_reboot_policy("start the trial"))
+    return report
+
+
+def _nothing(device: Device, medium: Path, report: Report) -> Report:
+    integrity = report.refusals  # signatures, hashes, malformed: the medium itself is bad
+    refused = [d for d in report.decisions if d.verdict == "refused"]
+    if integrity:
+        device.audit.record("refused-medium", source=str(medium), reasons=[r for _, r in integrity])
+        raise NothingInstallable("; ".join(f"{s}: {r}" for s, r in integrity), where=medium,
+                                 hint="the medium was refused; the machine is unchanged")
+    report.message = "nothing newer for this machine"
+    if refused:
+        report.message += " (" + "; ".join(d.reason for d in refused) + ")"
+    device.audit.record("nothing-newer", source=str(medium))
+    return report
+
+
+def provision(device: Device, medium: Path) -> Report:
+    """Factory install: full bundles into the first environment, committed at once."""
+    report = Report()
+    state = device.store.load()
+    if state.environment is not None:
+        raise Refused(f"this machine is already provisioned (environment {state.environment})",
+                      hint="use bundle-agent install for updates")
+    _, found = _read_medium(device, Path(medium), report)
+    chosen, report.decisions = choose(device.facts, {}, {}, {k: v.verified for k, v in found.items()})
+    if "platform" not in chosen:
+        raise NothingInstallable("no full platform update on the medium for this machine", where=medium,
+                                 hint="provision from a full bundle (bundle make without --base)")
+    _check_payloads(device, chosen, found)
+    _check_space(device, chosen, None)
+    name = device.next_environment_name()
+    environment = device.backend.create_empty(name)
+    try:
+        for component_name in sorted(chosen):
+            choice = chosen[component_name]
+            _stage_component(device, choice, found[choice.bundle], environment, None)
+    except BaseException:
+        device.backend.destroy(name)
+        raise
+    device.backend.commit(name)
+    state.environment = name
+    state.components = {n: InstalledComponent(c.component.version, c.component.sequence, c.component.tree_digest)
+                        for n, c in chosen.items()}
+    state.floors = {n: c.component.sequence for n, c in chosen.items()}
+    state.last_result = {"outcome": "provisioned", "message": f"provisioned {name}"}
+    device.store.save(state)
+    report.installed = {n: f"{c.component.version} (sequence {c.component.sequence})" for n, c in chosen.items()}
+    report.environment = name
+    report.message = f"provisioned {', '.join(sorted(chosen))} into {name} (committed)"
+    device.audit.record("provisioned", environment=name, installed=report.installed)
+    return report

@@ -1,0 +1,169 @@
+"""After the install: the boot loader's choice, the health check, commit, rollback, status.
+
+``boot-check`` runs after every boot (docs/AGENT.md, "Trial boot"):
+* booted into the pending trial -> run the health hooks: all healthy -> commit (default on
+  reboot first, then the state, so a crash between the two only repeats the check); otherwise
+  roll back: the previous environment stays the default, the reason is recorded, the reboot
+  policy applies;
+* a trial was pending but the machine booted elsewhere -> the trial crashed before the check,
+  and the one-time boot already fell back: record the failed trial;
+* nothing pending -> nothing to do.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from agent.boot import BootError
+from agent.device import Device
+from agent.install import recover_interrupted
+from agent.state import AgentState, InstalledComponent
+from keys.errors import Refused
+
+
+def boot(device: Device) -> Path:
+    """Play the boot loader (dirs backend): returns the environment to start."""
+    backend = device.backend
+    if not hasattr(backend, "boot"):
+        raise BootError(backend.name, "the real boot loader chooses the environment; `boot` is for the dirs backend")
+    environment = backend.boot()
+    device.audit.record("booted", environment=environment.name)
+    return environment.path
+
+
+def _run_hooks(device: Device, environment: Path) -> tuple[bool, str]:
+    env = {**os.environ, "BUNDLE_AGENT_ENVIRONMENT": str(environment)}
+    for hook in device.config.health_hooks:
+        try:
+            result = subprocess.run([str(hook)], env=env, capture_output=True, text=True,
+                                    timeout=device.config.health_timeout)
+        except subprocess.TimeoutExpired:
+            return False, f"health hook {hook} did not finish within {device.config.health_timeout} s"
+        except OSError as error:
+            return False, f"health hook {hook} could not run: {error.strerror}"
+        if result.returncode != 0:
+            detail = (result.stdout + result.stderr).strip().splitlines()[-1:] or [""]
+            return False, f"health hook {hook} failed with exit {result.returncode} {detail[0]}".rstrip()
+    return True, f"{len(device.config.health_hooks)} health hook(s) passed"
+
+
+def _commit(device: Device, state: AgentState) -> str:
+    pending = state.pending
+    name = pending["environment"]
+    device.backend.commit(name)  # first: a crash after this repeats the check, never loses the update
+    if state.environment != name:
+        state.history.append({"environment": state.environment,
+                              "components": {n: c.__dict__ for n, c in state.components.items()}})
+    state.environment = name
+    state.components = {n: InstalledComponent(**c) for n, c in pending["components"].items()}
+    for component, installed in state.components.items():
+        state.floors[component] = installed.sequence  # T-ROLLBACK: the floor follows what is committed
+    state.pending = None
+    versions = ", ".join(f"{n} {c.version}" for n, c in sorted(state.components.items()))
+    state.last_result = {"outcome": "committed", "message": f"{name} passed its health check and is committed: "
+                                                            f"{versions}"}
+    device.store.save(state)
+    device.audit.record("committed", environment=name, components=pending["components"])
+    _prune(device, state)
+    return state.last_result["message"]
+
+
+def _prune(device: Device, state: AgentState) -> None:
+    """Keep the newest ``keep`` environments (the committed one included), never the booted one."""
+    environments = device.backend.environments()
+    removable = [e for e in environments if not (e.booted_now or e.default or e.next_once)]
+    excess = len(environments) - device.config.keep
+    for environment in removable[:max(0, excess)]:
+        device.backend.destroy(environment.name)
+        device.audit.record("pruned", environment=environment.name)
+
+
+def boot_check(device: Device) -> str:
+    """Returns what happened, in words. Raises Refused (rolled back) so the exit code shows it."""
+    state = recover_interrupted(device, device.store.load())
+    pending = state.pending
+    booted = device.backend.booted()
+    if not pending or pending.get("phase") != "trial":
+        return f"no trial pending; running {booted.name if booted else 'an unknown environment'}"
+    name = pending["environment"]
+    if booted is None or booted.name != name:
+        state.trial_count += 1
+        state.pending = None
+        message = (f"the trial of {name} did not reach its health check (it crashed or was never booted); "
+                   f"running {booted.name if booted else 'the default'}, which stays committed")
+        state.last_result = {"outcome": "trial failed", "message": message}
+        device.store.save(state)
+        device.audit.record("trial-failed", environment=name, booted=booted.name if booted else None)
+        return message
+    healthy, detail = _run_hooks(device, booted.path)
+    device.audit.record("health-check", environment=name, healthy=healthy, detail=detail)
+    if healthy:
+        return _commit(device, state)
+    device.backend.cancel_once()
+    state.pending = None
+    state.last_result = {"outcome": "rolled back", "message": f"{name} failed its health check ({detail}); back to "
+                                                              f"{pending['previous']}"}
+    device.store.save(state)
+    device.audit.record("rolled-back", environment=name, to=pending["previous"], reason=detail)
+    raise Refused(state.last_result["message"] + "; " + device.apply_reboot_policy(f"return to {pending['previous']}"))
+
+
+def rollback(device: Device) -> str:
+    """Cancel a pending trial, or make the previous environment the default again."""
+    state = device.store.load()
+    pending = state.pending
+    if pending and pending.get("phase") == "trial":
+        booted = device.backend.booted()
+        if booted is None or booted.name != pending["environment"]:
+            device.backend.cancel_once()
+            device.backend.destroy(pending["environment"])
+            state.pending = None
+            state.last_result = {"outcome": "cancelled", "message": f"the trial of {pending['environment']} was cancelled"}
+            device.store.save(state)
+            device.audit.record("trial-cancelled", environment=pending["environment"])
+            return state.last_result["message"]
+    existing = {e.name for e in device.backend.environments()}
+    while state.history and state.history[-1]["environment"] not in existing:
+        state.history.pop()  # pruned long ago
+    if not state.history:
+        raise Refused("there is no previous environment to roll back to")
+    previous = state.history.pop()
+    name = previous["environment"]
+    device.backend.cancel_once()
+    device.backend.commit(name)
+    # The anti-rollback floors stay where they are: a manual rollback is a local decision, and
+    # the newer release may be installed again later; older ones still may not.
+    state.environment = name
+    state.components = {n: InstalledComponent(**c) for n, c in previous["components"].items()}
+    state.pending = None
+    state.last_result = {"outcome": "rolled back", "message": f"{name} is the default again (manual rollback)"}
+    device.store.save(state)
+    device.audit.record("manual-rollback", to=name)
+    return state.last_result["message"] + "; " + device.apply_reboot_policy(f"start {name}")
+
+
+def status(device: Device) -> dict:
+    state = device.store.load()
+    return {
+        "device": {"product": device.config.product, "hardware": device.config.hardware,
+                   "serial": device.config.serial},
+        "committed_environment": state.environment,
+        "components": {n: {"version": c.version, "sequence": c.sequence} for n, c in sorted(state.components.items())},
+        "environments": [{"name": e.name, "flags": e.flags, "path": str(e.path) if e.path else None}
+                         for e in device.backend.environments()],
+        "pending": _pending_summary(state.pending),
+        "last_result": state.last_result,
+        "history": [entry["environment"] for entry in state.history],
+    }
+
+
+def _pending_summary(pending: dict | None) -> dict | None:
+    if not pending:
+        return None
+    summary = {k: v for k, v in pending.items() if k != "components"}
+    if "components" in pending:
+        summary["components"] = {n: {"version": c["version"], "sequence": c["sequence"]}
+                                 for n, c in pending["components"].items()}
+    return summary

@@ -284,8 +284,10 @@ def provision(device: Device, medium: Path) -> Report:
     _, found = _read_medium(device, Path(medium), report)
     chosen, report.decisions = choose(device.facts, {}, {}, {k: v.verified for k, v in found.items()})
     if "platform" not in chosen:
-        raise NothingInstallable("no full platform update on the medium for this machine", where=medium,
-                                 hint="provision from a full bundle (bundle make without --base)")
+        reasons = [d.reason for d in report.decisions if d.verdict != "chosen"] + [r for _, r in report.refusals]
+        raise NothingInstallable("no full platform update on the medium for this machine" +
+                                 (f" ({'; '.join(reasons)})" if reasons else ""), where=medium,
+                                 hint="provision from a full bundle made for this product and hardware")
     _check_payloads(device, chosen, found)
     _check_space(device, chosen, None)
     name = device.next_environment_name()

@@ -45,6 +45,8 @@ class BaseTree:
         except (FileNotFoundError, NotADirectoryError):
             raise StagingError(f"base file {path!r} is missing from {self.root}",
                                hint="this delta needs the exact base release; use a full bundle") from None
+        except OSError as error:  # a socket, no permission...: not a base file we can use
+            raise StagingError(f"base file {path!r} cannot be opened: {error.strerror}", where=self.root) from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise StagingError(f"base path {path!r} is not a regular file", where=self.root)

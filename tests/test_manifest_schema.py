@@ -187,6 +187,34 @@ def _bad_volume_name(document):
     document["volumes"][0]["name"] = document["volumes"][0]["sha256"] + ".bin"
 
 
+def _gzip_recipe(document) -> dict:
+    return entry(document, "platform", "share/changes.gz")["gzip"]
+
+
+def _gzip_on_empty_file(document):
+    entry(document, "platform", "etc/empty")["gzip"] = {**_gzip_recipe(document), "size": 0, "sha256": EMPTY_SHA256}
+
+
+def _gzip_header_in_upper_case(document):
+    recipe = _gzip_recipe(document)
+    recipe["header"] = recipe["header"].upper()  # at least "1F8B08": the parser used to take any hex
+    assert recipe["header"] != recipe["header"].lower()
+
+
+def _gzip_in_a_full_component(document):
+    data = entry(document, "game/extra", "data.bin")  # a new game: full, inside the delta bundle
+    assert "base" not in component(document, "game/extra")
+    data["gzip"] = {**_gzip_recipe(document), "size": data["size"], "sha256": data["sha256"]}
+
+
+def _prefix_of_the_root(document):
+    entry(document, "platform", "bin/tool")["chunks"][0]["prefix"]["path"] = "."
+
+
+def _downgrade_from_twice(document):
+    component(document, "platform")["downgrade_from"] = [1, 1]
+
+
 BROKEN = {
     "missing format": _top("format", delete=True),
     "format 2": _top("format", 2),
@@ -217,6 +245,12 @@ BROKEN = {
     "base copy in a full update": _drop_base,
     "first entry not the root": _drop_root,
     "volume name not <sha256>.vol": _bad_volume_name,
+    "gzip recipe on an empty file": _gzip_on_empty_file,
+    "gzip header in upper case": _gzip_header_in_upper_case,
+    "gzip recipe in a full component": _gzip_in_a_full_component,
+    "base copy of the root": _set("etc/issue", "base", "."),
+    "prefix of the root": _prefix_of_the_root,
+    "downgrade_from repeats a sequence": _downgrade_from_twice,
 }
 
 
@@ -229,13 +263,79 @@ def test_broken_manifests_are_refused_by_schema_and_parser(validator, manifests,
         Manifest.from_bytes(json.dumps(document).encode("utf-8"))
 
 
-def test_unknown_fields_outside_entries_are_tolerated(validator, manifests):
-    """FORMAT.md, "Format version": only entries, chunks, prefixes and gzip recipes are exact."""
+# Every object of a manifest, by where it sits in the delta.
+PLACES = {
+    "top level": lambda d: d,
+    "component": lambda d: component(d, "platform"),
+    "component base": lambda d: component(d, "platform")["base"],
+    "entry": lambda d: entry(d, "platform", "bin/tool"),
+    "chunk": lambda d: entry(d, "platform", "bin/tool")["chunks"][0],
+    "prefix": lambda d: entry(d, "platform", "bin/tool")["chunks"][0]["prefix"],
+    "gzip recipe": _gzip_recipe,
+    "object": lambda d: d["objects"][0],
+    "volume": lambda d: d["volumes"][0],
+}
+
+
+@pytest.mark.parametrize("place", PLACES.values(), ids=PLACES.keys())
+def test_unknown_fields_are_refused_everywhere(validator, manifests, place):
+    """FORMAT.md, "Format version": a manifest is exact everywhere, unlike a trust root."""
     document = copy.deepcopy(manifests["delta"])
-    for part in (document, component(document, "platform"), component(document, "platform")["base"],
-                 document["objects"][0], document["volumes"][0]):
-        part["note"] = "informational"
+    place(document)["note"] = "informational"
+    assert schema_errors(validator, document), "the schema accepted an unknown field"
+    with pytest.raises(MalformedManifest, match=r"unknown field\(s\) \['note'\]"):
+        Manifest.from_bytes(json.dumps(document).encode("utf-8"))
+
+
+# --- hand-broken manifests JSON Schema cannot refuse: the parser alone does ----------------------
+
+GUNZIP_END = 2 * manifest_format.MAX_CHUNK_BYTES  # 128 MiB: how far the device gunzips a base at most
+
+
+def _gunzip_prefix_ending_at(end: int):
+    def mutate(document):
+        prefix = entry(document, "platform", "share/changes.gz")["chunks"][0]["prefix"]
+        assert prefix["gunzip"] is True
+        prefix["offset"] = end - prefix["length"]
+    return mutate
+
+
+def _raw_object_larger_than_its_chunk(document):
+    """Split a raw object's chunk in two chunks of that object: sizes still add up, the tree
+    digest and the tiling are untouched, but neither chunk is the raw object's size."""
+    raw = {o["id"]: o["size"] for o in document["objects"] if o["encoding"] == "raw"}
+    for listed in document["components"]:
+        for item in listed["entries"]:
+            chunks = item.get("chunks", [])
+            for index, chunk in enumerate(chunks):
+                if chunk["object"] in raw and chunk["size"] >= 2:
+                    chunks[index:index + 1] = [{"object": chunk["object"], "size": 1},
+                                               {"object": chunk["object"], "size": chunk["size"] - 1}]
+                    return
+    raise AssertionError("the delta has no raw object to break")
+
+
+PARSER_ONLY = {
+    "gunzip prefix ending beyond 128 MiB": (_gunzip_prefix_ending_at(GUNZIP_END + 1),
+                                            "a gunzip prefix must end within 134217728 bytes"),
+    "raw object larger than its chunk": (_raw_object_larger_than_its_chunk,
+                                         "a raw object must be exactly its chunk's size"),
+}
+
+
+@pytest.mark.parametrize("mutate, message", PARSER_ONLY.values(), ids=PARSER_ONLY.keys())
+def test_rules_beyond_the_schema_are_refused_by_the_parser(validator, manifests, mutate, message):
+    """FORMAT.md, "What the schema cannot say": the schema passes these, the parser must not."""
+    document = copy.deepcopy(manifests["delta"])
+    mutate(document)
     assert schema_errors(validator, document) == []
+    with pytest.raises(MalformedManifest, match=re.escape(message)):
+        Manifest.from_bytes(json.dumps(document).encode("utf-8"))
+
+
+def test_a_gunzip_prefix_may_end_at_128_mib(manifests):
+    document = copy.deepcopy(manifests["delta"])
+    _gunzip_prefix_ending_at(GUNZIP_END)(document)
     Manifest.from_bytes(json.dumps(document).encode("utf-8"))
 
 

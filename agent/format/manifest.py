@@ -401,7 +401,7 @@ def _gzip_from_json(value: dict, context: str) -> GzipRecipe:
 
 
 def _no_other_fields(value: dict, allowed: set[str], context: str) -> None:
-    # Entries are exact: an unknown field could mean data this version would silently drop.
+    # The manifest is exact everywhere: an unknown field could mean data this version would silently drop.
     unknown = set(value) - allowed
     if unknown:
         raise JSONShapeError(f"{context}: unknown field(s) {sorted(unknown)}")

@@ -10,9 +10,11 @@ file against its SHA-256, and finally the whole tree against the manifest (verif
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import stat
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -88,13 +90,19 @@ class BaseTree:
         return data
 
     def copy_to(self, path: str, sha256: str, out_fd: int, progress: Progress | None) -> None:
-        """Copy a base file while hashing it; the hash must be the manifest's (moved/unchanged files)."""
+        """Copy a base file (unchanged or moved) and check it is the one the manifest names.
+
+        A reflink (FICLONE: btrfs, xfs) shares the blocks instead of writing them; the base is
+        still read once to check its hash. Elsewhere the bytes are copied while being hashed.
+        """
         digest = hashlib.sha256()
         fd = self._open(path)
         try:
+            cloned = _reflink(fd, out_fd)
             while block := os.read(fd, READ_SIZE):
                 digest.update(block)
-                _write_all(out_fd, block)
+                if not cloned:
+                    _write_all(out_fd, block)
                 if progress:
                     progress(len(block))
         finally:
@@ -103,6 +111,20 @@ class BaseTree:
             raise StagingError(f"base file {path!r} differs from the one this delta was made against",
                                where=self.root, hint="this delta needs the exact base release; use a full bundle")
         self._verified[path] = sha256
+
+
+_FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
+
+
+def _reflink(source_fd: int, out_fd: int) -> bool:
+    """Share ``source_fd``'s blocks with the empty ``out_fd`` if the filesystem can; else False."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        fcntl.ioctl(out_fd, _FICLONE, source_fd)
+        return True
+    except OSError:  # EOPNOTSUPP, EXDEV, EINVAL...: fall back to copying
+        return False
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -268,9 +268,7 @@ def _nothing(device: Device, medium: Path, report: Report) -> Report:
         raise NothingInstallable("; ".join(f"{s}: {r}" for s, r in integrity), where=medium,
                                  hint="the medium was refused; the machine is unchanged")
     report.message = "nothing newer for this machine"
-    if refused:
-        report.message += " (" + "; ".join(d.reason for d in refused) + ")"
-    device.audit.record("nothing-newer", source=str(medium))
+    device.audit.record("nothing-newer", source=str(medium), refused=[d.reason for d in refused])
     return report
 
 

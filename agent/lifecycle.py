@@ -44,8 +44,8 @@ def _run_hooks(device: Device, environment: Path) -> tuple[bool, str]:
         except OSError as error:
             return False, f"health hook {hook} could not run: {error.strerror}"
         if result.returncode != 0:
-            detail = (result.stdout + result.stderr).strip().splitlines()[-1:] or [""]
-            return False, f"health hook {hook} failed with exit {result.returncode} {detail[0]}".rstrip()
+            said = (result.stdout + result.stderr).strip().splitlines()[-1:]
+            return False, f"health hook {hook} failed with exit {result.returncode}" + (f": {said[0]}" if said else "")
     return True, f"{len(device.config.health_hooks)} health hook(s) passed"
 
 

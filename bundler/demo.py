@@ -154,12 +154,98 @@ def bundle_story(story: Story) -> None:
     story.run("bundle verify bundles/d12-tampered --root root.json --root root-2.json", refused=True)
 
 
+def device_story(story: Story) -> None:
+    work = story.workdir
+    device = work / "cabinet"
+    device.mkdir()
+    health = device / "health"
+    health.write_text("#!/bin/sh\n# the cabinet's own check: here, the reels and the bill acceptor answer\nexit 0\n")
+    health.chmod(0o755)
+    (device / "agent.toml").write_text(f"""[device]
+product = "demo-cabinet"
+hardware = "cab-a"
+serial = "SN0001"
+state_dir = "{device}/state"
+[trust]
+root = "{work}/root.json"
+[boot]
+backend = "dirs"
+root = "{device}/envs"
+[health]
+hooks = ["{health}"]
+""")
+    agent = "bundle-agent --config cabinet/agent.toml"
+    story.say("""
+        7. The factory. A cabinet (a directory standing in for the machine: its boot environments,
+        its state, its configuration) receives the provisioned trust root and release 1 from the
+        full bundle. The agent plays the boot loader for the `dirs` backend.""")
+    story.run(f"{agent} provision bundles/full-1")
+    story.run(f"{agent} boot")
+    story.say("""
+        8. The stick. The vendor writes the delta and the trust-root chain to a USB stick; every
+        byte is read back before the stick is called good.""")
+    (work / "stick").mkdir()
+    story.run("bundle write stick bundles/full-1 bundles/d12 --root root.json --root root-2.json")
+    story.say("""
+        9. Insertion. The cabinet verifies everything on the stick before writing a byte, stages
+        release 2 into a new environment cloned from the running one, checks every file, and arms
+        it for one trial boot (T). The running environment (N, R) is untouched.""")
+    story.run(f"{agent} on-insert stick")
+    story.run(f"{agent} status")
+    story.say("""
+        10. The trial. The next boot starts the new environment once; the health check passes,
+        so it is committed (R). Had the power failed during the trial, the next boot would have
+        come back to the old environment by itself.""")
+    story.run(f"{agent} boot")
+    story.run(f"{agent} boot-check")
+    story.run(f"{agent} status")
+    story.say("""
+        11. A tampered stick. Someone flips one byte of the delta on a copy of the stick. The
+        cabinet at release 2 has nothing to take from it anyway; its state is untouched.""")
+    shutil.copytree(work / "stick", work / "bad-stick")
+    bundle = next(p for p in (work / "bad-stick/demo-cabinet/bundles").iterdir()
+                  if p.name == _bundle_folder(work / "bundles/d12"))
+    volume = next((bundle / "payload").iterdir())
+    data = bytearray(volume.read_bytes())
+    data[len(data) // 2] ^= 1
+    volume.write_bytes(bytes(data))
+    before = (device / "state/state.json").read_bytes()
+    story.run(f"{agent} on-insert bad-stick")
+    story.say("""
+        A second cabinet, still at release 1, would take the delta - so the damage matters: the
+        stick is refused before anything is written, and the cabinet stays as it was.""")
+    second = work / "cabinet-2"
+    shutil.copytree(device, second, ignore=shutil.ignore_patterns("envs", "state"))
+    (second / "agent.toml").write_text((device / "agent.toml").read_text().replace(str(device), str(second)))
+    agent2 = "bundle-agent --config cabinet-2/agent.toml"
+    story.run(f"{agent2} provision bundles/full-1")
+    story.run(f"{agent2} boot")
+    story.run(f"{agent2} on-insert bad-stick", refused=True)
+    story.run(f"{agent2} status")
+    assert (device / "state/state.json").read_bytes() == before
+    story.say("""
+        12. A bad update. Release 2 reaches the second cabinet, but its health check fails (the
+        reels do not spin). The agent rolls back to release 1 by itself and records why.""")
+    (second / "health").write_text("#!/bin/sh\necho 'reel motor 2 does not answer' >&2\nexit 1\n")
+    story.run(f"{agent2} on-insert stick")
+    story.run(f"{agent2} boot")
+    story.run(f"{agent2} boot-check", refused=True)
+    story.run(f"{agent2} boot")
+    story.run(f"{agent2} status")
+
+
+def _bundle_folder(bundle: Path) -> str:
+    import hashlib
+    return hashlib.sha256((bundle / "manifest.json.zst").read_bytes()).hexdigest()[:16]
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bundle-demo-") as workdir:
         story = Story(Path(workdir))
         story.say(f"Working in a throwaway directory: {workdir}")
         trust_story(story)
         bundle_story(story)
+        device_story(story)
         story.say("Demo complete: every step above behaved as expected.")
 
 

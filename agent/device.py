@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ class Device:
             return f"reboot to {why} (reboot policy: never)"
         command = ["shutdown", "-r", "now"] if policy == "now" else list(policy)
         self.audit.record("reboot", command=command, why=why)
-        if shutil.which(command[0]) is None and not os.path.isabs(command[0]):
-            return f"reboot command {command[0]!r} not found; reboot to {why}"
+        if shutil.which(command[0]) is None:
+            return f"reboot command {command[0]!r} not found or not executable; reboot to {why}"
         subprocess.run(command, check=False)
         return f"rebooting to {why}"

@@ -110,9 +110,13 @@ def _read_medium(device: Device, medium: Path, report: Report):
     return newer, found
 
 
-def _check_payloads(device: Device, chosen: dict[str, Choice], found: dict[str, _Found]) -> None:
+def _bundles_used(chosen: dict[str, list[Choice]]) -> list[str]:
+    return sorted({step.bundle for route in chosen.values() for step in route})
+
+
+def _check_payloads(device: Device, chosen: dict[str, list[Choice]], found: dict[str, _Found]) -> None:
     """Every stored byte of every chosen bundle, before anything is written (T-CONTENT)."""
-    for bundle_id in sorted({c.bundle for c in chosen.values()}):
+    for bundle_id in _bundles_used(chosen):
         entry = found[bundle_id]
         with Payload(entry.path, entry.verified.manifest) as payload:
             payload.verify_all()
@@ -129,8 +133,12 @@ def _tree_bytes(path: Path) -> int:
     return total
 
 
-def _check_space(device: Device, chosen: dict[str, Choice], running: Path | None) -> None:
-    needed = sum(e.size for c in chosen.values() for e in c.component.entries if e.type == FILE)
+def _check_space(device: Device, chosen: dict[str, list[Choice]], running: Path | None) -> None:
+    # A chain builds each step beside the previous one: count the two largest steps.
+    needed = 0
+    for route in chosen.values():
+        sizes = sorted(sum(e.size for e in step.component.entries if e.type == FILE) for step in route)
+        needed += sum(sizes[-2:])
     if running is not None:
         needed += _tree_bytes(running)  # a clone costs at most a full copy (less with reflinks)
     root = Path(device.config.backend_settings.get("root", device.config.state_dir))
@@ -141,29 +149,42 @@ def _check_space(device: Device, chosen: dict[str, Choice], running: Path | None
                       where=root, hint="free space on the environments' filesystem, or remove old environments")
 
 
-def _stage_component(device: Device, choice: Choice, found: _Found, environment: Path, running: Path | None) -> None:
-    """Build the component's new tree beside the old one, check it, swap it in."""
-    component = choice.component
-    target = device.component_dir(environment, component.name)
-    staging = target.with_name(target.name + ".staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.parent.mkdir(parents=True, exist_ok=True)
-    base = device.component_dir(running, component.name) if component.is_delta else None
+def _stage_component(device: Device, route: list[Choice], found: dict[str, _Found], environment: Path,
+                     running: Path | None) -> None:
+    """Build the component's new tree beside the old one, step by step along its route, check
+    every step, and swap the result in."""
+    name = route[0].component.name
+    target = device.component_dir(environment, name)
+    target.parent.mkdir(parents=True, exist_ok=True)
     as_root = os.geteuid() == 0
-    with Payload(found.path, found.verified.manifest) as payload:
-        apply_component(component, payload, staging, base=base, set_owner=as_root)
-    verify_staged(component, staging, check_owner=as_root)
-    if target.exists():
-        old = target.with_name(target.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(target, old)
-        os.rename(staging, target)
-        shutil.rmtree(old)
-    else:
-        os.rename(staging, target)
+    base = device.component_dir(running, name) if running is not None else None
+    built: list[Path] = []
+    try:
+        for number, step in enumerate(route, 1):
+            staging = target.with_name(f"{target.name}.staging-{number}")
+            shutil.rmtree(staging, ignore_errors=True)
+            with Payload(found[step.bundle].path, found[step.bundle].verified.manifest) as payload:
+                apply_component(step.component, payload, staging, base=base if step.component.is_delta else None,
+                                set_owner=as_root)
+            built.append(staging)
+            verify_staged(step.component, staging, check_owner=as_root)
+            if len(built) > 1:
+                shutil.rmtree(built.pop(0))  # the previous step was only this step's base
+            base = staging
+        if target.exists():
+            old = target.with_name(target.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(target, old)
+            os.rename(built[-1], target)
+            shutil.rmtree(old)
+        else:
+            os.rename(built[-1], target)
+    finally:
+        for leftover in built:
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _check_untouched(device: Device, state: AgentState, chosen: dict[str, Choice], environment: Path) -> None:
+def _check_untouched(device: Device, state: AgentState, chosen: dict[str, list[Choice]], environment: Path) -> None:
     for name, installed in state.components.items():
         if name in chosen:
             continue
@@ -175,10 +196,10 @@ def _check_untouched(device: Device, state: AgentState, chosen: dict[str, Choice
                                hint="the running environment was modified outside the agent")
 
 
-def _new_components(state: AgentState, chosen: dict[str, Choice]) -> dict[str, dict]:
+def _new_components(state: AgentState, chosen: dict[str, list[Choice]]) -> dict[str, dict]:
     result = {name: installed.__dict__ for name, installed in state.components.items()}
-    for name, choice in chosen.items():
-        c = choice.component
+    for name, route in chosen.items():
+        c = route[-1].component
         result[name] = {"version": c.version, "sequence": c.sequence, "tree_digest": c.tree_digest}
     return result
 
@@ -227,12 +248,12 @@ def install(device: Device, medium: Path) -> Report:
     name = device.next_environment_name()
     state.pending = {"phase": "staging", "environment": name, "previous": state.environment}
     device.store.save(state)
-    device.audit.record("staging", environment=name, components={n: c.component.sequence for n, c in chosen.items()})
+    device.audit.record("staging", environment=name,
+                        components={n: [step.component.sequence for step in route] for n, route in chosen.items()})
     try:
         environment = device.backend.clone(state.environment, name)
         for component_name in sorted(chosen):
-            choice = chosen[component_name]
-            _stage_component(device, choice, found[choice.bundle], environment, running_env.path)
+            _stage_component(device, chosen[component_name], found, environment, running_env.path)
         _check_untouched(device, state, chosen, environment)
     except BaseException as error:
         try:
@@ -246,13 +267,15 @@ def install(device: Device, medium: Path) -> Report:
         raise
     state.pending = {"phase": "trial", "environment": name, "previous": state.environment,
                      "components": _new_components(state, chosen),
-                     "bundles": sorted({c.bundle for c in chosen.values()})}
+                     "bundles": _bundles_used(chosen)}
     device.store.save(state)
     device.backend.activate_once(name)
-    for component_name, choice in sorted(chosen.items()):
+    for component_name, route in sorted(chosen.items()):
         before = state.components.get(component_name)
+        after = route[-1].component
+        via = f" via {len(route)} steps" if len(route) > 1 else ""
         report.installed[component_name] = (f"{before.version} (sequence {before.sequence})" if before else "nothing") + \
-            f" -> {choice.component.version} (sequence {choice.component.sequence})"
+            f" -> {after.version} (sequence {after.sequence}){via}"
     report.environment = name
     device.audit.record("trial-armed", environment=name, installed=report.installed)
     report.message = (f"staged {', '.join(sorted(chosen))} in {name}; it boots once for a trial; "
@@ -292,19 +315,18 @@ def provision(device: Device, medium: Path) -> Report:
     environment = device.backend.create_empty(name)
     try:
         for component_name in sorted(chosen):
-            choice = chosen[component_name]
-            _stage_component(device, choice, found[choice.bundle], environment, None)
+            _stage_component(device, chosen[component_name], found, environment, None)
     except BaseException:
         device.backend.destroy(name)
         raise
     device.backend.commit(name)
     state.environment = name
-    state.components = {n: InstalledComponent(c.component.version, c.component.sequence, c.component.tree_digest)
-                        for n, c in chosen.items()}
-    state.floors = {n: c.component.sequence for n, c in chosen.items()}
+    final = {n: route[-1].component for n, route in chosen.items()}
+    state.components = {n: InstalledComponent(c.version, c.sequence, c.tree_digest) for n, c in final.items()}
+    state.floors = {n: c.sequence for n, c in final.items()}
     state.last_result = {"outcome": "provisioned", "message": f"provisioned {name}"}
     device.store.save(state)
-    report.installed = {n: f"{c.component.version} (sequence {c.component.sequence})" for n, c in chosen.items()}
+    report.installed = {n: f"{c.version} (sequence {c.sequence})" for n, c in final.items()}
     report.environment = name
     report.message = f"provisioned {', '.join(sorted(chosen))} into {name} (committed)"
     device.audit.record("provisioned", environment=name, installed=report.installed)

@@ -8,12 +8,14 @@ Rules (docs/AGENT.md, "What gets installed"):
   installed sequence and tree digest;
 * the same sequence is a no-op; a lower one is refused as a replay (T-ROLLBACK) unless the
   signed manifest permits replacing exactly the installed sequence (downgrade_from);
-* per component the newest candidate wins; a full update beats a delta of the same sequence only
-  when no delta applies (deltas are cheaper, both verify to the same tree).
+* per component the newest reachable sequence wins, by the route that reads the fewest bytes
+  from the medium: a full update, a delta from the installed state, or a chain of deltas
+  (possibly starting from a full update) whose every base is exactly the previous step's result.
 """
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, replace
 
 from agent.format.manifest import Component
@@ -43,9 +45,10 @@ class Decision:
 
 
 def choose(device: Device, installed: dict[str, InstalledComponent], floors: dict[str, int],
-           bundles: dict[str, VerifiedBundle]) -> tuple[dict[str, Choice], list[Decision]]:
+           bundles: dict[str, VerifiedBundle]) -> tuple[dict[str, list[Choice]], list[Decision]]:
+    """Per component, the route to install (one full update or delta, or a chain of them)."""
     decisions: list[Decision] = []
-    candidates: dict[str, list[Choice]] = {}
+    updates: dict[str, list[tuple[Choice, int]]] = {}
     for bundle_id, verified in sorted(bundles.items()):
         manifest = verified.manifest
         if manifest.product != device.product:
@@ -57,24 +60,75 @@ def choose(device: Device, installed: dict[str, InstalledComponent], floors: dic
                                       f"bundle is for hardware {', '.join(manifest.hardware)}, this machine is "
                                       f"{device.hardware}"))
             continue
+        sizes = {o.id: o.size for o in manifest.objects}
         for component in manifest.components:
             verdict, reason = _judge(device, installed.get(component.name), floors.get(component.name), component)
             decisions.append(Decision(bundle_id, component.name, verdict, reason))
-            if verdict == "candidate":
-                candidates.setdefault(component.name, []).append(Choice(bundle_id, component))
-    chosen = {name: max(options, key=lambda c: (c.component.sequence, c.component.is_delta, c.bundle))
-              for name, options in candidates.items()}
+            cost = sum(sizes[o] for o in {c.object for e in component.entries for c in e.chunks})
+            updates.setdefault(component.name, []).append((Choice(bundle_id, component), cost))
+    chosen = {}
+    for name, options in updates.items():
+        route = _route(device, installed.get(name), floors.get(name), options)
+        if route:
+            chosen[name] = route
     final = []
     for decision in decisions:
-        if decision.verdict == "candidate":
-            winner = chosen[decision.component]
-            if winner.bundle == decision.bundle:
-                decision = replace(decision, verdict="chosen")
-            else:
-                decision = replace(decision, verdict="not-applicable",
-                                   reason=f"{decision.reason}; bundle {winner.bundle} has a newer or cheaper one")
+        route = chosen.get(decision.component, [])
+        step = next((i for i, c in enumerate(route) if c.bundle == decision.bundle), None)
+        if step is not None:
+            reason = decision.reason if len(route) == 1 else f"step {step + 1} of {len(route)}: {decision.reason}"
+            decision = replace(decision, verdict="chosen", reason=reason)
+        elif decision.verdict == "candidate":
+            decision = replace(decision, verdict="not-applicable",
+                               reason=f"{decision.reason}; a newer or cheaper route is on the same medium")
+        elif decision.verdict == "link":
+            decision = replace(decision, verdict="not-applicable", reason=decision.reason)
         final.append(decision)
     return chosen, final
+
+
+def _route(device: Device, have: InstalledComponent | None, floor: int | None,
+           options: list[tuple[Choice, int]]) -> list[Choice]:
+    """Cheapest route (bytes read from the medium) to the newest reachable sequence.
+
+    States are (sequence, tree digest). From the installed state a full update always applies; a
+    delta applies only from its exact base. Upgrades never go below the floor; a downgrade is a
+    single step the manifest permits from exactly the installed sequence.
+    """
+    start = (have.sequence, have.tree_digest) if have else None
+    floor = max(floor or 0, have.sequence) if have else -1
+    best: dict = {start: (0, [])}
+    heap = [(0, 0, start)]
+    order = 0
+    while heap:
+        cost, _, state = heapq.heappop(heap)
+        if cost > best[state][0]:
+            continue
+        for choice, step_cost in options:
+            update = choice.component
+            if update.sequence <= floor or (state is not None and update.sequence <= state[0]):
+                continue
+            if state is None and (update.is_delta or (update.targets and device.serial not in update.targets)):
+                continue
+            if update.is_delta and (update.base.sequence, update.base.tree_digest) != state:
+                continue
+            target = (update.sequence, update.tree_digest)
+            total = cost + step_cost
+            if target not in best or total < best[target][0]:
+                best[target] = (total, best[state][1] + [choice])
+                order += 1
+                heapq.heappush(heap, (total, order, target))
+    reached = [state for state in best if state is not None and state != start]
+    if reached:
+        newest = max(state[0] for state in reached)
+        return min((best[s] for s in reached if s[0] == newest), key=lambda item: item[0])[1]
+    if have is not None:  # no upgrade: a permitted downgrade, if any (T-ROLLBACK exception)
+        permitted = [(cost, c) for c, cost in options
+                     if c.component.sequence < have.sequence and have.sequence in c.component.downgrade_from
+                     and (not c.component.is_delta or _base_matches(have, c.component))]
+        if permitted:
+            return [max(permitted, key=lambda item: (item[1].component.sequence, -item[0]))[1]]
+    return []
 
 
 def _judge(device: Device, have: InstalledComponent | None, floor: int | None, update: Component) -> tuple[str, str]:
@@ -91,13 +145,14 @@ def _judge(device: Device, have: InstalledComponent | None, floor: int | None, u
         return "no-op", f"{to} is already installed"
     if update.sequence < floor:
         if have.sequence in update.downgrade_from:
-            return ("candidate" if not update.is_delta or _base_matches(have, update) else "not-applicable",
-                    f"{to} replaces {current}: a downgrade the signed manifest permits")
+            if update.is_delta and not _base_matches(have, update):
+                return "not-applicable", f"{to} is a permitted downgrade, but a delta from another base"
+            return "candidate", f"{to} replaces {current}: a downgrade the signed manifest permits"
         return "refused", (f"{to} is older than the installed {current}; the manifest does not permit that "
                            "downgrade (an older release replayed)")
     if update.is_delta and not _base_matches(have, update):
-        return "not-applicable", (f"{to} is a delta from sequence {update.base.sequence} ({update.base.version}); "
-                                  f"this machine has {current}")
+        return "link", (f"{to} is a delta from sequence {update.base.sequence} ({update.base.version}); "
+                        f"this machine has {current}")
     return "candidate", f"{to} updates {current}"
 
 

@@ -3,17 +3,14 @@ and a device directory (config, environments, state) driven through the real bun
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 from agent.format.tree import tree_digest
 from agent.scan import scan_tree
 from bundler.demo import build_releases
-from tests.conftest import BIN, run_cli
+from tests.conftest import run_cli
 
 
 class World:

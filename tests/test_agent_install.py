@@ -249,3 +249,38 @@ def test_manual_rollback(cabinet, world):
     assert cabinet.agent("boot", check=True).stdout.strip().endswith("env-1")
     status = cabinet.status()
     assert status["components"]["platform"]["sequence"] == 6 and status["committed_environment"] == "env-1"
+
+
+@pytest.fixture(scope="module")
+def world3(world):
+    """Release 3 (platform 13.2.2, sequence 8) and the delta d23 beside the world's bundles."""
+    r3 = world.dir / "r3"
+    if not r3.exists():
+        shutil.copytree(world.dir / "r2", r3, symlinks=True)
+        text = (r3 / "release.toml").read_text().replace('"13.2.1"', '"13.2.2"').replace("sequence = 7", "sequence = 8")
+        (r3 / "release.toml").write_text(text)
+        (r3 / "platform/etc/cabinet.conf").write_text("payout_table = standard\naudit = strict\nlog = full\n")
+        world.make("d23", "r3", base="r2")
+    return world
+
+
+@pytest.mark.parametrize("bundles, steps", [(("d12", "d23"), "via 2 steps"), (("full-2", "d23"), "via 2 steps"),
+                                             (("d12", "d23", "full-1"), "via 2 steps")])
+def test_chains_reach_the_newest_release(cabinet, world3, tmp_path, bundles, steps):
+    stick = world3.stick(tmp_path / "stick", *bundles)
+    result = cabinet.agent("install", stick, check=True)
+    assert f"platform: 13.2.0 (sequence 6) -> 13.2.2 (sequence 8) {steps}" in result.stdout
+    cabinet.agent("boot", check=True)
+    cabinet.agent("boot-check", check=True)
+    assert cabinet.status()["components"]["platform"] == {"version": "13.2.2", "sequence": 8}
+    env = cabinet.dir / "envs" / cabinet.status()["committed_environment"]
+    assert (env / "platform/etc/cabinet.conf").read_text().endswith("log = full\n")
+    assert not [p for p in (env).rglob("*.staging-*")] and not [p for p in env.rglob("*.old")]
+
+
+def test_a_broken_chain_installs_nothing(cabinet, world3, tmp_path):
+    before = cabinet.snapshot()
+    result = cabinet.agent("install", world3.bundles / "d23")
+    assert result.returncode == 0 and "nothing newer" in result.stdout
+    assert "is a delta from sequence 7" in result.stdout
+    assert cabinet.snapshot() == before

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test clean
+.PHONY: demo test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/python -m pytest -q
+
+# docs/BENCHMARKS.md: our delta bundle next to peer tools on the platform pair (root; ~10-20 min).
+bench: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" tests/benchmarks/platform_pair.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

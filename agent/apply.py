@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import shutil
 import stat
 import sys
 from dataclasses import dataclass, field
@@ -185,11 +186,39 @@ def _set_metadata(entry: Entry, dest: Path, set_owner: bool) -> None:
     os.utime(dest, ns=(entry.mtime * 10**9, entry.mtime * 10**9), follow_symlinks=False)
 
 
-def apply_component(component: Component, payload: Payload, target: Path, *, base: Path | None,
-                    set_owner: bool, progress: Progress | None = None) -> None:
-    """Create ``target`` (which must not exist) holding the component's new tree.
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
-    ``base`` is the installed tree for a delta. ``set_owner`` applies numeric ownership (root only).
+
+def _ancestors(paths: tuple[str, ...]) -> set[str]:
+    """The directories leading to nested components: they stay even if this listing lacks them."""
+    result = set()
+    for path in paths:
+        parts = path.split("/")
+        result.update("/".join(parts[:i]) for i in range(1, len(parts)))
+    return result
+
+
+def _temporary(dest: Path) -> Path:
+    return dest.with_name(f".bundle-new-{os.getpid()}-{dest.name}"[:255])
+
+
+def apply_component(component: Component, payload: Payload, target: Path, *, base: Path | None,
+                    set_owner: bool, progress: Progress | None = None, exclude: tuple[str, ...] = (),
+                    target_is_clone_of_base: bool = False) -> None:
+    """Make ``target`` hold the component's new tree.
+
+    ``target`` may not exist (the tree is built from scratch) or may hold an older tree: then
+    everything is written beside its final name and renamed into place, and paths the new tree no
+    longer has are removed. When ``target`` is a clone of ``base`` (a cloned environment), files
+    the manifest copies unchanged from the same path are kept as they are. ``exclude`` names subtrees (other components nested inside
+    this one) that are left alone. Reads come from ``base`` - the running environment, never
+    written - so the order of changes in ``target`` cannot corrupt a source.
+
+    ``set_owner`` applies numeric ownership (root only).
     Raises StagingError, CorruptPayload, CorruptObject (the caller discards ``target``), OSError.
     """
     target = Path(target)
@@ -197,28 +226,48 @@ def apply_component(component: Component, payload: Payload, target: Path, *, bas
         raise StagingError(f"component {component.name} is a delta from sequence {component.base.sequence}; "
                            "its base tree is needed", hint="name the base tree, or use a full bundle")
     base_tree = BaseTree(Path(base)) if base is not None else None
+    existing = {}
+    if target.exists():
+        existing = {e.path: e for e in scan_tree(target, with_hashes=False, exclude=exclude)}
+        keep = {e.path for e in component.entries} | _ancestors(exclude)
+        for path in sorted((p for p in existing if p not in keep), key=lambda p: p.count("/"), reverse=True):
+            _remove(target / path)
     directories = []
     for entry in component.entries:
         dest = target if entry.path == "." else target / entry.path
+        have = existing.get(entry.path)
         if entry.type == DIR:
-            os.mkdir(dest, 0o700)  # final mode after the children exist: it may be read-only
+            if have is not None and have.type != DIR:
+                _remove(dest)
+                have = None
+            if have is None:
+                os.mkdir(dest, 0o700)  # final mode after the children exist: it may be read-only
             directories.append((entry, dest))
-        elif entry.type == FILE:
-            _write_file(entry, dest, payload, base_tree, progress)
-            _set_metadata(entry, dest, set_owner)
+            continue
+        if target_is_clone_of_base and entry.type == FILE and have is not None and have.type == FILE \
+                and entry.base_path == entry.path and os.lstat(dest).st_nlink == 1:
+            _set_metadata(entry, dest, set_owner)  # unchanged and already there (checked at the end)
+            continue
+        temporary = _temporary(dest)
+        if entry.type == FILE:
+            _write_file(entry, temporary, payload, base_tree, progress)
+            _set_metadata(entry, temporary, set_owner)
         elif entry.type == SYMLINK:
-            os.symlink(entry.target, dest)
-            _set_metadata(entry, dest, set_owner)
+            os.symlink(entry.target, temporary)
+            _set_metadata(entry, temporary, set_owner)
         elif entry.type == HARDLINK:
-            os.link(target / entry.target, dest, follow_symlinks=False)
+            os.link(target / entry.target, temporary, follow_symlinks=False)
+        if have is not None and have.type == DIR:
+            shutil.rmtree(dest)
+        os.replace(temporary, dest)
     for entry, dest in reversed(directories):
         _set_metadata(entry, dest, set_owner)
 
 
-def verify_staged(component: Component, target: Path, *, check_owner: bool) -> None:
-    """Check the built tree against the manifest, entry by entry. Raises StagingError naming the
-    first difference."""
-    actual = {e.path: e for e in scan_tree(Path(target))}
+def verify_staged(component: Component, target: Path, *, check_owner: bool, exclude: tuple[str, ...] = ()) -> None:
+    """Check the built tree against the manifest, entry by entry (``exclude``: nested components).
+    Raises StagingError naming the first difference."""
+    actual = {e.path: e for e in scan_tree(Path(target), exclude=exclude)}
     for expected in component.entries:
         found = actual.pop(expected.path, None)
         if found is None:
@@ -232,5 +281,6 @@ def verify_staged(component: Component, target: Path, *, check_owner: bool) -> N
         for what, want, got in checks:
             if want != got:
                 raise StagingError(f"{component.name}: {expected.path!r} has the wrong {what} after staging")
-    if actual:
-        raise StagingError(f"{component.name}: the staged tree has unexpected {sorted(actual)[0]!r}")
+    unexpected = sorted(set(actual) - _ancestors(exclude))
+    if unexpected:
+        raise StagingError(f"{component.name}: the staged tree has unexpected {unexpected[0]!r}")

@@ -31,7 +31,7 @@ from agent.format import stick
 from agent.format.bundle_dir import MANIFEST, read_bundle
 from agent.format.tree import FILE, tree_digest
 from agent.payload import Payload
-from agent.scan import as_content, scan_tree
+from agent.scan import scan_tree
 from agent.select import Choice, Decision, choose
 from agent.state import AgentState, InstalledComponent
 from agent.trust_store import advance, current_root, stick_roots
@@ -149,51 +149,75 @@ def _check_space(device: Device, chosen: dict[str, list[Choice]], running: Path 
                       where=root, hint="free space on the environments' filesystem, or remove old environments")
 
 
+def _nested(device: Device, name: str, names: set[str]) -> tuple[str, ...]:
+    """Other components' trees inside this one's, relative to it (left alone when staging it)."""
+    own = device.config.component_path(name)
+    result = []
+    for other in names - {name}:
+        path = device.config.component_path(other)
+        if own in (".", ""):
+            result.append(path)
+        elif path.startswith(own + "/"):
+            result.append(path[len(own) + 1:])
+    return tuple(sorted(result))
+
+
+def _outermost_first(device: Device, chosen: dict) -> list[str]:
+    """A component that contains others (the platform at the environment's root) is staged first."""
+    def depth(name: str) -> int:
+        path = device.config.component_path(name)
+        return 0 if path in (".", "") else path.count("/") + 1
+    return sorted(chosen, key=lambda name: (depth(name), name))
+
+
 def _stage_component(device: Device, route: list[Choice], found: dict[str, _Found], environment: Path,
-                     running: Path | None) -> None:
-    """Build the component's new tree beside the old one, step by step along its route, check
-    every step, and swap the result in."""
+                     running: Path | None, names: set[str]) -> None:
+    """Bring the component's tree in the new environment to the route's last step.
+
+    Intermediate steps of a chain are built beside it; the last step updates the cloned tree in
+    place (only what changed is written), reading its base from the running environment, which
+    is never written.
+    """
     name = route[0].component.name
     target = device.component_dir(environment, name)
     target.parent.mkdir(parents=True, exist_ok=True)
+    nested = _nested(device, name, names)
     as_root = os.geteuid() == 0
     base = device.component_dir(running, name) if running is not None else None
     built: list[Path] = []
     try:
         for number, step in enumerate(route, 1):
-            staging = target.with_name(f"{target.name}.staging-{number}")
-            shutil.rmtree(staging, ignore_errors=True)
+            last = number == len(route)
+            into = target if last else target.with_name(f"{target.name}.staging-{number}")
+            if not last:
+                shutil.rmtree(into, ignore_errors=True)
             with Payload(found[step.bundle].path, found[step.bundle].verified.manifest) as payload:
-                apply_component(step.component, payload, staging, base=base if step.component.is_delta else None,
-                                set_owner=as_root)
-            built.append(staging)
-            verify_staged(step.component, staging, check_owner=as_root)
-            if len(built) > 1:
-                shutil.rmtree(built.pop(0))  # the previous step was only this step's base
-            base = staging
-        if target.exists():
-            old = target.with_name(target.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(target, old)
-            os.rename(built[-1], target)
-            shutil.rmtree(old)
-        else:
-            os.rename(built[-1], target)
+                apply_component(step.component, payload, into, base=base if step.component.is_delta else None,
+                                set_owner=as_root, exclude=nested if last else (),
+                                target_is_clone_of_base=last and number == 1 and running is not None)
+            verify_staged(step.component, into, check_owner=as_root, exclude=nested if last else ())
+            if not last:
+                built.append(into)
+                if len(built) > 1:
+                    shutil.rmtree(built.pop(0))  # it was only the base of this step
+            base = into
     finally:
         for leftover in built:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _check_untouched(device: Device, state: AgentState, chosen: dict[str, list[Choice]], environment: Path) -> None:
-    for name, installed in state.components.items():
+def _check_untouched(device: Device, state: AgentState, chosen: dict[str, list[Choice]], environment: Path,
+                     running: Path, names: set[str]) -> None:
+    """The components not updated must have been cloned faithfully from the running environment."""
+    for name in state.components:
         if name in chosen:
             continue
-        entries = scan_tree(device.component_dir(environment, name))
-        if name != "platform":
-            entries = as_content(entries)
-        if tree_digest(entries) != installed.tree_digest:
-            raise StagingError(f"the cloned {name} does not match the installed tree",
-                               hint="the running environment was modified outside the agent")
+        nested = _nested(device, name, names)
+        clone = scan_tree(device.component_dir(environment, name), exclude=nested)
+        origin = scan_tree(device.component_dir(running, name), exclude=nested)
+        if tree_digest(clone) != tree_digest(origin):
+            raise StagingError(f"the clone of {name} differs from the running environment",
+                               hint="check the environments' filesystem")
 
 
 def _new_components(state: AgentState, chosen: dict[str, list[Choice]]) -> dict[str, dict]:
@@ -252,9 +276,10 @@ def install(device: Device, medium: Path) -> Report:
                         components={n: [step.component.sequence for step in route] for n, route in chosen.items()})
     try:
         environment = device.backend.clone(state.environment, name)
-        for component_name in sorted(chosen):
-            _stage_component(device, chosen[component_name], found, environment, running_env.path)
-        _check_untouched(device, state, chosen, environment)
+        names = set(state.components) | set(chosen)
+        for component_name in _outermost_first(device, chosen):
+            _stage_component(device, chosen[component_name], found, environment, running_env.path, names)
+        _check_untouched(device, state, chosen, environment, running_env.path, names)
     except BaseException as error:
         try:
             if device.backend.get(name) is not None:
@@ -314,8 +339,8 @@ def provision(device: Device, medium: Path) -> Report:
     name = device.next_environment_name()
     environment = device.backend.create_empty(name)
     try:
-        for component_name in sorted(chosen):
-            _stage_component(device, chosen[component_name], found, environment, None)
+        for component_name in _outermost_first(device, chosen):
+            _stage_component(device, chosen[component_name], found, environment, None, set(chosen))
     except BaseException:
         device.backend.destroy(name)
         raise

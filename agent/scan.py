@@ -32,7 +32,7 @@ def hash_file(path: Path | str, *, dir_fd: int | None = None) -> str:
     return digest.hexdigest()
 
 
-def _relative_paths(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+def _relative_paths(root: Path, exclude: frozenset[str]) -> Iterator[tuple[str, os.stat_result]]:
     yield ".", os.lstat(root)
     stack = [""]
     while stack:
@@ -47,20 +47,23 @@ def _relative_paths(root: Path) -> Iterator[tuple[str, os.stat_result]]:
                     raise UnsupportedFile(f"name {os.fsencode(name)!r} is not valid UTF-8", where=directory,
                                           hint="rename it: manifests carry UTF-8 paths only") from None
                 relative = f"{prefix}/{name}" if prefix else name
+                if relative in exclude:
+                    continue
                 info = item.stat(follow_symlinks=False)
                 yield relative, info
                 if stat.S_ISDIR(info.st_mode):
                     stack.append(relative)
 
 
-def scan_tree(root: Path, *, with_hashes: bool = True) -> list[Entry]:
+def scan_tree(root: Path, *, with_hashes: bool = True, exclude: tuple[str, ...] = ()) -> list[Entry]:
     """Entries of the tree at ``root`` in listing order. Hard-linked files become one FILE entry
-    (the first path in listing order) and HARDLINK entries pointing to it.
+    (the first path in listing order) and HARDLINK entries pointing to it. ``exclude`` names
+    subtrees to leave out (other components nested inside this one).
 
     Raises UnsupportedFile, Failed-like OSError from the filesystem.
     """
     root = Path(root)
-    found = sorted(_relative_paths(root), key=lambda item: path_order(item[0]))
+    found = sorted(_relative_paths(root, frozenset(exclude)), key=lambda item: path_order(item[0]))
     first_link: dict[tuple[int, int], str] = {}
     entries = []
     for relative, info in found:

@@ -63,7 +63,7 @@ class Cabinet:
     """One device: config, environments and state under ``directory``."""
 
     def __init__(self, world: World, directory: Path, *, product="demo-cabinet", hardware="cab-a",
-                 serial="SN0001", healthy=True, reboot="never"):
+                 serial="SN0001", healthy=True, reboot="never", layout: dict | None = None):
         self.world = world
         self.dir = directory
         directory.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ hooks = ["{self.health}"]
 timeout = 20
 [reboot]
 policy = "{reboot}"
-""")
+""" + ("[layout]\n" + "".join(f'{k} = "{v}"\n' for k, v in layout.items()) if layout else ""))
 
     def set_health(self, healthy: bool) -> None:
         self.health.write_text("#!/bin/sh\n" + ("exit 0\n" if healthy else "echo 'reels do not spin' >&2; exit 7\n"))

@@ -284,3 +284,46 @@ def test_a_broken_chain_installs_nothing(cabinet, world3, tmp_path):
     assert result.returncode == 0 and "nothing newer" in result.stdout
     assert "is a delta from sequence 7" in result.stdout
     assert cabinet.snapshot() == before
+
+
+def test_platform_at_the_environment_root_with_games_nested(world, tmp_path):
+    """The FreeBSD-style layout: the platform is the environment's root, games live inside it."""
+    from agent.format.tree import tree_digest
+    from agent.scan import as_content, scan_tree
+    cabinet = Cabinet(world, tmp_path / "dev", layout={"platform": ".", "games": "opt/games"})
+    cabinet.provision()
+    env1 = cabinet.dir / "envs/env-1"
+    assert (env1 / "usr/bin/cabinet-engine").is_file() and (env1 / "opt/games/lucky-sevens/reels.dat").is_file()
+    cabinet.agent("install", world.bundles / "d12", check=True)
+    cabinet.agent("boot", check=True)
+    cabinet.agent("boot-check", check=True)
+    env2 = cabinet.dir / "envs/env-2"
+    games = ("opt/games/lucky-sevens", "opt/games/fortune-wheel")
+    platform = [e for e in scan_tree(env2, exclude=games) if e.path not in ("opt", "opt/games")]
+    assert tree_digest(platform) == tree_digest(scan_tree(world.dir / "r2/platform"))
+    assert tree_digest(as_content(scan_tree(env2 / "opt/games/fortune-wheel"))) == \
+        tree_digest(as_content(scan_tree(world.dir / "r2/games/fortune-wheel")))
+    assert cabinet.status()["components"]["platform"]["sequence"] == 7
+    # The environment it came from is untouched.
+    assert tree_digest([e for e in scan_tree(env1, exclude=("opt/games/lucky-sevens",))
+                        if e.path not in ("opt", "opt/games")]) == tree_digest(scan_tree(world.dir / "r1/platform"))
+
+
+def test_nested_layout_with_only_a_game_changing(world, tmp_path):
+    from tests.conftest import run_cli
+    cabinet = Cabinet(world, tmp_path / "dev", layout={"platform": ".", "games": "opt/games"})
+    cabinet.provision()
+    r1b = world.dir / "r1b"
+    if not r1b.exists():
+        shutil.copytree(world.dir / "r1", r1b, symlinks=True)
+        text = (r1b / "release.toml").read_text().replace('version = "1.0"\nsequence = 2', 'version = "1.1"\nsequence = 9')
+        (r1b / "release.toml").write_text(text)
+        (r1b / "games/lucky-sevens/paytable.json").write_text('{"777": 750}\n')
+        run_cli("bundle", "make", "--release", r1b / "release.toml", "--base", world.release("r1"), "--key",
+                world.keys / "rel1.key", "--key", world.keys / "rel2.key", "--out", world.bundles / "d1-1b",
+                "--level", "3", check=True)
+    result = cabinet.agent("install", world.bundles / "d1-1b", check=True)
+    assert "game/lucky-sevens: 1.0 (sequence 2) -> 1.1 (sequence 9)" in result.stdout
+    env2 = cabinet.dir / "envs/env-2"
+    assert (env2 / "opt/games/lucky-sevens/paytable.json").read_text() == '{"777": 750}\n'
+    assert (env2 / "usr/bin/cabinet-engine").read_bytes() == (world.dir / "r1/platform/usr/bin/cabinet-engine").read_bytes()

@@ -7,9 +7,10 @@ bectl, ...) is one module and one line here, never an if/else chain in the insta
 from __future__ import annotations
 
 from agent.boot.base import BootBackend, BootError, Environment
+from agent.boot.bectl import BectlBackend
 from agent.boot.dirs import DirsBackend
 
-BACKENDS: dict[str, type[BootBackend]] = {DirsBackend.name: DirsBackend}
+BACKENDS: dict[str, type[BootBackend]] = {DirsBackend.name: DirsBackend, BectlBackend.name: BectlBackend}
 
 
 def open_backend(name: str, settings: dict) -> BootBackend:

@@ -71,6 +71,7 @@ import re
 import shlex
 import subprocess
 import sys
+import textwrap
 
 scratch, out_path, bundle_cmd, corpus = sys.argv[1:5]
 R = lambda *p: os.path.join(scratch, *p)  # noqa: E731
@@ -159,6 +160,14 @@ for name, nbytes, mw, mr, aw, ar, err in rows:
     table.append(f"| {name}{' (FAILED: ' + err + ')' if err and nbytes is None else ''} | {b} | {mib} | "
                  f"{f1(mw)} | {f0(mr)} | {f1(aw)} | {f0(ar)} |")
 
+peer_loads = [r["make_load1"] for r in peers["rows"] if r.get("make_load1") is not None]
+our_loads = ours.get("make_load1") or []
+load_note = ("1-minute load average around the make steps (2 cores: above ~2 means something else competed for "
+             "the CPU): ours " + (f"{min(our_loads):.1f}-{max(our_loads):.1f}" if our_loads else "?") + ", peers "
+             + (f"{min(peer_loads):.1f}-{max(peer_loads):.1f}" if peer_loads else "?")
+             + ". Times are from one run and move between runs on a busy machine, apply steps of a few seconds "
+             "most (relatively); sizes repeat exactly, except `ostree`'s by about a kilobyte (its commits carry "
+             "timestamps).")
 zstd_row = peer_rows.get("file-zstd")
 if zstd_row and zstd_row.get("bytes"):
     zb = zstd_row["bytes"]
@@ -215,6 +224,18 @@ by_path = {e["path"]: e for c in manifest["components"] for e in c["entries"]}
 n_recipe = sum(1 for e in by_path.values() if "gzip" in e)
 n_gz_stored = sum(1 for e in by_path.values() if e["path"].endswith(".gz") and e.get("chunks"))
 packed_plain = [c for c in packed if "gzip" not in by_path.get(c["path"], {})]
+rest = [c for c in comp.get("largest_changes", []) if c not in packed]
+
+
+def is_elf(rel):
+    try:
+        with open(os.path.join(corpus, "platform", "new", rel), "rb") as f:
+            return f.read(4) == b"\x7fELF"
+    except OSError:
+        return False
+
+
+n_elf = sum(1 for c in rest if is_elf(c["path"]))
 compressed_note = [
     f"Of the {n_gz_stored} `.gz` files the bundle stores bytes for, {n_recipe} re-deflate bit for bit and are",
     "carried as a delta of their uncompressed content plus a recipe; the others are stored as compressed",
@@ -228,11 +249,17 @@ if packed:
         f"{sum(1 for c in packed_plain if c['kind'] == 'added')} added files with no base to delta against. They cost "
         "almost their full size:",
         "a change early in a compressed stream changes most of the compressed bytes after it, and compressed",
-        "bytes do not compress again. The rest of the list are executables and shared libraries rebuilt by the",
-        "update."]
+        "bytes do not compress again."]
+if rest:
+    compressed_note += [(f"All {len(rest)} others are" if n_elf == len(rest) else f"{n_elf} of the other {len(rest)} are")
+                        + " ELF executables or shared libraries rebuilt by the update."]
+compressed_note = textwrap.wrap(" ".join(compressed_note), width=110)
 
 tree = peers["tree"]
-now = datetime.datetime.now(datetime.timezone.utc)
+try:  # when the peers finished, i.e. the end of the measurement (not when the report was written)
+    now = datetime.datetime.fromisoformat(peers["date"]).astimezone(datetime.timezone.utc)
+except (KeyError, ValueError):
+    now = datetime.datetime.now(datetime.timezone.utc)
 lines = [
     "# Benchmarks",
     "",
@@ -267,7 +294,9 @@ lines = [
     "",
     *table,
     "",
-    comparison,
+    textwrap.fill(comparison, width=110),
+    "",
+    *textwrap.wrap(load_note, width=110),
     "",
     "What each row measures:",
     "",
@@ -280,7 +309,8 @@ lines = [
 for m in ORDER:
     r = peer_rows.get(m)
     if r:
-        lines.append(f"- **{m}**: {r['detail']}" + (f" **Error:** {r['error']}" if r.get("error") else ""))
+        lines.append(textwrap.fill(f"- **{m}**: {r['detail']}" + (f" **Error:** {r['error']}" if r.get("error") else ""),
+                                   width=110, subsequent_indent="  ", break_on_hyphens=False))
 lines += [
     "",
     "## Reading the numbers",
@@ -300,18 +330,21 @@ lines += [
 ] + ([f"| other files | {other:,} |"] if other else []) + [
     f"| **total** | **{total:,}** |",
     "",
-    f"The manifest is {manifest_z / total * 100:.0f}% of the bundle. The payload alone, the number that is",
-    "comparable to the per-file peers' sums, is "
-    + (f"{payload / zstd_row['bytes'] * 100:.0f}% of per-file `zstd --patch-from`."
-       if zstd_row and zstd_row.get("bytes") else "shown in the table."),
+    *textwrap.wrap(
+        f"The manifest is {manifest_z / total * 100:.0f}% of the bundle. The payload alone, the number that is "
+        "comparable to the per-file peers' sums, is "
+        + (f"{payload / zstd_row['bytes'] * 100:.0f}% of per-file `zstd --patch-from`."
+           if zstd_row and zstd_row.get("bytes") else "shown in the table."), width=110),
     "`ostree static-delta` is the closest peer in scope (it also carries the metadata of the new commit and is",
     "content-addressed by SHA-256), but it is not signed here and its apply step stores objects in a repository",
     "rather than building a checked tree.",
     "",
     "**Apply times are not like for like.** The per-file peers rebuild only the changed and added files and",
     "compare them with new/; `ostree` writes the new objects into a repository that already holds old. Our",
-    "apply step builds the whole new tree (copying every unchanged file) and hashes every file of it, i.e. it",
-    "does what installing onto an A/B slot costs on a device.",
+    "apply step builds the whole new tree and hashes every file of it, close to what installing into the",
+    "empty slot of an A/B pair costs on a device. It copies every unchanged file (the apply engine reflinks",
+    f"them instead on btrfs and xfs; the scratch space here is {ours.get('work_fs', '?')}), and hashes every "
+    "base byte either way.",
     "",
     "**Where the bytes go** (`bundle inspect BUNDLE --json`, component `platform`; an object shared by several",
     "files counts for each of them, so stored bytes can add up to more than the payload):",
@@ -333,8 +366,8 @@ lines += [
     "As root (building the pair needs debootstrap and chroot, the peers are installed from Debian packages):",
     "",
     "```sh",
-    "make bench                     # = tests/benchmarks/platform_pair.sh with .venv/bin first on PATH",
-    "tests/benchmarks/platform_pair.sh --out /tmp/BENCHMARKS.md --keep   # dry run, keep bundle and logs",
+    "make bench                                                 # = the script with .venv/bin first on PATH",
+    "tests/benchmarks/platform_pair.sh --out draft.md --keep   # dry run: report to draft.md, keep the scratch dir",
     "```",
     "",
     "The pair is built once into `$CORPUS/platform/{old,new}` (`$CORPUS` defaults to `~/.cache/bundle-corpus`;",
@@ -428,8 +461,10 @@ log "throwaway keys and trust root"
 "$BUNDLE" root sign "$WORK/root.json" --key "$WORK/keys/root.key" >/dev/null
 
 log "bundle make (delta old -> new)"
+LOAD_BEFORE=$(cut -d' ' -f1 /proc/loadavg)
 run_timed make "$BUNDLE" make --release "$WORK/new.toml" --base "$WORK/old.toml" \
     --key "$WORK/keys/release.key" --out "$WORK/platform.bundle"
+LOAD_AFTER=$(cut -d' ' -f1 /proc/loadavg)
 mkdir -p "$WORK/apply"
 log "bundle verify --base (apply into scratch and check every file)"
 run_timed verify "$BUNDLE" verify "$WORK/platform.bundle" --root "$WORK/root.json" \
@@ -440,8 +475,10 @@ RAW=$(zstd -q -dc "$WORK/platform.bundle/manifest.json.zst" | wc -c)
 ENTRIES=$(python3 -c 'import json,sys; print(sum(c["entries"] for c in json.load(open(sys.argv[1]))["components"]))' \
     "$WORK/inspect.json")
 VERSION=$("$BUNDLE" --version | sed 's/.*version //')
+WORK_FS=$(findmnt -no FSTYPE -T "$WORK" 2>/dev/null || stat -f -c %T "$WORK")
 cat >"$WORK/ours.json" <<EOF
-{"bundle_version": "$VERSION", "manifest_raw_bytes": $RAW, "manifest_entries": $ENTRIES}
+{"bundle_version": "$VERSION", "manifest_raw_bytes": $RAW, "manifest_entries": $ENTRIES, "work_fs": "$WORK_FS",
+ "make_load1": [$LOAD_BEFORE, $LOAD_AFTER]}
 EOF
 log "ours: $(find "$WORK/platform.bundle" -type f -printf '%s\n' | awk '{s += $1} END {print s}') bytes," \
     "make $(sed -n 's/.*Elapsed (wall clock).*: //p' "$WORK/make.time")"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -17,15 +18,20 @@ class AuditLog:
         self.path = Path(path)
 
     def record(self, event: str, **details) -> None:
+        """Append one line. A log that cannot be written (a full disk) is reported on stderr and
+        never stops the agent: losing a log line must not block a rollback or hide the real error."""
         line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": event, **details},
                           sort_keys=True, default=str) + "\n"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
-            os.write(fd, line.encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            try:
+                os.write(fd, line.encode("utf-8"))  # one write of one line: O_APPEND keeps lines whole
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as error:
+            sys.stderr.write(f"warning: audit log {self.path} not written ({error.strerror}): {line}")
 
     def read(self) -> list[dict]:
         if not self.path.exists():

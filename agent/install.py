@@ -47,6 +47,10 @@ class TrialPending(Refused):
     """An installed update waits for its trial boot; nothing else is installed meanwhile."""
 
 
+class StagingFailed(Failed):
+    """The filesystem failed while staging (full, read-only, I/O error); nothing was changed."""
+
+
 class NothingInstallable(Refused):
     """The medium was examined; nothing on it may be installed, and something was refused."""
 
@@ -122,31 +126,59 @@ def _check_payloads(device: Device, chosen: dict[str, list[Choice]], found: dict
             payload.verify_all()
 
 
-def _tree_bytes(path: Path) -> int:
-    total = 0
-    for directory, _, files in os.walk(path):
+def _tree_usage(path: Path) -> tuple[int, int]:
+    """(bytes allocated, inodes) of a tree."""
+    total = inodes = 0
+    for directory, dirs, files in os.walk(path):
+        inodes += len(dirs) + len(files)
         for name in files:
             try:
                 total += os.lstat(os.path.join(directory, name)).st_blocks * 512
             except OSError:
                 pass
-    return total
+    return total, inodes
+
+
+def _shares_blocks(directory: Path) -> bool:
+    """Whether clones on this filesystem share blocks (a reflink probe on two scratch files)."""
+    import tempfile
+    from agent.apply import _reflink
+    try:
+        with tempfile.TemporaryFile(dir=directory) as source, tempfile.TemporaryFile(dir=directory) as copy:
+            source.write(b"probe")
+            source.flush()
+            return _reflink(source.fileno(), copy.fileno())
+    except OSError:
+        return False
 
 
 def _check_space(device: Device, chosen: dict[str, list[Choice]], running: Path | None) -> None:
-    # A chain builds each step beside the previous one: count the two largest steps.
-    needed = 0
-    for route in chosen.values():
-        sizes = sorted(sum(e.size for e in step.component.entries if e.type == FILE) for step in route)
-        needed += sum(sizes[-2:])
-    if running is not None:
-        needed += _tree_bytes(running)  # a clone costs at most a full copy (less with reflinks)
+    """Refuse before writing when the environments' filesystem cannot hold the new environment:
+    the new or changed files of each route (two largest steps of a chain, every file rounded up
+    to a block), plus the clone itself where blocks cannot be shared, and the inodes."""
     root = Path(device.config.backend_settings.get("root", device.config.state_dir))
     root.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(root).free
+    info = os.statvfs(root)
+    block = info.f_frsize or 4096
+    needed = inodes = 0
+    for route in chosen.values():
+        sizes = sorted(sum(-(-max(e.size, 1) // block) * block for e in step.component.entries
+                           if e.type == FILE and (e.base_path != e.path or not step.component.is_delta))
+                       for step in route)
+        needed += sum(sizes[-2:])
+        inodes += sum(len(step.component.entries) for step in route[-2:])
+    if running is not None:
+        clone_bytes, clone_inodes = _tree_usage(running)
+        inodes += clone_inodes
+        if not _shares_blocks(root):
+            needed += clone_bytes
+    free = info.f_bavail * block
     if needed > free:
         raise Refused(f"not enough space to stage the update: about {needed >> 20} MiB needed, {free >> 20} MiB free",
                       where=root, hint="free space on the environments' filesystem, or remove old environments")
+    if info.f_files and inodes > info.f_favail:  # btrfs and ZFS report no inode limit (0)
+        raise Refused(f"not enough inodes to stage the update: {inodes} needed, {info.f_favail} free", where=root,
+                      hint="free inodes on the environments' filesystem, or remove old environments")
 
 
 def _nested(device: Device, name: str, names: set[str]) -> tuple[str, ...]:
@@ -289,6 +321,11 @@ def install(device: Device, medium: Path) -> Report:
             state.last_result = {"outcome": "failed", "message": f"staging into {name} failed: {error}"}
             device.store.save(state)
             device.audit.record("staging-failed", environment=name, reason=str(error))
+        if isinstance(error, OSError) and not isinstance(error, UpdateError):
+            raise StagingFailed(f"staging into {name} failed: {error.strerror or error}; the new environment was "
+                                "removed and the running one is unchanged", where=error.filename or None,
+                                hint="free space (or inodes) on the environments' filesystem, then insert the "
+                                     "stick again") from error
         raise
     state.pending = {"phase": "trial", "environment": name, "previous": state.environment,
                      "components": _new_components(state, chosen),

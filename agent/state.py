@@ -15,12 +15,19 @@ from pathlib import Path
 from keys.errors import Refused
 from keys.files import write_atomic
 
-STATE_FILE = "state.json"
+STATE_FILE = "state.json"  # what is committed: touched only by provisioning, commit and rollback
+JOURNAL_FILE = "journal.json"  # the install in progress (staging or trial)
+RESULT_FILE = "result.json"  # the last outcome, for status
 FORMAT = 1
+_PARTS = {
+    STATE_FILE: ("environment", "components", "floors", "history"),
+    JOURNAL_FILE: ("pending",),
+    RESULT_FILE: ("last_result", "trial_count"),
+}
 
 
 class CorruptState(Refused):
-    """The state file was unreadable; it has been quarantined."""
+    """The committed state file was unreadable; it has been quarantined."""
 
 
 @dataclass(frozen=True)
@@ -35,56 +42,82 @@ class AgentState:
     environment: str | None = None  # the committed environment
     components: dict[str, InstalledComponent] = field(default_factory=dict)
     floors: dict[str, int] = field(default_factory=dict)  # lowest sequence ever acceptable (T-ROLLBACK)
+    history: list[dict] = field(default_factory=list)  # earlier committed environments and their components
     pending: dict | None = None  # {"phase": "staging"|"trial", "environment", "previous", "components", "bundles"}
     last_result: dict | None = None
     trial_count: int = 0
-    history: list[dict] = field(default_factory=list)  # earlier committed environments and their components
 
-    def to_bytes(self) -> bytes:
-        document = asdict(self)
+    def part_bytes(self, name: str) -> bytes:
+        document = {key: value for key, value in asdict(self).items() if key in _PARTS[name]}
         document["format"] = FORMAT
         return (json.dumps(document, sort_keys=True, indent=2) + "\n").encode("utf-8")
 
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "AgentState":
-        document = json.loads(data)
-        if not isinstance(document, dict) or document.pop("format", None) != FORMAT:
-            raise ValueError("not a state file of format 1")
-        components = {name: InstalledComponent(**value) for name, value in document.pop("components").items()}
-        state = cls(components=components, **document)
-        for name, floor in state.floors.items():
-            if not isinstance(floor, int) or isinstance(floor, bool):
-                raise ValueError(f"floor of {name} is not an integer")
-        return state
+
+def _parse(data: bytes, name: str) -> dict:
+    document = json.loads(data)
+    if not isinstance(document, dict) or document.pop("format", None) != FORMAT:
+        raise ValueError(f"not a {name} of format {FORMAT}")
+    if set(document) - set(_PARTS[name]):
+        raise ValueError(f"unknown fields {sorted(set(document) - set(_PARTS[name]))}")
+    return document
 
 
 class StateStore:
+    """Three files, each written atomically and only when it changes, so a refused or failed
+    install leaves the committed state file byte-identical (docs/AGENT.md, "State")."""
+
     def __init__(self, directory: Path):
         self.directory = Path(directory)
         self.path = self.directory / STATE_FILE
 
     def load(self) -> AgentState:
-        """The current state (empty before provisioning). Raises CorruptState after quarantining."""
+        """The current state (empty before provisioning). Raises CorruptState after quarantining a
+        damaged committed state; a damaged journal or result is quarantined and forgotten."""
+        values: dict = {}
+        for name in _PARTS:
+            path = self.directory / name
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            try:
+                values.update(_parse(data, name))
+            except (ValueError, TypeError) as error:
+                quarantine = self.quarantine(path)
+                if name == STATE_FILE:
+                    raise CorruptState(
+                        f"the agent state was unreadable ({error}); it was moved to {quarantine.name}", where=path,
+                        hint="installs are refused until a technician restores the state; booting continues "
+                             "from the boot record") from None
+                values["last_result"] = {"outcome": "damaged", "message": f"{name} was unreadable and moved to "
+                                                                         f"{quarantine.name}"}
         try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return AgentState()
-        try:
-            return AgentState.from_bytes(data)
-        except (ValueError, TypeError, KeyError) as error:
-            quarantine = self.quarantine()
-            raise CorruptState(f"the agent state was unreadable ({error}); it was moved to {quarantine.name}",
-                               where=self.path,
-                               hint="installs are refused until a technician restores the state; booting "
-                                    "continues from the boot record") from None
+            values["components"] = {n: InstalledComponent(**v) for n, v in values.get("components", {}).items()}
+            state = AgentState(**values)
+            for component, floor in state.floors.items():
+                if not isinstance(floor, int) or isinstance(floor, bool):
+                    raise ValueError(f"floor of {component} is not an integer")
+        except (ValueError, TypeError) as error:
+            quarantine = self.quarantine(self.path)
+            raise CorruptState(f"the agent state was inconsistent ({error}); it was moved to {quarantine.name}",
+                               where=self.path, hint="installs are refused until a technician restores the state")
+        return state
 
-    def quarantine(self) -> Path:
+    def quarantine(self, path: Path) -> Path:
         number = 1
-        while (target := self.path.with_name(f"{STATE_FILE}.corrupt-{number}")).exists():
+        while (target := path.with_name(f"{path.name}.corrupt-{number}")).exists():
             number += 1
-        os.rename(self.path, target)
+        os.rename(path, target)
         return target
 
     def save(self, state: AgentState) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, state.to_bytes(), mode=0o640)
+        for name in _PARTS:
+            data = state.part_bytes(name)
+            path = self.directory / name
+            try:
+                if path.read_bytes() == data:
+                    continue
+            except FileNotFoundError:
+                pass
+            write_atomic(path, data, mode=0o640)

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 import agent.install
+from agent.install import StagingFailed
 from agent.boot.base import BootError
 from agent.config import load_config
 from agent.device import Device
@@ -137,10 +138,12 @@ def leftovers(cabinet: Cabinet) -> list[str]:
     return found
 
 
-def committed(cabinet: Cabinet) -> dict:
-    """The committed part of the state: what runs, at which sequences, the anti-rollback floors."""
-    state = json.loads((cabinet.dir / "state/state.json").read_bytes())
-    return {key: state[key] for key in ("environment", "components", "floors", "pending")}
+def committed(cabinet: Cabinet) -> tuple[bytes, dict | None]:
+    """The committed state file's bytes (a failed install never touches it) and the journal's
+    pending install (a failed one is cleared)."""
+    journal = cabinet.dir / "state/journal.json"
+    pending = json.loads(journal.read_bytes())["pending"] if journal.exists() else None
+    return (cabinet.dir / "state/state.json").read_bytes(), pending
 
 
 # --- releases with big files ----------------------------------------------------------------------
@@ -222,23 +225,23 @@ def test_disk_full_during_the_install_leaves_the_running_system_alone(provisione
     with pytest.raises((OSError, UpdateError)) as raised:
         agent.install.install(device, too_big)
     error = raised.value
-    if runs_out_in == "staging":  # not wrapped: the command line prints a traceback (test_inodes_run_out...)
-        assert isinstance(error, OSError) and error.errno == errno.ENOSPC, repr(error)
+    if runs_out_in == "staging":
+        assert isinstance(error, StagingFailed) and "No space left on device" in str(error), repr(error)
+        assert "free space" in error.hint
     elif runs_out_in == "clone":
         assert isinstance(error, BootError) and "No space left on device" in str(error), repr(error)
         assert error.hint == "check free space on the environments' filesystem"
     else:
-        assert isinstance(error, Failed) and "state.json: cannot write: No space left on device" in str(error)
+        assert isinstance(error, Failed) and "journal.json: cannot write: No space left on device" in str(error)
     after = cabinet.snapshot()
     assert after[0] == before[0], "the running environment was written to"
     assert after[2] == ["env-1"], "the half-built environment was not removed"
     assert committed(cabinet) == state_before
-    state = json.loads((cabinet.dir / "state/state.json").read_bytes())
-    if runs_out_in == "journal":
-        assert after[1] == before[1]  # nothing could be written at all
-    else:
-        assert state["last_result"]["outcome"] == "failed"
-        assert "No space left on device" in state["last_result"]["message"]
+    assert after[1] == before[1]  # the committed state file is never touched by a failed install
+    if runs_out_in != "journal":
+        result = json.loads((cabinet.dir / "state/result.json").read_bytes())
+        assert result["last_result"]["outcome"] == "failed"
+        assert "No space left on device" in result["last_result"]["message"]
         assert '"event": "staging-failed"' in (cabinet.dir / "state/audit.log").read_text()
     assert leftovers(cabinet) == []
     # Space freed, the real agent installs the same bundle.
@@ -250,9 +253,9 @@ def test_disk_full_during_the_install_leaves_the_running_system_alone(provisione
     assert leftovers(cabinet) == []
 
 
-def test_inodes_run_out_while_staging(world, tmp_path, many_files):
-    """The free-space check counts bytes, not inodes: 400 tiny files pass it, and the real agent
-    then hits ENOSPC (no free inodes) while staging. The device must be left as it was."""
+def test_inodes_run_out(world, tmp_path, many_files, monkeypatch):
+    """400 tiny files need few bytes but 400 inodes: the check counts inodes and refuses before
+    writing; without the check, the real ENOSPC while staging leaves the device as it was."""
     with loop_mounted("ext4", 64 * MiB, tmp_path, "-N", "256") as disk:
         cabinet = Cabinet(world, disk.path)
         cabinet.provision()
@@ -260,10 +263,14 @@ def test_inodes_run_out_while_staging(world, tmp_path, many_files):
         before, state_before = cabinet.snapshot(), committed(cabinet)
         result = cabinet.agent("install", many_files)
         output = result.stdout + result.stderr
-        assert result.returncode == 1, output
-        assert "No space left on device" in output, output
+        assert result.returncode == 3 and "not enough inodes" in output, output
+        assert cabinet.snapshot() == before and committed(cabinet) == state_before
+        monkeypatch.setattr(agent.install, "_check_space", lambda *args: None)
+        with pytest.raises(StagingFailed, match="No space left on device"):
+            agent.install.install(Device.open(load_config(cabinet.dir / "agent.toml")), many_files)
         assert cabinet.snapshot()[0] == before[0] and cabinet.snapshot()[2] == ["env-1"]
         assert committed(cabinet) == state_before
+        assert '"event": "staging-failed"' in (cabinet.dir / "state/audit.log").read_text()
         assert leftovers(cabinet) == []
         assert cabinet.agent("boot", check=True).stdout.strip().endswith("env-1")
 
@@ -325,10 +332,13 @@ def big_releases(world) -> tuple[Path, Path]:
 def test_reflink_clone_writes_only_what_changed(world, tmp_path, big_releases, kind):
     """A delta that patches 8 bytes of one 16 MiB platform file, next to 96 MiB that stay the same.
 
-    On btrfs and xfs the clone of the running environment and the unchanged files of the updated
-    component share blocks with the running environment (cp --reflink, FICLONE in the apply
-    engine): the install writes about the patched file, which the engine rebuilds whole. ext4 has
-    no reflinks: the numbers are printed for contrast, not asserted.
+    On btrfs and xfs the untouched component and the unchanged files of the updated one share
+    their blocks with the running environment (the clone is ``cp --reflink``; the apply engine
+    keeps or FICLONEs unchanged files): the install writes about the patched file, which the
+    engine rebuilds whole. ext4 has no reflinks: its numbers are printed for contrast, not
+    asserted. The image is 512 MiB because the free-space check asks for a full copy of the
+    running environment plus the whole updated component (192 MiB here) even where reflinks
+    make the install cost about 16 MiB.
     """
     full, delta = big_releases
     with loop_mounted(kind, 512 * MiB, tmp_path) as disk:

@@ -228,16 +228,22 @@ def test_corrupt_state_is_quarantined_and_refuses_installs(cabinet, world):
 
 
 def test_interrupted_staging_is_cleaned_up(cabinet, world):
-    state_path = cabinet.dir / "state/state.json"
-    state = json.loads(state_path.read_text())
     (cabinet.dir / "envs/env-2").mkdir()
     (cabinet.dir / "envs/env-2/half-written").write_text("x")
-    state["pending"] = {"phase": "staging", "environment": "env-2", "previous": "env-1"}
-    state_path.write_text(json.dumps(state))
+    journal = {"format": 1, "pending": {"phase": "staging", "environment": "env-2", "previous": "env-1"}}
+    (cabinet.dir / "state/journal.json").write_text(json.dumps(journal))
     result = cabinet.agent("install", world.bundles / "d12", check=True)
     assert "staged" in result.stdout
     log = (cabinet.dir / "state/audit.log").read_text()
-    assert '"event": "cleaned-up"' in log
+    assert '"event": "cleaned-up"' in log and '"environment": "env-2"' in log
+    assert not (cabinet.dir / "envs/env-2/half-written").exists()
+
+
+def test_refusals_leave_the_committed_state_file_byte_identical(cabinet, world, tmp_path):
+    committed = (cabinet.dir / "state/state.json").read_bytes()
+    one = world.make("d12-only-rel1", "r2", "r1", ("rel1",))
+    assert cabinet.agent("install", one).returncode == 3
+    assert (cabinet.dir / "state/state.json").read_bytes() == committed
 
 
 def test_manual_rollback(cabinet, world):

@@ -26,6 +26,7 @@ from agent.format.manifest import Component
 from agent.format.tree import DIR, FILE, HARDLINK, SYMLINK, Entry, Prefix
 from agent.payload import Payload
 from agent.scan import READ_SIZE, scan_tree
+from keys.crashpoint import crashpoint
 from keys.errors import Refused
 
 Progress = Callable[[int], None]
@@ -259,6 +260,7 @@ def apply_component(component: Component, payload: Payload, target: Path, *, bas
             os.link(target / entry.target, temporary, follow_symlinks=False)
         if have is not None and have.type == DIR:
             shutil.rmtree(dest)
+        crashpoint(f"stage {entry.path}")
         os.replace(temporary, dest)
     for entry, dest in reversed(directories):
         _set_metadata(entry, dest, set_owner)

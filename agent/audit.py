@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from keys.crashpoint import crashpoint
+
 
 class AuditLog:
     def __init__(self, path: Path):
@@ -22,6 +24,7 @@ class AuditLog:
         never stops the agent: losing a log line must not block a rollback or hide the real error."""
         line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": event, **details},
                           sort_keys=True, default=str) + "\n"
+        crashpoint(f"audit {event}")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)

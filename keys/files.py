@@ -11,6 +11,7 @@ import os
 import stat
 from pathlib import Path
 
+from keys.crashpoint import crashpoint
 from keys.errors import AlreadyExists, Failed, Refused
 
 
@@ -36,6 +37,7 @@ def read_capped(path: Path, limit: int, *, what: str) -> bytes:
 
 
 def fsync_directory(directory: Path) -> None:
+    crashpoint(f"fsync-dir {Path(directory).name}")
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
@@ -49,8 +51,10 @@ def _write_temp(path: Path, data: bytes, mode: int) -> Path:
     try:
         os.fchmod(fd, mode)  # the umask must not widen or narrow what we asked for
         view = memoryview(data)
+        crashpoint(f"write {path.name}")
         while view:
             view = view[os.write(fd, view):]
+        crashpoint(f"fsync {path.name}")
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -65,6 +69,7 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     path = Path(path)
     try:
         temp = _write_temp(path, data, mode)
+        crashpoint(f"rename {path.name}")
         os.replace(temp, path)
         fsync_directory(path.parent)
     except OSError as error:

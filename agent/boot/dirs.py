@@ -19,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 from agent.boot.base import BootBackend, BootError, Environment
+from keys.crashpoint import crashpoint
 from keys.files import write_atomic
 
 RECORD = "boot.json"
@@ -86,6 +87,7 @@ class DirsBackend(BootBackend):
         path = self._check_name(name)
         if path.exists():
             raise BootError(self.name, f"environment {name} already exists")
+        crashpoint(f"clone {name}")
         result = subprocess.run(["cp", "-a", "--reflink=auto", str(origin), str(path)], capture_output=True, text=True)
         if result.returncode != 0:
             shutil.rmtree(path, ignore_errors=True)

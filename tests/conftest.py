@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import string
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,28 @@ def minisign() -> str:
 def trust(tmp_path_factory):
     from tests.releases import make_trust
     return make_trust(run_cli, tmp_path_factory.mktemp("trust"))
+
+
+# --- summary lines printed at the end of the run (hostile sticks, power cuts) --------------------
+
+_SUMMARIES: dict[str, dict[str, int]] = {}
+_SUMMARY_FORMATS: dict[str, str] = {}
+
+
+def count_summary(name: str, fmt: str, **increments: int) -> None:
+    """Add to a named summary; printed once at the end as ``fmt.format(**counters)``.
+
+    Example: count_summary("hostile", "hostile sticks: {refused} refused of {total}, device unchanged in
+    {unchanged}", total=1, refused=1, unchanged=1)
+    """
+    counters = _SUMMARIES.setdefault(name, {})
+    _SUMMARY_FORMATS[name] = fmt
+    for key, value in increments.items():
+        counters[key] = counters.get(key, 0) + value
+
+
+def pytest_terminal_summary(terminalreporter):
+    for name, counters in _SUMMARIES.items():
+        fmt = _SUMMARY_FORMATS[name]
+        fields = [field for _, field, _, _ in string.Formatter().parse(fmt) if field]
+        terminalreporter.write_line(fmt.format(**{field: counters.get(field, 0) for field in fields}))

@@ -100,7 +100,7 @@ class BaseTree:
         digest = hashlib.sha256()
         fd = self._open(path)
         try:
-            cloned = _reflink(fd, out_fd)
+            cloned = reflink(fd, out_fd)
             while block := os.read(fd, READ_SIZE):
                 digest.update(block)
                 if not cloned:
@@ -118,7 +118,7 @@ class BaseTree:
 _FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 
 
-def _reflink(source_fd: int, out_fd: int) -> bool:
+def reflink(source_fd: int, out_fd: int) -> bool:
     """Share ``source_fd``'s blocks with the empty ``out_fd`` if the filesystem can; else False."""
     if not sys.platform.startswith("linux"):
         return False

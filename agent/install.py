@@ -22,10 +22,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.apply import StagingError, apply_component, verify_staged
+from agent.apply import StagingError, apply_component, reflink, verify_staged
 from agent.device import Device
 from agent.format import stick
 from agent.format.bundle_dir import MANIFEST, read_bundle
@@ -141,13 +142,11 @@ def _tree_usage(path: Path) -> tuple[int, int]:
 
 def _shares_blocks(directory: Path) -> bool:
     """Whether clones on this filesystem share blocks (a reflink probe on two scratch files)."""
-    import tempfile
-    from agent.apply import _reflink
     try:
         with tempfile.TemporaryFile(dir=directory) as source, tempfile.TemporaryFile(dir=directory) as copy:
             source.write(b"probe")
             source.flush()
-            return _reflink(source.fileno(), copy.fileno())
+            return reflink(source.fileno(), copy.fileno())
     except OSError:
         return False
 

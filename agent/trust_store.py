@@ -41,13 +41,13 @@ def advance(current: VerifiedRoot, offered: list[RootCandidate], state_dir: Path
     """Walk rotations offered by a stick; keep every newly accepted version. Raises rotation errors."""
     newest = walk_chain(current, offered)
     if newest.version > current.version:
-        by_raw = {c.raw: c for c in offered}
         directory = state_dir / "trust"
         directory.mkdir(parents=True, exist_ok=True)
         for candidate in offered:
-            version_path = directory / stick.root_name(_version(candidate))
-            if current.version < _version(candidate) <= newest.version and candidate.raw in by_raw:
-                for signature in candidate.signatures:
+            version = _version(candidate)
+            if current.version < version <= newest.version:
+                version_path = directory / stick.root_name(version)
+                for signature in candidate.signatures:  # signatures first: a stored root is never unsigned
                     write_atomic(signature_path(version_path, signature.key_id_text), signature.to_bytes())
                 write_atomic(version_path, candidate.raw)
     return newest

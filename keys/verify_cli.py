@@ -13,7 +13,8 @@ import click
 from keys.detached import load_root_candidate, load_root_chain
 from keys.errors import Failed
 from keys.files import read_capped
-from keys.minisign import MAX_PUBLIC_KEY_FILE_BYTES, PublicKey, Signature, MAX_SIGNATURE_FILE_BYTES, prehash_stream
+from keys.minisign import (MAX_PUBLIC_KEY_FILE_BYTES, MAX_SIGNATURE_FILE_BYTES, PREHASHED, PublicKey, Signature,
+                           prehash_stream)
 from keys.rotation import VerifiedRoot, accept_chain
 
 _existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -39,7 +40,8 @@ def verify_file(file: Path, pub_path: Path, signature_path: Path | None) -> None
             digest = prehash_stream(stream)
     except OSError as error:
         raise Failed(f"cannot read: {error.strerror}", where=file) from None
-    data = None if signature.algorithm == b"ED" else read_capped(file, 1 << 30, what="signed file")
+    # A legacy signature covers the whole file, not its digest (minisign -l): only then is it read.
+    data = None if signature.algorithm == PREHASHED else read_capped(file, 1 << 30, what="signed file")
     signature.verify(public_key, data, digest=digest, where=file)
     click.echo(f"{file}: good signature by key {public_key.id}")
     click.echo(f"trusted comment: {signature.trusted_comment}")

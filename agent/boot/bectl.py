@@ -2,9 +2,9 @@
 
     environments()   bectl list -H -c creation      (N booted now, R default, T next boot once)
     clone(src, new)  bectl create [-e src] new; bectl mount new MOUNT_DIR/new
-    activate_once(n) bectl umount n; bectl activate -t n
+    activate_once(n) bectl umount n (if mounted); bectl activate -t n
     cancel_once()    bectl activate -T                (FreeBSD 13.1 and later)
-    commit(n)        bectl activate n
+    commit(n)        bectl activate n (and activate -T if n was also armed once)
     destroy(n)       bectl destroy -F n
     create_empty(n)  refused: bectl makes every environment from a snapshot of another one
 
@@ -37,6 +37,8 @@ _FLAGS = re.compile(r"N?R?T?")
 
 
 class BectlBackend(BootBackend):
+    """Every method raises BootError ("bectl backend: ...") with bectl's own words and a hint."""
+
     name = "bectl"
 
     def __init__(self, settings: dict):

@@ -194,6 +194,10 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _within(path: str, roots: tuple[str, ...]) -> bool:
+    return any(path == root or path.startswith(root + "/") for root in roots)
+
+
 def _ancestors(paths: tuple[str, ...]) -> set[str]:
     """The directories leading to nested components: they stay even if this listing lacks them."""
     result = set()
@@ -235,6 +239,8 @@ def apply_component(component: Component, payload: Payload, target: Path, *, bas
             _remove(target / path)
     directories = []
     for entry in component.entries:
+        if _within(entry.path, exclude):
+            continue  # a nested component or a machine-local path: never ours to write
         dest = target if entry.path == "." else target / entry.path
         have = existing.get(entry.path)
         if entry.type == DIR:
@@ -271,6 +277,8 @@ def verify_staged(component: Component, target: Path, *, check_owner: bool, excl
     Raises StagingError naming the first difference."""
     actual = {e.path: e for e in scan_tree(Path(target), exclude=exclude)}
     for expected in component.entries:
+        if _within(expected.path, exclude):
+            continue
         found = actual.pop(expected.path, None)
         if found is None:
             raise StagingError(f"{component.name}: {expected.path!r} is missing from the staged tree")

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.format.manifest import LABEL
+from agent.format.paths import PathError, check_path
 from keys.errors import Failed
 from keys.files import read_capped
 
@@ -54,6 +55,7 @@ class AgentConfig:
     backend_settings: dict
     platform_path: str = "platform"
     games_path: str = "games"
+    preserve: tuple[str, ...] = ()  # platform paths kept from the running environment, never staged
     health_hooks: tuple[Path, ...] = ()
     health_timeout: int = 120
     reboot: str | tuple[str, ...] = "never"
@@ -68,6 +70,22 @@ class AgentConfig:
 def _under(root: Path, value: str) -> Path:
     path = Path(value)
     return root / path.relative_to("/") if path.is_absolute() else root / path
+
+
+def _preserve(values, config_path: Path) -> tuple[str, ...]:
+    """Machine-local paths of the platform (host keys, local configuration): kept from the running
+    environment into every new one, never written or removed by an update."""
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise BadConfig("[layout] preserve must be a list of paths inside the platform", where=config_path)
+    for value in values:
+        try:
+            if value == ".":
+                raise PathError("the whole platform cannot be machine-local")
+            check_path(value)
+        except PathError as error:
+            raise BadConfig(f"[layout] preserve: {value!r} must be a relative path inside the platform, like "
+                            f'"etc/ssh" ({error})', where=config_path) from None
+    return tuple(values)
 
 
 def load_config(path: Path, *, system_root: Path = Path("/")) -> AgentConfig:
@@ -116,5 +134,6 @@ def load_config(path: Path, *, system_root: Path = Path("/")) -> AgentConfig:
         trust_root=_under(system_root, setting("trust", "root", str)),
         backend=backend, backend_settings=settings,
         platform_path=str(layout.get("platform", "platform")), games_path=str(layout.get("games", "games")),
+        preserve=_preserve(layout.get("preserve", []), config_path),
         health_hooks=tuple(_under(system_root, h) for h in hooks),
         health_timeout=setting("health", "timeout", int, 120), reboot=reboot, keep=keep, system_root=system_root)

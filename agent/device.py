@@ -9,7 +9,7 @@ from pathlib import Path
 
 from agent.audit import AuditLog
 from agent.boot import BootBackend, open_backend
-from agent.config import AgentConfig
+from agent.config import AgentConfig, BadConfig
 from agent.select import Device as DeviceFacts
 from agent.state import StateStore
 
@@ -23,8 +23,12 @@ class Device:
 
     @classmethod
     def open(cls, config: AgentConfig) -> "Device":
-        return cls(config=config, backend=open_backend(config.backend, config.backend_settings),
-                   store=StateStore(config.state_dir), audit=AuditLog(config.state_dir / "audit.log"))
+        backend = open_backend(config.backend, config.backend_settings)
+        if backend.holds(config.state_dir):
+            raise BadConfig(f"state_dir {config.state_dir} lies inside the boot environments",
+                            hint="keep the agent's state outside every environment (its own filesystem or dataset)")
+        return cls(config=config, backend=backend, store=StateStore(config.state_dir),
+                   audit=AuditLog(config.state_dir / "audit.log"))
 
     @property
     def facts(self) -> DeviceFacts:

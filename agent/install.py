@@ -22,11 +22,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.apply import StagingError, apply_component, reflink, verify_staged
+from agent.apply import StagingError, apply_component, verify_staged
 from agent.device import Device
 from agent.format import stick
 from agent.format.bundle_dir import MANIFEST, read_bundle
@@ -140,23 +139,13 @@ def _tree_usage(path: Path) -> tuple[int, int]:
     return total, inodes
 
 
-def _shares_blocks(directory: Path) -> bool:
-    """Whether clones on this filesystem share blocks (a reflink probe on two scratch files)."""
-    try:
-        with tempfile.TemporaryFile(dir=directory) as source, tempfile.TemporaryFile(dir=directory) as copy:
-            source.write(b"probe")
-            source.flush()
-            return reflink(source.fileno(), copy.fileno())
-    except OSError:
-        return False
-
-
 def _check_space(device: Device, chosen: dict[str, list[Choice]], running: Path | None) -> None:
     """Refuse before writing when the environments' filesystem cannot hold the new environment:
     the new or changed files of each route (two largest steps of a chain, every file rounded up
     to a block), plus the clone itself where blocks cannot be shared, and the inodes."""
-    root = Path(device.config.backend_settings.get("root", device.config.state_dir))
-    root.mkdir(parents=True, exist_ok=True)
+    root = Path(device.backend.space_path() or running or device.config.state_dir)
+    while not root.exists():  # not created yet (before provisioning): its filesystem is the parent's
+        root = root.parent
     info = os.statvfs(root)
     block = info.f_frsize or 4096
     needed = inodes = 0
@@ -166,11 +155,10 @@ def _check_space(device: Device, chosen: dict[str, list[Choice]], running: Path 
                        for step in route)
         needed += sum(sizes[-2:])
         inodes += sum(len(step.component.entries) for step in route[-2:])
-    if running is not None:
+    if running is not None and not device.backend.clone_shares_blocks():
         clone_bytes, clone_inodes = _tree_usage(running)
+        needed += clone_bytes
         inodes += clone_inodes
-        if not _shares_blocks(root):
-            needed += clone_bytes
     free = info.f_bavail * block
     if needed > free:
         raise Refused(f"not enough space to stage the update: about {needed >> 20} MiB needed, {free >> 20} MiB free",
@@ -181,9 +169,10 @@ def _check_space(device: Device, chosen: dict[str, list[Choice]], running: Path 
 
 
 def _nested(device: Device, name: str, names: set[str]) -> tuple[str, ...]:
-    """Other components' trees inside this one's, relative to it (left alone when staging it)."""
+    """What staging this component leaves alone: other components' trees inside it, and for the
+    platform the machine-local paths ([layout] preserve). Relative to the component's tree."""
     own = device.config.component_path(name)
-    result = []
+    result = list(device.config.preserve) if name == "platform" else []
     for other in names - {name}:
         path = device.config.component_path(other)
         if own in (".", ""):
@@ -295,9 +284,13 @@ def install(device: Device, medium: Path) -> Report:
     if not chosen:
         return _nothing(device, medium, report)
     _check_payloads(device, chosen, found)
+    booted = device.backend.booted()
+    if booted is not None and booted.name != state.environment:
+        raise Refused(f"the machine runs {booted.name}, but {state.environment} is committed",
+                      hint="reboot into the committed environment (bundle-agent boot, then boot-check) first")
     running_env = device.backend.get(state.environment)
     if running_env is None or running_env.path is None:
-        raise Failed(f"the committed environment {state.environment} is missing")
+        raise Failed(f"the committed environment {state.environment} is missing or not mounted")
     _check_space(device, chosen, running_env.path)
 
     name = device.next_environment_name()
@@ -373,7 +366,16 @@ def provision(device: Device, medium: Path) -> Report:
     _check_payloads(device, chosen, found)
     _check_space(device, chosen, None)
     name = device.next_environment_name()
-    environment = device.backend.create_empty(name)
+    if device.backend.can_create_empty:
+        environment = device.backend.create_empty(name)
+    else:
+        # bectl: the installer made the first environment; provisioning clones it and replaces
+        # its components in place (docs/BECTL.md, "Provisioning").
+        booted = device.backend.booted()
+        if booted is None:
+            raise Failed(f"{device.backend.name} backend: no booted environment to provision from",
+                         hint="boot the installer-made system, then provision")
+        environment = device.backend.clone(booted.name, name)
     try:
         for component_name in _outermost_first(device, chosen):
             _stage_component(device, chosen[component_name], found, environment, None, set(chosen))

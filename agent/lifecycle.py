@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -72,7 +73,9 @@ def _commit(device: Device, state: AgentState) -> str:
 
 def _prune(device: Device, state: AgentState) -> None:
     """Keep the newest ``keep`` environments (the committed one included), never the booted one."""
-    environments = device.backend.environments()
+    # Only the agent's own environments (env-N) count and are pruned: never the installer's
+    # "default" or those another tool (freebsd-update) made.
+    environments = [e for e in device.backend.environments() if re.fullmatch(r"env-[0-9]+", e.name)]
     removable = [e for e in environments if not (e.booted_now or e.default or e.next_once)]
     excess = len(environments) - device.config.keep
     for environment in removable[:max(0, excess)]:

@@ -333,3 +333,34 @@ def test_nested_layout_with_only_a_game_changing(world, tmp_path):
     env2 = cabinet.dir / "envs/env-2"
     assert (env2 / "opt/games/lucky-sevens/paytable.json").read_text() == '{"777": 750}\n'
     assert (env2 / "usr/bin/cabinet-engine").read_bytes() == (world.dir / "r1/platform/usr/bin/cabinet-engine").read_bytes()
+
+
+def test_machine_local_paths_are_preserved_and_strays_removed(world, tmp_path):
+    """Platform at the root: [layout] preserve keeps machine-local files across updates; anything
+    else the release does not ship is gone from the new environment (the running one keeps it)."""
+    layout = {"platform": ".", "games": "opt/games"}
+    cabinet = Cabinet(world, tmp_path / "dev", layout=layout)
+    config = cabinet.dir / "agent.toml"
+    config.write_text(config.read_text() + 'preserve = ["etc/ssh", "etc/rc.conf.local"]\n')
+    cabinet.provision()
+    env1 = cabinet.dir / "envs/env-1"
+    (env1 / "etc/ssh").mkdir()
+    (env1 / "etc/ssh/host_key").write_text("machine secret")
+    (env1 / "etc/rc.conf.local").write_text('hostname="cab-0001"\n')
+    (env1 / "etc/stray").write_text("left by someone")
+    cabinet.agent("install", world.bundles / "d12", check=True)
+    env2 = cabinet.dir / "envs/env-2"
+    assert (env2 / "etc/ssh/host_key").read_text() == "machine secret"
+    assert (env2 / "etc/rc.conf.local").read_text() == 'hostname="cab-0001"\n'
+    assert not (env2 / "etc/stray").exists() and (env1 / "etc/stray").exists()
+    cabinet.agent("boot", check=True)
+    cabinet.agent("boot-check", check=True)
+    assert cabinet.status()["components"]["platform"]["sequence"] == 7
+
+
+def test_preserve_must_name_paths_inside_the_platform(world, tmp_path):
+    cabinet = Cabinet(world, tmp_path / "dev")
+    config = cabinet.dir / "agent.toml"
+    config.write_text(config.read_text() + '[layout]\npreserve = ["../etc"]\n')
+    result = cabinet.agent("status")
+    assert result.returncode == 1 and "[layout] preserve: '../etc' must be a relative path" in result.stderr

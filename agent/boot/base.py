@@ -65,6 +65,23 @@ class BootBackend(ABC):
     def destroy(self, name: str) -> None:
         """Remove an environment that is neither booted nor the default."""
 
+    # Cheap-clone facts for the installer's space check, and whether factory provisioning can
+    # start from nothing. Backends override what differs.
+    can_create_empty = True
+
+    def clone_shares_blocks(self) -> bool:
+        """True when a clone costs no space until written (ZFS clones, reflinks)."""
+        return False
+
+    def holds(self, path: Path) -> bool:
+        """True if ``path`` lies inside an environment (where agent state must never live: a clone
+        would copy a journal that says "staging" into the very trial it describes)."""
+        return False
+
+    def space_path(self) -> Path | None:
+        """A path on the filesystem new environments take their space from (None: the running one's)."""
+        return None
+
     def get(self, name: str) -> Environment | None:
         return next((e for e in self.environments() if e.name == name), None)
 

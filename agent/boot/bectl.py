@@ -117,6 +117,11 @@ class BectlBackend(BootBackend):
                 booted_now="N" in flags, default="R" in flags, next_once="T" in flags))
         return environments
 
+    can_create_empty = False
+
+    def clone_shares_blocks(self) -> bool:
+        return True  # a ZFS clone shares every block with its origin until one is written
+
     def create_empty(self, name: str) -> Path:
         # Decision (docs/BECTL.md, "Provisioning"): bectl has no empty boot environment - `create`
         # snapshots the booted one or the one named by -e. Emptying such a clone would throw away

@@ -16,8 +16,10 @@ import json
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
+from agent.apply import reflink
 from agent.boot.base import BootBackend, BootError, Environment
 from keys.crashpoint import crashpoint
 from keys.files import write_atomic
@@ -33,6 +35,22 @@ class DirsBackend(BootBackend):
         if "root" not in settings:
             raise BootError(self.name, "[boot] root (the directory holding the environments) is required")
         self.root = Path(settings["root"])
+
+    def clone_shares_blocks(self) -> bool:
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            with tempfile.TemporaryFile(dir=self.root) as source, tempfile.TemporaryFile(dir=self.root) as copy:
+                source.write(b"probe")
+                source.flush()
+                return reflink(source.fileno(), copy.fileno())
+        except OSError:
+            return False
+
+    def space_path(self) -> Path:
+        return self.root
+
+    def holds(self, path: Path) -> bool:
+        return Path(path).resolve().is_relative_to(self.root.resolve())
 
     # --- the boot record -------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,12 +119,31 @@ def _bundles_used(chosen: dict[str, list[Choice]]) -> list[str]:
     return sorted({step.bundle for route in chosen.values() for step in route})
 
 
-def _check_payloads(device: Device, chosen: dict[str, list[Choice]], found: dict[str, _Found]) -> None:
-    """Every stored byte of every chosen bundle, before anything is written (T-CONTENT)."""
+def _check_spool_space(device: Device, chosen: dict[str, list[Choice]], found: dict[str, _Found]) -> None:
+    needed = sum(found[b].verified.manifest.payload_size for b in _bundles_used(chosen))
+    directory = device.config.state_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    info = os.statvfs(directory)
+    if needed > info.f_bavail * info.f_frsize:
+        raise Refused(f"not enough space in the state directory to copy the update from the medium: "
+                      f"{needed >> 20} MiB needed, {(info.f_bavail * info.f_frsize) >> 20} MiB free",
+                      where=directory, hint="free space on the state directory's filesystem")
+
+
+def _spool(device: Device, chosen: dict[str, list[Choice]], found: dict[str, _Found]) -> dict[str, _Found]:
+    """Check every stored byte of every chosen bundle before anything is staged (T-CONTENT),
+    copying the bytes to the state directory as they are read: staging then uses exactly what
+    was verified, and the medium is read once (T-TOCTOU). Returns the bundles as spooled."""
+    spool = device.config.state_dir / "spool"
+    shutil.rmtree(spool, ignore_errors=True)
+    spooled = {}
     for bundle_id in _bundles_used(chosen):
         entry = found[bundle_id]
+        local = spool / bundle_id
         with Payload(entry.path, entry.verified.manifest) as payload:
-            payload.verify_all()
+            payload.verify_all(copy_to=local)
+        spooled[bundle_id] = _Found(local, entry.verified)
+    return spooled
 
 
 def _tree_usage(path: Path) -> tuple[int, int]:
@@ -250,6 +270,7 @@ def _new_components(state: AgentState, chosen: dict[str, list[Choice]]) -> dict[
 
 def recover_interrupted(device: Device, state: AgentState) -> AgentState:
     """A crash while staging left a half-built environment: destroy it, clear the journal."""
+    shutil.rmtree(device.config.state_dir / "spool", ignore_errors=True)  # a crash while copying
     pending = state.pending
     if pending and pending.get("phase") == "staging":
         name = pending["environment"]
@@ -283,7 +304,6 @@ def install(device: Device, medium: Path) -> Report:
         device.audit.record("decision", **decision.__dict__)
     if not chosen:
         return _nothing(device, medium, report)
-    _check_payloads(device, chosen, found)
     booted = device.backend.booted()
     if booted is not None and booted.name != state.environment:
         raise Refused(f"the machine runs {booted.name}, but {state.environment} is committed",
@@ -292,7 +312,40 @@ def install(device: Device, medium: Path) -> Report:
     if running_env is None or running_env.path is None:
         raise Failed(f"the committed environment {state.environment} is missing or not mounted")
     _check_space(device, chosen, running_env.path)
+    _check_spool_space(device, chosen, found)
+    try:
+        found = _spool_or_fail(device, state, chosen, found)
+        return _stage_and_arm(device, state, chosen, found, running_env.path, report)
+    finally:
+        shutil.rmtree(device.config.state_dir / "spool", ignore_errors=True)
 
+
+def _record_failure(device: Device, state: AgentState, message: str, event: str, **details) -> None:
+    """Clear the journal and record the failure - best effort: on a full disk the journal may not
+    be writable, and that must not hide the error that caused it (it is cleaned up next run)."""
+    state.last_result = {"outcome": "failed", "message": message}
+    try:
+        device.store.save(state)
+    except UpdateError as error:
+        sys.stderr.write(f"warning: {error}\n")
+    device.audit.record(event, reason=message, **details)
+
+
+def _spool_or_fail(device: Device, state: AgentState, chosen: dict[str, list[Choice]],
+                   found: dict[str, _Found]) -> dict[str, _Found]:
+    try:
+        return _spool(device, chosen, found)
+    except OSError as error:
+        if isinstance(error, UpdateError):
+            raise
+        message = f"copying the update from the medium failed: {error.strerror or error}"
+        _record_failure(device, state, message, "spool-failed")
+        raise StagingFailed(message + "; nothing was installed", where=error.filename or None,
+                            hint="free space on the state directory's filesystem, or check the medium") from error
+
+
+def _stage_and_arm(device: Device, state: AgentState, chosen: dict[str, list[Choice]], found: dict[str, _Found],
+                   running: Path, report: Report) -> Report:
     name = device.next_environment_name()
     state.pending = {"phase": "staging", "environment": name, "previous": state.environment}
     device.store.save(state)
@@ -302,17 +355,15 @@ def install(device: Device, medium: Path) -> Report:
         environment = device.backend.clone(state.environment, name)
         names = set(state.components) | set(chosen)
         for component_name in _outermost_first(device, chosen):
-            _stage_component(device, chosen[component_name], found, environment, running_env.path, names)
-        _check_untouched(device, state, chosen, environment, running_env.path, names)
+            _stage_component(device, chosen[component_name], found, environment, running, names)
+        _check_untouched(device, state, chosen, environment, running, names)
     except BaseException as error:
         try:
             if device.backend.get(name) is not None:
                 device.backend.destroy(name)
         finally:
             state.pending = None
-            state.last_result = {"outcome": "failed", "message": f"staging into {name} failed: {error}"}
-            device.store.save(state)
-            device.audit.record("staging-failed", environment=name, reason=str(error))
+            _record_failure(device, state, f"staging into {name} failed: {error}", "staging-failed", environment=name)
         if isinstance(error, OSError) and not isinstance(error, UpdateError):
             raise StagingFailed(f"staging into {name} failed: {error.strerror or error}; the new environment was "
                                 "removed and the running one is unchanged", where=error.filename or None,
@@ -363,8 +414,17 @@ def provision(device: Device, medium: Path) -> Report:
         raise NothingInstallable("no full platform update on the medium for this machine" +
                                  (f" ({'; '.join(reasons)})" if reasons else ""), where=medium,
                                  hint="provision from a full bundle made for this product and hardware")
-    _check_payloads(device, chosen, found)
     _check_space(device, chosen, None)
+    _check_spool_space(device, chosen, found)
+    try:
+        found = _spool_or_fail(device, state, chosen, found)
+        return _provision_into_new_environment(device, state, chosen, found, report)
+    finally:
+        shutil.rmtree(device.config.state_dir / "spool", ignore_errors=True)
+
+
+def _provision_into_new_environment(device: Device, state: AgentState, chosen: dict[str, list[Choice]],
+                                    found: dict[str, _Found], report: Report) -> Report:
     name = device.next_environment_name()
     if device.backend.can_create_empty:
         environment = device.backend.create_empty(name)

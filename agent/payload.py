@@ -111,15 +111,39 @@ class Payload:
             raise self._object_mismatch(stored)
         return data
 
-    def verify_all(self, progress: Callable[[int], None] | None = None) -> None:
-        """Read every byte once: each object's hash and each volume's hash. Raises CorruptPayload."""
+    def verify_all(self, progress: Callable[[int], None] | None = None, copy_to: Path | None = None) -> None:
+        """Read every byte once: each object's hash and each volume's hash. Raises CorruptPayload.
+
+        With ``copy_to`` (a bundle directory on local disk) the bytes are also written there as
+        they are read, so what is applied later is exactly what was verified and the medium is
+        never read twice (T-TOCTOU: a stick rewritten between the check and the use).
+        """
         volume_hashes = [hashlib.sha256() for _ in self.manifest.volumes]
-        for stored in self.manifest.objects:
-            data = self.read_range(stored.offset, stored.size, lambda i, piece: volume_hashes[i].update(piece))
-            if hashlib.sha256(data).hexdigest() != stored.id:
-                raise self._object_mismatch(stored)
-            if progress:
-                progress(stored.size)
+        copies: dict[int, int] = {}
+
+        def sink(index: int, piece: bytes) -> None:
+            volume_hashes[index].update(piece)
+            if copy_to is not None:
+                if index not in copies:
+                    path = volume_path(copy_to, self.manifest.volumes[index].name)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    copies[index] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                view = memoryview(piece)
+                while view:
+                    view = view[os.write(copies[index], view):]
+
+        try:
+            for stored in self.manifest.objects:
+                data = self.read_range(stored.offset, stored.size, sink)
+                if hashlib.sha256(data).hexdigest() != stored.id:
+                    raise self._object_mismatch(stored)
+                if progress:
+                    progress(stored.size)
+            for fd in copies.values():
+                os.fsync(fd)
+        finally:
+            for fd in copies.values():
+                os.close(fd)
         for volume, digest in zip(self.manifest.volumes, volume_hashes):
             if digest.hexdigest() != volume.sha256:
                 raise CorruptPayload(f"volume {volume.name} does not match its hash", where=self.bundle)

@@ -211,38 +211,44 @@ def test_an_update_that_cannot_fit_is_refused_before_anything_is_written(provisi
     assert leftovers(cabinet) == []
 
 
-@pytest.mark.parametrize("leave, runs_out_in", [(16 * MiB, "staging"), (200 * 1024, "clone"), (0, "journal")])
+@pytest.mark.parametrize("runs_out_in", ["spool", "clone", "staging", "everything"])
 def test_disk_full_during_the_install_leaves_the_running_system_alone(provisioned, small_disk, too_big,
-                                                                      monkeypatch, leave, runs_out_in):
-    """The free-space check is skipped (in-process) so the real ENOSPC paths run: the disk fills up
-    while a component is staged, while the running environment is cloned, or before the journal
-    can even be written."""
+                                                                      monkeypatch, runs_out_in):
+    """The free-space checks are skipped (in-process) so the real ENOSPC paths run: the disk fills
+    up while the update is copied from the medium, while the running environment is cloned, while a
+    component is staged, or it is full before anything can be written at all."""
     cabinet = provisioned
+    payload = sum(p.stat().st_size for p in (too_big / "payload").iterdir())
+    leave = {"spool": payload - 8 * MiB, "clone": payload + 256 * 1024, "staging": payload + 6 * MiB,
+             "everything": 0}[runs_out_in]
     ballast = fill(small_disk, leave)
     before, state_before = cabinet.snapshot(), committed(cabinet)
     monkeypatch.setattr(agent.install, "_check_space", lambda *args: None)
+    monkeypatch.setattr(agent.install, "_check_spool_space", lambda *args: None)
     device = Device.open(load_config(cabinet.dir / "agent.toml"))
     with pytest.raises((OSError, UpdateError)) as raised:
         agent.install.install(device, too_big)
     error = raised.value
-    if runs_out_in == "staging":
+    if runs_out_in in ("spool", "everything"):
+        assert isinstance(error, StagingFailed), repr(error)
+        assert "copying the update from the medium failed: No space left on device" in str(error)
+    elif runs_out_in == "staging":
         assert isinstance(error, StagingFailed) and "No space left on device" in str(error), repr(error)
         assert "free space" in error.hint
-    elif runs_out_in == "clone":
+    else:
         assert isinstance(error, BootError) and "No space left on device" in str(error), repr(error)
         assert error.hint == "check free space on the environments' filesystem"
-    else:
-        assert isinstance(error, Failed) and "journal.json: cannot write: No space left on device" in str(error)
     after = cabinet.snapshot()
     assert after[0] == before[0], "the running environment was written to"
     assert after[2] == ["env-1"], "the half-built environment was not removed"
     assert committed(cabinet) == state_before
     assert after[1] == before[1]  # the committed state file is never touched by a failed install
-    if runs_out_in != "journal":
+    if runs_out_in != "everything":
         result = json.loads((cabinet.dir / "state/result.json").read_bytes())
         assert result["last_result"]["outcome"] == "failed"
         assert "No space left on device" in result["last_result"]["message"]
-        assert '"event": "staging-failed"' in (cabinet.dir / "state/audit.log").read_text()
+        event = "spool-failed" if runs_out_in == "spool" else "staging-failed"
+        assert f'"event": "{event}"' in (cabinet.dir / "state/audit.log").read_text()
     assert leftovers(cabinet) == []
     # Space freed, the real agent installs the same bundle.
     monkeypatch.undo()
@@ -266,6 +272,7 @@ def test_inodes_run_out(world, tmp_path, many_files, monkeypatch):
         assert result.returncode == 3 and "not enough inodes" in output, output
         assert cabinet.snapshot() == before and committed(cabinet) == state_before
         monkeypatch.setattr(agent.install, "_check_space", lambda *args: None)
+        monkeypatch.setattr(agent.install, "_check_spool_space", lambda *args: None)
         with pytest.raises(StagingFailed, match="No space left on device"):
             agent.install.install(Device.open(load_config(cabinet.dir / "agent.toml")), many_files)
         assert cabinet.snapshot()[0] == before[0] and cabinet.snapshot()[2] == ["env-1"]

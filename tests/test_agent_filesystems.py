@@ -29,7 +29,7 @@ from agent.install import StagingFailed
 from agent.boot.base import BootError
 from agent.config import load_config
 from agent.device import Device
-from keys.errors import Failed, UpdateError
+from keys.errors import UpdateError
 from tests.conftest import debian_tools
 from tests.device_sim import Cabinet, World
 from tests.releases import put, write_release

@@ -82,6 +82,8 @@ class BaseTree:
                 except ValueError:
                     raise StagingError(f"base file {prefix.path!r} is not gzip data as the delta expects") from None
                 data = content[prefix.offset:]
+            elif prefix.offset + prefix.length > os.fstat(fd).st_size:
+                data = b""  # reported below as too short; pread would fail on offsets past 2**63
             else:
                 data = os.pread(fd, prefix.length, prefix.offset)
         finally:

@@ -14,7 +14,8 @@ import stat
 from pathlib import Path
 from typing import Callable
 
-from agent.format.bundle_dir import volume_path
+from agent.beneath import open_beneath
+from agent.format.bundle_dir import PAYLOAD, volume_path
 from agent.format.manifest import Manifest, StoredObject
 from keys.errors import Failed, Refused
 
@@ -50,9 +51,9 @@ class Payload:
     def _volume_fd(self, index: int) -> int:
         if index not in self._fds:
             volume = self.manifest.volumes[index]
-            path = volume_path(self.bundle, volume.name)
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                # No symlink anywhere on the way (T-SYMLINK-READ), and a FIFO must not block us.
+                fd = open_beneath(self.bundle, f"{PAYLOAD}/{volume.name}", os.O_RDONLY | os.O_NONBLOCK)
             except FileNotFoundError:
                 raise CorruptPayload(f"volume {volume.name} is missing", where=self.bundle,
                                      hint="copy the complete bundle again") from None
@@ -60,7 +61,10 @@ class Payload:
                 raise CorruptPayload(f"cannot open volume {volume.name}: {error.strerror}",
                                      where=self.bundle) from None
             info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_size != volume.size:
+            if not stat.S_ISREG(info.st_mode):
+                os.close(fd)
+                raise CorruptPayload(f"volume {volume.name} is not a regular file", where=self.bundle)
+            if info.st_size != volume.size:
                 os.close(fd)
                 raise CorruptPayload(f"volume {volume.name} has {info.st_size} bytes, the manifest says "
                                      f"{volume.size}", where=self.bundle, hint="copy the complete bundle again")

@@ -22,7 +22,8 @@ def read_capped(path: Path, limit: int, *, what: str) -> bytes:
     is larger than ``limit`` (an oversized trust document is hostile, not merely big).
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # Non-blocking: a FIFO planted on a stick must not hang us before the type check below.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise Failed(f"{what} not found", where=path, hint="check the path") from None
     except OSError as error:

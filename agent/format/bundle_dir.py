@@ -9,6 +9,7 @@ A bundle directory is created under a temporary name and renamed into place when
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,7 @@ class BundleFiles:
 def read_bundle(bundle: Path) -> BundleFiles:
     """Raises Failed (not a bundle), MalformedSignature."""
     bundle = Path(bundle)
-    if not manifest_path(bundle).is_file():
+    if not os.path.lexists(manifest_path(bundle)):
         raise Failed(f"not a bundle: {MANIFEST} is missing", where=bundle,
                      hint="give the directory that `bundle make --out` created")
     data = read_capped(manifest_path(bundle), MAX_STORED_MANIFEST_BYTES, what="manifest")

@@ -11,6 +11,7 @@ manifest promises before a byte is decoded, and output goes into a buffer of tha
 
 from __future__ import annotations
 
+import zstandard
 from zstandard import backend_cffi
 
 from keys.errors import Refused
@@ -22,6 +23,7 @@ _lib, _ffi = backend_cffi.lib, backend_cffi.ffi
 MAX_WINDOW_LOG = 27
 # Largest output of one frame: bounds every decode buffer, whatever a manifest says.
 MAX_DECODED_BYTES = 64 << 20
+CONTENTSIZE_UNKNOWN = (1 << 64) - 2  # ZSTD_CONTENTSIZE_UNKNOWN; ZSTD_CONTENTSIZE_ERROR is 2**64 - 1
 DECODER_WINDOW_LOG_MAX = 28
 
 
@@ -85,6 +87,15 @@ def decompress(stored: bytes, size: int, prefix: bytes | memoryview | None = Non
     """Decode one frame into exactly ``size`` bytes. Raises CorruptObject."""
     assert 0 < size <= MAX_DECODED_BYTES
     declared = declared_size(stored)
+    if declared >= CONTENTSIZE_UNKNOWN:
+        raise CorruptObject("stored object does not declare its content size")
+    try:
+        window = zstandard.get_frame_parameters(stored).window_size
+    except zstandard.ZstdError as error:
+        raise CorruptObject(f"stored object's zstd frame header is invalid: {error}") from None
+    if window > 1 << DECODER_WINDOW_LOG_MAX:
+        # One-shot decoding ignores ZSTD_d_windowLogMax, so the documented limit is checked here.
+        raise CorruptObject(f"stored object's zstd window is {window} bytes (limit {1 << DECODER_WINDOW_LOG_MAX})")
     source = _ffi.from_buffer(stored)
     if declared != size:
         raise CorruptObject(f"stored object declares {declared} bytes, the manifest says {size}")

@@ -139,6 +139,8 @@ class Manifest:
             raise MalformedManifest(f"stored manifest is larger than {MAX_STORED_MANIFEST_BYTES} bytes", where=where)
         try:
             size = codec.declared_size(stored)
+            if size >= codec.CONTENTSIZE_UNKNOWN:
+                raise MalformedManifest("stored manifest does not declare its content size", where=where)
             if not 0 < size <= MAX_MANIFEST_BYTES:
                 raise MalformedManifest(f"manifest would decompress to {size} bytes (limit {MAX_MANIFEST_BYTES})",
                                         where=where)
@@ -206,6 +208,15 @@ def _labels(values: list, what: str) -> tuple[str, ...]:
 def _count(value: Any, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value >= 1 << 63:
         raise JSONShapeError(f"{what} must be a non-negative integer")
+    return value
+
+
+MAX_OWNER = 4294967294  # (uid_t)-1 means "leave unchanged" to chown(2)
+
+
+def _owner(value: int, what: str) -> int:
+    if not 0 <= value <= MAX_OWNER:
+        raise JSONShapeError(f"{what} must be 0..{MAX_OWNER}")
     return value
 
 
@@ -344,8 +355,8 @@ def _entry_from_json(value: Any, context: str) -> Entry:
         mode = int(raw_mode, 8)
         allowed.add("mode")
     common = dict(path=path, type=kind, mode=mode,
-                  uid=_count(field(value, "uid", int, context=context), f"{context}: uid"),
-                  gid=_count(field(value, "gid", int, context=context), f"{context}: gid"),
+                  uid=_owner(field(value, "uid", int, context=context), f"{context}: uid"),
+                  gid=_owner(field(value, "gid", int, context=context), f"{context}: gid"),
                   mtime=field(value, "mtime", int, context=context))
     if abs(common["mtime"]) >= 1 << 62:
         raise JSONShapeError(f"{context}: mtime is out of range")

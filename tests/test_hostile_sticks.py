@@ -1,0 +1,982 @@
+"""The hostile-stick corpus: attacks a stick can carry, tried on a real provisioned device.
+
+Every case starts from an honest stick - the trust root the device was provisioned with and the
+delta d12 from release 1 to 2, both made by the real tools - changes one thing in the
+simulator's model (tests/stick_sim.py), writes the stick, and inserts it into a cabinet at
+release 1 with the real ``bundle-agent on-insert``. The case names the text the agent must
+print and its exit code. Then the device must be exactly as it was: the running environment's
+tree digest, the committed state's bytes, the list of environments, no pending install, and the
+trust roots it holds (unless the stick carries a legitimate rotation). An attack found before
+anything is written leaves no staging in the audit log. Corruption only visible while staging
+leaves ``staging-failed`` there, with the new environment gone.
+
+Why some cases expect exit 0: an authentic bundle that is not for this machine, or not for its
+current state (an older release, another product, a delta from another base), is not an
+integrity failure. docs/AGENT.md: such a medium exits 0 with "nothing newer for this machine"
+and gives each bundle's reason. Exit 3 is for media refused for integrity or trust reasons.
+
+docs/THREAT-MODEL.md maps every case name to the threat it covers (checked below).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import zstandard
+
+from agent.format import codec, stick
+from agent.format.bundle_dir import MANIFEST, PAYLOAD
+from agent.format.manifest import Base
+from agent.format.tree import Entry
+from keys.detached import signature_path
+from keys.trust_root import Role
+from tests.conftest import BIN, count_summary
+from tests.device_sim import Cabinet, World
+from tests.stick_sim import (BundleModel, StickSim, dir_entry, file_entry, flip, hardlink_entry,
+                             move_behind_symlink, replace_with_fifo, symlink_entry)
+
+REFUSED = 3  # examined and refused, device unchanged (docs/AGENT.md, "Commands and exit codes")
+NOT_APPLICABLE = 0  # authentic, but nothing on it is for this machine in its current state
+AGENT_TIMEOUT = 10  # seconds (a case takes well under 2): a stick must never make the agent wait
+THREAT_MODEL = Path(__file__).resolve().parent.parent / "docs" / "THREAT-MODEL.md"
+
+WHEEL = "game/fortune-wheel"  # new in d12: a full component
+LUCKY = "game/lucky-sevens"  # a delta from the installed 1.0 in d12
+NOWHERE = "sha256:" + "0" * 64  # a tree digest no device has
+
+
+@dataclass(frozen=True)
+class Case:
+    """One hostile stick. ``attack`` changes the model; ``expect`` is the text the agent must print:
+    a string, several strings, or a function of the model after the attack (for key ids, volume
+    names and other values that differ from one run to the next)."""
+
+    name: str
+    threat: str  # its row in docs/THREAT-MODEL.md
+    attack: Callable[[StickSim], object]
+    expect: str | tuple[str, ...] | Callable[[StickSim], str | tuple[str, ...]]
+    exit: int = REFUSED
+    staged: bool = False  # only visible while staging: the staging must be discarded
+    setup: Callable[[Cabinet, StickSim, Path], None] | None = None  # runs before the "before" snapshot
+    rotates: bool = False  # the stick carries a valid rotation, which the device may keep
+    medium: str | None = None  # None: insert the stick; a bundle name: `install` that bundle's folder
+
+
+# --- the honest starting points ---------------------------------------------------------------------
+
+
+def d12(sim: StickSim) -> BundleModel:
+    return sim.bundle("d12")
+
+
+def d12_volumes(sim: StickSim) -> BundleModel:
+    """d12 as ``bundle make --volume-size 16K`` makes it (volumes of 16, 16, 16 and 1.2 KiB), instead of d12."""
+    sim.bundles.pop("d12", None)
+    return sim.bundle("d12-vols")
+
+
+def only(sim: StickSim, name: str) -> BundleModel:
+    """The stick carries this bundle alone (d12 beside it would be installed)."""
+    model = sim.bundle(name)
+    for other in [n for n in sim.bundles if n != name]:
+        del sim.bundles[other]
+    return model
+
+
+def wheel_data(sim: StickSim) -> bytes:
+    return (sim.world.dir / "r2/games/fortune-wheel/wheel.dat").read_bytes()
+
+
+def wheel_object(sim: StickSim) -> str:
+    return d12(sim).entry(WHEEL, "wheel.dat").chunks[0].object
+
+
+def rotation_to_rel3(sim: StickSim):
+    """Root 2 as the vendor publishes it: rel1 retired (and so revoked), rel3 added."""
+    return sim.rotate(remove_signers=["rel1"], add_signers=["rel3"])
+
+
+def accept_root_2(cabinet: Cabinet, sim: StickSim, tmp_path: Path) -> None:
+    """Setup: the device already walked to root 2, from an earlier honest stick."""
+    earlier = StickSim(sim.world)
+    rotation_to_rel3(earlier)
+    result = cabinet.agent("on-insert", earlier.write(tmp_path / "earlier-stick"))
+    assert result.returncode == 0 and (cabinet.dir / "state/trust/root-2.json").exists(), result.stderr
+
+
+def commit_release_2(cabinet: Cabinet, sim: StickSim, tmp_path: Path) -> None:
+    """Setup: the device installed release 2 and committed it (platform sequence 7)."""
+    cabinet.agent("install", sim.world.bundles / "d12", check=True)
+    cabinet.agent("boot", check=True)
+    cabinet.agent("boot-check", check=True)
+
+
+# --- trust ----------------------------------------------------------------------------------------
+
+
+def duplicate_signature(sim: StickSim) -> None:
+    """rel1's signature twice: as DOC.<ID>.minisig and as minisign's default DOC.minisig."""
+    model = d12(sim).sign_with("rel1")
+    model.signature_files = {f"{MANIFEST}.minisig": model.signatures()[0].to_bytes()}
+
+
+def mix_and_match(sim: StickSim) -> None:
+    """full-2's genuine signatures beside d12's manifest."""
+    model = d12(sim)
+    model.foreign, model.signers = sim.bundle("full-2").signatures(), []
+    del sim.bundles["full-2"]
+
+
+def trust_root_as_manifest(sim: StickSim) -> None:
+    """The signed trust root, compressed like a manifest and signed by both release signers."""
+    d12(sim).stored = codec.compress(Path(sim.world.root).read_bytes(), 3)
+
+
+def manifest_as_trust_root(sim: StickSim) -> None:
+    """d12's manifest JSON as root-2.json, signed by both root keys."""
+    rotation_to_rel3(sim).raw = d12(sim).manifest.to_bytes()
+
+
+def forged_root(sim: StickSim) -> None:
+    """A forged stick brings its own root 1 (the attacker's keys) and a bundle signed under it."""
+    forged = replace(sim.root, root_keys=Role((sim.keys.named("mallory-root"),), 1),
+                     release_signers=Role((sim.keys.named("mallory-rel"),), 1))
+    sim.roots[0] = replace(sim.roots[0], root=forged, signers=["mallory-root"])
+    d12(sim).sign_with("mallory-rel")
+
+
+def forged_rotation(sim: StickSim) -> None:
+    """Root 2 naming only the attacker's keys, signed by them, and a bundle signed under it."""
+    new = replace(sim.root, version=2, root_keys=Role((sim.keys.named("mallory-root"),), 1),
+                  release_signers=Role((sim.keys.named("mallory-rel"),), 1),
+                  revoked_keys=tuple(sim.root.all_keys().values()))
+    sim.add_root(new, ["mallory-root"])
+    d12(sim).sign_with("mallory-rel")
+
+
+def skipped_root(sim: StickSim) -> None:
+    """Roots 2 and 3 are valid, but the stick carries only 1 and 3, and a bundle that only root 2 or
+    3 accepts (rel3 joined in root 2)."""
+    rotation_to_rel3(sim)
+    sim.rotate(add_root_keys=["root3"])
+    del sim.roots[1]
+    d12(sim).sign_with("rel2", "rel3")
+
+
+def un_revoking_root(sim: StickSim) -> None:
+    """Root 3, signed by every root key, brings back rel1, which root 2 revoked."""
+    two = rotation_to_rel3(sim).root
+    sim.add_root(replace(two, version=3, revoked_keys=(),
+                         release_signers=Role((*two.release_signers.keys, sim.keys.named("rel1")), 2)),
+                 ["root1", "root2"])
+
+
+def root_dropping_unrevoked(sim: StickSim) -> None:
+    """Root 2 drops rel1 without listing it as revoked, so a later root could quietly bring it back."""
+    sim.add_root(replace(sim.root, version=2,
+                         release_signers=Role((sim.keys.named("rel2"), sim.keys.named("rel3")), 2)),
+                 ["root1", "root2"])
+
+
+def forked_root(sim: StickSim) -> None:
+    """Two different documents claim version 2, both validly signed (one under another file name)."""
+    two = rotation_to_rel3(sim).root
+    sim.add_root(replace(two, release_signers=Role(two.release_signers.keys, 1)), ["root1", "root2"],
+                 name="root-3.json")
+
+
+# --- content ---------------------------------------------------------------------------------------
+
+
+def without_keys(model) -> None:
+    """A stick attacker holds no key: the signatures stay those of the honest bytes."""
+    model.foreign, model.signers = model.signatures(), []
+
+
+def manifest_changed_without_keys(sim: StickSim) -> None:
+    model = d12(sim)
+    without_keys(model)
+    model.set_component("platform", downgrade_from=(8,))  # any change to the signed bytes
+
+
+def manifest_bit_flipped(sim: StickSim) -> None:
+    """One bit of the manifest file flipped on the stick; folder and marker still the honest ones."""
+    model = d12(sim)
+    honest = model.manifest_file()
+    without_keys(model)
+    model.folder, model.marker = stick.bundle_id(honest), stick.complete_marker(honest)
+    model.stored = flip(honest)
+
+
+def signature_bit_flipped(part: str) -> Callable[[StickSim], None]:
+    """rel1's signature with one bit flipped in the signature itself or in its trusted comment."""
+    def attack(sim: StickSim) -> None:
+        model = d12(sim)
+        rel1 = model.signatures()[0]
+        if part == "signature":
+            bad = replace(rel1, signature=flip(rel1.signature))
+        else:
+            text = rel1.trusted_comment
+            bad = replace(rel1, trusted_comment=text[:-1] + chr(ord(text[-1]) ^ 1))
+        model.signers, model.foreign = ["rel2"], [bad]
+    return attack
+
+
+def signature_truncated(sim: StickSim) -> None:
+    model = d12(sim)
+    rel1 = model.signatures()[0].to_bytes()
+    model.sign_with("rel2").signature_files = {
+        f"{MANIFEST}.{sim.keys.id('rel1')}.minisig": b"\n".join(rel1.split(b"\n")[:2]) + b"\n"}
+
+
+def root_changed_after_signing(sim: StickSim) -> None:
+    """A valid root 2 whose release-signer threshold was lowered from 2 to 1 after the signing."""
+    model = rotation_to_rel3(sim)
+    without_keys(model)
+    model.raw = model.root.to_bytes().replace(b'"threshold": 2\n  },\n  "revoked_keys"',
+                                              b'"threshold": 1\n  },\n  "revoked_keys"')
+    assert model.raw != model.root.to_bytes()
+
+
+def root_signature_bit_flipped(sim: StickSim) -> None:
+    model = rotation_to_rel3(sim)
+    root1 = model.signatures()[0]
+    model.signers, model.foreign = ["root2"], [replace(root1, signature=flip(root1.signature))]
+
+
+def object_error(model: BundleModel, offset: int) -> str:
+    """The refusal for a damaged payload byte at ``offset``: the object holding it, and its volumes."""
+    stored = next(o for o in model.manifest.objects if o.offset <= offset < o.offset + o.size)
+    names, position = [], 0
+    for volume in model.manifest.volumes:
+        if position < stored.offset + stored.size and position + volume.size > stored.offset:
+            names.append(volume.name)
+        position += volume.size
+    return f"object {stored.id[:16]} (in volume {', '.join(names)}) does not match its hash"
+
+
+def volume_bit_flipped(index: int, last: bool = False) -> Callable[[StickSim], None]:
+    def attack(sim: StickSim) -> None:
+        model = d12_volumes(sim)
+        data = model.volume_bytes[index]
+        model.volume_bytes[index] = flip(data, len(data) - 1 if last else 0)
+    return attack
+
+
+def volume_bit_flipped_error(index: int, last: bool = False) -> Callable[[StickSim], str]:
+    def expect(sim: StickSim) -> str:
+        model = sim.bundle("d12-vols")
+        start = sum(v.size for v in model.manifest.volumes[:index])
+        return object_error(model, start + (model.manifest.volumes[index].size - 1 if last else 0))
+    return expect
+
+
+def second_volume_error(sim: StickSim) -> str:
+    model = sim.bundle("d12-vols")
+    return object_error(model, model.manifest.volumes[0].size)
+
+
+def volume_from_another_bundle(sim: StickSim) -> None:
+    """Volume 2 replaced by as many bytes of full-2's volume: the size is right, the bytes are not."""
+    model = d12_volumes(sim)
+    model.volume_bytes[1] = sim.bundle("full-2").volume_bytes[0][:len(model.volume_bytes[1])]
+    del sim.bundles["full-2"]
+
+
+def volumes_reordered(sim: StickSim) -> None:
+    model = d12_volumes(sim)
+    model.volume_bytes[1], model.volume_bytes[2] = model.volume_bytes[2], model.volume_bytes[1]
+
+
+def volumes_reordered_signed(sim: StickSim) -> None:
+    """An insider lists volumes 2 and 3 the other way round (each name still its own hash)."""
+    model = d12_volumes(sim)
+    volumes = list(model.manifest.volumes)
+    volumes[1], volumes[2] = volumes[2], volumes[1]
+    model.manifest = replace(model.manifest, volumes=tuple(volumes))
+    model.volume_bytes[1], model.volume_bytes[2] = model.volume_bytes[2], model.volume_bytes[1]
+
+
+def extra_volume_signed(sim: StickSim) -> None:
+    model = d12_volumes(sim)
+    model.volume_bytes.append(b"an extra volume that no object covers")  # 37 bytes
+    model.sync_volumes()
+
+
+def last_volume_resized(by: int) -> Callable[[StickSim], None]:
+    def attack(sim: StickSim) -> None:
+        model = d12_volumes(sim)
+        data = model.volume_bytes[3]
+        model.volume_bytes[3] = data[:by] if by < 0 else data + bytes(by)
+    return attack
+
+
+def volume_size_error(index: int, actual: int) -> Callable[[StickSim], str]:
+    def expect(sim: StickSim) -> str:
+        volume = sim.bundle("d12-vols").manifest.volumes[index]
+        return f"volume {volume.name} has {actual} bytes, the manifest says {volume.size}"
+    return expect
+
+
+def add(component: str, *entries: Entry) -> Callable[[StickSim], None]:
+    """An insider adds entries to a component of d12 (listing order and tree digest kept right)."""
+    return lambda sim: d12(sim).edit(component, add=entries)
+
+
+def change(component: str, path: str, **fields) -> Callable[[StickSim], None]:
+    """An insider changes fields of one entry of d12 (the tree digest kept right)."""
+    return lambda sim: d12(sim).edit(component, change={path: fields})
+
+
+def gzip_content_mismatch(sim: StickSim) -> None:
+    entry = d12(sim).entry("platform", "usr/share/doc/cabinet/changelog.gz")
+    d12(sim).edit("platform", change={entry.path: dict(gzip=replace(entry.gzip, sha256="0" * 64))})
+
+
+def patch_base_mismatch(sim: StickSim) -> None:
+    """reels.dat's patch names a base file hash that the installed reels.dat does not have."""
+    chunk = d12(sim).entry(LUCKY, "reels.dat").chunks[0]
+    d12(sim).edit(LUCKY, change={"reels.dat": dict(chunks=(replace(chunk, prefix=replace(chunk.prefix,
+                                                                                          sha256="0" * 64)),))})
+
+
+def patch_region_beyond_2_63(sim: StickSim) -> None:
+    """reels.dat's patch region starts 100 bytes before 2^63 - 1, the largest offset the format allows."""
+    chunk = d12(sim).entry(LUCKY, "reels.dat").chunks[0]
+    d12(sim).edit(LUCKY, change={"reels.dat": dict(chunks=(replace(chunk, prefix=replace(chunk.prefix,
+                                                                                          offset=(1 << 63) - 100)),))})
+
+
+def copy_source_mismatch(sim: StickSim) -> None:
+    """A new file said to be a copy of the installed usr/bin/sudo, with other content."""
+    d12(sim).edit("platform", add=[file_entry("usr/bin/sudo-copy", b"#!/bin/sh\nexec /bin/sh -p\n",
+                                              base_path="usr/bin/sudo")])
+
+
+def copy_source_through_symlink(sim: StickSim) -> None:
+    """A new file copied from usr/bin/engine, which on the device is a symlink (to the engine)."""
+    engine = (sim.world.dir / "r1/platform/usr/bin/cabinet-engine").read_bytes()
+    d12(sim).edit("platform", add=[file_entry("usr/bin/engine-copy", engine, mode=0o755, base_path="usr/bin/engine")])
+
+
+# --- payload objects an insider can sign -------------------------------------------------------------
+
+
+@lru_cache(maxsize=None)
+def bomb(size: int, byte: bytes = b"\0") -> bytes:
+    """A small zstd frame that really expands to ``size`` bytes and says so (1 GiB: 32 KiB)."""
+    out = io.BytesIO()
+    compressor = zstandard.ZstdCompressor(level=1, write_content_size=True, write_checksum=False)
+    with compressor.stream_writer(out, size=size, closefd=False) as writer:
+        block = byte * (1 << 20)
+        for _ in range(size >> 20):
+            writer.write(block)
+    return out.getvalue()
+
+
+def reframe(frame: bytes, *, content_size: int | None, window_log: int) -> bytes:
+    """The same zstd blocks under a rewritten frame header (RFC 8878, 3.1.1.1): any window size, any
+    declared content size or none. The blocks still decode; only the header lies."""
+    descriptor = frame[4]
+    single_segment, dict_flag, size_flag = descriptor >> 5 & 1, descriptor & 3, descriptor >> 6
+    start = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[dict_flag]
+    blocks = frame[start + ((1 if single_segment else 0), 2, 4, 8)[size_flag]:]
+    header = bytes([3 << 6 if content_size is not None else 0, (window_log - 10) << 3])
+    return frame[:4] + header + (content_size.to_bytes(8, "little") if content_size is not None else b"") + blocks
+
+
+def store_wheel(sim: StickSim, stored: bytes, *, size: int | None = None) -> None:
+    """An insider stores ``stored`` as wheel.dat's object (a zstd object, hashed and signed), and may
+    make the listing claim the file is the first ``size`` bytes of the real one."""
+    model = d12(sim)
+    model.replace_object(wheel_object(sim), stored, encoding="zstd")
+    if size is not None:
+        chunk = model.entry(WHEEL, "wheel.dat").chunks[0]
+        model.edit(WHEEL, change={"wheel.dat": dict(
+            size=size, sha256=hashlib.sha256(wheel_data(sim)[:size]).hexdigest(), chunks=(replace(chunk, size=size),))})
+
+
+# --- resource exhaustion -------------------------------------------------------------------------------
+
+
+def json_edit(change: Callable[[dict], None]) -> Callable[[StickSim], None]:
+    """An insider's build machine writes whatever JSON it likes into d12's manifest and signs it."""
+    def attack(sim: StickSim) -> None:
+        model = d12(sim)
+        document = json.loads(model.manifest.to_bytes())
+        change(document)
+        model.manifest_json, model.level = json.dumps(document).encode(), 3
+    return attack
+
+
+def a_million_entries(document: dict) -> None:
+    next(c for c in document["components"] if c["name"] == WHEEL)["entries"] = [{}] * 1_000_001
+
+
+def deep_json(prefix: bytes) -> bytes:
+    """A JSON object whose first field nests 100,000 lists deep, then ``prefix``'s fields."""
+    return b'{"deep": ' + b"[" * 100_000 + b"]" * 100_000 + b", " + prefix[1:]
+
+
+def manifest_nested_deep(sim: StickSim) -> None:
+    model = d12(sim)
+    model.manifest_json, model.level = deep_json(model.manifest.to_bytes()), 3
+
+
+def manifest_duplicate_key(sim: StickSim) -> None:
+    """Two readers could disagree on which "product" counts: the parser must refuse, not pick one."""
+    model = d12(sim)
+    model.manifest_json = b'{"product": "other-cabinet", ' + model.manifest.to_bytes()[1:]
+
+
+def seventy_signature_files(sim: StickSim) -> None:
+    model = d12(sim)
+    rel1 = model.signatures()[0].to_bytes()
+    model.signature_files = {f"{MANIFEST}.{i:016X}.minisig": rel1 for i in range(70)}
+
+
+def root_over_1_mib(sim: StickSim) -> None:
+    model = rotation_to_rel3(sim)
+    document = json.loads(model.root.to_bytes())
+    document["padding"] = "x" * (1 << 20)  # unknown fields are allowed in a root; its size is bounded
+    model.raw = json.dumps(document).encode()
+
+
+# --- the medium ------------------------------------------------------------------------------------------
+
+
+def after_writing(where: Callable[[StickSim, Path], Path], do: Callable[[Path, Path], None], *,
+                  rotate: bool = False) -> Callable[[StickSim], None]:
+    """What no model can say: once the stick is written, ``do(path, stick)`` to one of its paths."""
+    def attack(sim: StickSim) -> None:
+        if rotate:
+            rotation_to_rel3(sim)
+        d12(sim)
+        sim.after.append(lambda root: do(where(sim, root), root))
+    return attack
+
+
+def first_volume(sim: StickSim, path: Path) -> Path:
+    return sim.volume_file(path, "d12")
+
+
+def manifest_file(sim: StickSim, path: Path) -> Path:
+    return sim.bundle_dir(path, "d12") / MANIFEST
+
+
+def rel1_signature_file(sim: StickSim, path: Path) -> Path:
+    return signature_path(sim.bundle_dir(path, "d12") / MANIFEST, sim.keys.id("rel1"))
+
+
+def root1_signature_of_root_2(sim: StickSim, path: Path) -> Path:
+    return signature_path(sim.trust_dir(path) / "root-2.json", sim.keys.id("root1"))
+
+
+def complete_marker(sim: StickSim, path: Path) -> Path:
+    return sim.bundle_dir(path, "d12") / stick.COMPLETE
+
+
+def payload_folder(sim: StickSim, path: Path) -> Path:
+    return sim.bundle_dir(path, "d12") / PAYLOAD
+
+
+def bundle_folder(sim: StickSim, path: Path) -> Path:
+    return sim.bundle_dir(path, "d12")
+
+
+def product_subfolder(name: str) -> Callable[[StickSim, Path], Path]:
+    return lambda sim, path: path / sim.product / name
+
+
+def fifo(path: Path, root: Path) -> None:
+    replace_with_fifo(path)
+
+
+def off_the_stick(path: Path, root: Path) -> None:
+    """The same genuine bytes, moved off the stick and reached through a symlink left in their place."""
+    move_behind_symlink(path, root.parent / "off-the-stick" / path.name)
+
+
+def into_directory(path: Path, root: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def into_device_node(path: Path, root: Path) -> None:
+    """A character device with /dev/null's numbers: an ext4-formatted stick can carry one, FAT cannot."""
+    path.unlink()
+    os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))
+
+
+def stick_for_another_product(sim: StickSim) -> None:
+    sim.product = "other-cabinet"
+    d12(sim).manifest = replace(d12(sim).manifest, product="other-cabinet")
+
+
+def older_release(sim: StickSim, downgrade_from: tuple[int, ...] = ()) -> BundleModel:
+    """A genuinely signed release older than the installed one: platform 13.1.0, sequence 5."""
+    model = only(sim, "full-1").only("platform")
+    return model.set_component("platform", version="13.1.0", sequence=5, downgrade_from=downgrade_from)
+
+
+def signed_by(*names: str) -> Callable[[StickSim], str]:
+    """The refusal text for d12 signed by ``names`` (rel1 and rel2 are the trusted signers)."""
+    def expect(sim: StickSim) -> str:
+        trusted = [n for n in ("rel1", "rel2") if n in names]
+        missing = [n for n in ("rel1", "rel2") if n not in names]
+        unknown = sorted(sim.keys.id(n) for n in names if n not in ("rel1", "rel2"))
+        details = ([f"signed: {', '.join(trusted)}"] if trusted else []) + [f"missing: {', '.join(missing)}"]
+        details += [f"ignored, keys not in this role: {', '.join(unknown)}"] if unknown else []
+        return f"signed by {len(trusted)} of 2 required release signers ({'; '.join(details)})"
+    return expect
+
+
+def invalid(role: str, *names: str) -> Callable[[StickSim], tuple[str, ...]]:
+    """Every key of ``names`` signed other bytes (the order of the list follows the key ids)."""
+    return lambda sim: (f"signed by 0 of 2 required {role} (missing: {', '.join(names)}; invalid: ",
+                        *(f"{n} (signature by key {sim.keys.id(n)} does not match the signed bytes)" for n in names))
+
+
+NOTHING = "nothing newer for this machine"
+
+CASES: list[Case] = [
+    # --- trust: who signed the bundle ----------------------------------------------------------------
+    Case("unsigned-bundle", "T-UNSIGNED", lambda s: d12(s).sign_with(), signed_by()),
+    # A technician's `install` of the bundle folder runs the same checks as a stick.
+    Case("unsigned-bundle-directory", "T-UNSIGNED", lambda s: d12(s).sign_with(), signed_by(), medium="d12"),
+    Case("one-signer-below-threshold", "T-THRESHOLD", lambda s: d12(s).sign_with("rel1"), signed_by("rel1")),
+    Case("same-signer-twice", "T-DUPSIG", duplicate_signature, signed_by("rel1")),
+    Case("signer-not-in-root", "T-UNKNOWN", lambda s: d12(s).sign_with("rel1", "rel3"), signed_by("rel1", "rel3")),
+    Case("forged-signers", "T-UNSIGNED", lambda s: d12(s).sign_with("mallory1", "mallory2"),
+         signed_by("mallory1", "mallory2")),
+    # The stick's own root 1 is history, never an anchor: the device keeps the one it was given.
+    Case("forged-root-on-stick", "T-UNSIGNED", forged_root, signed_by("mallory-rel")),
+    # Root 2 on the stick is genuine (and kept); under it rel1 no longer counts.
+    Case("revoked-signer", "T-REVOKED", rotation_to_rel3,
+         "signed by 1 of 2 required release signers (signed: rel2; missing: rel3; ignored, revoked: rel1)",
+         rotates=True),
+    Case("signature-of-another-bundle", "T-MIXMATCH", mix_and_match, invalid("release signers", "rel1", "rel2")),
+    # The manifest's exact field set refuses it before its type is read; either way, not a manifest.
+    Case("trust-root-as-manifest", "T-TYPE", trust_root_as_manifest,
+         "invalid manifest: manifest: unknown field(s) ['release_signers', 'revoked_keys', 'root_keys', 'version']"),
+    Case("manifest-as-trust-root", "T-TYPE", manifest_as_trust_root,
+         "not a valid trust root: document type is 'bundle-manifest', not 'trust-root'"),
+    # --- trust: rotations of the trust root ------------------------------------------------------------
+    Case("rotation-by-attacker-keys", "T-ROOT-NEWONLY", forged_rotation,
+         lambda s: ("signed by 0 of 2 required root keys of the trusted version 1 (missing: root1, root2; ignored, "
+                    f"keys not in this role: {s.keys.id('mallory-root')})")),
+    Case("rotation-signed-by-new-keys-only", "T-ROOT-NEWONLY",
+         lambda s: s.rotate(add_root_keys=["root3"], remove_root_keys=["root1"], signers=["root3"]),
+         lambda s: ("signed by 0 of 2 required root keys of the trusted version 1 (missing: root1, root2; ignored, "
+                    f"keys not in this role: {s.keys.id('root3')})")),
+    Case("rotation-signed-by-old-keys-only", "T-ROOT-OLDONLY",
+         lambda s: s.rotate(add_root_keys=["root3"], remove_root_keys=["root1"], signers=["root1", "root2"]),
+         "signed by 1 of 2 required root keys of version 2 (signed: root2; missing: root3; ignored, revoked: root1)"),
+    Case("rotation-by-one-stolen-root-key", "T-THRESHOLD",
+         lambda s: s.rotate(add_signers=["mallory"], signers=["root1"]),
+         "signed by 1 of 2 required root keys of the trusted version 1 (signed: root1; missing: root2)"),
+    # The device holds root 2; the stick offers root 1 and d12 signed by rel1 and rel2, which root 1
+    # accepted. Older roots on a stick are history: rel1 stays revoked.
+    Case("older-root-replayed", "T-ROOT-REPLAY", lambda s: None,
+         "signed by 1 of 2 required release signers (signed: rel2; missing: rel3; ignored, revoked: rel1)",
+         setup=accept_root_2),
+    # Without root 2 the device cannot reach root 3: it stays at root 1 (and stores nothing), under
+    # which rel3 is nobody.
+    Case("skipped-root-version", "T-ROOT-SKIP", skipped_root, signed_by("rel2", "rel3")),
+    Case("rotation-un-revokes-a-key", "T-REVOKED", un_revoking_root,
+         lambda s: (f"version 3 un-revokes key rel1 ({s.keys.id('rel1')}), revoked in version 2; "
+                    "revocation is permanent")),
+    Case("rotation-drops-a-key-unrevoked", "T-REVOKED", root_dropping_unrevoked,
+         lambda s: f"version 2 drops key rel1 ({s.keys.id('rel1')}) without revoking it"),
+    Case("two-roots-claim-one-version", "T-ROOT-FORK", forked_root, "two different trust roots claim version 2"),
+    # --- freshness and targeting (authentic bundles: exit 0, nothing installed, the reason shown) -------
+    Case("older-release-replayed", "T-ROLLBACK", older_release,
+         ("platform 13.1.0 (sequence 5) is older than the installed sequence 6 (13.2.0); the manifest does not "
+          "permit that downgrade (an older release replayed)", NOTHING), exit=NOT_APPLICABLE),
+    Case("release-1-replayed-after-update", "T-ROLLBACK", lambda s: only(s, "full-1"),
+         ("platform 13.2.0 (sequence 6) is older than the installed sequence 7 (13.2.1); the manifest does not "
+          "permit that downgrade (an older release replayed)", NOTHING), exit=NOT_APPLICABLE, setup=commit_release_2),
+    Case("same-release-again", "T-ROLLBACK", lambda s: only(s, "full-1"),
+         ("platform 13.2.0 (sequence 6) is already installed", NOTHING), exit=NOT_APPLICABLE),
+    Case("downgrade-permitted-from-other-sequences", "T-ROLLBACK", lambda s: older_release(s, (4, 7)),
+         ("platform 13.1.0 (sequence 5) is older than the installed sequence 6 (13.2.0); the manifest does not "
+          "permit that downgrade", NOTHING), exit=NOT_APPLICABLE),
+    Case("downgrade-delta-from-another-base", "T-ROLLBACK",
+         lambda s: d12(s).only("platform").set_component(
+             "platform", sequence=5, version="13.1.0", downgrade_from=(6,),
+             base=Base(sequence=6, version="13.2.0", tree_digest=NOWHERE)),
+         ("platform 13.1.0 (sequence 5) is a permitted downgrade, but a delta from another base", NOTHING),
+         exit=NOT_APPLICABLE),
+    Case("wrong-product", "T-PRODUCT",
+         lambda s: setattr(d12(s), "manifest", replace(d12(s).manifest, product="other-cabinet")),
+         ("bundle is for product other-cabinet, this machine is demo-cabinet", NOTHING), exit=NOT_APPLICABLE),
+    # The device reads only its own product's folder; another product's stick holds nothing for it.
+    Case("stick-for-another-product", "T-PRODUCT", stick_for_another_product, NOTHING, exit=NOT_APPLICABLE),
+    Case("wrong-hardware", "T-HARDWARE",
+         lambda s: setattr(d12(s), "manifest", replace(d12(s).manifest, hardware=("cab-z",))),
+         ("bundle is for hardware cab-z, this machine is cab-a", NOTHING), exit=NOT_APPLICABLE),
+    Case("component-for-another-serial", "T-TARGET",
+         lambda s: d12(s).only(WHEEL).set_component(WHEEL, targets=("SN0002",)),
+         ("game/fortune-wheel 1.0 (sequence 1) is targeted at other machines (serial SN0001 not listed)", NOTHING),
+         exit=NOT_APPLICABLE),
+    Case("delta-from-another-sequence", "T-BASE",
+         lambda s: d12(s).only("platform").set_component(
+             "platform", base=Base(sequence=5, version="13.1.0", tree_digest=NOWHERE)),
+         ("platform 13.2.1 (sequence 7) is a delta from sequence 5 (13.1.0); this machine has sequence 6 (13.2.0)",
+          NOTHING), exit=NOT_APPLICABLE),
+    # Same sequence, another tree (a modified release 1): the delta applies to one exact tree only.
+    Case("delta-from-another-tree", "T-BASE",
+         lambda s: d12(s).only("platform").set_component(
+             "platform", base=replace(d12(s).component("platform").base, tree_digest=NOWHERE)),
+         ("platform 13.2.1 (sequence 7) is a delta from sequence 6 (13.2.0); this machine has sequence 6 (13.2.0)",
+          NOTHING), exit=NOT_APPLICABLE),
+    # --- content: damaged or altered bytes --------------------------------------------------------------
+    Case("manifest-changed-without-keys", "T-TAMPER", manifest_changed_without_keys,
+         invalid("release signers", "rel1", "rel2")),
+    Case("manifest-bit-flipped", "T-TAMPER", manifest_bit_flipped,
+         "the manifest is not the one the COMPLETE marker names (changed after writing)"),
+    Case("signature-bit-flipped", "T-SIGTAMPER", signature_bit_flipped("signature"),
+         lambda s: ("signed by 1 of 2 required release signers (signed: rel2; missing: rel1; invalid: rel1 "
+                    f"(signature by key {s.keys.id('rel1')} does not match the signed bytes))")),
+    Case("trusted-comment-bit-flipped", "T-SIGTAMPER", signature_bit_flipped("comment"),
+         lambda s: ("signed by 1 of 2 required release signers (signed: rel2; missing: rel1; invalid: rel1 "
+                    f"(trusted comment of the signature by key {s.keys.id('rel1')} was altered))")),
+    Case("signature-file-truncated", "T-SIGTAMPER", signature_truncated, "a signature file must have 4 lines, found 2"),
+    Case("trust-root-changed-after-signing", "T-TAMPER", root_changed_after_signing,
+         invalid("root keys of the trusted version 1", "root1", "root2")),
+    Case("trust-root-signature-bit-flipped", "T-SIGTAMPER", root_signature_bit_flipped,
+         lambda s: ("signed by 1 of 2 required root keys of the trusted version 1 (signed: root2; missing: root1; "
+                    f"invalid: root1 (signature by key {s.keys.id('root1')} does not match the signed bytes))")),
+    *[Case(f"volume-{i + 1}-first-byte-flipped", "T-CONTENT", volume_bit_flipped(i), volume_bit_flipped_error(i))
+      for i in range(4)],
+    Case("volume-4-last-byte-flipped", "T-CONTENT", volume_bit_flipped(3, last=True),
+         volume_bit_flipped_error(3, last=True)),
+    Case("volume-from-another-bundle", "T-CONTENT", volume_from_another_bundle, second_volume_error),
+    Case("volume-truncated", "T-CONTENT", last_volume_resized(-1), volume_size_error(3, 1215)),
+    Case("volume-longer-than-signed", "T-CONTENT", last_volume_resized(1), volume_size_error(3, 1217)),
+    Case("volume-missing", "T-CONTENT", lambda s: d12_volumes(s).volume_bytes.__setitem__(2, None),
+         lambda s: f"volume {s.bundle('d12-vols').manifest.volumes[2].name} is missing"),
+    Case("volumes-reordered-on-stick", "T-CONTENT", volumes_reordered, second_volume_error),
+    Case("volumes-reordered-in-signed-manifest", "T-CONTENT", volumes_reordered_signed, second_volume_error),
+    Case("extra-volume-in-signed-manifest", "T-OVERLAP", extra_volume_signed,
+         "invalid manifest: objects cover 50368 bytes but the volumes hold 50405"),
+    # An insider's manifest names an object by a hash its bytes do not have; volumes are consistent.
+    Case("object-bytes-not-its-hash", "T-CONTENT",
+         lambda s: d12(s).replace_object(wheel_object(s), os.urandom(50_000), keep_id=True),
+         lambda s: object_error(d12(s), d12(s).manifest.object_index()[wheel_object(s)].offset)),
+    Case("decoded-file-not-its-hash", "T-CONTENT", change("platform", "etc/cabinet.conf", sha256="0" * 64),
+         "'etc/cabinet.conf' decoded to content that does not match its SHA-256", staged=True),
+    Case("gzip-content-not-its-hash", "T-CONTENT", gzip_content_mismatch,
+         "'usr/share/doc/cabinet/changelog.gz': decoded gzip content does not match its SHA-256", staged=True),
+    Case("delta-base-file-differs", "T-BASE", patch_base_mismatch,
+         "base file 'reels.dat' differs from the one this delta was made against", staged=True),
+    # The region lies past the end of the base file, however large its offset: a refusal, not an I/O error.
+    Case("patch-region-beyond-2-63", "T-BASE", patch_region_beyond_2_63,
+         "base file 'reels.dat' is shorter than the region the delta refers to", staged=True),
+    Case("delta-copy-source-differs", "T-BASE", copy_source_mismatch,
+         "base file 'usr/bin/sudo' differs from the one this delta was made against", staged=True),
+    # The listing claims fewer bytes than the stored frame holds, and the reverse.
+    Case("frame-declares-more-than-signed", "T-CONTENT",
+         lambda s: store_wheel(s, codec.compress(wheel_data(s), 3), size=40_000),
+         "stored object declares 50000 bytes, the manifest says 40000", staged=True),
+    Case("frame-declares-less-than-signed", "T-CONTENT",
+         lambda s: store_wheel(s, codec.compress(wheel_data(s)[:40_000], 3)),
+         "stored object declares 40000 bytes, the manifest says 50000", staged=True),
+    # The header matches the listing, the blocks hold less: the decoder's own check catches it.
+    Case("frame-header-lies-about-size", "T-CONTENT",
+         lambda s: store_wheel(s, reframe(codec.compress(wheel_data(s)[:40_000], 3), content_size=50_000,
+                                          window_log=17)),
+         "zstd decode: Data corruption detected", staged=True),
+    Case("frame-with-trailing-bytes", "T-CONTENT",
+         lambda s: store_wheel(s, codec.compress(wheel_data(s), 3) + b"trailing"),
+         "stored object is not exactly one zstd frame", staged=True),
+    Case("raw-object-size-differs-from-chunk", "T-CONTENT",
+         lambda s: d12(s).replace_object(wheel_object(s), wheel_data(s)[:40_000], encoding="raw"),
+         "a raw object must be exactly its chunk's size"),
+    # --- resource exhaustion --------------------------------------------------------------------------------
+    Case("bomb-tiny-object-declares-1-gib", "T-BOMB", lambda s: store_wheel(s, bomb(1 << 30)),
+         "stored object declares 1073741824 bytes, the manifest says 50000", staged=True),
+    Case("bomb-object-without-declared-size", "T-BOMB",
+         lambda s: store_wheel(s, reframe(codec.compress(wheel_data(s), 3), content_size=None, window_log=17)),
+         "stored object does not declare its content size", staged=True),
+    # Declares the right size but a 2 GiB window: beyond the decoder's documented limit (FORMAT.md).
+    Case("bomb-huge-window", "T-BOMB",
+         lambda s: store_wheel(s, reframe(codec.compress(wheel_data(s), 3), content_size=50_000, window_log=31)),
+         "stored object's zstd window is 2147483648 bytes (limit 268435456)", staged=True),
+    Case("bomb-chunk-of-1-gib", "T-BOMB", lambda s: store_wheel(s, bomb(1 << 30), size=1 << 30),
+         "chunk size must be 1..67108864"),
+    Case("manifest-over-32-mib", "T-EXHAUST", lambda s: setattr(d12(s), "stored", os.urandom((32 << 20) + 1)),
+         "manifest is larger than the 33554432-byte limit"),
+    Case("manifest-bomb-100-mib", "T-BOMB", lambda s: setattr(d12(s), "stored", bomb(100 << 20, b" ")),
+         "manifest would decompress to 104857600 bytes (limit 67108864)"),
+    Case("manifest-without-declared-size", "T-BOMB",
+         lambda s: setattr(d12(s), "stored", reframe(d12(s).manifest_file(), content_size=None, window_log=20)),
+         "stored manifest does not declare its content size"),
+    Case("a-million-entries", "T-EXHAUST", json_edit(a_million_entries), "invalid manifest: more than 1000000 entries"),
+    Case("a-million-objects", "T-EXHAUST", json_edit(lambda d: d.update(objects=[{}] * 1_000_001)),
+         "invalid manifest: more than 1000000 objects"),
+    Case("ten-thousand-volumes", "T-EXHAUST", json_edit(lambda d: d.update(volumes=[{}] * 10_001)),
+         "invalid manifest: more than 10000 volumes"),
+    Case("257-hardware-models", "T-EXHAUST",
+         json_edit(lambda d: d.update(hardware=[f"cab-{i}" for i in range(257)])),
+         "invalid manifest: more than 256 hardware"),
+    Case("manifest-nested-100000-deep", "T-EXHAUST", manifest_nested_deep, "invalid manifest: nested too deeply"),
+    Case("manifest-duplicate-key", "T-PARSER", manifest_duplicate_key, "invalid manifest: duplicate key 'product'"),
+    # The platform may name any owner, but only one a POSIX system can hold: uid_t and gid_t are
+    # 32 bits, and (uid_t) -1 means "leave unchanged" to chown.
+    Case("platform-owner-beyond-32-bits", "T-PARSER", change("platform", "etc/cabinet.conf", uid=1 << 40),
+         "uid must be 0..4294967294"),
+    Case("platform-group-beyond-32-bits", "T-PARSER", change("platform", "etc/cabinet.conf", gid=1 << 40),
+         "gid must be 0..4294967294"),
+    Case("seventy-signature-files", "T-EXHAUST", seventy_signature_files, "more than 64 signature files"),
+    Case("trust-root-over-1-mib", "T-EXHAUST", root_over_1_mib, "trust root is larger than the 1048576-byte limit"),
+    Case("trust-root-nested-100000-deep", "T-EXHAUST",
+         lambda s: setattr(rotation_to_rel3(s), "raw", deep_json(s.root.to_bytes())),
+         "not a valid trust root: nested too deeply"),
+    Case("path-deeper-than-128", "T-EXHAUST", add(WHEEL, *[dir_entry("/".join(["d"] * n)) for n in range(1, 130)]),
+         "is nested deeper than 128 levels"),
+    Case("name-longer-than-255-bytes", "T-EXHAUST", add(WHEEL, file_entry("x" * 256)), "is longer than 255 bytes"),
+    Case("path-longer-than-4096-bytes", "T-EXHAUST",
+         add(WHEEL, *[dir_entry("/".join(["d" * 200] * n)) for n in range(1, 22)]), "path longer than 4096 bytes"),
+    Case("symlink-target-longer-than-4096-bytes", "T-EXHAUST", add("platform", symlink_entry("etc/far", "a/" * 2100)),
+         "symlink 'etc/far' has an overlong target or one with a NUL byte"),
+    # --- paths, validly signed: an insider or a compromised build must not escape ------------------------
+    Case("dot-dot-path", "T-PATH", add(WHEEL, file_entry("../../platform/usr/bin/evil", b"x")),
+         "path '../../platform/usr/bin/evil' has an empty, '.' or '..' component"),
+    Case("absolute-path", "T-PATH", add("platform", file_entry("/etc/cron.d/evil", b"x")),
+         "path '/etc/cron.d/evil' is absolute"),
+    # The platform may link anywhere (system policy), but nothing is ever written through a link.
+    Case("file-written-through-symlink", "T-SYMLINK-WRITE",
+         add("platform", symlink_entry("etc/cron", "/etc/cron.d"), file_entry("etc/cron/evil", b"x")),
+         "the parent of 'etc/cron/evil' is not a directory of the listing"),
+    Case("game-symlink-leaves-component", "T-LINK-ESCAPE", add(WHEEL, symlink_entry("out", "../../platform/etc")),
+         "symlink 'out' -> '../../platform/etc': '../../platform/etc' resolves outside its component"),
+    Case("game-symlink-absolute", "T-LINK-ESCAPE", add(WHEEL, symlink_entry("out", "/etc")),
+         "symlink 'out' -> '/etc' is absolute; content components may only link inside themselves"),
+    # d/s -> .. stays inside; e -> d/s/../x looks inside to normpath but climbs out through s.
+    Case("game-symlink-escapes-through-symlink", "T-LINK-ESCAPE",
+         add(WHEEL, dir_entry("d"), symlink_entry("d/s", ".."), symlink_entry("e", "d/s/../x")),
+         "symlink 'e' -> 'd/s/../x': 'd/s/../x' resolves outside its component"),
+    Case("game-symlink-loop", "T-LINK-ESCAPE", add(WHEEL, symlink_entry("a", "b"), symlink_entry("b", "a")),
+         "symlink 'a' -> 'b': 'b' goes through a symlink loop"),
+    Case("duplicate-path", "T-PATH", add(WHEEL, file_entry("wheel.dat", b"x")),
+         "entry 'wheel.dat' is out of order or listed twice"),
+    Case("game-names-equal-after-case-folding", "T-COLLIDE", add(WHEEL, file_entry("WHEEL.DAT")),
+         "'wheel.dat' and 'WHEEL.DAT' name the same file after Unicode normalisation or case folding"),
+    Case("names-equal-after-unicode-normalisation", "T-COLLIDE",
+         add("platform", file_entry("etc/caf\u00e9"), file_entry("etc/cafe\u0301")),
+         "'etc/caf\u00e9' and 'etc/cafe\u0301' name the same file after Unicode normalisation\n"),
+    Case("nul-in-name", "T-PATH", add(WHEEL, file_entry("wheel\0.dat", b"x")),
+         "path 'wheel\\x00.dat' contains a NUL byte"),
+    Case("slash-ending-a-name", "T-PATH", add(WHEEL, file_entry("evil/", b"x")),
+         "path 'evil/' has an empty, '.' or '..' component"),
+    # The format has no device-node type and its modes carry permission bits only.
+    Case("device-node", "T-POLICY",
+         add(WHEEL, Entry(path="console", type="chardev", mode=0o666, uid=0, gid=0, mtime=0)),
+         "type must be one of ('dir', 'file', 'symlink', 'hardlink')"),
+    Case("device-node-mode-bits", "T-POLICY", change(WHEEL, "wheel.dat", mode=0o20644),
+         "mode must be an octal string like '0755'"),
+    Case("setuid-in-game", "T-POLICY", change(WHEEL, "wheel.dat", mode=0o4755), "'wheel.dat' has a setuid/setgid bit"),
+    Case("setgid-directory-in-game", "T-POLICY", change(WHEEL, ".", mode=0o2755), "'.' has a setuid/setgid bit"),
+    Case("foreign-owner-in-game", "T-POLICY", change(WHEEL, "wheel.dat", uid=1000),
+         "'wheel.dat' has owner 1000:0; content is owned by 0:0"),
+    Case("hardlink-leaves-component", "T-PATH", add(WHEEL, hardlink_entry("sudo", "../../platform/usr/bin/sudo")),
+         "path '../../platform/usr/bin/sudo' has an empty, '.' or '..' component"),
+    Case("hardlink-absolute", "T-PATH", add(WHEEL, hardlink_entry("shadow", "/etc/shadow")),
+         "path '/etc/shadow' is absolute"),
+    Case("hardlink-to-unlisted-file", "T-PATH", add(WHEEL, hardlink_entry("sudo", "usr/bin/sudo")),
+         "hard link 'sudo' must point to a file listed before it"),
+    Case("component-name-escapes", "T-PATH", lambda s: d12(s).set_component(WHEEL, name="game/../../etc"),
+         "component name 'game/../../etc' must be 'platform' or 'game/<id>'"),
+    Case("copy-source-outside-base", "T-PATH",
+         add("platform", file_entry("etc/shadow-copy", b"x", base_path="../../../etc/shadow")),
+         "path '../../../etc/shadow' has an empty, '.' or '..' component"),
+    Case("copy-source-through-symlink", "T-SYMLINK-READ", copy_source_through_symlink,
+         "'usr/bin/engine' is a symlink", staged=True),
+    # --- the medium itself ---------------------------------------------------------------------------------
+    # A folder without its marker is an interrupted write, ignored by design (docs/STICK.md).
+    Case("no-complete-marker", "T-INCOMPLETE", lambda s: setattr(d12(s), "complete", False), NOTHING,
+         exit=NOT_APPLICABLE),
+    # A marker that cannot be read at once is no marker: the bundle counts as incomplete.
+    Case("complete-marker-is-a-fifo", "T-MEDIUM", after_writing(complete_marker, fifo), NOTHING,
+         exit=NOT_APPLICABLE),
+    Case("volume-is-a-fifo", "T-MEDIUM", after_writing(first_volume, fifo),
+         lambda s: f"volume {d12(s).manifest.volumes[0].name} is not a regular file"),
+    Case("volume-is-a-directory", "T-MEDIUM", after_writing(first_volume, into_directory),
+         lambda s: f"volume {d12(s).manifest.volumes[0].name} is not a regular file"),
+    Case("volume-is-a-device-node", "T-MEDIUM", after_writing(first_volume, into_device_node),
+         lambda s: f"volume {d12(s).manifest.volumes[0].name} is not a regular file"),
+    Case("manifest-is-a-fifo", "T-MEDIUM", after_writing(manifest_file, fifo),
+         "manifest is not a regular file"),
+    Case("signature-is-a-fifo", "T-MEDIUM", after_writing(rel1_signature_file, fifo),
+         "signature file is not a regular file"),
+    Case("root-signature-is-a-fifo", "T-MEDIUM", after_writing(root1_signature_of_root_2, fifo, rotate=True),
+         "signature file is not a regular file"),
+    # The same genuine bytes, reached through a symlink that could lead anywhere: refused.
+    Case("volume-behind-symlink", "T-SYMLINK-READ", after_writing(first_volume, off_the_stick),
+         lambda s: f"'payload/{d12(s).manifest.volumes[0].name}' is a symlink"),
+    Case("payload-folder-behind-symlink", "T-SYMLINK-READ", after_writing(payload_folder, off_the_stick),
+         "'payload' is not a plain directory"),
+    Case("trust-folder-behind-symlink", "T-SYMLINK-READ",
+         after_writing(product_subfolder(stick.TRUST), off_the_stick),
+         "demo-cabinet/trust is not a plain folder (a file or a symlink)"),
+    Case("bundles-folder-behind-symlink", "T-SYMLINK-READ",
+         after_writing(product_subfolder(stick.BUNDLES), off_the_stick),
+         "demo-cabinet/bundles is not a plain folder (a file or a symlink)"),
+    # docs/STICK.md: only plain folders reached without a symlink count; this one is not a bundle.
+    Case("bundle-folder-behind-symlink", "T-SYMLINK-READ", after_writing(bundle_folder, off_the_stick),
+         NOTHING, exit=NOT_APPLICABLE),
+]
+
+
+# --- the device and the run -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    world = World(tmp_path_factory.mktemp("hostile-world"))
+    world.make("d12-vols", "r2", "r1", ("rel1", "rel2"), "--volume-size", "16K")
+    return world
+
+
+@pytest.fixture(scope="module")
+def provisioned(world, tmp_path_factory) -> Cabinet:
+    """One cabinet provisioned with release 1 by the real agent; each case gets a copy of it."""
+    cabinet = Cabinet(world, tmp_path_factory.mktemp("provisioned") / "device")
+    cabinet.provision()
+    return cabinet
+
+
+def _copy(provisioned: Cabinet, world: World, directory: Path) -> Cabinet:
+    """A cabinet in exactly the provisioned state: its environments and agent state copied (they
+    hold no absolute paths), its own configuration pointing at them."""
+    cabinet = Cabinet(world, directory)
+    for part in ("envs", "state"):
+        shutil.copytree(provisioned.dir / part, directory / part, symlinks=True)
+    return cabinet
+
+
+def _trust_files(cabinet: Cabinet) -> dict[str, bytes]:
+    directory = cabinet.dir / "state/trust"
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())} if directory.is_dir() else {}
+
+
+def _pending(cabinet: Cabinet):
+    journal = cabinet.dir / "state/journal.json"
+    return json.loads(journal.read_bytes()).get("pending") if journal.exists() else None
+
+
+def _spool(cabinet: Cabinet) -> Path:
+    return cabinet.dir / "state/spool"
+
+
+def _audit_lines(cabinet: Cabinet) -> list[str]:
+    return (cabinet.dir / "state/audit.log").read_text().splitlines()
+
+
+def _run_agent(cabinet: Cabinet, command: str, medium: Path) -> tuple[int | None, str]:
+    """The real bundle-agent, with a deadline: a stick must never make it wait."""
+    try:
+        result = subprocess.run([str(BIN / "bundle-agent"), "--config", str(cabinet.dir / "agent.toml"), command,
+                                 str(medium)], capture_output=True, text=True, timeout=AGENT_TIMEOUT,
+                                env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
+    except subprocess.TimeoutExpired:
+        return None, f"bundle-agent {command} was still running after {AGENT_TIMEOUT} s and was killed"
+    return result.returncode, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_hostile_stick(case: Case, world: World, provisioned: Cabinet, tmp_path: Path) -> None:
+    cabinet = _copy(provisioned, world, tmp_path / "device")
+    sim = StickSim(world)
+    sim.add("d12")
+    if case.setup:
+        case.setup(cabinet, sim, tmp_path)
+    case.attack(sim)
+    medium = sim.write(tmp_path / "stick")
+    if case.medium is not None:
+        medium = sim.bundle_dir(medium, case.medium)
+    expected = case.expect(sim) if callable(case.expect) else case.expect
+    expected = (expected,) if isinstance(expected, str) else expected
+
+    before, trust_before, logged = cabinet.snapshot(), _trust_files(cabinet), len(_audit_lines(cabinet))
+    code, output = _run_agent(cabinet, "on-insert" if case.medium is None else "install", medium)
+    events = {json.loads(line)["event"] for line in _audit_lines(cabinet)[logged:]}
+
+    if case.staged:  # visible only while staging: staging began, failed, and was discarded
+        in_time = "staging-failed" in events and "trial-armed" not in events
+    else:  # refused before anything was written
+        in_time = not events & {"staging", "staging-failed", "trial-armed"}
+    # Refused: the right exit code and text, at the right moment. Unchanged: the device's state.
+    refused = code == case.exit and all(text in output for text in expected) and in_time
+    unchanged = (cabinet.snapshot() == before and _pending(cabinet) is None and not _spool(cabinet).exists()
+                 and (case.rotates or _trust_files(cabinet) == trust_before))
+    count_summary("hostile", "hostile sticks: {refused} refused of {total}, device unchanged in {unchanged}",
+                  total=1, refused=int(refused), unchanged=int(unchanged))
+
+    assert code == case.exit, f"exit {code}, expected {case.exit}:\n{output}"
+    for text in expected:
+        assert text in output, f"expected {text!r} in:\n{output}"
+    assert cabinet.snapshot() == before, "the running environment, the committed state or the environments changed"
+    assert _pending(cabinet) is None, "an install was left pending"
+    assert not _spool(cabinet).exists(), "the spool was left behind"
+    assert case.rotates or _trust_files(cabinet) == trust_before, "the device's trust roots changed"
+    assert in_time, (f"audit events {sorted(events)}: expected "
+                     + ("a discarded staging" if case.staged else "a refusal before anything was written"))
+
+
+# --- the corpus and the simulator themselves ----------------------------------------------------------------
+
+
+def test_at_least_sixty_named_cases():
+    names = [c.name for c in CASES]
+    assert len(names) >= 60 and len(set(names)) == len(names)
+    assert all(re.fullmatch(r"[a-z0-9][a-z0-9-]*", n) for n in names)
+
+
+def test_every_case_names_its_threat_in_the_threat_model():
+    text = THREAT_MODEL.read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `([a-z0-9-]+)` \| (T-[A-Z0-9-]+) \|", text, re.MULTILINE))
+    missing = [c.name for c in CASES if c.name not in rows]
+    assert not missing, f"cases missing from docs/THREAT-MODEL.md: {missing}"
+    wrong = [(c.name, c.threat, rows[c.name]) for c in CASES if rows[c.name] != c.threat]
+    assert not wrong, f"cases mapped to another threat in docs/THREAT-MODEL.md: {wrong}"
+    stale = sorted(set(rows) - {c.name for c in CASES})
+    assert not stale, f"docs/THREAT-MODEL.md lists cases the corpus does not have: {stale}"
+    defined = set(re.findall(r"^\| (T-[A-Z0-9-]+) \|", text, re.MULTILINE))
+    assert {c.threat for c in CASES} <= defined, sorted({c.threat for c in CASES} - defined)
+
+
+def test_the_unchanged_model_writes_what_bundle_write_writes(world, tmp_path):
+    """The simulator is faithful: with no attack its stick is, byte for byte, the real tool's. A
+    difference on a hostile stick is the attack and nothing else."""
+    real = world.stick(tmp_path / "real", "d12", "full-2")
+    sim = StickSim(world)
+    sim.add("d12")
+    sim.add("full-2")
+    simulated = sim.write(tmp_path / "simulated")
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    assert files(simulated) == files(real)
+
+
+def test_the_unchanged_model_installs(world, provisioned, tmp_path):
+    """The honest starting point of every case is accepted, so each refusal is the attack's doing."""
+    cabinet = _copy(provisioned, world, tmp_path / "device")
+    sim = StickSim(world)
+    sim.add("d12")
+    code, output = _run_agent(cabinet, "on-insert", sim.write(tmp_path / "stick"))
+    assert code == 0 and "staged game/fortune-wheel, game/lucky-sevens, platform in env-2" in output, output

@@ -28,9 +28,10 @@ def read_capped(path: Path, limit: int, *, what: str) -> bytes:
         raise Failed(f"{what} not found", where=path, hint="check the path") from None
     except OSError as error:
         raise Failed(f"cannot open {what}: {error.strerror}", where=path) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which refuses directories itself
+        os.close(fd)
+        raise Refused(f"{what} is not a regular file", where=path)
     with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise Refused(f"{what} is not a regular file", where=path)
         data = handle.read(limit + 1)
     if len(data) > limit:
         raise Refused(f"{what} is larger than the {limit}-byte limit", where=path)

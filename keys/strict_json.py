@@ -29,6 +29,14 @@ def _no_constant(name: str) -> Any:
     raise JSONShapeError(f"{name} is not allowed")
 
 
+def _bounded_int(text: str) -> int:
+    # Nothing we store exceeds 2**63; a huge literal would otherwise cost quadratic time or raise
+    # CPython's own ValueError (over 4300 digits).
+    if len(text.lstrip("-")) > 20:
+        raise JSONShapeError(f"integer literal of {len(text)} characters is out of range")
+    return int(text)
+
+
 def _no_float(text: str) -> Any:
     raise JSONShapeError(f"non-integer number {text} is not allowed")
 
@@ -43,7 +51,7 @@ def loads(data: bytes, *, limit: int) -> dict[str, Any]:
         raise JSONShapeError(f"not UTF-8 (byte {error.start})") from None
     try:
         value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant,
-                           parse_float=_no_float)
+                           parse_float=_no_float, parse_int=_bounded_int)
     except RecursionError:
         raise JSONShapeError("nested too deeply") from None
     except json.JSONDecodeError as error:

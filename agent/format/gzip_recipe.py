@@ -117,6 +117,8 @@ def gunzip_prefix(read_block: Callable[[], bytes], end: int) -> bytes:
         if inflater.eof:  # another member may follow
             pending = inflater.unused_data + pending
             inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)
+            while len(pending) < 2 and (more := read_block()):  # the next member may start a block
+                pending += more
             if not pending.startswith(b"\x1f\x8b"):
                 break
     return bytes(output)

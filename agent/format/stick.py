@@ -160,10 +160,14 @@ def read_marker(stick: Path, product: str, folder: str) -> bytes | None:
         return None  # absent, or reached through a symlink: not a marker
     except OSError as error:
         raise Failed(f"cannot open {relative}: {error.strerror}", where=stick) from None
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             return None
-        return handle.read(66)  # a valid marker is 65 bytes; one more shows it is not one
+        return os.read(fd, 66)  # a valid marker is 65 bytes; one more shows it is not one
+    except OSError as error:
+        raise Failed(f"cannot read {relative}: {error.strerror}", where=stick) from None
+    finally:
+        os.close(fd)
 
 
 def complete_bundles(stick: Path, product: str) -> list[StickBundle]:

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ test: $(STAMP)
 # docs/BENCHMARKS.md: our delta bundle next to peer tools on the platform pair (root; ~10-20 min).
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" tests/benchmarks/platform_pair.sh
+
+# Coverage-guided fuzzing of the stick parsers (tests/fuzz/fuzz_formats.py); a crash is saved as ./crash-*.
+FUZZ_SECONDS ?= 300
+fuzz: $(STAMP)
+	$(VENV)/bin/python -c 'import atheris' 2>/dev/null || $(VENV)/bin/pip install --quiet atheris
+	$(VENV)/bin/python tests/fuzz/fuzz_formats.py -max_total_time=$(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -76,7 +76,10 @@ def _prune(device: Device, state: AgentState) -> None:
     # Only the agent's own environments (env-N) count and are pruned: never the installer's
     # "default" or those another tool (freebsd-update) made.
     environments = [e for e in device.backend.environments() if re.fullmatch(r"env-[0-9]+", e.name)]
-    removable = [e for e in environments if not (e.booted_now or e.default or e.next_once)]
+    committed = {state.environment, *(entry["environment"] for entry in state.history)}
+    # Never-committed environments (failed trials) go first: the rollback target must survive.
+    removable = sorted((e for e in environments if not (e.booted_now or e.default or e.next_once)),
+                       key=lambda e: e.name in committed)
     excess = len(environments) - device.config.keep
     for environment in removable[:max(0, excess)]:
         device.backend.destroy(environment.name)

@@ -150,6 +150,10 @@ class DirsBackend(BootBackend):
         default. Raises BootError when there is nothing to boot."""
         record = self._record()
         choice = record["next_once"] or record["default"]
+        if record["default"] is None and not record.get("recovered"):
+            # No record yet: nothing was ever committed (a provisioning cut short is half-built).
+            raise BootError(self.name, f"no committed environment under {self.root}",
+                            hint="provision the machine: bundle-agent provision BUNDLE")
         if choice is None or not (self.root / choice).is_dir():
             names = self._names()
             if not names:

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench fuzz clean
+.PHONY: demo test bench fuzz crash-test clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ FUZZ_SECONDS ?= 300
 fuzz: $(STAMP)
 	$(VENV)/bin/python -c 'import atheris' 2>/dev/null || $(VENV)/bin/pip install --quiet atheris
 	$(VENV)/bin/python tests/fuzz/fuzz_formats.py -max_total_time=$(FUZZ_SECONDS)
+
+# tests/test_power_cuts.py and tests/test_block_power_cuts.py at every crash point, not a sample
+# (make test); block-level cuts need root. Prints the "power cuts:" line (~20 min on 2 cores).
+crash-test: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" BUNDLE_FULL_CRASH_SWEEP=1 $(VENV)/bin/python -m pytest -q \
+		tests/test_power_cuts.py tests/test_block_power_cuts.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

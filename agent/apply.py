@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from agent.format import codec, gzip_recipe
-from agent.beneath import open_beneath
+from agent.beneath import NotRegularFile, open_beneath
 from agent.format.manifest import Component
 from agent.format.tree import DIR, FILE, HARDLINK, SYMLINK, Entry, Prefix
 from agent.payload import Payload
@@ -49,6 +49,8 @@ class BaseTree:
         except (FileNotFoundError, NotADirectoryError):
             raise StagingError(f"base file {path!r} is missing from {self.root}",
                                hint="this delta needs the exact base release; use a full bundle") from None
+        except NotRegularFile:
+            raise StagingError(f"base path {path!r} is not a regular file", where=self.root) from None
         except OSError as error:  # a socket, no permission...: not a base file we can use
             raise StagingError(f"base file {path!r} cannot be opened: {error.strerror}", where=self.root) from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):

@@ -27,8 +27,11 @@ class AuditLog:
         crashpoint(f"audit {event}")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
             try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = "\n" + line  # a power cut tore the last line: keep this one whole and readable
                 os.write(fd, line.encode("utf-8"))  # one write of one line: O_APPEND keeps lines whole
                 os.fsync(fd)
             finally:

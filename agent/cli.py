@@ -13,20 +13,29 @@ from agent.config import DEFAULT_CONFIG, load_config
 from agent.device import Device
 from agent.install import install as install_medium, provision as provision_medium
 from agent.lifecycle import boot as boot_environment, boot_check as run_boot_check, rollback as run_rollback, status
+from agent.lock import hold_device_lock
 from keys.verify_cli import verify_root
 
 
 class _Lazy:
-    """Opens the device only for commands that need it (``root verify`` needs none)."""
+    """Opens the device only for commands that need it (``root verify`` needs none); ``device``
+    holds the device's lock (agent/lock.py), ``device_to_read`` does not."""
 
     def __init__(self, config: Path, root: Path):
-        self.config_path, self.root, self._device = config, root, None
+        self.config_path, self.root, self._device, self._lock = config, root, None, None
 
     @property
-    def device(self) -> Device:
+    def device_to_read(self) -> Device:
         if self._device is None:
             self._device = Device.open(load_config(self.config_path, system_root=self.root))
         return self._device
+
+    @property
+    def device(self) -> Device:
+        device = self.device_to_read
+        if self._lock is None:
+            self._lock = hold_device_lock(device.config.state_dir)
+        return device
 
 
 pass_device = click.make_pass_decorator(_Lazy)
@@ -116,7 +125,7 @@ def rollback(lazy: _Lazy) -> None:
 @pass_device
 def show_status(lazy: _Lazy, as_json: bool) -> None:
     """Components, environments (N booted now, R default, T next boot once), pending update, last result."""
-    report = status(lazy.device)
+    report = status(lazy.device_to_read)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

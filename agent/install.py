@@ -14,7 +14,8 @@ The order is the safety argument (docs/AGENT.md, "Install"), each step persisted
    one trial boot; apply the reboot policy.
 
 A failure anywhere before 5 destroys the new environment and clears the journal; the running
-environment is never written to. A crash before 5 is cleaned up on the next run.
+environment is never written to. A crash before 5 is cleaned up on the next run
+(agent/recovery.py).
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from agent.format import stick
 from agent.format.bundle_dir import MANIFEST, read_bundle
 from agent.format.tree import FILE, tree_digest
 from agent.payload import Payload
+from agent.recovery import destroy_quietly, recover_interrupted
 from agent.scan import scan_tree
 from agent.select import Choice, Decision, choose
-from agent.state import AgentState, InstalledComponent
+from agent.state import AgentState
 from agent.trust_store import advance, current_root, stick_roots
 from agent.verify import VerifiedBundle, verify_bundle
 from keys.errors import Failed, Refused, UpdateError
@@ -268,24 +270,6 @@ def _new_components(state: AgentState, chosen: dict[str, list[Choice]]) -> dict[
     return result
 
 
-def recover_interrupted(device: Device, state: AgentState) -> AgentState:
-    """A crash while staging left a half-built environment: destroy it, clear the journal."""
-    shutil.rmtree(device.config.state_dir / "spool", ignore_errors=True)  # a crash while copying
-    pending = state.pending
-    if pending and pending.get("phase") == "staging":
-        name = pending["environment"]
-        try:
-            if device.backend.get(name) is not None:
-                device.backend.destroy(name)
-        except UpdateError:
-            pass
-        state.pending = None
-        state.last_result = {"outcome": "interrupted", "message": f"an interrupted install into {name} was cleaned up"}
-        device.store.save(state)
-        device.audit.record("cleaned-up", environment=name)
-    return state
-
-
 def install(device: Device, medium: Path) -> Report:
     """Raises NotProvisioned, TrialPending, NothingInstallable, and any verification or staging error."""
     report = Report()
@@ -359,8 +343,7 @@ def _stage_and_arm(device: Device, state: AgentState, chosen: dict[str, list[Cho
         _check_untouched(device, state, chosen, environment, running, names)
     except BaseException as error:
         try:
-            if device.backend.get(name) is not None:
-                device.backend.destroy(name)
+            destroy_quietly(device, name)
         finally:
             state.pending = None
             _record_failure(device, state, f"staging into {name} failed: {error}", "staging-failed", environment=name)
@@ -403,7 +386,7 @@ def _nothing(device: Device, medium: Path, report: Report) -> Report:
 def provision(device: Device, medium: Path) -> Report:
     """Factory install: full bundles into the first environment, committed at once."""
     report = Report()
-    state = device.store.load()
+    state = recover_interrupted(device, device.store.load())
     if state.environment is not None:
         raise Refused(f"this machine is already provisioned (environment {state.environment})",
                       hint="use bundle-agent install for updates")
@@ -426,28 +409,39 @@ def provision(device: Device, medium: Path) -> Report:
 def _provision_into_new_environment(device: Device, state: AgentState, chosen: dict[str, list[Choice]],
                                     found: dict[str, _Found], report: Report) -> Report:
     name = device.next_environment_name()
-    if device.backend.can_create_empty:
-        environment = device.backend.create_empty(name)
-    else:
+    final = {n: route[-1].component for n, route in chosen.items()}
+    components = {n: {"version": c.version, "sequence": c.sequence, "tree_digest": c.tree_digest}
+                  for n, c in final.items()}
+    source = None
+    if not device.backend.can_create_empty:
         # bectl: the installer made the first environment; provisioning clones it and replaces
         # its components in place (docs/BECTL.md, "Provisioning").
         booted = device.backend.booted()
         if booted is None:
             raise Failed(f"{device.backend.name} backend: no booted environment to provision from",
                          hint="boot the installer-made system, then provision")
-        environment = device.backend.clone(booted.name, name)
+        source = booted.name
+    # Journaled first: a crash before the commit below leaves a half-built environment that the
+    # next run destroys; after it, the next run finishes the provisioning (agent/recovery.py).
+    state.pending = {"phase": "provisioning", "environment": name, "components": components}
+    device.store.save(state)
     try:
+        if source is None:
+            environment = device.backend.create_empty(name)
+        else:
+            environment = device.backend.clone(source, name)
         for component_name in _outermost_first(device, chosen):
             _stage_component(device, chosen[component_name], found, environment, None, set(chosen))
-    except BaseException:
-        device.backend.destroy(name)
+    except BaseException as error:
+        try:
+            destroy_quietly(device, name)
+        finally:
+            state.pending = None
+            _record_failure(device, state, f"provisioning {name} failed: {error}", "provisioning-failed",
+                            environment=name)
         raise
-    device.backend.commit(name)
-    state.environment = name
-    final = {n: route[-1].component for n, route in chosen.items()}
-    state.components = {n: InstalledComponent(c.version, c.sequence, c.tree_digest) for n, c in final.items()}
-    state.floors = {n: c.sequence for n, c in final.items()}
-    state.last_result = {"outcome": "provisioned", "message": f"provisioned {name}"}
+    device.backend.commit(name)  # the commit point
+    state.provisioned(name, components)
     device.store.save(state)
     report.installed = {n: f"{c.version} (sequence {c.sequence})" for n, c in final.items()}
     report.environment = name

@@ -1,13 +1,17 @@
 """After the install: the boot loader's choice, the health check, commit, rollback, status.
 
 ``boot-check`` runs after every boot (docs/AGENT.md, "Trial boot"):
-* booted into the pending trial -> run the health hooks: all healthy -> commit (default on
-  reboot first, then the state, so a crash between the two only repeats the check); otherwise
-  roll back: the previous environment stays the default, the reason is recorded, the reboot
-  policy applies;
+* booted into the pending trial -> run the health hooks: all healthy -> commit (the backend's
+  default first - the commit point - then the state: a crash between the two boots the trial
+  again and repeats the check; a crash before it boots the previous environment, see below);
+  otherwise roll back: the previous environment stays the default, the reason is recorded, the
+  reboot policy applies;
 * a trial was pending but the machine booted elsewhere -> the trial crashed before the check,
-  and the one-time boot already fell back: record the failed trial;
+  and the one-time boot already fell back: record the failed trial and destroy it;
 * nothing pending -> nothing to do.
+
+A manual ``rollback`` is journaled before the backend's default changes, so a crash in it is
+finished or forgotten by the next command (agent/recovery.py).
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ from pathlib import Path
 
 from agent.boot import BootError
 from agent.device import Device
-from agent.install import recover_interrupted
-from agent.state import AgentState, InstalledComponent
-from keys.errors import Refused
+from agent.recovery import recover_interrupted, remove_failed_environments
+from agent.state import AgentState
+from keys.errors import Refused, UpdateError
 
 
 def boot(device: Device) -> Path:
@@ -29,7 +33,11 @@ def boot(device: Device) -> Path:
     backend = device.backend
     if not hasattr(backend, "boot"):
         raise BootError(backend.name, "the real boot loader chooses the environment; `boot` is for the dirs backend")
-    environment = backend.boot()
+    try:
+        committed = device.store.load().environment  # only for a damaged boot record
+    except UpdateError:
+        committed = None  # booting never depends on the state
+    environment = backend.boot(committed)
     device.audit.record("booted", environment=environment.name)
     return environment.path
 
@@ -53,18 +61,8 @@ def _run_hooks(device: Device, environment: Path) -> tuple[bool, str]:
 def _commit(device: Device, state: AgentState) -> str:
     pending = state.pending
     name = pending["environment"]
-    device.backend.commit(name)  # first: a crash after this repeats the check, never loses the update
-    if state.environment != name:
-        state.history.append({"environment": state.environment,
-                              "components": {n: c.__dict__ for n, c in state.components.items()}})
-    state.environment = name
-    state.components = {n: InstalledComponent(**c) for n, c in pending["components"].items()}
-    for component, installed in state.components.items():
-        state.floors[component] = installed.sequence  # T-ROLLBACK: the floor follows what is committed
-    state.pending = None
-    versions = ", ".join(f"{n} {c.version}" for n, c in sorted(state.components.items()))
-    state.last_result = {"outcome": "committed", "message": f"{name} passed its health check and is committed: "
-                                                            f"{versions}"}
+    device.backend.commit(name)  # the commit point: a crash after this boots the trial and repeats the check
+    state.committed_trial()
     device.store.save(state)
     device.audit.record("committed", environment=name, components=pending["components"])
     _prune(device, state)
@@ -73,13 +71,14 @@ def _commit(device: Device, state: AgentState) -> str:
 
 def _prune(device: Device, state: AgentState) -> None:
     """Keep the newest ``keep`` environments (the committed one included), never the booted one."""
+    remove_failed_environments(device, state)  # they go whatever ``keep`` says
     # Only the agent's own environments (env-N) count and are pruned: never the installer's
-    # "default" or those another tool (freebsd-update) made.
+    # "default" or those another tool (freebsd-update) made. Those no rollback leads to (one
+    # rolled back from) go first, then the oldest: the rollback target must survive.
     environments = [e for e in device.backend.environments() if re.fullmatch(r"env-[0-9]+", e.name)]
-    committed = {state.environment, *(entry["environment"] for entry in state.history)}
-    # Never-committed environments (failed trials) go first: the rollback target must survive.
+    reachable = {state.environment, *(entry["environment"] for entry in state.history)}
     removable = sorted((e for e in environments if not (e.booted_now or e.default or e.next_once)),
-                       key=lambda e: e.name in committed)
+                       key=lambda e: e.name in reachable)
     excess = len(environments) - device.config.keep
     for environment in removable[:max(0, excess)]:
         device.backend.destroy(environment.name)
@@ -92,16 +91,22 @@ def boot_check(device: Device) -> str:
     pending = state.pending
     booted = device.backend.booted()
     if not pending or pending.get("phase") != "trial":
-        return f"no trial pending; running {booted.name if booted else 'an unknown environment'}"
+        running = booted.name if booted else "an unknown environment"
+        if state.environment is not None and running != state.environment:
+            return f"no trial pending; running {running}, but {state.environment} is committed"
+        return f"no trial pending; running {running}"
     name = pending["environment"]
     if booted is None or booted.name != name:
         state.trial_count += 1
         state.pending = None
+        state.failed_trials.append(name)
         message = (f"the trial of {name} did not reach its health check (it crashed or was never booted); "
                    f"running {booted.name if booted else 'the default'}, which stays committed")
         state.last_result = {"outcome": "trial failed", "message": message}
         device.store.save(state)
         device.audit.record("trial-failed", environment=name, booted=booted.name if booted else None)
+        if name in remove_failed_environments(device, state):  # its space is needed for the next attempt
+            message += "; the failed environment was removed"
         return message
     healthy, detail = _run_hooks(device, booted.path)
     device.audit.record("health-check", environment=name, healthy=healthy, detail=detail)
@@ -109,6 +114,7 @@ def boot_check(device: Device) -> str:
         return _commit(device, state)
     device.backend.cancel_once()
     state.pending = None
+    state.failed_trials.append(name)  # removed by the next boot-check, which runs elsewhere
     state.last_result = {"outcome": "rolled back", "message": f"{name} failed its health check ({detail}); back to "
                                                               f"{pending['previous']}"}
     device.store.save(state)
@@ -118,36 +124,39 @@ def boot_check(device: Device) -> str:
 
 def rollback(device: Device) -> str:
     """Cancel a pending trial, or make the previous environment the default again."""
-    state = device.store.load()
+    state = recover_interrupted(device, device.store.load())
     pending = state.pending
     if pending and pending.get("phase") == "trial":
-        booted = device.backend.booted()
-        if booted is None or booted.name != pending["environment"]:
-            device.backend.cancel_once()
-            device.backend.destroy(pending["environment"])
-            state.pending = None
-            state.last_result = {"outcome": "cancelled", "message": f"the trial of {pending['environment']} was cancelled"}
-            device.store.save(state)
-            device.audit.record("trial-cancelled", environment=pending["environment"])
-            return state.last_result["message"]
+        return _cancel_trial(device, state)
     existing = {e.name for e in device.backend.environments()}
     while state.history and state.history[-1]["environment"] not in existing:
         state.history.pop()  # pruned long ago
     if not state.history:
         raise Refused("there is no previous environment to roll back to")
-    previous = state.history.pop()
-    name = previous["environment"]
+    name = state.history[-1]["environment"]
+    state.pending = {"phase": "rollback", "environment": name, "previous": state.environment}
+    device.store.save(state)  # journaled: a crash below is finished or forgotten by the next command
     device.backend.cancel_once()
-    device.backend.commit(name)
-    # The anti-rollback floors stay where they are: a manual rollback is a local decision, and
-    # the newer release may be installed again later; older ones still may not.
-    state.environment = name
-    state.components = {n: InstalledComponent(**c) for n, c in previous["components"].items()}
-    state.pending = None
-    state.last_result = {"outcome": "rolled back", "message": f"{name} is the default again (manual rollback)"}
+    device.backend.commit(name)  # the commit point
+    state.rolled_back_to(name)
     device.store.save(state)
     device.audit.record("manual-rollback", to=name)
     return state.last_result["message"] + "; " + device.apply_reboot_policy(f"start {name}")
+
+
+def _cancel_trial(device: Device, state: AgentState) -> str:
+    """The committed environment stays the default and the trial is removed - at once when it has
+    not booted, after the return to the committed environment when it is running now."""
+    name = state.pending["environment"]
+    device.backend.cancel_once()
+    state.pending = None
+    state.failed_trials.append(name)
+    state.last_result = {"outcome": "cancelled", "message": f"the trial of {name} was cancelled"}
+    device.store.save(state)
+    device.audit.record("trial-cancelled", environment=name)
+    if name in remove_failed_environments(device, state):
+        return state.last_result["message"]
+    return state.last_result["message"] + "; " + device.apply_reboot_policy(f"return to {state.environment}")
 
 
 def status(device: Device) -> dict:

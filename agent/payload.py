@@ -8,16 +8,23 @@ opened without following symlinks and must be regular files of exactly the signe
 from __future__ import annotations
 
 import bisect
+import errno
 import hashlib
 import os
 import stat
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
-from agent.beneath import open_beneath
+from agent.beneath import NotRegularFile, open_beneath
 from agent.format.bundle_dir import PAYLOAD, volume_path
 from agent.format.manifest import Manifest, StoredObject
 from keys.errors import Failed, Refused
+
+
+# Volumes kept open at once. Objects are read mostly in payload order, so a few suffice; a bundle
+# may have up to 10,000 volumes, far beyond a process's usual limit of 1,024 descriptors.
+MAX_OPEN_VOLUMES = 8
 
 
 class CorruptPayload(Refused):
@@ -35,7 +42,7 @@ class Payload:
         for volume in manifest.volumes:
             self._starts.append(position)
             position += volume.size
-        self._fds: dict[int, int] = {}
+        self._fds: OrderedDict[int, int] = OrderedDict()  # least recently used first
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -49,7 +56,11 @@ class Payload:
         self.close()
 
     def _volume_fd(self, index: int) -> int:
-        if index not in self._fds:
+        if index in self._fds:
+            self._fds.move_to_end(index)
+        else:
+            if len(self._fds) >= MAX_OPEN_VOLUMES:
+                os.close(self._fds.popitem(last=False)[1])
             volume = self.manifest.volumes[index]
             try:
                 # No symlink anywhere on the way (T-SYMLINK-READ), and a FIFO must not block us.
@@ -57,7 +68,11 @@ class Payload:
             except FileNotFoundError:
                 raise CorruptPayload(f"volume {volume.name} is missing", where=self.bundle,
                                      hint="copy the complete bundle again") from None
+            except NotRegularFile:
+                raise CorruptPayload(f"volume {volume.name} is not a regular file", where=self.bundle) from None
             except OSError as error:
+                if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EIO):  # this machine, not the bundle
+                    raise Failed(f"cannot open volume {volume.name}: {error.strerror}", where=self.bundle) from None
                 raise CorruptPayload(f"cannot open volume {volume.name}: {error.strerror}",
                                      where=self.bundle) from None
             info = os.fstat(fd)
@@ -123,18 +138,31 @@ class Payload:
         never read twice (T-TOCTOU: a stick rewritten between the check and the use).
         """
         volume_hashes = [hashlib.sha256() for _ in self.manifest.volumes]
-        copies: dict[int, int] = {}
+        copy_index, copy_fd = -1, -1  # the volume whose copy is being written: one at a time
+
+        def finish_copy() -> None:
+            nonlocal copy_index, copy_fd
+            if copy_fd >= 0:
+                fd, copy_index, copy_fd = copy_fd, -1, -1
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
 
         def sink(index: int, piece: bytes) -> None:
+            nonlocal copy_index, copy_fd
             volume_hashes[index].update(piece)
-            if copy_to is not None:
-                if index not in copies:
-                    path = volume_path(copy_to, self.manifest.volumes[index].name)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    copies[index] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                view = memoryview(piece)
-                while view:
-                    view = view[os.write(copies[index], view):]
+            if copy_to is None:
+                return
+            if index != copy_index:  # objects are contiguous in payload order (manifest.py)
+                finish_copy()
+                path = volume_path(copy_to, self.manifest.volumes[index].name)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                copy_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                copy_index = index
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(copy_fd, view):]
 
         try:
             for stored in self.manifest.objects:
@@ -143,11 +171,8 @@ class Payload:
                     raise self._object_mismatch(stored)
                 if progress:
                     progress(stored.size)
-            for fd in copies.values():
-                os.fsync(fd)
         finally:
-            for fd in copies.values():
-                os.close(fd)
+            finish_copy()
         for volume, digest in zip(self.manifest.volumes, volume_hashes):
             if digest.hexdigest() != volume.sha256:
                 raise CorruptPayload(f"volume {volume.name} does not match its hash", where=self.bundle)

@@ -21,7 +21,7 @@ RESULT_FILE = "result.json"  # the last outcome, for status
 FORMAT = 1
 _PARTS = {
     STATE_FILE: ("environment", "components", "floors", "history"),
-    JOURNAL_FILE: ("pending",),
+    JOURNAL_FILE: ("pending", "failed_trials"),  # together: a failed trial is never forgotten
     RESULT_FILE: ("last_result", "trial_count"),
 }
 
@@ -43,9 +43,50 @@ class AgentState:
     components: dict[str, InstalledComponent] = field(default_factory=dict)
     floors: dict[str, int] = field(default_factory=dict)  # lowest sequence ever acceptable (T-ROLLBACK)
     history: list[dict] = field(default_factory=list)  # earlier committed environments and their components
-    pending: dict | None = None  # {"phase": "staging"|"trial", "environment", "previous", "components", "bundles"}
+    # The step in progress (docs/AGENT.md, "State and crash safety"), journaled before it touches
+    # an environment: {"phase": "staging"|"trial"|"provisioning"|"rollback", "environment", ...}.
+    pending: dict | None = None
     last_result: dict | None = None
     trial_count: int = 0
+    failed_trials: list[str] = field(default_factory=list)  # environments to remove once not running
+
+    # The transitions of the committed state. Pure: the caller journals the step before and saves
+    # after, and the recovery after a crash (agent/recovery.py) applies the same transition.
+
+    def provisioned(self, environment: str, components: dict[str, dict]) -> None:
+        """The first environment is committed; the anti-rollback floors start at its sequences."""
+        self.environment = environment
+        self.components = {n: InstalledComponent(**c) for n, c in components.items()}
+        self.floors = {n: c.sequence for n, c in self.components.items()}
+        self.pending = None
+        self.last_result = {"outcome": "provisioned", "message": f"provisioned {environment}"}
+
+    def committed_trial(self) -> None:
+        """The pending trial passed its health check: it becomes what is committed."""
+        name = self.pending["environment"]
+        if self.environment != name:  # a repeated check after a crash must not push it twice
+            self.history.append({"environment": self.environment,
+                                 "components": {n: c.__dict__ for n, c in self.components.items()}})
+        self.environment = name
+        self.components = {n: InstalledComponent(**c) for n, c in self.pending["components"].items()}
+        for component, installed in self.components.items():
+            self.floors[component] = installed.sequence  # T-ROLLBACK: the floor follows what is committed
+        self.pending = None
+        versions = ", ".join(f"{n} {c.version}" for n, c in sorted(self.components.items()))
+        self.last_result = {"outcome": "committed",
+                            "message": f"{name} passed its health check and is committed: {versions}"}
+
+    def rolled_back_to(self, environment: str) -> None:
+        """A manual rollback: ``environment``, the newest of the history, is committed again. The
+        anti-rollback floors stay: a rollback is a local decision, and the newer release may be
+        installed again later; older ones still may not."""
+        if self.environment != environment:  # finished already when a crash repeats it
+            entry = next(e for e in reversed(self.history) if e["environment"] == environment)
+            self.history = self.history[:self.history.index(entry)]
+            self.environment = environment
+            self.components = {n: InstalledComponent(**c) for n, c in entry["components"].items()}
+        self.pending = None
+        self.last_result = {"outcome": "rolled back", "message": f"{environment} is the default again (manual rollback)"}
 
     def part_bytes(self, name: str) -> bytes:
         document = {key: value for key, value in asdict(self).items() if key in _PARTS[name]}
@@ -59,6 +100,11 @@ def _parse(data: bytes, name: str) -> dict:
         raise ValueError(f"not a {name} of format {FORMAT}")
     if set(document) - set(_PARTS[name]):
         raise ValueError(f"unknown fields {sorted(set(document) - set(_PARTS[name]))}")
+    if not isinstance(document.get("pending") or {}, dict):
+        raise ValueError("pending is not an object")
+    failed = document.get("failed_trials", [])
+    if not (isinstance(failed, list) and all(isinstance(n, str) for n in failed)):
+        raise ValueError("failed_trials is not a list of environment names")
     return document
 
 
@@ -74,6 +120,7 @@ class StateStore:
         """The current state (empty before provisioning). Raises CorruptState after quarantining a
         damaged committed state; a damaged journal or result is quarantined and forgotten."""
         values: dict = {}
+        damaged = None
         for name in _PARTS:
             path = self.directory / name
             try:
@@ -89,8 +136,8 @@ class StateStore:
                         f"the agent state was unreadable ({error}); it was moved to {quarantine.name}", where=path,
                         hint="installs are refused until a technician restores the state; booting continues "
                              "from the boot record") from None
-                values["last_result"] = {"outcome": "damaged", "message": f"{name} was unreadable and moved to "
-                                                                         f"{quarantine.name}"}
+                damaged = {"outcome": "damaged", "message": f"{name} was unreadable ({error}) and moved to "
+                                                           f"{quarantine.name}"}
         try:
             values["components"] = {n: InstalledComponent(**v) for n, v in values.get("components", {}).items()}
             state = AgentState(**values)
@@ -101,6 +148,9 @@ class StateStore:
             quarantine = self.quarantine(self.path)
             raise CorruptState(f"the agent state was inconsistent ({error}); it was moved to {quarantine.name}",
                                where=self.path, hint="installs are refused until a technician restores the state")
+        if damaged is not None:  # recorded now: the file that said otherwise is gone
+            state.last_result = damaged
+            self.save(state)
         return state
 
     def quarantine(self, path: Path) -> Path:
@@ -116,8 +166,8 @@ class StateStore:
             data = state.part_bytes(name)
             path = self.directory / name
             try:
-                if path.read_bytes() == data:
-                    continue
+                unchanged = path.read_bytes() == data
             except FileNotFoundError:
-                pass
-            write_atomic(path, data, mode=0o640)
+                unchanged = data == AgentState().part_bytes(name)  # absent means empty: never committed
+            if not unchanged:
+                write_atomic(path, data, mode=0o640)

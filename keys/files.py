@@ -8,11 +8,14 @@ the fsyncs an emulated power cut left 0-byte files on ext4, xfs and btrfs (FIELD
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
 from keys.crashpoint import crashpoint
 from keys.errors import AlreadyExists, Failed, Refused
+
+_TEMPORARY = re.compile(r"\.[^/]+\.tmp-([0-9]+)")
 
 
 def read_capped(path: Path, limit: int, *, what: str) -> bytes:
@@ -22,7 +25,11 @@ def read_capped(path: Path, limit: int, *, what: str) -> bytes:
     is larger than ``limit`` (an oversized trust document is hostile, not merely big).
     """
     try:
-        # Non-blocking: a FIFO planted on a stick must not hang us before the type check below.
+        # Never open a device node (its driver would run) or a socket; a FIFO swapped in after
+        # this check cannot hang the non-blocking open, and fstat below checks again.
+        found = os.lstat(path).st_mode
+        if not (stat.S_ISREG(found) or stat.S_ISLNK(found)):
+            raise Refused(f"{what} is not a regular file", where=path)
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise Failed(f"{what} not found", where=path, hint="check the path") from None
@@ -48,7 +55,7 @@ def fsync_directory(directory: Path) -> None:
 
 
 def _write_temp(path: Path, data: bytes, mode: int) -> Path:
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # named for remove_stale_temporaries
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         os.fchmod(fd, mode)  # the umask must not widen or narrow what we asked for
@@ -66,10 +73,30 @@ def _write_temp(path: Path, data: bytes, mode: int) -> Path:
     return temp
 
 
+def remove_stale_temporaries(directory: Path) -> None:
+    """Remove the temporary files (``.NAME.tmp-PID``) in ``directory`` whose writer is gone -
+    killed between creating and renaming them. A live writer's are left alone."""
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        match = _TEMPORARY.fullmatch(entry.name)
+        if match is None or int(match[1]) == os.getpid():
+            continue
+        try:
+            os.kill(int(match[1]), 0)
+        except ProcessLookupError:
+            Path(entry.path).unlink(missing_ok=True)
+        except OSError:
+            pass  # alive, owned by another user
+
+
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
     path = Path(path)
     try:
+        remove_stale_temporaries(path.parent)
         temp = _write_temp(path, data, mode)
         crashpoint(f"rename {path.name}")
         os.replace(temp, path)

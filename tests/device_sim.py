@@ -4,6 +4,7 @@ and a device directory (config, environments, state) driven through the real bun
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -91,8 +92,31 @@ policy = "{reboot}"
         self.health.write_text("#!/bin/sh\n" + ("exit 0\n" if healthy else "echo 'reels do not spin' >&2; exit 7\n"))
         self.health.chmod(0o755)
 
-    def agent(self, *args, check: bool = False) -> subprocess.CompletedProcess:
-        return run_cli("bundle-agent", "--config", self.dir / "agent.toml", *args, check=check)
+    def agent(self, *args, check: bool = False, env: dict | None = None) -> subprocess.CompletedProcess:
+        return run_cli("bundle-agent", "--config", self.dir / "agent.toml", *args, check=check, env=env)
+
+    def crash_points(self, *args) -> list[str]:
+        """The names of the crash points ``bundle-agent ARGS`` passes, run on a copy of this device
+        (keys/crashpoint.py). The copy is a separate device only because every path in the
+        configuration is absolute: the original is copied aside and back instead."""
+        aside = self.dir.with_name(self.dir.name + ".aside")
+        shutil.copytree(self.dir, aside, symlinks=True)
+        trace = self.dir.with_name(self.dir.name + ".trace")
+        try:
+            self.agent(*args, env={"BUNDLE_CRASH_TRACE": str(trace)})
+            return [line.split(" ", 1)[1] for line in trace.read_text().splitlines()]
+        finally:
+            trace.unlink(missing_ok=True)
+            shutil.rmtree(self.dir)
+            aside.rename(self.dir)
+
+    def agent_killed_at(self, point: str, *args, after: int = 0) -> None:
+        """Run ``bundle-agent ARGS`` and kill it (SIGKILL) at the crash point named ``point`` - the
+        ``after``-th point past it when given - as a power cut would."""
+        names = self.crash_points(*args)
+        number = names.index(point) + 1 + after
+        result = self.agent(*args, env={"BUNDLE_CRASH_AT": str(number)})
+        assert result.returncode == -9, f"not killed at {point}: {result.stdout}{result.stderr}"
 
     def status(self) -> dict:
         return json.loads(self.agent("status", "--json", check=True).stdout)

@@ -28,6 +28,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
@@ -391,6 +393,14 @@ def replace_with_fifo(path: Path) -> None:
     """A named pipe where a file was: opening it for reading waits for a writer that never comes."""
     path.unlink()
     os.mkfifo(path)
+
+
+def replace_with_socket(path: Path) -> None:
+    """A Unix socket where a file was: open(2) fails on it (ENXIO). Bound by a child process in
+    the folder, as socket paths are limited to 108 bytes; the socket stays after it exits."""
+    path.unlink()
+    subprocess.run([sys.executable, "-c", "import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])",
+                    path.name], cwd=path.parent, check=True)
 
 
 def move_behind_symlink(path: Path, target: Path) -> None:

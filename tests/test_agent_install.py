@@ -364,3 +364,21 @@ def test_preserve_must_name_paths_inside_the_platform(world, tmp_path):
     config.write_text(config.read_text() + '[layout]\npreserve = ["../etc"]\n')
     result = cabinet.agent("status")
     assert result.returncode == 1 and "[layout] preserve: '../etc' must be a relative path" in result.stderr
+
+
+def test_a_bundle_of_hundreds_of_volumes_installs_under_a_low_descriptor_limit(world, tmp_path):
+    """Up to 10,000 volumes are allowed; the agent must not hold one descriptor per volume."""
+    source = world.dir / "r1-noisy"
+    if not source.exists():
+        shutil.copytree(world.dir / "r1", source, symlinks=True)
+        (source / "platform/usr/share/noise.bin").write_bytes(os.urandom(300_000))  # incompressible
+    bundle = world.make("full-noisy", "r1-noisy", None, ("rel1", "rel2"), "--volume-size", "4K")
+    volumes = len(list((bundle / "payload").iterdir()))
+    assert volumes > 200
+    cabinet = Cabinet(world, tmp_path / "device")
+    limited = subprocess.run(["sh", "-c", 'ulimit -n 40 && exec "$0" "$@"', str(BIN / "bundle-agent"),
+                              "--config", str(cabinet.dir / "agent.toml"), "provision", str(bundle)],
+                             capture_output=True, text=True)
+    assert limited.returncode == 0, limited.stderr
+    assert "provisioned" in limited.stdout
+    assert cabinet.status()["components"]["platform"]["sequence"] == 6

@@ -408,7 +408,8 @@ def test_cancel_crash_and_failed_health_check_keep_the_old_default(cabinet, worl
     assert cabinet.bectl("__reboot") == "env-1"
     result = cabinet.agent("boot-check", check=True)
     assert "the trial of env-2 did not reach its health check" in result.stdout
-    assert cabinet.flags() == {"env-1": "NR", "env-2": ""}
+    assert "the failed environment was removed" in result.stdout
+    assert cabinet.flags() == {"env-1": "NR"}  # its space is free for the next attempt
 
     # The trial boots but fails its health check: R stays, T is gone, back to env-1 on reboot.
     cabinet.agent("install", world.bundles / "d12", check=True)
@@ -424,3 +425,4 @@ def test_cancel_crash_and_failed_health_check_keep_the_old_default(cabinet, worl
     assert cabinet.bectl("__reboot") == "env-1"
     assert tree_digest(scan_tree(cabinet.standin / "rootfs")) == before
     assert "no trial pending; running env-1" in cabinet.agent("boot-check", check=True).stdout
+    assert cabinet.flags() == {"env-1": "NR"}  # the failed trial, no longer running, is removed

@@ -45,7 +45,7 @@ from keys.trust_root import Role
 from tests.conftest import BIN, count_summary
 from tests.device_sim import Cabinet, World
 from tests.stick_sim import (BundleModel, StickSim, dir_entry, file_entry, flip, hardlink_entry,
-                             move_behind_symlink, replace_with_fifo, symlink_entry)
+                             move_behind_symlink, replace_with_fifo, replace_with_socket, symlink_entry)
 
 REFUSED = 3  # examined and refused, device unchanged (docs/AGENT.md, "Commands and exit codes")
 NOT_APPLICABLE = 0  # authentic, but nothing on it is for this machine in its current state
@@ -504,6 +504,10 @@ def fifo(path: Path, root: Path) -> None:
     replace_with_fifo(path)
 
 
+def socket_file(path: Path, root: Path) -> None:
+    replace_with_socket(path)
+
+
 def off_the_stick(path: Path, root: Path) -> None:
     """The same genuine bytes, moved off the stick and reached through a symlink left in their place."""
     move_behind_symlink(path, root.parent / "off-the-stick" / path.name)
@@ -747,6 +751,11 @@ CASES: list[Case] = [
          "not a valid trust root: nested too deeply"),
     Case("path-deeper-than-128", "T-EXHAUST", add(WHEEL, *[dir_entry("/".join(["d"] * n)) for n in range(1, 130)]),
          "is nested deeper than 128 levels"),
+    # Chains of 38 links, each target padded to ~4 KiB with "a/../": every link walks the rest of its chain.
+    Case("symlink-chains-padded-to-exhaust", "T-EXHAUST",
+         add(WHEEL, dir_entry("a"), *[symlink_entry(f"c{chain}-{i:02}", "a/../" * 790 + f"c{chain}-{i + 1:02}")
+                                      for chain in range(5) for i in range(38)]),
+         "resolving the symlinks takes more than 4000000 steps"),
     Case("name-longer-than-255-bytes", "T-EXHAUST", add(WHEEL, file_entry("x" * 256)), "is longer than 255 bytes"),
     Case("path-longer-than-4096-bytes", "T-EXHAUST",
          add(WHEEL, *[dir_entry("/".join(["d" * 200] * n)) for n in range(1, 22)]), "path longer than 4096 bytes"),
@@ -812,6 +821,10 @@ CASES: list[Case] = [
     # A marker that cannot be read at once is no marker: the bundle counts as incomplete.
     Case("complete-marker-is-a-fifo", "T-MEDIUM", after_writing(complete_marker, fifo), NOTHING,
          exit=NOT_APPLICABLE),
+    Case("complete-marker-is-a-socket", "T-MEDIUM", after_writing(complete_marker, socket_file), NOTHING,
+         exit=NOT_APPLICABLE),
+    Case("volume-is-a-socket", "T-MEDIUM", after_writing(first_volume, socket_file),
+         lambda s: f"volume {d12(s).manifest.volumes[0].name} is not a regular file"),
     Case("volume-is-a-fifo", "T-MEDIUM", after_writing(first_volume, fifo),
          lambda s: f"volume {d12(s).manifest.volumes[0].name} is not a regular file"),
     Case("volume-is-a-directory", "T-MEDIUM", after_writing(first_volume, into_directory),

@@ -60,11 +60,14 @@ class DirsBackend(BootBackend):
             record = json.loads(path.read_bytes())
             if not isinstance(record, dict):
                 raise ValueError("not an object")
+            if not all(record.get(key) is None or (isinstance(record[key], str) and _NAME.fullmatch(record[key]))
+                       for key in ("default", "next_once", "booted")):
+                raise ValueError("not environment names")
         except FileNotFoundError:
             return {"default": None, "next_once": None, "booted": None}
         except ValueError:
-            # A damaged record must never stop the machine from booting: fall back to the newest
-            # environment that exists, keep the damaged file for the technician.
+            # A damaged record must never stop the machine from booting: boot() falls back to the
+            # committed environment (else the newest), keep the damaged file for the technician.
             shutil.copyfile(path, path.with_name(RECORD + ".corrupt"))
             names = self._names()
             return {"default": names[-1] if names else None, "next_once": None, "booted": None, "recovered": True}
@@ -145,10 +148,13 @@ class DirsBackend(BootBackend):
 
     # --- the boot loader's part ------------------------------------------------------------
 
-    def boot(self) -> Environment:
+    def boot(self, committed: str | None = None) -> Environment:
         """Choose the environment to start: the one-time choice (consumed durably first), else the
-        default. Raises BootError when there is nothing to boot."""
+        default. A damaged record falls back to ``committed`` (what the agent's state names), else
+        the newest environment. Raises BootError when there is nothing to boot."""
         record = self._record()
+        if record.get("recovered") and committed and (self.root / committed).is_dir():
+            record["default"] = committed  # not the newest: that may be a failed or half-built one
         choice = record["next_once"] or record["default"]
         if record["default"] is None and not record.get("recovered"):
             # No record yet: nothing was ever committed (a provisioning cut short is half-built).
@@ -161,5 +167,6 @@ class DirsBackend(BootBackend):
                                 hint="provision the machine: bundle-agent provision BUNDLE")
             choice = record["default"] if record["default"] in names else names[-1]
         record.update(next_once=None, booted=choice)
+        record.pop("recovered", None)  # written back whole: the record is repaired
         self._save(record)  # durable before the choice is used: a crashing trial is never retried
         return self.get(choice)

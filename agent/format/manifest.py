@@ -541,9 +541,10 @@ def check_component(component: Component, objects: dict[str, StoredObject]) -> N
         _check_entry(entry, component, objects, by_path, context)
     if content_only:
         symlinks = {e.path: e.target for e in entries if e.type == SYMLINK}
+        budget = paths.ResolutionBudget()
         for path, target in symlinks.items():
             try:
-                paths.resolve_within(posixpath.join(posixpath.dirname(path), target), symlinks)
+                paths.resolve_within(posixpath.join(posixpath.dirname(path), target), symlinks, budget)
             except paths.PathError as error:  # T-LINK-ESCAPE
                 raise JSONShapeError(f"{context}: symlink {path!r} -> {target!r}: {error}") from None
     if component.removed:

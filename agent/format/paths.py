@@ -73,34 +73,49 @@ def check_link_target(path: str, target: str, *, must_stay_inside: bool) -> None
 
 
 MAX_SYMLINK_HOPS = 40  # Linux's limit
+# The names walked while resolving every symlink of one listing. A legitimate link costs a few
+# steps; 40 chained links each padded to 4 KiB ("a/../a/../") cost ~80,000, so a signed but
+# hostile manifest with thousands of them would keep the device busy for minutes without this.
+MAX_RESOLUTION_STEPS = 4_000_000
 
 
-def resolve_within(path: str, symlinks: Mapping[str, str]) -> str:
+class ResolutionBudget:
+    """The steps left for resolving the symlinks of one listing (shared by its resolve_within calls)."""
+
+    def __init__(self, steps: int = MAX_RESOLUTION_STEPS):
+        self.left = steps
+
+
+def resolve_within(path: str, symlinks: Mapping[str, str], budget: ResolutionBudget | None = None) -> str:
     """Resolve ``path`` the way the kernel would inside a tree whose symlinks are ``symlinks``.
 
     Returns the resolved component-relative path. Raises PathError if resolution climbs above the
-    component's root or loops. A purely lexical check is not enough: ``s -> ..`` followed by
-    ``e -> s/../x`` escapes although ``normpath`` says it stays inside.
+    component's root, loops, or exhausts ``budget``. A purely lexical check is not enough:
+    ``s -> ..`` followed by ``e -> s/../x`` escapes although ``normpath`` says it stays inside.
     """
-    pending = [part for part in path.split("/") if part not in ("", ".")]
-    resolved: list[str] = []
+    budget = budget or ResolutionBudget()
+    pending = [part for part in reversed(path.split("/")) if part not in ("", ".")]  # next name last
+    resolved: list[str] = []  # the resolved prefixes: "a", "a/b", "a/b/c"
     hops = 0
     while pending:
-        part = pending.pop(0)
+        budget.left -= 1
+        if budget.left < 0:
+            raise PathError(f"resolving the symlinks takes more than {MAX_RESOLUTION_STEPS} steps (at {path!r})")
+        part = pending.pop()
         if part == "..":
             if not resolved:
                 raise PathError(f"{path!r} resolves outside its component")
             resolved.pop()
             continue
-        candidate = "/".join([*resolved, part])
+        candidate = f"{resolved[-1]}/{part}" if resolved else part
         target = symlinks.get(candidate)
         if target is None:
-            resolved.append(part)
+            resolved.append(candidate)
             continue
         hops += 1
         if hops > MAX_SYMLINK_HOPS:
             raise PathError(f"{path!r} goes through a symlink loop")
         if target.startswith("/"):
             raise PathError(f"{path!r} goes through the absolute symlink {candidate!r}")
-        pending = [p for p in target.split("/") if p not in ("", ".")] + pending
-    return "/".join(resolved) or ROOT
+        pending.extend(part for part in reversed(target.split("/")) if part not in ("", "."))
+    return resolved[-1] if resolved else ROOT

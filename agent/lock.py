@@ -1,0 +1,38 @@
+"""One agent at a time on a device: an exclusive lock on STATE/agent.lock.
+
+A stick inserted while a technician runs a command, or two sticks at once, must not interleave
+two installs' journals. flock(2) is released by the kernel when the holder dies, so a power cut
+or a kill never leaves a stale lock behind; the file only says who holds it, for the message.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+from pathlib import Path
+
+from keys.errors import Failed
+
+LOCK_FILE = "agent.lock"
+
+
+class AgentBusy(Failed):
+    """Another bundle-agent is changing this device."""
+
+
+def hold_device_lock(state_dir: Path) -> int:
+    """Take the device's lock for the rest of this process (returns its descriptor) or raise AgentBusy."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
+        os.close(fd)
+        raise AgentBusy(f"another bundle-agent is changing this device ({holder})", where=path,
+                        hint="wait for it to finish, then run the command again") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}: {' '.join(['bundle-agent', *sys.argv[1:]])}\n".encode(), 0)
+    return fd

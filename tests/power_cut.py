@@ -1,0 +1,438 @@
+"""Power cuts at every durable write: kill the agent at each crash point in turn, reboot, check.
+
+keys/crashpoint.py numbers the points a run passes (``BUNDLE_CRASH_TRACE``) and kills the process
+with SIGKILL at the N-th (``BUNDLE_CRASH_AT``). For a :class:`Scenario` - a function that prepares
+a device and returns the agent command to interrupt - :func:`sweep`
+
+1. prepares the device once, as a template directory, and runs the command on a copy with the
+   trace on: that counts the points and is the baseline (the same checks, without a power cut);
+2. for each chosen point N: copies the template, runs the command killed at N, then "reboots" as
+   the machine would (``bundle-agent boot``, ``bundle-agent boot-check``; again after a rollback,
+   whose reboot policy restarts the machine) and checks, as kinds of :class:`Problem`:
+
+   * ``unbootable``: ``boot`` fails, or the environment it selects is missing or incomplete - its
+     components' tree digests match no release the device could hold;
+   * ``inconsistent``: the booted environment is complete, but it is not the one the committed
+     state names, or does not hold what that state says is committed;
+   * ``lost``: an environment that was good before the cut (committed, or kept to roll back to) is
+     gone, or after the retry the environment to roll back to is gone;
+   * ``unparsable``: ``bundle-agent status --json`` fails;
+   * ``state``: the committed release is not one the scenario allows after this cut;
+   * ``retry``: the scenario's retry (the interrupted install again, ...) fails, or after it and a
+     reboot the device does not hold the scenario's end release;
+   * ``leftover``: after the retry and a reboot, something the cut left behind is still there: an
+     environment neither committed, nor kept to roll back to, nor one the scenario keeps (a
+     manual rollback keeps the environment it left), a temporary file, the spool;
+   * ``harness``: the command was not killed at N (the points differ between runs).
+
+Each device lives under one directory and the agent runs with ``--root`` (docs/AGENT.md), so a
+copied template is a working device. ``BUNDLE_FULL_CRASH_SWEEP=1`` checks every point; otherwise
+a deterministic sample (:func:`sample`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from agent.config import AgentConfig, load_config
+from agent.format.bundle_dir import read_bundle
+from agent.format.manifest import Manifest
+from agent.format.tree import tree_digest
+from agent.scan import as_content, scan_tree
+from tests.conftest import count_summary, run_cli
+
+FULL_SWEEP = os.environ.get("BUNDLE_FULL_CRASH_SWEEP") == "1"
+SUMMARY = "power cuts: {injected} injected, {unbootable} unbootable, {lost} lost environments"
+CONFIG = Path("/agent.toml")  # inside the device root
+WORKERS = max(2, os.cpu_count() or 2)
+KEPT_FAILURES = 10  # devices of failed points kept for a post-mortem; the others are deleted
+RECORD_RENAMES = ("rename boot.json", "rename state.json", "rename journal.json")
+_NO_CRASH = {"BUNDLE_CRASH_AT": "", "BUNDLE_CRASH_TRACE": ""}
+
+
+# --- releases --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Release:
+    """What a device holds when it runs one release: component -> (version, sequence, tree digest)."""
+
+    name: str
+    components: dict[str, tuple[str, int, str]]
+
+    @classmethod
+    def of(cls, name: str, *bundles: Path, base: "Release | None" = None) -> "Release":
+        """The release the bundles lead to (components they do not carry stay as in ``base``)."""
+        components = dict(base.components) if base else {}
+        for bundle in bundles:  # the tests' own bundles: only their digests are read, the agent verifies
+            manifest = Manifest.from_stored(read_bundle(bundle).manifest_bytes)
+            for c in manifest.components:
+                components[c.name] = (c.version, c.sequence, c.tree_digest)
+        return cls(name, components)
+
+    def digests(self) -> dict[str, str]:
+        return {n: c[2] for n, c in self.components.items()}
+
+
+def _release_named(releases: dict[str, Release], digests: dict[str, str]) -> str:
+    for release in releases.values():
+        if release.digests() == digests:
+            return release.name
+    return "an unknown release (" + ", ".join(f"{n} {d[7:19]}" for n, d in sorted(digests.items())) + ")"
+
+
+# --- a device under one root -------------------------------------------------------------------
+
+
+class Device:
+    """Configuration, trust root, health hook, state and environments in one directory, driven
+    through the real ``bundle-agent --root DIR --config /agent.toml``."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._config: AgentConfig | None = None
+
+    @classmethod
+    def create(cls, path: Path, trust_root: Path, *, healthy: bool = True, keep: int = 2) -> "Device":
+        path.mkdir(parents=True)
+        (path / "trust").mkdir()
+        for source in trust_root.parent.glob(trust_root.name + "*"):  # root.json and its signatures
+            shutil.copy(source, path / "trust" / source.name)
+        (path / "agent.toml").write_text(f"""\
+[device]
+product = "demo-cabinet"
+hardware = "cab-a"
+serial = "SN0001"
+state_dir = "/state"
+[trust]
+root = "/trust/{trust_root.name}"
+[boot]
+backend = "dirs"
+root = "/envs"
+[health]
+hooks = ["/health"]
+timeout = 20
+[reboot]
+policy = "never"
+[environments]
+keep = {keep}
+""")
+        device = cls(path)
+        device.set_health(healthy)
+        return device
+
+    def copy(self, path: Path) -> "Device":
+        """A fresh device in the template's state (reflinked where the filesystem can)."""
+        subprocess.run(["cp", "-a", "--reflink=auto", str(self.path), str(path)], check=True)
+        return Device(path)
+
+    def set_health(self, healthy: bool) -> None:
+        hook = self.path / "health"
+        hook.write_text("#!/bin/sh\n" + ("exit 0\n" if healthy else "echo 'reels do not spin' >&2; exit 7\n"))
+        hook.chmod(0o755)
+
+    def agent(self, *args, crash_at: int = 0, trace: Path | None = None) -> subprocess.CompletedProcess:
+        env = {**_NO_CRASH, "BUNDLE_CRASH_AT": str(crash_at or ""), "BUNDLE_CRASH_TRACE": str(trace or "")}
+        return run_cli("bundle-agent", "--root", str(self.path), "--config", str(CONFIG), *map(str, args), env=env)
+
+    def run(self, *args) -> str:
+        """An agent command that must succeed (preparing a scenario); its standard output."""
+        result = self.agent(*args)
+        if result.returncode != 0:
+            raise AssertionError(f"bundle-agent {' '.join(map(str, args))} exited {result.returncode}:\n"
+                                 f"{result.stdout}{result.stderr}")
+        return result.stdout
+
+    @property
+    def config(self) -> AgentConfig:
+        if self._config is None:
+            self._config = load_config(CONFIG, system_root=self.path)
+        return self._config
+
+    @property
+    def environments_dir(self) -> Path:
+        return self.path / "envs"
+
+    def environments(self) -> list[str]:
+        if not self.environments_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.environments_dir.iterdir() if p.is_dir())
+
+    def boot_record(self) -> dict:
+        path = self.environments_dir / "boot.json"
+        return json.loads(path.read_bytes()) if path.exists() else {}
+
+    def committed(self) -> dict:
+        """The committed state file (the caller made sure it parses: ``status`` exits 0)."""
+        path = self.path / "state/state.json"
+        return json.loads(path.read_bytes()) if path.exists() else {}
+
+    def differences(self, environment: str, digests: dict[str, str]) -> str | None:
+        """Why ``environment`` is not a complete tree of exactly these components (None: it is)."""
+        root = self.environments_dir / environment
+        if not root.is_dir():
+            return f"{environment} does not exist"
+        paths = {name: self.config.component_path(name) for name in digests}
+        for name, relative in sorted(paths.items()):
+            tree = root / relative
+            if not tree.is_dir():
+                return f"{environment} has no {name} (at {relative})"
+            nested = tuple(sorted(p[len(relative) + 1:] if relative not in (".", "") else p
+                                  for other, p in paths.items()
+                                  if other != name and (relative in (".", "") or p.startswith(relative + "/"))))
+            entries = scan_tree(tree, exclude=nested)
+            if name != "platform":
+                entries = as_content(entries)  # games are content: no ownership (docs/FORMAT.md)
+            if tree_digest(entries) != digests[name]:
+                return f"{environment}'s {name} differs from its manifest's tree digest"
+        roots = set(paths.values())
+        if not roots & {".", ""}:  # nothing may sit beside the components (half-built trees, temporaries)
+            ancestors = {"/".join(p.split("/")[:i]) for p in roots for i in range(1, p.count("/") + 1)}
+            for directory, subdirectories, files in os.walk(root):
+                relative = os.path.relpath(directory, root)
+                for item in subdirectories + files:
+                    path = item if relative == "." else f"{relative}/{item}"
+                    if path in ancestors or any(path == r or path.startswith(r + "/") for r in roots):
+                        continue
+                    return f"{environment} holds {path!r}, which belongs to no component"
+                subdirectories[:] = [d for d in subdirectories
+                                     if (d if relative == "." else f"{relative}/{d}") in ancestors]
+        return None
+
+
+# --- scenarios and problems ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """``prepare`` brings a new device to the moment before the step and returns the agent command
+    to interrupt. After the cut and a reboot the device must hold one of ``after_cut`` (None: not
+    provisioned yet); ``retry`` gives the commands that finish the job (each must exit 0), and after
+    them and a reboot the device must hold ``end``. ``keep`` names environments that must survive."""
+
+    name: str
+    prepare: Callable[[Device], list]
+    after_cut: tuple[str | None, ...]
+    end: str
+    retry: Callable[[Device], list[list]]
+    keep: tuple[str, ...] = ()
+    healthy: bool = True
+
+
+@dataclass(frozen=True)
+class Problem:
+    scenario: str
+    point: int  # 0: the baseline - the command finished, then the machine rebooted
+    name: str  # the crash point's name
+    kind: str  # unbootable, inconsistent, lost, unparsable, state, retry, leftover, harness
+    detail: str
+
+    def __str__(self) -> str:
+        where = "after the command finished (no cut)" if self.point == 0 else f"point {self.point} ({self.name})"
+        return f"{self.scenario} {where}: {self.kind}: {self.detail}"
+
+
+@dataclass
+class Sweep:
+    scenario: Scenario
+    points: list[tuple[int, str]]  # every crash point the command passes: (number, name)
+    checked: list[int] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def report(self) -> str:
+        return (f"{self.scenario.name}: {len(self.points)} crash points, {len(self.checked)} injected "
+                f"in {self.seconds:.0f} s, {len({p.point for p in self.problems if p.point})} with problems")
+
+
+def sample(points: list[tuple[int, str]], every: int, *, records: bool = True) -> list[tuple[int, str]]:
+    """The points ``make test`` checks: the first, the last, every ``every``-th, and with ``records``
+    both sides of each replacement of the boot record, the committed state and the journal (the
+    files the promise rests on): killed at the rename the old file stays, killed at the next point
+    the new one is in place. Deterministic, so a failure reproduces. The full sweep
+    (``BUNDLE_FULL_CRASH_SWEEP=1``) takes them all."""
+    if FULL_SWEEP:
+        return points
+    renames = {n for n, name in points if records and name in RECORD_RENAMES}
+    return [(n, name) for n, name in points
+            if n in (1, len(points)) or (n - 1) % every == 0 or n in renames or n - 1 in renames]
+
+
+# --- the reboot and the checks -----------------------------------------------------------------
+
+
+def reboot(device: Device, allow_unprovisioned: bool) -> tuple[str, str] | None:
+    """``boot`` then ``boot-check``, as the machine does; a rollback reboots it once more."""
+    for _ in range(3):
+        boot = device.agent("boot")
+        if boot.returncode != 0:
+            if allow_unprovisioned and "no committed environment" in boot.stderr \
+                    and not device.committed().get("environment"):
+                return None  # a factory machine whose provisioning did not finish: nothing to boot yet
+            return "unbootable", f"boot exited {boot.returncode}: {(boot.stdout + boot.stderr).strip()}"
+        check = device.agent("boot-check")
+        if check.returncode == 0:
+            return None
+        if check.returncode == 3 and "failed its health check" in check.stderr:
+            continue  # rolled back: the reboot policy restarts the machine into the previous environment
+        return "state", f"boot-check exited {check.returncode}: {(check.stdout + check.stderr).strip()}"
+    return "state", "boot-check still rolled back after three boots"
+
+
+def check_booted(device: Device, releases: dict[str, Release], allowed: tuple[str | None, ...],
+                  keep: tuple[str, ...], provisioning: str) -> list[tuple[str, str]]:
+    """The invariants after a reboot (see the module's docstring)."""
+    status = device.agent("status", "--json")
+    if status.returncode != 0:
+        return [("unparsable", f"status --json exited {status.returncode}: {status.stderr.strip()}")]
+    problems = []
+    state = device.committed()
+    committed = state.get("environment")
+    digests = {n: c["tree_digest"] for n, c in state.get("components", {}).items()}
+    holds = _release_named(releases, digests) if committed else None
+    if holds not in allowed:
+        problems.append(("state", f"the committed state holds {holds or 'nothing (not provisioned)'}, expected "
+                                  + " or ".join(a or "nothing (not provisioned)" for a in allowed)))
+    booted = device.boot_record().get("booted")
+    if committed is None:
+        # Not provisioned: whatever boots must at least be a complete copy of the release being provisioned.
+        if booted is not None and (why := device.differences(booted, releases[provisioning].digests())):
+            problems.append(("unbootable", f"booted {booted} while nothing is committed: {why}"))
+    elif booted is None:
+        problems.append(("unbootable", "the boot record names no booted environment"))
+    else:
+        why = device.differences(booted, digests)
+        if why is None and booted != committed:
+            problems.append(("inconsistent", f"booted {booted}, but the committed state names {committed}"))
+        elif why is not None:
+            matches = [r.name for r in releases.values() if device.differences(booted, r.digests()) is None]
+            if matches:
+                problems.append(("inconsistent", f"booted {booted}, a complete {matches[0]}, but the committed "
+                                                 f"state names {committed} holding {holds}"))
+            else:
+                problems.append(("unbootable", f"booted {why}"))
+    existing = device.environments()
+    for name in sorted({*keep, *([committed] if committed else [])}):
+        if name not in existing:
+            problems.append(("lost", f"{name} is gone (environments: {', '.join(existing) or 'none'})"))
+    return problems
+
+
+def _check_end(device: Device, releases: dict[str, Release], scenario: Scenario) -> list[tuple[str, str]]:
+    problems = [("retry" if k == "state" else k, d)
+                for k, d in check_booted(device, releases, (scenario.end,), (), scenario.end)]
+    history = device.committed().get("history", [])
+    if history and history[-1]["environment"] not in device.environments():
+        problems.append(("lost", f"the environment to roll back to, {history[-1]['environment']}, is gone "
+                                 f"(environments: {', '.join(device.environments())})"))
+    known = {device.committed().get("environment"), *scenario.keep, *(entry["environment"] for entry in history)}
+    if stray := [name for name in device.environments() if name not in known]:
+        problems.append(("leftover", f"environments neither committed nor kept to roll back to: {', '.join(stray)}"))
+    for directory in ("state", "envs", "trust"):
+        if temporaries := sorted(p.name for p in (device.path / directory).glob(".*.tmp-*")):
+            problems.append(("leftover", f"temporary files in {directory}/: {', '.join(temporaries)}"))
+    if (device.path / "state/spool").exists():
+        problems.append(("leftover", "the spool (state/spool) is still there"))
+    return problems
+
+
+def _after_the_cut(device: Device, scenario: Scenario, releases: dict[str, Release]) -> list[tuple[str, str]]:
+    """Reboot, check, retry, reboot, check the end state."""
+    unprovisioned = None in scenario.after_cut
+    if trouble := reboot(device, unprovisioned):
+        return [trouble]
+    problems = check_booted(device, releases, scenario.after_cut, scenario.keep, scenario.end)
+    if any(k == "unparsable" for k, _ in problems):
+        return problems
+    for command in scenario.retry(device):
+        result = device.agent(*command)
+        if result.returncode != 0:
+            return problems + [("retry", f"{' '.join(map(str, command))} exited {result.returncode}: "
+                                         f"{(result.stdout + result.stderr).strip()}")]
+    if trouble := reboot(device, False):
+        return problems + [trouble if trouble[0] == "unbootable" else ("retry", trouble[1])]
+    return problems + _check_end(device, releases, scenario)
+
+
+# --- the sweep ---------------------------------------------------------------------------------------
+
+
+def _scratch(work: Path) -> Path:
+    """Where the devices of the points live. Killing a process loses nothing the kernel has
+    accepted, so the medium cannot change what a point shows (the block-level cuts in
+    test_block_power_cuts.py are where the medium matters); a tmpfs spares every point the disk's
+    fsync latency, which otherwise dominates the sweep's time."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return Path(tempfile.mkdtemp(prefix="power-cut-", dir=shm))
+    return work
+
+
+def sweep(scenario: Scenario, releases: dict[str, Release], trust_root: Path, work: Path, *,
+          every: int = 1, records: bool = True) -> Sweep:
+    """Prepare ``scenario`` once, count its crash points, then cut the power at each chosen point.
+
+    Adds every injected point to the "power" summary line. Problems are collected, not raised; the
+    devices of the first KEPT_FAILURES failed points are kept in ``work`` for a post-mortem.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    scratch = _scratch(work)
+    try:
+        return _sweep(scenario, releases, trust_root, work, scratch, every, records)
+    finally:
+        if scratch != work:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _sweep(scenario: Scenario, releases: dict[str, Release], trust_root: Path, work: Path, scratch: Path,
+           every: int, records: bool) -> Sweep:
+    template = Device.create(scratch / "template", trust_root, healthy=scenario.healthy)
+    command = scenario.prepare(template)
+    started = time.monotonic()
+
+    baseline = template.copy(scratch / "baseline")
+    trace = scratch / "trace"
+    baseline.agent(*command, trace=trace)
+    points = [(int(number), name) for number, name in
+              (line.split(" ", 1) for line in trace.read_text().splitlines())] if trace.exists() else []
+    result = Sweep(scenario, points)
+    result.problems += [Problem(scenario.name, 0, "", k, d) for k, d in _after_the_cut(baseline, scenario, releases)]
+
+    kept = threading.Semaphore(KEPT_FAILURES)
+
+    def cut(point: tuple[int, str]) -> list[Problem]:
+        number, name = point
+        device = template.copy(scratch / f"cut-{number}")
+        run = device.agent(*command, crash_at=number)
+        if run.returncode != -signal.SIGKILL:
+            said = (run.stdout + run.stderr).strip().splitlines()[-1:]
+            found = [("harness", f"the command was not killed at this point (exit {run.returncode}"
+                                 + (f": {said[0]}" if said else "") + "); the crash points differ between runs")]
+        else:
+            found = _after_the_cut(device, scenario, releases)
+        if found and scratch != work and kept.acquire(blocking=False):
+            shutil.copytree(device.path, work / device.path.name, symlinks=True)
+        shutil.rmtree(device.path, ignore_errors=True)
+        return [Problem(scenario.name, number, name, k, d) for k, d in found]
+
+    chosen = sample(points, every, records=records)
+    with ThreadPoolExecutor(WORKERS) as pool:
+        for problems in pool.map(cut, chosen):  # counted here, in one thread
+            kinds = {p.kind for p in problems}
+            count_summary("power", SUMMARY, injected=1, unbootable=int("unbootable" in kinds),
+                          lost=int("lost" in kinds))
+            result.problems += problems
+    result.checked = [n for n, _ in chosen]
+    result.seconds = time.monotonic() - started
+    return result

@@ -33,7 +33,7 @@ from agent.format import stick
 from agent.format.bundle_dir import MANIFEST, read_bundle
 from agent.format.tree import FILE, tree_digest
 from agent.payload import Payload
-from agent.recovery import destroy_quietly, recover_interrupted
+from agent.recovery import destroy_quietly, recover_interrupted, remove_failed_environments
 from agent.scan import scan_tree
 from agent.select import Choice, Decision, choose
 from agent.state import AgentState
@@ -280,6 +280,7 @@ def install(device: Device, medium: Path) -> Report:
     if state.pending:
         raise TrialPending(f"an update to {state.pending['environment']} waits for its trial boot",
                            hint="reboot (bundle-agent boot, then boot-check) before installing another")
+    remove_failed_environments(device, state)  # their space counts for the new environment
     medium = Path(medium)
     _, found = _read_medium(device, medium, report)
     chosen, report.decisions = choose(device.facts, state.components, state.floors,

@@ -88,13 +88,15 @@ def _prune(device: Device, state: AgentState) -> None:
 def boot_check(device: Device) -> str:
     """Returns what happened, in words. Raises Refused (rolled back) so the exit code shows it."""
     state = recover_interrupted(device, device.store.load())
+    removed = remove_failed_environments(device, state)
     pending = state.pending
     booted = device.backend.booted()
     if not pending or pending.get("phase") != "trial":
         running = booted.name if booted else "an unknown environment"
+        message = f"no trial pending; running {running}"
         if state.environment is not None and running != state.environment:
-            return f"no trial pending; running {running}, but {state.environment} is committed"
-        return f"no trial pending; running {running}"
+            message += f", but {state.environment} is committed"
+        return message + "".join(f"; removed the failed trial {name}" for name in removed)
     name = pending["environment"]
     if booted is None or booted.name != name:
         state.trial_count += 1

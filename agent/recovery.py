@@ -11,9 +11,9 @@ its commit point is one write of the boot backend - the default environment (doc
   forgotten (the committed environment stays; the technician repeats the rollback);
 * ``trial``: left for ``boot-check``, which knows whether the trial booted.
 
-Trials that failed while running could not be destroyed then; they are listed in the state and
-removed by :func:`remove_failed_environments` once the machine runs elsewhere: a machine offered
-a bad update again and again must not fill its disk with failed trials.
+Trials that failed while running could not be destroyed then; they are listed in the journal
+and removed by :func:`remove_failed_environments` (``boot-check``, ``install``) once the machine
+runs elsewhere: a machine offered a bad update again and again must not fill its disk.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ def recover_interrupted(device: Device, state: AgentState) -> AgentState:
     phase, name = pending.get("phase"), pending.get("environment")
     if phase in ("staging", "provisioning", "rollback"):
         _finish_or_undo(device, state, phase, name)
-    remove_failed_environments(device, state)
     return state
 
 

@@ -225,13 +225,16 @@ hooks = ["{health}"]
     assert (device / "state/state.json").read_bytes() == before
     story.say("""
         12. A bad update. Release 2 reaches the second cabinet, but its health check fails (the
-        reels do not spin). The agent rolls back to release 1 by itself and records why.""")
+        reels do not spin). The agent rolls back to release 1 by itself and records why. Back in
+        release 1, the next boot-check removes the failed environment.""")
     (second / "health").write_text("#!/bin/sh\necho 'reel motor 2 does not answer' >&2\nexit 1\n")
     story.run(f"{agent2} on-insert stick")
     story.run(f"{agent2} boot")
     story.run(f"{agent2} boot-check", refused=True)
     story.run(f"{agent2} boot")
+    story.run(f"{agent2} boot-check")
     story.run(f"{agent2} status")
+    assert sorted(p.name for p in (second / "envs").iterdir() if p.is_dir()) == ["env-1"]
 
 
 def _bundle_folder(bundle: Path) -> str:

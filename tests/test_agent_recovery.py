@@ -61,7 +61,7 @@ def test_rollback_while_running_the_trial_cancels_it_not_the_committed_release(c
     status = cabinet.status()
     assert status["committed_environment"] == "env-1" and status["pending"] is None
     assert cabinet.agent("boot", check=True).stdout.strip().endswith("env-1")
-    cabinet.agent("boot-check", check=True)
+    assert "removed the failed trial env-2" in cabinet.agent("boot-check", check=True).stdout
     assert _environments(cabinet) == ["env-1"]  # removed once no longer running
 
 
@@ -105,7 +105,8 @@ def test_failed_trials_are_removed_and_never_accumulate(cabinet, world):
         cabinet.agent("boot", check=True)
         assert cabinet.agent("boot-check").returncode == 3  # rolled back
         assert cabinet.agent("boot", check=True).stdout.strip().endswith("env-1")
-        cabinet.agent("boot-check", check=True)
+        result = cabinet.agent("boot-check", check=True)
+        assert "removed the failed trial env-2" in result.stdout  # the name is free again for the next
         assert _environments(cabinet) == ["env-1"], f"attempt {attempt + 1}"
     log = (cabinet.dir / "state/audit.log").read_text()
     assert log.count('"event": "removed-failed"') == 3

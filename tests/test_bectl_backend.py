@@ -424,5 +424,6 @@ def test_cancel_crash_and_failed_health_check_keep_the_old_default(cabinet, worl
     assert status["pending"] is None and status["committed_environment"] == "env-1"
     assert cabinet.bectl("__reboot") == "env-1"
     assert tree_digest(scan_tree(cabinet.standin / "rootfs")) == before
-    assert "no trial pending; running env-1" in cabinet.agent("boot-check", check=True).stdout
+    result = cabinet.agent("boot-check", check=True)
+    assert f"no trial pending; running env-1; removed the failed trial {trial}" in result.stdout
     assert cabinet.flags() == {"env-1": "NR"}  # the failed trial, no longer running, is removed

@@ -50,6 +50,7 @@ from keys.detached import load_root_candidate
 from keys.errors import Failed, UpdateError
 from keys.secret_key import SecretKey
 from keys.signing import sign
+from tests.strategies import edited
 
 fuzz = settings(deadline=None, derandomize=True, database=None, max_examples=150,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -130,30 +131,6 @@ def test_the_seed_manifest_is_valid():
 
 
 # --- byte-level edits and random bytes ----------------------------------------------------------------------
-
-
-def edited(base: bytes, max_edits: int = 4):
-    """``base`` with a few bytes flipped, cut, inserted or duplicated."""
-    edit = st.tuples(st.integers(0, len(base) - 1), st.integers(1, 255),
-                     st.sampled_from(["xor", "cut", "insert", "drop", "repeat"]))
-
-    def apply(edits):
-        data = bytearray(base)
-        for position, value, kind in edits:
-            position %= max(len(data), 1)
-            if kind == "xor" and data:
-                data[position] ^= value
-            elif kind == "cut":
-                del data[position:]
-            elif kind == "drop":
-                del data[position:position + value % 16 + 1]
-            elif kind == "repeat":
-                data[position:position] = data[position:position + value % 32 + 1]
-            else:
-                data[position:position] = bytes([value])
-        return bytes(data)
-
-    return st.lists(edit, min_size=1, max_size=max_edits).map(apply)
 
 
 @settings(fuzz, max_examples=600)

@@ -11,6 +11,7 @@ from keys.secret_key import SecretKey, SecretKeyFile
 from keys.signing import sign
 from keys.trust_root import NamedKey, Role, TrustRoot
 from keys.threshold import check_threshold
+from tests.strategies import edited
 
 SECRET = SecretKey.generate()
 KEY = NamedKey(public_key=SECRET.public_key, name="r1")
@@ -22,22 +23,8 @@ SECRET_BYTES = SECRET.to_bytes(None)
 
 
 def flips(base: bytes):
-    """Inputs near a valid one: flipped bytes, cuts and insertions, plus arbitrary bytes."""
-    edit = st.tuples(st.integers(0, len(base) - 1), st.integers(1, 255), st.sampled_from(["xor", "cut", "insert"]))
-
-    def apply(edits):
-        data = bytearray(base)
-        for position, value, kind in edits:
-            position %= max(len(data), 1)
-            if kind == "xor" and data:
-                data[position] ^= value
-            elif kind == "cut":
-                del data[position:]
-            else:
-                data[position:position] = bytes([value])
-        return bytes(data)
-
-    return st.one_of(st.lists(edit, min_size=1, max_size=4).map(apply), st.binary(max_size=600))
+    """Inputs near a valid one (bytes flipped, cut, inserted, dropped, repeated), plus arbitrary bytes."""
+    return st.one_of(edited(base), st.binary(max_size=600))
 
 
 common = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

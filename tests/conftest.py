@@ -75,6 +75,24 @@ def trust(tmp_path_factory):
     return make_trust(run_cli, tmp_path_factory.mktemp("trust"))
 
 
+# --- the demo world and a provisioned cabinet (tests/device_sim.py) --------------------------------
+# Modules that need other releases or devices define their own ``world`` or ``cabinet``.
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from tests.device_sim import World  # not at the top: device_sim imports this module
+    return World(tmp_path_factory.mktemp("world"))
+
+
+@pytest.fixture
+def cabinet(world, tmp_path):
+    from tests.device_sim import Cabinet
+    cabinet = Cabinet(world, tmp_path / "device")
+    cabinet.provision()
+    return cabinet
+
+
 # --- summary lines printed at the end of the run (hostile sticks, power cuts) --------------------
 
 _SUMMARIES: dict[str, dict[str, int]] = {}

@@ -11,19 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BIN
-from tests.device_sim import Cabinet, World
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> World:
-    return World(tmp_path_factory.mktemp("world"))
-
-
-@pytest.fixture
-def cabinet(world, tmp_path) -> Cabinet:
-    cabinet = Cabinet(world, tmp_path / "device")
-    cabinet.provision()
-    return cabinet
+from tests.device_sim import Cabinet
 
 
 def test_agent_issue_scenario_verbatim(world, tmp_path):

@@ -11,7 +11,6 @@ import sys
 import pytest
 
 from tests.device_sim import Cabinet, World
-from tests.test_agent_install import cabinet, world  # noqa: F401 - the same fixtures: a provisioned cabinet
 
 
 def _environments(cabinet: Cabinet) -> list[str]:

@@ -382,6 +382,11 @@ def _check_recipe(data: bytes, max_content: int):
 @given(st.binary(max_size=400) | gzip_members().map(lambda m: m[0]).flatmap(lambda d: st.just(d) | edited(d)),
        st.integers(0, 400))
 def test_gzip_recipe_on_hostile_bytes(data, max_content):
+    check_gzip_recipe_on_any_bytes(data, max_content)
+
+
+def check_gzip_recipe_on_any_bytes(data: bytes, max_content: int) -> None:
+    """The recipe finder's and the header parser's invariants (also the atheris target's)."""
     _check_recipe(data, max_content)
     length = gzip_recipe.header_length(data)
     assert length is None or 10 <= length <= min(len(data), gzip_recipe.MAX_HEADER_BYTES)

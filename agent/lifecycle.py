@@ -70,8 +70,8 @@ def _commit(device: Device, state: AgentState) -> str:
 
 
 def _prune(device: Device, state: AgentState) -> None:
-    """Keep the newest ``keep`` environments (the committed one included), never the booted one."""
-    remove_failed_environments(device, state)  # they go whatever ``keep`` says
+    """Keep the newest ``keep`` environments (the committed one included), never the booted one.
+    Failed trials are already gone: boot-check removed them before it ran the health check."""
     # Only the agent's own environments (env-N) count and are pruned: never the installer's
     # "default" or those another tool (freebsd-update) made. Those no rollback leads to (one
     # rolled back from) go first, then the oldest: the rollback target must survive.

@@ -13,15 +13,15 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import shutil
 import stat
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from agent.beneath import Beneath, EscapingPath, NotRegularFile
 from agent.format import codec, gzip_recipe
-from agent.beneath import NotRegularFile, open_beneath
 from agent.format.manifest import Component
 from agent.format.tree import DIR, FILE, HARDLINK, SYMLINK, Entry, Prefix
 from agent.payload import Payload
@@ -30,32 +30,89 @@ from keys.crashpoint import crashpoint
 from keys.errors import Refused
 
 Progress = Callable[[int], None]
+DEFLATE_SLICE = 1 << 20  # gzip content is re-deflated this much at a time (0.4-3 s at worst)
 
 
 class StagingError(Refused):
     """What was built does not match the manifest; the staged tree must be discarded."""
 
 
+class WorkExceeded(StagingError):
+    """A bundle asks the device for far more work than the bytes it writes justify (T-WORK)."""
+
+
+class WorkBudget:
+    """What one install may cost the device relative to what it writes (T-WORK).
+
+    A signed bundle can make a few KiB of objects cost hours: thousands of patch chunks that each
+    read a 128 MiB base region, or gzip recipes whose content deflates at level 9 at 0.4 MB/s
+    (measured here on a two-letter random text; text deflates at 20-60 MB/s). Bytes read from
+    base trees and inflated are counted, and may reach ``BYTES_PER_BYTE_WRITTEN`` times the bytes
+    written plus ``FREE_BYTES``; deflating cannot be judged by bytes (its speed varies 300-fold
+    with the content), so its CPU time is measured and may reach ``FREE_DEFLATE_SECONDS`` plus
+    ``DEFLATE_SECONDS_PER_MIB`` per MiB written. A legitimate delta stays far below both
+    (docs/AGENT.md, "What gets installed"). One budget spans every step of an install.
+    """
+
+    BYTES_PER_BYTE_WRITTEN = 16
+    FREE_BYTES = 1 << 30
+    FREE_DEFLATE_SECONDS = 5.0
+    DEFLATE_SECONDS_PER_MIB = 1.0
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.processed = 0
+        self.deflate_seconds = 0.0
+
+    def wrote(self, count: int) -> None:
+        self.written += count
+
+    def read(self, count: int, path: str) -> None:
+        """Charge ``count`` bytes read or inflated from the base tree for ``path``."""
+        self.processed += count
+        allowed = self.BYTES_PER_BYTE_WRITTEN * self.written + self.FREE_BYTES
+        if self.processed > allowed:
+            raise WorkExceeded(f"{path!r}: the bundle makes the device read {self.processed} bytes of base files to "
+                               f"write {self.written}; at most {self.BYTES_PER_BYTE_WRITTEN} per byte written (and "
+                               f"{self.FREE_BYTES >> 20} MiB) are allowed - refused as a resource attack",
+                               hint="the bundle is not what the vendor's tools make; report it to the vendor")
+
+    def deflated(self, seconds: float, path: str) -> None:
+        self.deflate_seconds += seconds
+        allowed = self.FREE_DEFLATE_SECONDS + self.DEFLATE_SECONDS_PER_MIB * self.written / (1 << 20)
+        if self.deflate_seconds > allowed:
+            raise WorkExceeded(f"{path!r}: re-deflating gzip content took {self.deflate_seconds:.1f} s of CPU to write "
+                               f"{self.written} bytes; at most {self.FREE_DEFLATE_SECONDS:g} s and "
+                               f"{self.DEFLATE_SECONDS_PER_MIB:g} s per MiB written are allowed - refused as a "
+                               "resource attack", hint="the bundle is not what the vendor's tools make; report it "
+                                                       "to the vendor")
+
+
 @dataclass
 class BaseTree:
-    """The installed tree a delta applies to. Every base file is hashed before it is used."""
+    """The installed tree a delta applies to, read strictly beneath its root. Every base file is
+    hashed before it is used."""
 
-    root: Path
+    root: Beneath
+    budget: WorkBudget = field(default_factory=WorkBudget)
     _verified: dict[str, str] = field(default_factory=dict)
 
     def _open(self, path: str) -> int:
         try:
-            fd = open_beneath(self.root, path, os.O_RDONLY | os.O_NONBLOCK)
+            fd = self.root.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except (FileNotFoundError, NotADirectoryError):
-            raise StagingError(f"base file {path!r} is missing from {self.root}",
+            raise StagingError(f"base file {path!r} is missing from {self.root.where}",
                                hint="this delta needs the exact base release; use a full bundle") from None
         except NotRegularFile:
-            raise StagingError(f"base path {path!r} is not a regular file", where=self.root) from None
+            raise StagingError(f"base path {path!r} is not a regular file", where=self.root.where) from None
+        except EscapingPath as error:
+            raise StagingError(error.message, where=self.root.where) from None
         except OSError as error:  # a socket, no permission...: not a base file we can use
-            raise StagingError(f"base file {path!r} cannot be opened: {error.strerror}", where=self.root) from None
+            raise StagingError(f"base file {path!r} cannot be opened: {error.strerror}",
+                               where=self.root.where) from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
-            raise StagingError(f"base path {path!r} is not a regular file", where=self.root)
+            raise StagingError(f"base path {path!r} is not a regular file", where=self.root.where)
         return fd
 
     def check(self, path: str, sha256: str) -> None:
@@ -65,12 +122,13 @@ class BaseTree:
         fd = self._open(path)
         try:
             while block := os.read(fd, READ_SIZE):
+                self.budget.read(len(block), path)
                 digest.update(block)
         finally:
             os.close(fd)
         if digest.hexdigest() != sha256:  # T-BASE: the base differs from the manifest's base
             raise StagingError(f"base file {path!r} differs from the one this delta was made against",
-                               where=self.root, hint="this delta needs the exact base release; use a full bundle")
+                               where=self.root.where, hint="this delta needs the exact base release; use a full bundle")
         self._verified[path] = sha256
 
     def region(self, prefix: Prefix) -> bytes:
@@ -79,6 +137,7 @@ class BaseTree:
         fd = self._open(prefix.path)
         try:
             if prefix.gunzip:
+                self.budget.read(prefix.offset + prefix.length, prefix.path)  # inflated from the start
                 try:
                     content = gzip_recipe.gunzip_prefix(lambda: os.read(fd, READ_SIZE), prefix.offset + prefix.length)
                 except ValueError:
@@ -87,6 +146,7 @@ class BaseTree:
             elif prefix.offset + prefix.length > os.fstat(fd).st_size:
                 data = b""  # reported below as too short; pread would fail on offsets past 2**63
             else:
+                self.budget.read(prefix.length, prefix.path)
                 data = os.pread(fd, prefix.length, prefix.offset)
         finally:
             os.close(fd)
@@ -107,6 +167,7 @@ class BaseTree:
             cloned = reflink(fd, out_fd)
             while block := os.read(fd, READ_SIZE):
                 digest.update(block)
+                self.budget.wrote(len(block))
                 if not cloned:
                     _write_all(out_fd, block)
                 if progress:
@@ -115,7 +176,7 @@ class BaseTree:
             os.close(fd)
         if digest.hexdigest() != sha256:
             raise StagingError(f"base file {path!r} differs from the one this delta was made against",
-                               where=self.root, hint="this delta needs the exact base release; use a full bundle")
+                               where=self.root.where, hint="this delta needs the exact base release; use a full bundle")
         self._verified[path] = sha256
 
 
@@ -139,63 +200,53 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _write_file(entry: Entry, dest: Path, payload: Payload, base: BaseTree | None, progress: Progress | None) -> None:
-    objects = payload.manifest.object_index()
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        if entry.base_path is not None:
-            assert base is not None, "the manifest parser refuses base copies in full updates"
-            base.copy_to(entry.base_path, entry.sha256, fd, progress)
-            return
-        file_digest = hashlib.sha256()
+def _write_file(entry: Entry, fd: int, payload: Payload, base: BaseTree | None, budget: WorkBudget,
+                progress: Progress | None) -> None:
+    objects = payload.objects
+    if entry.base_path is not None:
+        assert base is not None, "the manifest parser refuses base copies in full updates"
+        base.copy_to(entry.base_path, entry.sha256, fd, progress)
+        return
+    file_digest = hashlib.sha256()
 
-        def write(data: bytes) -> None:
-            file_digest.update(data)
-            _write_all(fd, data)
-            if progress:
-                progress(len(data))
+    def write(data: bytes) -> None:
+        file_digest.update(data)
+        _write_all(fd, data)
+        budget.wrote(len(data))
+        if progress:
+            progress(len(data))
 
-        rebuilder = gzip_recipe.Rebuilder(entry.gzip, write) if entry.gzip is not None else None
-        content_digest = hashlib.sha256()
-        for chunk in entry.chunks:
-            stored = objects[chunk.object]
-            prefix = None
-            if chunk.prefix is not None:
-                assert base is not None, "the manifest parser refuses patches in full updates"
-                prefix = base.region(chunk.prefix)
-            data = codec.decode(stored.encoding, payload.read_object(stored), chunk.size, prefix)
-            content_digest.update(data)
-            if rebuilder is not None:
-                rebuilder.feed(data)
-            else:
-                write(data)
+    rebuilder = gzip_recipe.Rebuilder(entry.gzip, write) if entry.gzip is not None else None
+    content_digest = hashlib.sha256()
+    for chunk in entry.chunks:
+        stored = objects[chunk.object]
+        prefix = None
+        if chunk.prefix is not None:
+            assert base is not None, "the manifest parser refuses patches in full updates"
+            prefix = base.region(chunk.prefix)
+        data = codec.decode(stored.encoding, payload.read_object(stored), chunk.size, prefix)
+        content_digest.update(data)
         if rebuilder is not None:
-            if content_digest.hexdigest() != entry.gzip.sha256:
-                raise StagingError(f"{entry.path!r}: decoded gzip content does not match its SHA-256")
-            rebuilder.finish()
-        if file_digest.hexdigest() != entry.sha256:
-            if rebuilder is not None:
-                raise StagingError(f"{entry.path!r}: re-deflating its content did not reproduce the file; this "
-                                   "system's zlib deflates differently from the bundler's",
-                                   hint="install a full bundle, or use a stock zlib")
-            raise StagingError(f"{entry.path!r} decoded to content that does not match its SHA-256")
-    finally:
-        os.close(fd)
+            for start in range(0, len(data), DEFLATE_SLICE):  # the budget is checked while it is spent
+                started = time.thread_time()
+                rebuilder.feed(data[start:start + DEFLATE_SLICE])
+                budget.deflated(time.thread_time() - started, entry.path)
+        else:
+            write(data)
+    if rebuilder is not None:
+        if content_digest.hexdigest() != entry.gzip.sha256:
+            raise StagingError(f"{entry.path!r}: decoded gzip content does not match its SHA-256")
+        rebuilder.finish()
+    if file_digest.hexdigest() != entry.sha256:
+        if rebuilder is not None:
+            raise StagingError(f"{entry.path!r}: re-deflating its content did not reproduce the signed file: "
+                               "this system's zlib deflates differently from the bundler's, or the bundle's "
+                               "recipe is wrong", hint="install a full bundle, or use a stock zlib")
+        raise StagingError(f"{entry.path!r} decoded to content that does not match its SHA-256")
 
 
-def _set_metadata(entry: Entry, dest: Path, set_owner: bool) -> None:
-    if set_owner:
-        os.lchown(dest, entry.uid, entry.gid)  # before chmod: chown clears setuid bits
-    if entry.type != SYMLINK:
-        os.chmod(dest, entry.mode)
-    os.utime(dest, ns=(entry.mtime * 10**9, entry.mtime * 10**9), follow_symlinks=False)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
+def _owner(entry: Entry, set_owner: bool) -> tuple[int, int] | None:
+    return (entry.uid, entry.gid) if set_owner else None
 
 
 def _within(path: str, roots: tuple[str, ...]) -> bool:
@@ -211,75 +262,96 @@ def _ancestors(paths: tuple[str, ...]) -> set[str]:
     return result
 
 
-def _temporary(dest: Path) -> Path:
-    return dest.with_name(f".bundle-new-{os.getpid()}-{dest.name}"[:255])
+def _temporary(path: str) -> str:
+    head, _, name = path.rpartition("/")
+    temporary = f".bundle-new-{os.getpid()}-{name}"[:255]
+    return f"{head}/{temporary}" if head else temporary
 
 
-def apply_component(component: Component, payload: Payload, target: Path, *, base: Path | None,
+def apply_component(component: Component, payload: Payload, target: Path | Beneath, *, base: Path | Beneath | None,
                     set_owner: bool, progress: Progress | None = None, exclude: tuple[str, ...] = (),
-                    target_is_clone_of_base: bool = False) -> None:
+                    target_is_clone_of_base: bool = False, budget: WorkBudget | None = None) -> None:
     """Make ``target`` hold the component's new tree.
 
-    ``target`` may not exist (the tree is built from scratch) or may hold an older tree: then
-    everything is written beside its final name and renamed into place, and paths the new tree no
-    longer has are removed. When ``target`` is a clone of ``base`` (a cloned environment), files
-    the manifest copies unchanged from the same path are kept as they are. ``exclude`` names subtrees (other components nested inside
-    this one) that are left alone. Reads come from ``base`` - the running environment, never
-    written - so the order of changes in ``target`` cannot corrupt a source.
+    ``target`` may be empty or missing (the tree is built from scratch) or may hold an older
+    tree: then everything is written beside its final name and renamed into place, and paths the
+    new tree no longer has are removed. When ``target`` is a clone of ``base`` (a cloned
+    environment), files the manifest copies unchanged from the same path are kept as they are.
+    ``exclude`` names subtrees (other components nested inside this one, machine-local paths)
+    that are left alone; the caller has refused listings that claim them or make their ancestors
+    anything but directories (agent/layout.py). Reads come from ``base`` - the running
+    environment, never written - so the order of changes in ``target`` cannot corrupt a source.
+    Every write, removal and metadata change stays beneath ``target`` and follows no symlink
+    (agent/beneath.py, T-STAGE-BENEATH); ``budget`` bounds the work (T-WORK).
 
     ``set_owner`` applies numeric ownership (root only).
-    Raises StagingError, CorruptPayload, CorruptObject (the caller discards ``target``), OSError.
+    Raises StagingError, EscapingPath, CorruptPayload, CorruptObject (the caller discards
+    ``target``), OSError.
     """
-    target = Path(target)
     if component.is_delta and base is None:
         raise StagingError(f"component {component.name} is a delta from sequence {component.base.sequence}; "
                            "its base tree is needed", hint="name the base tree, or use a full bundle")
-    base_tree = BaseTree(Path(base)) if base is not None else None
-    existing = {}
-    if target.exists():
-        existing = {e.path: e for e in scan_tree(target, with_hashes=False, exclude=exclude)}
-        keep = {e.path for e in component.entries} | _ancestors(exclude)
-        for path in sorted((p for p in existing if p not in keep), key=lambda p: p.count("/"), reverse=True):
-            _remove(target / path)
+    if not isinstance(target, Beneath):
+        Path(target).mkdir(mode=0o700, exist_ok=True)
+        with Beneath.open_root(Path(target)) as tree:
+            return apply_component(component, payload, tree, base=base, set_owner=set_owner, progress=progress,
+                                   exclude=exclude, target_is_clone_of_base=target_is_clone_of_base, budget=budget)
+    if base is not None and not isinstance(base, Beneath):
+        with Beneath.open_root(Path(base)) as base_tree:
+            return apply_component(component, payload, target, base=base_tree, set_owner=set_owner,
+                                   progress=progress, exclude=exclude, target_is_clone_of_base=target_is_clone_of_base,
+                                   budget=budget)
+    budget = budget or WorkBudget()
+    base_tree = BaseTree(base, budget) if base is not None else None
+    existing = {e.path: e for e in scan_tree(target, with_hashes=False, exclude=exclude)}
+    keep = {e.path for e in component.entries} | _ancestors(exclude)
+    for path in sorted((p for p in existing if p not in keep), key=lambda p: p.count("/"), reverse=True):
+        target.remove(path)
     directories = []
     for entry in component.entries:
         if _within(entry.path, exclude):
-            continue  # a nested component or a machine-local path: never ours to write
-        dest = target if entry.path == "." else target / entry.path
+            continue  # a machine-local path ([layout] preserve): never ours to write
         have = existing.get(entry.path)
         if entry.type == DIR:
             if have is not None and have.type != DIR:
-                _remove(dest)
+                target.remove(entry.path)
                 have = None
             if have is None:
-                os.mkdir(dest, 0o700)  # final mode after the children exist: it may be read-only
-            directories.append((entry, dest))
+                target.mkdir(entry.path, 0o700)  # final mode after the children exist: it may be read-only
+            directories.append(entry)
             continue
         if target_is_clone_of_base and entry.type == FILE and have is not None and have.type == FILE \
-                and entry.base_path == entry.path and os.lstat(dest).st_nlink == 1:
-            _set_metadata(entry, dest, set_owner)  # unchanged and already there (checked at the end)
+                and entry.base_path == entry.path and target.lstat(entry.path).st_nlink == 1:
+            # unchanged and already there (checked at the end)
+            target.set_metadata(entry.path, mode=entry.mode, owner=_owner(entry, set_owner), mtime=entry.mtime)
             continue
-        temporary = _temporary(dest)
+        temporary = _temporary(entry.path)
         if entry.type == FILE:
-            _write_file(entry, temporary, payload, base_tree, progress)
-            _set_metadata(entry, temporary, set_owner)
+            fd = target.create(temporary)
+            try:
+                _write_file(entry, fd, payload, base_tree, budget, progress)
+                Beneath.set_metadata_fd(fd, mode=entry.mode, owner=_owner(entry, set_owner), mtime=entry.mtime)
+            finally:
+                os.close(fd)
         elif entry.type == SYMLINK:
-            os.symlink(entry.target, temporary)
-            _set_metadata(entry, temporary, set_owner)
+            target.symlink(entry.target, temporary)
+            target.set_metadata(temporary, mode=None, owner=_owner(entry, set_owner), mtime=entry.mtime)
         elif entry.type == HARDLINK:
-            os.link(target / entry.target, temporary, follow_symlinks=False)
+            target.link(entry.target, temporary)
         if have is not None and have.type == DIR:
-            shutil.rmtree(dest)
+            target.remove(entry.path)
         crashpoint(f"stage {entry.path}")
-        os.replace(temporary, dest)
-    for entry, dest in reversed(directories):
-        _set_metadata(entry, dest, set_owner)
+        target.replace(temporary, entry.path)
+    for entry in reversed(directories):
+        target.set_metadata(entry.path, mode=entry.mode, owner=_owner(entry, set_owner), mtime=entry.mtime)
 
 
-def verify_staged(component: Component, target: Path, *, check_owner: bool, exclude: tuple[str, ...] = ()) -> None:
-    """Check the built tree against the manifest, entry by entry (``exclude``: nested components).
-    Raises StagingError naming the first difference."""
-    actual = {e.path: e for e in scan_tree(Path(target), exclude=exclude)}
+def verify_staged(component: Component, target: Path | Beneath, *, check_owner: bool,
+                  exclude: tuple[str, ...] = ()) -> None:
+    """Check the built tree against the manifest, entry by entry (``exclude``: nested components,
+    machine-local paths), never following a symlink. Raises StagingError naming the first
+    difference, EscapingPath."""
+    actual = {e.path: e for e in scan_tree(target, exclude=exclude)}
     for expected in component.entries:
         if _within(expected.path, exclude):
             continue

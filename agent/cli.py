@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from importlib.metadata import version
 from pathlib import Path
 
 import click
 
-from agent.cli_support import ErrorReportingGroup
+from agent.cli_support import ErrorReportingGroup, echo, printable_data
 from agent.config import DEFAULT_CONFIG, load_config
 from agent.device import Device
 from agent.install import install as install_medium, provision as provision_medium
@@ -58,18 +59,22 @@ def main(ctx: click.Context, config: Path, root: Path) -> None:
     ctx.obj = _Lazy(config, root)
 
 
+def _json(value) -> None:
+    echo(json.dumps(printable_data(value), indent=2))
+
+
 def _report(report, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
+        _json(report.to_json())
         return
     for source, reason in report.refusals:
-        click.echo(f"refused {source}: {reason}")
+        echo(f"refused {source}: {reason}")
     for decision in report.decisions:
         if decision.verdict != "chosen":
-            click.echo(f"skipped {decision.bundle} {decision.component or ''}: {decision.reason}".replace("  ", " "))
+            echo(f"skipped {decision.bundle} {decision.component or ''}: {decision.reason}".replace("  ", " "))
     for name, change in sorted(report.installed.items()):
-        click.echo(f"{name}: {change}")
-    click.echo(report.message)
+        echo(f"{name}: {change}")
+    echo(report.message)
 
 
 @main.command()
@@ -103,21 +108,22 @@ def provision(lazy: _Lazy, medium: Path, as_json: bool) -> None:
 @pass_device
 def boot(lazy: _Lazy) -> None:
     """Boot-loader role (dirs backend): print the environment to run, consuming a one-time trial."""
-    click.echo(boot_environment(lazy.device))
+    # The launcher starts this path: its exact bytes, even those that are not UTF-8.
+    click.echo(os.fsencode(boot_environment(lazy.device)))
 
 
 @main.command("boot-check")
 @pass_device
 def boot_check(lazy: _Lazy) -> None:
     """After every boot: health-check a trial, then commit it or roll back."""
-    click.echo(run_boot_check(lazy.device))
+    echo(run_boot_check(lazy.device))
 
 
 @main.command()
 @pass_device
 def rollback(lazy: _Lazy) -> None:
     """Cancel a pending trial, or return to the previous environment."""
-    click.echo(run_rollback(lazy.device))
+    echo(run_rollback(lazy.device))
 
 
 @main.command("status")
@@ -127,18 +133,18 @@ def show_status(lazy: _Lazy, as_json: bool) -> None:
     """Components, environments (N booted now, R default, T next boot once), pending update, last result."""
     report = status(lazy.device_to_read)
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        _json(report)
         return
     device = report["device"]
-    click.echo(f"{device['product']} {device['hardware']} serial {device['serial']}")
+    echo(f"{device['product']} {device['hardware']} serial {device['serial']}")
     for name, c in report["components"].items():
-        click.echo(f"  {name}: {c['version']} (sequence {c['sequence']})")
+        echo(f"  {name}: {c['version']} (sequence {c['sequence']})")
     for e in report["environments"]:
-        click.echo(f"  environment {e['name']:10} {e['flags']:3} {e['path']}")
+        echo(f"  environment {e['name']:10} {e['flags']:3} {e['path']}")
     if report["pending"]:
-        click.echo(f"  pending: {report['pending']['phase']} of {report['pending']['environment']}")
+        echo(f"  pending: {report['pending']['phase']} of {report['pending']['environment']}")
     if report["last_result"]:
-        click.echo(f"  last result: {report['last_result']['message']}")
+        echo(f"  last result: {report['last_result']['message']}")
 
 
 @main.group("root")

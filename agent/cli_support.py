@@ -2,6 +2,9 @@
 
 Exit codes (docs/OPERATOR.md): 0 done; 1 could not complete; 2 usage error (click);
 3 examined and refused - nothing was changed.
+
+Text for people is made printable by ``keys/printable.py`` (undecodable bytes and control
+characters as ``\\xNN``), re-exported here for the agent's modules.
 """
 
 from __future__ import annotations
@@ -9,6 +12,10 @@ from __future__ import annotations
 import click
 
 from keys.errors import Refused, UpdateError
+from keys.printable import echo, printable, printable_data
+
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_REFUSED", "EXIT_USAGE", "ErrorReportingGroup", "echo", "printable",
+           "printable_data"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -24,7 +31,7 @@ class ErrorReportingGroup(click.Group):
             return super().invoke(ctx)
         except UpdateError as error:
             label = "refused" if isinstance(error, Refused) else "error"
-            click.echo(f"{label}: {error}", err=True)
+            echo(f"{label}: {error}", err=True)
             if error.hint:
-                click.echo(f"  hint: {error.hint}", err=True)
+                echo(f"  hint: {error.hint}", err=True)
             ctx.exit(error.exit_code)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.format.manifest import LABEL
-from agent.format.paths import PathError, check_path
+from agent.layout import Layout, check_layout_path
 from keys.errors import Failed
 from keys.files import read_capped
 
@@ -53,18 +53,12 @@ class AgentConfig:
     trust_root: Path
     backend: str
     backend_settings: dict
-    platform_path: str = "platform"
-    games_path: str = "games"
-    preserve: tuple[str, ...] = ()  # platform paths kept from the running environment, never staged
+    layout: Layout = field(default_factory=Layout)
     health_hooks: tuple[Path, ...] = ()
     health_timeout: int = 120
     reboot: str | tuple[str, ...] = "never"
     keep: int = 2
     system_root: Path = field(default=Path("/"))
-
-    def component_path(self, name: str) -> str:
-        """Where a component's tree lives inside an environment."""
-        return self.platform_path if name == "platform" else f"{self.games_path}/{name.split('/', 1)[1]}"
 
 
 def _under(root: Path, value: str) -> Path:
@@ -72,20 +66,24 @@ def _under(root: Path, value: str) -> Path:
     return root / path.relative_to("/") if path.is_absolute() else root / path
 
 
-def _preserve(values, config_path: Path) -> tuple[str, ...]:
-    """Machine-local paths of the platform (host keys, local configuration): kept from the running
-    environment into every new one, never written or removed by an update."""
-    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+def _layout(table, config_path: Path) -> Layout:
+    """[layout]: where components live (docs/AGENT.md, "Layout"). Paths are "." or relative and
+    pass the manifest's path rules: an absolute path or ".." would make installs build and
+    delete outside the environments (``platform = "/"`` would rebuild the host's root)."""
+    if not isinstance(table, dict):
+        raise BadConfig("[layout] must be a table", where=config_path)
+    unknown = sorted(set(table) - {"platform", "games", "preserve"})
+    if unknown:
+        raise BadConfig(f"[layout] has unknown setting(s) {', '.join(unknown)}", where=config_path,
+                        hint="[layout] takes platform, games and preserve (docs/AGENT.md)")
+    preserve = table.get("preserve", [])
+    if not isinstance(preserve, list) or not all(isinstance(v, str) for v in preserve):
         raise BadConfig("[layout] preserve must be a list of paths inside the platform", where=config_path)
-    for value in values:
-        try:
-            if value == ".":
-                raise PathError("the whole platform cannot be machine-local")
-            check_path(value)
-        except PathError as error:
-            raise BadConfig(f"[layout] preserve: {value!r} must be a relative path inside the platform, like "
-                            f'"etc/ssh" ({error})', where=config_path) from None
-    return tuple(values)
+    try:
+        return Layout(platform=check_layout_path(table.get("platform", "platform"), "platform"),
+                      games=check_layout_path(table.get("games", "games"), "games"), preserve=tuple(preserve))
+    except ValueError as error:
+        raise BadConfig(f"[layout] {error}", where=config_path, hint='see docs/AGENT.md, "Layout"') from None
 
 
 def load_config(path: Path, *, system_root: Path = Path("/")) -> AgentConfig:
@@ -126,14 +124,12 @@ def load_config(path: Path, *, system_root: Path = Path("/")) -> AgentConfig:
     if keep < 2:
         raise BadConfig("[environments] keep must be at least 2: the running one and one to go back to",
                         where=config_path)
-    layout = document.get("layout", {})
     return AgentConfig(
         product=setting("device", "product", str), hardware=setting("device", "hardware", str),
         serial=setting("device", "serial", str),
         state_dir=_under(system_root, setting("device", "state_dir", str, "/var/db/bundle-agent")),
         trust_root=_under(system_root, setting("trust", "root", str)),
         backend=backend, backend_settings=settings,
-        platform_path=str(layout.get("platform", "platform")), games_path=str(layout.get("games", "games")),
-        preserve=_preserve(layout.get("preserve", []), config_path),
+        layout=_layout(document.get("layout", {}), config_path),
         health_hooks=tuple(_under(system_root, h) for h in hooks),
         health_timeout=setting("health", "timeout", int, 120), reboot=reboot, keep=keep, system_root=system_root)

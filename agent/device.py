@@ -34,9 +34,6 @@ class Device:
     def facts(self) -> DeviceFacts:
         return DeviceFacts(product=self.config.product, hardware=self.config.hardware, serial=self.config.serial)
 
-    def component_dir(self, environment: Path, name: str) -> Path:
-        return environment / self.config.component_path(name)
-
     def next_environment_name(self) -> str:
         numbers = [int(e.name.split("-", 1)[1]) for e in self.backend.environments()
                    if e.name.startswith("env-") and e.name.split("-", 1)[1].isdigit()]

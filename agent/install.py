@@ -5,11 +5,12 @@ The order is the safety argument (docs/AGENT.md, "Install"), each step persisted
 1. read the medium; walk its trust-root rotations from the device's own root (never backwards);
 2. verify every bundle (release-signer threshold over the exact manifest bytes) and choose per
    component (agent/select.py): product, hardware, targeting, anti-rollback;
-3. before writing anything: every stored byte of the chosen bundles against its hash, and the
-   free space;
-4. journal ``pending: staging``; clone the running environment into a new inactive one; build each
-   updated component beside its old tree with the apply engine (every byte hashed as read from
-   the stick, every file checked), swap it in, and check the untouched components' trees;
+3. before writing anything: every listing against the device's layout (agent/layout.py), every
+   stored byte of the chosen bundles against its hash, and the free space;
+4. journal ``pending: staging``; clone the running environment into a new inactive one and update
+   each chosen component in place, strictly beneath the new environment's root
+   (agent/staging.py: every byte hashed as read, every file checked, the untouched components'
+   trees compared);
 5. journal ``pending: trial`` with the new component versions; activate the new environment for
    one trial boot; apply the reboot policy.
 
@@ -20,26 +21,25 @@ environment is never written to. A crash before 5 is cleaned up on the next run
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.apply import StagingError, apply_component, verify_staged
 from agent.device import Device
-from agent.format import stick
+from agent.format import codec, stick
 from agent.format.bundle_dir import MANIFEST, read_bundle
-from agent.format.tree import FILE, tree_digest
+from agent.format.manifest import MAX_ENTRIES, MAX_MANIFEST_BYTES, MAX_STORED_MANIFEST_BYTES
+from agent.format.tree import FILE
 from agent.payload import Payload
 from agent.recovery import destroy_quietly, recover_interrupted, remove_failed_environments
-from agent.scan import scan_tree
+from agent.staging import check_layout, stage
 from agent.select import Choice, Decision, choose
 from agent.state import AgentState
 from agent.trust_store import advance, current_root, stick_roots
 from agent.verify import VerifiedBundle, verify_bundle
 from keys.errors import Failed, Refused, UpdateError
+from keys.printable import echo
 
 
 class NotProvisioned(Refused):
@@ -80,19 +80,29 @@ class Report:
 class _Found:
     path: Path
     verified: VerifiedBundle
+    manifest_sha256: str  # of the manifest file as read: names the bundle's spool (never a medium path)
 
 
 def _read_medium(device: Device, medium: Path, report: Report):
-    """Trust root (after the medium's rotations) and the verified bundles on a stick or bundle dir."""
+    """Trust root (after the medium's rotations) and the verified bundles on a stick or bundle dir.
+
+    Refusals of single bundles go to ``report.refusals`` and are logged once, with the outcome
+    (``_record_examined``): however many folders a stick holds, it costs the log one record (T-LOG).
+    """
     state_dir = device.config.state_dir
     root = current_root(device.config.trust_root, state_dir)
-    if (medium / MANIFEST).is_file():
-        folders = [(medium.name, medium, None)]
-        offered_roots = []
-    else:
-        product = device.config.product
-        folders = [(b.id, b.path, b.manifest_sha256) for b in stick.complete_bundles(medium, product)]
-        offered_roots = stick_roots(medium, product)
+    try:
+        if (medium / MANIFEST).is_file():  # a bundle directory, named for people (BUNDLE/payload/.. is BUNDLE)
+            folders = [(os.path.basename(os.path.abspath(medium)), medium, None)]
+            offered_roots = []
+        else:
+            product = device.config.product
+            folders = [(b.id, b.path, b.manifest_sha256) for b in stick.complete_bundles(medium, product)]
+            offered_roots = stick_roots(medium, product, root.version)
+    except UpdateError as error:  # the layout itself: too many folders (T-LOG), a symlink (T-SYMLINK-READ)...
+        device.audit.record("refused-medium" if isinstance(error, Refused) else "medium-unreadable",
+                            source=str(medium), reason=str(error))
+        raise
     try:
         newer = advance(root, offered_roots, state_dir)
     except UpdateError as error:  # T-ROOT-*: a bad rotation on the stick poisons the whole stick
@@ -103,18 +113,53 @@ def _read_medium(device: Device, medium: Path, report: Report):
         device.audit.record("trust-root-rotated", from_version=root.version, to_version=newer.version)
     report.trust_root_version = newer.version
     found: dict[str, _Found] = {}
+    held = _ManifestsHeld()
     for bundle_id, path, marked in folders:
         try:
-            files = read_bundle(path)
-            if marked is not None and hashlib.sha256(files.manifest_bytes).hexdigest() != marked:
-                raise Refused("the manifest is not the one the COMPLETE marker names (changed after writing)",
-                              where=path)
-            found[bundle_id] = _Found(path, verify_bundle(files.manifest_bytes, files.signatures, newer,
-                                                          where=path / MANIFEST))
+            # The marker's hash is checked on the bytes as read, before any parsing (T-TAMPER).
+            files = read_bundle(path, manifest_sha256=marked)
+            held.check_room(files.manifest_bytes)
+            verified = verify_bundle(files.manifest_bytes, files.signatures, newer, where=path / MANIFEST)
+            held.hold(verified)
+            found[bundle_id] = _Found(path, verified, files.manifest_sha256)
         except UpdateError as error:
             report.refusals.append((bundle_id, str(error)))
-            device.audit.record("refused", bundle=bundle_id, reason=str(error))
     return newer, found
+
+
+class _ManifestsHeld:
+    """The verified manifests of one medium are held together while the agent chooses, so together
+    they obey the limits of one manifest (docs/FORMAT.md, "Limits"): its stored and decompressed
+    bytes and its entries. Memory then stays bounded however many signed bundles a stick carries
+    (T-EXHAUST); a bundle past the limits is refused, the ones before it are still considered."""
+
+    def __init__(self) -> None:
+        self.stored = self.decompressed = self.entries = 0
+
+    def check_room(self, stored: bytes) -> None:
+        """Before parsing: the sizes the stored manifest declares. Raises Refused."""
+        try:
+            declared = codec.declared_size(stored)
+        except codec.CorruptObject:
+            declared = 0  # not a manifest: the parser says why
+        declared = declared if declared <= MAX_MANIFEST_BYTES else 0  # too large alone: the parser says so
+        if self.stored + len(stored) > MAX_STORED_MANIFEST_BYTES or \
+                self.decompressed + declared > MAX_MANIFEST_BYTES:
+            raise Refused(f"with the bundles read before it, the manifests on this medium would exceed "
+                          f"{MAX_STORED_MANIFEST_BYTES >> 20} MiB stored or {MAX_MANIFEST_BYTES >> 20} MiB "
+                          "decompressed, the limits of one manifest; this bundle was not read",
+                          hint="put fewer or smaller bundles on one medium (docs/STICK.md, \"Limits\")")
+
+    def hold(self, verified: VerifiedBundle) -> None:
+        """After parsing: the entries. Raises Refused (the manifest is then dropped)."""
+        entries = sum(len(component.entries) for component in verified.manifest.components)
+        if self.entries + entries > MAX_ENTRIES:
+            raise Refused(f"with the bundles read before it, the manifests on this medium would list more than "
+                          f"{MAX_ENTRIES} entries, the limit of one manifest",
+                          hint="put fewer or smaller bundles on one medium (docs/STICK.md, \"Limits\")")
+        self.stored += len(verified.manifest_bytes)
+        self.decompressed += codec.declared_size(verified.manifest_bytes)
+        self.entries += entries
 
 
 def _bundles_used(chosen: dict[str, list[Choice]]) -> list[str]:
@@ -134,17 +179,20 @@ def _check_spool_space(device: Device, chosen: dict[str, list[Choice]], found: d
 
 def _spool(device: Device, chosen: dict[str, list[Choice]], found: dict[str, _Found]) -> dict[str, _Found]:
     """Check every stored byte of every chosen bundle before anything is staged (T-CONTENT),
-    copying the bytes to the state directory as they are read: staging then uses exactly what
-    was verified, and the medium is read once (T-TOCTOU). Returns the bundles as spooled."""
+    copying the bytes to STATE/spool/<manifest SHA-256> as they are read: staging then uses
+    exactly what was verified, and the medium is read once (T-TOCTOU). Returns the bundles as
+    spooled. The whole spool is removed after every install and by recovery."""
     spool = device.config.state_dir / "spool"
     shutil.rmtree(spool, ignore_errors=True)
     spooled = {}
     for bundle_id in _bundles_used(chosen):
         entry = found[bundle_id]
-        local = spool / bundle_id
+        # Named by the manifest file's SHA-256, which the agent computed: never by a name from the
+        # medium, so `install BUNDLE/payload/..` cannot choose where the agent writes.
+        local = spool / entry.manifest_sha256
         with Payload(entry.path, entry.verified.manifest) as payload:
             payload.verify_all(copy_to=local)
-        spooled[bundle_id] = _Found(local, entry.verified)
+        spooled[bundle_id] = _Found(local, entry.verified, entry.manifest_sha256)
     return spooled
 
 
@@ -190,76 +238,17 @@ def _check_space(device: Device, chosen: dict[str, list[Choice]], running: Path 
                       hint="free inodes on the environments' filesystem, or remove old environments")
 
 
-def _nested(device: Device, name: str, names: set[str]) -> tuple[str, ...]:
-    """What staging this component leaves alone: other components' trees inside it, and for the
-    platform the machine-local paths ([layout] preserve). Relative to the component's tree."""
-    own = device.config.component_path(name)
-    result = list(device.config.preserve) if name == "platform" else []
-    for other in names - {name}:
-        path = device.config.component_path(other)
-        if own in (".", ""):
-            result.append(path)
-        elif path.startswith(own + "/"):
-            result.append(path[len(own) + 1:])
-    return tuple(sorted(result))
-
-
-def _outermost_first(device: Device, chosen: dict) -> list[str]:
-    """A component that contains others (the platform at the environment's root) is staged first."""
-    def depth(name: str) -> int:
-        path = device.config.component_path(name)
-        return 0 if path in (".", "") else path.count("/") + 1
-    return sorted(chosen, key=lambda name: (depth(name), name))
-
-
-def _stage_component(device: Device, route: list[Choice], found: dict[str, _Found], environment: Path,
-                     running: Path | None, names: set[str]) -> None:
-    """Bring the component's tree in the new environment to the route's last step.
-
-    Intermediate steps of a chain are built beside it; the last step updates the cloned tree in
-    place (only what changed is written), reading its base from the running environment, which
-    is never written.
-    """
-    name = route[0].component.name
-    target = device.component_dir(environment, name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    nested = _nested(device, name, names)
-    as_root = os.geteuid() == 0
-    base = device.component_dir(running, name) if running is not None else None
-    built: list[Path] = []
+def _check_layout(device: Device, chosen: dict[str, list[Choice]]) -> None:
+    """Refuse, before anything is written, listings that do not fit this machine's layout (T-NESTED)."""
     try:
-        for number, step in enumerate(route, 1):
-            last = number == len(route)
-            into = target if last else target.with_name(f"{target.name}.staging-{number}")
-            if not last:
-                shutil.rmtree(into, ignore_errors=True)
-            with Payload(found[step.bundle].path, found[step.bundle].verified.manifest) as payload:
-                apply_component(step.component, payload, into, base=base if step.component.is_delta else None,
-                                set_owner=as_root, exclude=nested if last else (),
-                                target_is_clone_of_base=last and number == 1 and running is not None)
-            verify_staged(step.component, into, check_owner=as_root, exclude=nested if last else ())
-            if not last:
-                built.append(into)
-                if len(built) > 1:
-                    shutil.rmtree(built.pop(0))  # it was only the base of this step
-            base = into
-    finally:
-        for leftover in built:
-            shutil.rmtree(leftover, ignore_errors=True)
+        check_layout(device.config.layout, chosen)
+    except Refused as error:
+        device.audit.record("refused", reason=str(error))
+        raise
 
 
-def _check_untouched(device: Device, state: AgentState, chosen: dict[str, list[Choice]], environment: Path,
-                     running: Path, names: set[str]) -> None:
-    """The components not updated must have been cloned faithfully from the running environment."""
-    for name in state.components:
-        if name in chosen:
-            continue
-        nested = _nested(device, name, names)
-        clone = scan_tree(device.component_dir(environment, name), exclude=nested)
-        origin = scan_tree(device.component_dir(running, name), exclude=nested)
-        if tree_digest(clone) != tree_digest(origin):
-            raise StagingError(f"the clone of {name} differs from the running environment",
-                               hint="check the environments' filesystem")
+def _sources(found: dict[str, _Found]) -> dict:
+    return {bundle_id: (entry.path, entry.verified.manifest) for bundle_id, entry in found.items()}
 
 
 def _new_components(state: AgentState, chosen: dict[str, list[Choice]]) -> dict[str, dict]:
@@ -285,10 +274,10 @@ def install(device: Device, medium: Path) -> Report:
     _, found = _read_medium(device, medium, report)
     chosen, report.decisions = choose(device.facts, state.components, state.floors,
                                       {k: v.verified for k, v in found.items()})
-    for decision in report.decisions:
-        device.audit.record("decision", **decision.__dict__)
     if not chosen:
         return _nothing(device, medium, report)
+    _record_examined(device, "examined", medium, report)
+    _check_layout(device, chosen)
     booted = device.backend.booted()
     if booted is not None and booted.name != state.environment:
         raise Refused(f"the machine runs {booted.name}, but {state.environment} is committed",
@@ -312,7 +301,7 @@ def _record_failure(device: Device, state: AgentState, message: str, event: str,
     try:
         device.store.save(state)
     except UpdateError as error:
-        sys.stderr.write(f"warning: {error}\n")
+        echo(f"warning: {error}", err=True)
     device.audit.record(event, reason=message, **details)
 
 
@@ -338,10 +327,8 @@ def _stage_and_arm(device: Device, state: AgentState, chosen: dict[str, list[Cho
                         components={n: [step.component.sequence for step in route] for n, route in chosen.items()})
     try:
         environment = device.backend.clone(state.environment, name)
-        names = set(state.components) | set(chosen)
-        for component_name in _outermost_first(device, chosen):
-            _stage_component(device, chosen[component_name], found, environment, running, names)
-        _check_untouched(device, state, chosen, environment, running, names)
+        stage(device.config.layout, chosen, _sources(found), environment, running, set(state.components),
+              device.config.state_dir)
     except BaseException as error:
         try:
             destroy_quietly(device, name)
@@ -372,15 +359,33 @@ def _stage_and_arm(device: Device, state: AgentState, chosen: dict[str, list[Cho
     return report
 
 
+# Refusals named in the message of a refused medium; all of them are in its audit record.
+_REASONS_SHOWN = 8
+
+
+def _record_examined(device: Device, event: str, medium: Path, report: Report) -> None:
+    """One audit record for everything examined on the medium: each refused bundle and each
+    decision with its reason. One per medium, never one per folder: a forged stick must not
+    choose how much gets logged (T-LOG; agent/audit.py bounds the record itself)."""
+    device.audit.record(event, source=str(medium),
+                        refused=[{"source": source, "reason": reason} for source, reason in report.refusals],
+                        decisions=[decision.__dict__ for decision in report.decisions])
+
+
+def _reasons(reasons: list[str]) -> str:
+    """The first few reasons, and how many more the audit log holds."""
+    more = len(reasons) - _REASONS_SHOWN
+    return "; ".join(reasons[:_REASONS_SHOWN]) + (f"; and {more} more (in the audit log)" if more > 0 else "")
+
+
 def _nothing(device: Device, medium: Path, report: Report) -> Report:
     integrity = report.refusals  # signatures, hashes, malformed: the medium itself is bad
-    refused = [d for d in report.decisions if d.verdict == "refused"]
     if integrity:
-        device.audit.record("refused-medium", source=str(medium), reasons=[r for _, r in integrity])
-        raise NothingInstallable("; ".join(f"{s}: {r}" for s, r in integrity), where=medium,
+        _record_examined(device, "refused-medium", medium, report)
+        raise NothingInstallable(_reasons([f"{s}: {r}" for s, r in integrity]), where=medium,
                                  hint="the medium was refused; the machine is unchanged")
     report.message = "nothing newer for this machine"
-    device.audit.record("nothing-newer", source=str(medium), refused=[d.reason for d in refused])
+    _record_examined(device, "nothing-newer", medium, report)
     return report
 
 
@@ -394,10 +399,13 @@ def provision(device: Device, medium: Path) -> Report:
     _, found = _read_medium(device, Path(medium), report)
     chosen, report.decisions = choose(device.facts, {}, {}, {k: v.verified for k, v in found.items()})
     if "platform" not in chosen:
+        _record_examined(device, "refused-medium", Path(medium), report)
         reasons = [d.reason for d in report.decisions if d.verdict != "chosen"] + [r for _, r in report.refusals]
         raise NothingInstallable("no full platform update on the medium for this machine" +
-                                 (f" ({'; '.join(reasons)})" if reasons else ""), where=medium,
+                                 (f" ({_reasons(reasons)})" if reasons else ""), where=medium,
                                  hint="provision from a full bundle made for this product and hardware")
+    _record_examined(device, "examined", Path(medium), report)
+    _check_layout(device, chosen)
     _check_space(device, chosen, None)
     _check_spool_space(device, chosen, found)
     try:
@@ -431,8 +439,7 @@ def _provision_into_new_environment(device: Device, state: AgentState, chosen: d
             environment = device.backend.create_empty(name)
         else:
             environment = device.backend.clone(source, name)
-        for component_name in _outermost_first(device, chosen):
-            _stage_component(device, chosen[component_name], found, environment, None, set(chosen))
+        stage(device.config.layout, chosen, _sources(found), environment, None, set(), device.config.state_dir)
     except BaseException as error:
         try:
             destroy_quietly(device, name)

@@ -29,10 +29,12 @@ def hold_device_lock(state_dir: Path) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
+        holder = os.fsdecode(os.pread(fd, 200, 0)).strip() or "unknown"  # printed by agent/cli_support.py
         os.close(fd)
         raise AgentBusy(f"another bundle-agent is changing this device ({holder})", where=path,
                         hint="wait for it to finish, then run the command again") from None
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()}: {' '.join(['bundle-agent', *sys.argv[1:]])}\n".encode(), 0)
+    # The arguments' own bytes (os.fsencode undoes how Python decoded argv): a mount point may be
+    # named in a legacy code page, held as surrogate escapes that a plain encode() refuses.
+    os.pwrite(fd, os.fsencode(f"pid {os.getpid()}: {' '.join(['bundle-agent', *sys.argv[1:]])}\n"), 0)
     return fd

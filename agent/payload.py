@@ -37,6 +37,7 @@ class Payload:
     def __init__(self, bundle: Path, manifest: Manifest):
         self.bundle = Path(bundle)
         self.manifest = manifest
+        self.objects = manifest.object_index()  # once: a file's chunks look their objects up here
         self._starts: list[int] = []
         position = 0
         for volume in manifest.volumes:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import shutil
 
 from agent.device import Device
+from agent.staging import CHAIN
 from agent.state import AgentState
 from keys.errors import UpdateError
 from keys.files import remove_stale_temporaries
@@ -28,6 +29,7 @@ from keys.files import remove_stale_temporaries
 
 def recover_interrupted(device: Device, state: AgentState) -> AgentState:
     shutil.rmtree(device.config.state_dir / "spool", ignore_errors=True)  # a crash while copying
+    shutil.rmtree(device.config.state_dir / CHAIN, ignore_errors=True)  # ... or while building a chain's steps
     remove_stale_temporaries(device.config.state_dir)  # a crash while writing a state file
     pending = state.pending or {}
     phase, name = pending.get("phase"), pending.get("environment")

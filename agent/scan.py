@@ -13,6 +13,7 @@ from pathlib import Path
 from dataclasses import replace
 from typing import Iterator
 
+from agent.beneath import Beneath
 from agent.format.tree import DIR, EMPTY_SHA256, FILE, HARDLINK, SYMLINK, Entry, path_order
 from keys.errors import Refused
 
@@ -24,7 +25,7 @@ class UnsupportedFile(Refused):
 
 
 def hash_file(path: Path | str, *, dir_fd: int | None = None) -> str:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     digest = hashlib.sha256()
     with os.fdopen(fd, "rb", buffering=0) as handle:
         while block := handle.read(READ_SIZE):
@@ -32,47 +33,61 @@ def hash_file(path: Path | str, *, dir_fd: int | None = None) -> str:
     return digest.hexdigest()
 
 
-def _relative_paths(root: Path, exclude: frozenset[str]) -> Iterator[tuple[str, os.stat_result]]:
-    yield ".", os.lstat(root)
+def _relative_paths(tree: Beneath, exclude: frozenset[str]) -> Iterator[tuple[str, os.stat_result, str | None, int]]:
+    """``(path, status, link target, directory fd)`` of everything in the tree; the descriptor
+    is the entry's parent, valid until the next item. Directories are opened by descriptor
+    beneath the tree's root, never through a symlink (T-STAGE-BENEATH)."""
+    yield ".", os.fstat(tree.fd), None, tree.fd
     stack = [""]
     while stack:
         prefix = stack.pop()
-        directory = root / prefix if prefix else root
-        with os.scandir(directory) as listing:
-            for item in listing:
+        with tree.directory(prefix or ".") as directory:
+            with os.scandir(directory.fd) as listing:
+                items = list(listing)
+            for item in items:
                 name = item.name
                 try:
                     name.encode("utf-8")
                 except UnicodeEncodeError:
-                    raise UnsupportedFile(f"name {os.fsencode(name)!r} is not valid UTF-8", where=directory,
+                    raise UnsupportedFile(f"name {os.fsencode(name)!r} is not valid UTF-8", where=directory.where,
                                           hint="rename it: manifests carry UTF-8 paths only") from None
                 relative = f"{prefix}/{name}" if prefix else name
                 if relative in exclude:
                     continue
-                info = item.stat(follow_symlinks=False)
-                yield relative, info
+                info = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
+                target = os.readlink(name, dir_fd=directory.fd) if stat.S_ISLNK(info.st_mode) else None
+                yield relative, info, target, directory.fd
                 if stat.S_ISDIR(info.st_mode):
                     stack.append(relative)
 
 
-def scan_tree(root: Path, *, with_hashes: bool = True, exclude: tuple[str, ...] = ()) -> list[Entry]:
+def scan_tree(root: Path | Beneath, *, with_hashes: bool = True, exclude: tuple[str, ...] = ()) -> list[Entry]:
     """Entries of the tree at ``root`` in listing order. Hard-linked files become one FILE entry
     (the first path in listing order) and HARDLINK entries pointing to it. ``exclude`` names
-    subtrees to leave out (other components nested inside this one).
+    subtrees to leave out (other components nested inside this one). No symlink is followed: a
+    :class:`Beneath` is scanned strictly beneath itself; a path (a vendor's release tree) may
+    itself be reached through symlinks, nothing inside it is.
 
-    Raises UnsupportedFile, Failed-like OSError from the filesystem.
+    Raises UnsupportedFile, EscapingPath, OSError from the filesystem.
     """
-    root = Path(root)
-    found = sorted(_relative_paths(root, frozenset(exclude)), key=lambda item: path_order(item[0]))
+    if not isinstance(root, Beneath):
+        with Beneath.open_root(Path(root), follow_root=True) as tree:
+            return scan_tree(tree, with_hashes=with_hashes, exclude=exclude)
+    found = []
+    for relative, info, target, directory_fd in _relative_paths(root, frozenset(exclude)):
+        digest = None
+        if stat.S_ISREG(info.st_mode) and with_hashes and info.st_size:
+            digest = hash_file(relative.rsplit("/", 1)[-1], dir_fd=directory_fd)
+        found.append((relative, info, target, digest))
+    found.sort(key=lambda item: path_order(item[0]))
     first_link: dict[tuple[int, int], str] = {}
     entries = []
-    for relative, info in found:
+    for relative, info, target, digest in found:
         mode = stat.S_IMODE(info.st_mode)
         common = dict(path=relative, uid=info.st_uid, gid=info.st_gid, mtime=int(info.st_mtime))
         if stat.S_ISDIR(info.st_mode):
             entries.append(Entry(type=DIR, mode=mode, **common))
         elif stat.S_ISLNK(info.st_mode):
-            target = os.readlink(root / relative)
             entries.append(Entry(type=SYMLINK, target=target, **common))
         elif stat.S_ISREG(info.st_mode):
             inode = (info.st_dev, info.st_ino)
@@ -83,14 +98,12 @@ def scan_tree(root: Path, *, with_hashes: bool = True, exclude: tuple[str, ...] 
                 first_link[inode] = relative
             if info.st_size == 0:
                 digest = EMPTY_SHA256
-            else:
-                digest = hash_file(root / relative) if with_hashes else None
             entries.append(Entry(type=FILE, mode=mode, size=info.st_size, sha256=digest, **common))
         else:
             kind = ("device node" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
                     else "socket" if stat.S_ISSOCK(info.st_mode) else "FIFO")
             raise UnsupportedFile(f"{relative!r} is a {kind}; components carry only directories, files "
-                                  "and links", where=root, hint="remove it from the release tree")
+                                  "and links", where=root.where, hint="remove it from the release tree")
     return entries
 
 

@@ -6,8 +6,10 @@ Rules (docs/AGENT.md, "What gets installed"):
   bundle targets no serials or this machine's serial (T-TARGET);
 * a newer sequence is installed from a full update or from a delta whose base is exactly the
   installed sequence and tree digest;
-* the same sequence is a no-op; a lower one is refused as a replay (T-ROLLBACK) unless the
-  signed manifest permits replacing exactly the installed sequence (downgrade_from);
+* the anti-rollback floor (T-ROLLBACK, :func:`admissible`) applies to every component, installed
+  or not: nothing below it, unless the signed manifest permits replacing exactly the installed
+  sequence (downgrade_from); the floor itself is allowed, so what a technician rolled back from
+  may be installed again; the same sequence as installed is a no-op;
 * per component the newest reachable sequence wins, by the route that reads the fewest bytes
   from the medium: a full update, a delta from the installed state, or a chain of deltas
   (possibly starting from a full update) whose every base is exactly the previous step's result.
@@ -87,6 +89,14 @@ def choose(device: Device, installed: dict[str, InstalledComponent], floors: dic
     return chosen, final
 
 
+def admissible(sequence: int, have: int | None, floor: int | None) -> bool:
+    """T-ROLLBACK, the one rule: a step goes up from ``have`` (the installed sequence, or the
+    previous step's) and never below ``floor``. The floor follows what was committed and stays
+    after a rollback - also when the environment rolled back to lacks the component - so a stick
+    cannot follow the technician back down; the floor itself is allowed."""
+    return (floor is None or sequence >= floor) and (have is None or sequence > have)
+
+
 def _route(device: Device, have: InstalledComponent | None, floor: int | None,
            options: list[tuple[Choice, int]]) -> list[Choice]:
     """Cheapest route (bytes read from the medium) to the newest reachable sequence.
@@ -96,7 +106,6 @@ def _route(device: Device, have: InstalledComponent | None, floor: int | None,
     single step the manifest permits from exactly the installed sequence.
     """
     start = (have.sequence, have.tree_digest) if have else None
-    floor = max(floor or 0, have.sequence) if have else -1
     best: dict = {start: (0, [])}
     heap = [(0, 0, start)]
     order = 0
@@ -106,7 +115,7 @@ def _route(device: Device, have: InstalledComponent | None, floor: int | None,
             continue
         for choice, step_cost in options:
             update = choice.component
-            if update.sequence <= floor or (state is not None and update.sequence <= state[0]):
+            if not admissible(update.sequence, state[0] if state is not None else None, floor):
                 continue
             if state is None and (update.is_delta or (update.targets and device.serial not in update.targets)):
                 continue
@@ -134,22 +143,27 @@ def _route(device: Device, have: InstalledComponent | None, floor: int | None,
 def _judge(device: Device, have: InstalledComponent | None, floor: int | None, update: Component) -> tuple[str, str]:
     to = f"{update.name} {update.version} (sequence {update.sequence})"
     if have is None:
+        if not admissible(update.sequence, None, floor):
+            return "refused", (f"{to} is older than sequence {floor}, which this machine had committed before "
+                               "(anti-rollback floor); an older release replayed")
         if update.is_delta:
             return "not-applicable", f"{to} is a delta, and this machine does not have {update.name}"
         if update.targets and device.serial not in update.targets:
             return "not-applicable", f"{to} is targeted at other machines (serial {device.serial} not listed)"
         return "candidate", f"new component {to}"
     current = f"sequence {have.sequence} ({have.version})"
-    floor = have.sequence if floor is None else max(floor, have.sequence)
     if update.sequence == have.sequence:
         return "no-op", f"{to} is already installed"
-    if update.sequence < floor:
-        if have.sequence in update.downgrade_from:
+    if not admissible(update.sequence, have.sequence, floor):
+        if update.sequence < have.sequence and have.sequence in update.downgrade_from:
             if update.is_delta and not _base_matches(have, update):
                 return "not-applicable", f"{to} is a permitted downgrade, but a delta from another base"
             return "candidate", f"{to} replaces {current}: a downgrade the signed manifest permits"
-        return "refused", (f"{to} is older than the installed {current}; the manifest does not permit that "
-                           "downgrade (an older release replayed)")
+        if update.sequence < have.sequence:
+            return "refused", (f"{to} is older than the installed {current}; the manifest does not permit that "
+                               "downgrade (an older release replayed)")
+        return "refused", (f"{to} is older than sequence {floor}, which this machine had committed before "
+                           "(anti-rollback floor); an older release replayed")
     if update.is_delta and not _base_matches(have, update):
         return "link", (f"{to} is a delta from sequence {update.base.sequence} ({update.base.version}); "
                         f"this machine has {current}")

@@ -3,6 +3,9 @@
 Newer roots accepted from sticks are kept in ``STATE/trust/root-<N>.json`` with their signatures;
 on every start the chain is re-walked from the provisioned root, so a tampered store can only
 fail, never widen trust. The bundle never chooses the anchor (STYLE.md 5): no root, no install.
+
+A stick's roots are read only from the next ROTATIONS_PER_INSERTION versions (docs/TRUST.md,
+"Rotations per insertion"): what one stick makes the device hold stays bounded (T-EXHAUST).
 """
 
 from __future__ import annotations
@@ -15,6 +18,14 @@ from keys.errors import Refused
 from keys.files import write_atomic
 from keys.rotation import RootCandidate, VerifiedRoot, trust_anchor, walk_chain
 from keys.trust_root import TrustRoot
+
+
+# Root files read from one stick: those named for the next 32 versions after the device's. A
+# rotation is a ceremony of the root-key holders, a few a year at most, so 32 covers years of
+# them; a device further behind advances 32 versions per insertion (insert the stick again).
+# What the bound buys: at most 32 x (1 MiB root + 64 signature files of 4 KiB) = 40 MiB held
+# by the walk, where a forged stick's 4,096 root files of 1 MiB each would be over 4 GiB.
+ROTATIONS_PER_INSERTION = 32
 
 
 class NoTrustRoot(Refused):
@@ -57,6 +68,16 @@ def _version(candidate: RootCandidate) -> int:
     return TrustRoot.from_bytes(candidate.raw, where=candidate.where).version
 
 
-def stick_roots(mount: Path, product: str) -> list[RootCandidate]:
-    """The trust roots a stick carries for ``product`` (none is fine: the device's root stays)."""
-    return [load_root_candidate(root.path) for root in stick.root_files(mount, product)]
+def stick_roots(mount: Path, product: str, trusted_version: int) -> list[RootCandidate]:
+    """The trust roots a stick offers for ``product`` to a device at ``trusted_version``: the
+    files named ``root-<N>.json`` for N in trusted_version+1 .. trusted_version+ROTATIONS_PER_INSERTION,
+    oldest first (none is fine: the device's root stays).
+
+    Files named for older versions are history (``walk_chain`` would ignore them) and are not
+    read at all, nor are files beyond the window (T-EXHAUST). The name only chooses what is read:
+    each document's own version decides, so a file whose name lies about its version is still
+    caught by ``walk_chain`` (T-ROOT-FORK, T-ROOT-SKIP).
+    Raises StickLayoutError, Failed, Refused (a file that is not regular or is too large).
+    """
+    window = range(trusted_version + 1, trusted_version + 1 + ROTATIONS_PER_INSERTION)
+    return [load_root_candidate(root.path) for root in stick.root_files(mount, product) if root.version in window]

@@ -31,8 +31,8 @@ from typing import Callable, Iterator
 
 from agent.format import codec
 from agent.format import bundle_dir, gzip_recipe
-from agent.format.manifest import (MAX_CHUNK_BYTES, Base, Component, Manifest, MalformedManifest,
-                                   check_component)
+from agent.format.manifest import (MAX_CHUNK_BYTES, MAX_ENTRIES, MAX_MANIFEST_BYTES, Base, Component, Manifest,
+                                   MalformedManifest, check_component)
 from agent.format.paths import PathError
 from agent.format.tree import FILE, SETUID_SETGID, Chunk, Entry, GzipRecipe, Prefix, tree_digest
 from agent.scan import as_content, scan_tree
@@ -108,6 +108,11 @@ def _component_entries(component: ReleaseComponent) -> list[Entry]:
         if entry.mode is not None and entry.mode & SETUID_SETGID:
             raise MakeRefused(f"{entry.path!r} has a setuid/setgid bit; game components are content only",
                               where=component.path, hint="clear the bit (chmod u-s,g-s) in the release tree")
+        sticky_folder = entry.type == "dir" and entry.mode & 0o1000
+        if entry.mode is not None and entry.mode & 0o002 and not sticky_folder:
+            raise MakeRefused(f"{entry.path!r} is writable by every user (mode {entry.mode:04o}); devices refuse "
+                              "games another local process could change", where=component.path,
+                              hint="chmod o-w it in the release tree (a shared folder needs the sticky bit, +t)")
     return as_content(entries)
 
 
@@ -301,11 +306,13 @@ def make_bundle(release: Release, base: Release | None, keys: list[SecretKey], o
     shutil.rmtree(staging, ignore_errors=True)
     try:
         plans = [_plan_component(c, b, options) for c, b in _select_components(release, base, options)]
+        _check_counts(plans, release)
         writer = VolumeWriter(staging / bundle_dir.PAYLOAD, options.volume_size)
         components = [_encode_component(plan, writer, options, progress) for plan in plans]
         writer.close()
         manifest = Manifest(product=release.product, hardware=release.hardware, components=tuple(components),
                             objects=tuple(writer.objects), volumes=tuple(writer.volumes))
+        _check_size(manifest, release)
         manifest_bytes = manifest.to_stored()
         try:  # never emit what a device would refuse
             Manifest.from_stored(manifest_bytes)
@@ -322,6 +329,28 @@ def make_bundle(release: Release, base: Release | None, keys: list[SecretKey], o
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+# T-EXHAUST: devices refuse a manifest beyond these limits (docs/FORMAT.md, "Limits"), which keep
+# the agent's memory bounded. The parse of the finished manifest below catches every limit; these
+# say which one in the release's terms, and the counts before hours of encoding.
+_SPLIT = "make one bundle per component (a release.toml listing only some of them); one component cannot exceed it"
+
+
+def _check_counts(plans: list[_Plan], release: Release) -> None:
+    for what, count in (("entries", sum(len(p.entries) for p in plans)),
+                        ("removed paths", sum(len(p.removed) for p in plans))):
+        if count > MAX_ENTRIES:
+            raise MakeRefused(f"the bundle would list {count} {what}; devices accept at most {MAX_ENTRIES} "
+                              "in one bundle (MAX_ENTRIES, docs/FORMAT.md \"Limits\")", where=release.source,
+                              hint=_SPLIT)
+
+
+def _check_size(manifest: Manifest, release: Release) -> None:
+    size = len(manifest.to_bytes())
+    if size > MAX_MANIFEST_BYTES:
+        raise MakeRefused(f"the manifest would be {size} bytes of JSON; devices accept at most {MAX_MANIFEST_BYTES} "
+                          "(MAX_MANIFEST_BYTES, docs/FORMAT.md \"Limits\")", where=release.source, hint=_SPLIT)
 
 
 def _encode_component(plan: _Plan, writer: VolumeWriter, options: MakeOptions,

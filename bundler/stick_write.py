@@ -4,7 +4,8 @@ What a device finds on the stick is either complete and verified, or visibly inc
 
 1. read only: check every bundle as a device would against the root chain, all for one
    product; look at what the stick already holds (a complete copy is verified in place);
-2. refuse - before writing anything - a file over FAT32's limit, a different trust root
+2. refuse - before writing anything - more bundle folders for the product than a device
+   examines (``stick.MAX_BUNDLE_FOLDERS``), a file over FAT32's limit, a different trust root
    claiming a version the stick has, or too little free space;
 3. trust files, each root's signatures before the root: temp name -> fsync -> rename ->
    fsync of the folder; then read back;
@@ -46,6 +47,10 @@ Progress = Callable[[str, int, int], None]
 
 class WriteRefused(Refused):
     """The bundles or the stick were examined and cannot be written as asked; nothing was written."""
+
+
+class TooManyBundles(WriteRefused):
+    """The stick would hold more bundle folders for the product than a device accepts."""
 
 
 class NoSpace(WriteRefused):
@@ -126,7 +131,7 @@ def write_stick(stick_path: Path, bundle_dirs: Sequence[Path], root_paths: Seque
                 progress: Progress | None = None, max_file_bytes: int = stick.MAX_FILE_BYTES) -> WriteReport:
     """Write the bundles and the root chain to ``stick_path``, read them back, mark bundles complete.
 
-    Raises WriteRefused (NoSpace, FileTooLarge), StickLayoutError, ThresholdNotMet,
+    Raises WriteRefused (TooManyBundles, NoSpace, FileTooLarge), StickLayoutError, ThresholdNotMet,
     RotationRefused and the other errors of ``check_bundle`` before anything is written;
     ReadBackMismatch and Failed after.
     """
@@ -169,6 +174,7 @@ def plan_write(stick_path: Path, bundle_dirs: list[Path], root_paths: list[Path]
     trust, bundles = stick.trust_dir(stick_path, product), stick.bundles_dir(stick_path, product)
     for path in (trust.parent, trust, bundles):
         _plain_dir_or_absent(path)
+    _check_bundle_count(bundles, product, set(checked))  # from names alone: before any copy is verified
     plan = StickPlan(stick=stick_path, product=product,
                      roots=[_plan_root(trust, c) for c in _one_per_version(candidates)],
                      bundles=[BundlePlan(source=source, id=bundle_id, folder=bundles / bundle_id,
@@ -261,6 +267,27 @@ def _plain_dir_or_absent(path: Path) -> None:
     if not stat.S_ISDIR(info.st_mode):
         raise stick.StickLayoutError("is not a plain folder (a file or a symlink)", where=path,
                                      hint="move it away and write again")
+
+
+def _check_bundle_count(bundles: Path, product: str, new_ids: set[str]) -> None:
+    """Refuse a write after which devices would refuse the whole stick: more than
+    MAX_BUNDLE_FOLDERS entries named like a bundle folder in the product's folder (T-LOG,
+    docs/STICK.md "Limits"). Incomplete copies count, as a device counts them; a bundle already
+    on the stick, complete or not, is replaced in place and adds none. Raises TooManyBundles."""
+    try:
+        present = {name for name in os.listdir(bundles) if stick.is_bundle_folder_name(name)}
+    except FileNotFoundError:
+        present = set()
+    except OSError as error:
+        raise Failed(f"cannot list the folder: {error.strerror}", where=bundles) from None
+    total = len(present | new_ids)
+    if total > stick.MAX_BUNDLE_FOLDERS:
+        raise TooManyBundles(
+            f"the stick would hold {total} bundles for {product} ({len(present)} already there, "
+            f"{len(new_ids - present)} new); devices refuse a stick with more than {stick.MAX_BUNDLE_FOLDERS} "
+            "bundles per product", where=bundles,
+            hint="write fewer bundles to this stick, or remove from this folder the bundles no machine "
+                 "needs any more (docs/STICK.md, \"Limits\")")
 
 
 def _read_existing(path: Path, limit: int) -> bytes | None:

@@ -9,6 +9,7 @@ import click
 
 from bundler.progress import StepProgress
 from bundler.stick_write import write_stick
+from keys.printable import echo, printable_data
 
 _STATUS_TEXT = {
     "written": "written",
@@ -29,20 +30,22 @@ def write(stick, bundles, root_paths, as_json):
     """Put the bundles and the trust roots on the stick mounted at STICK_DIR, read every byte back,
     then mark each bundle complete (layout: docs/STICK.md).
 
-    Each bundle is checked as a device would first; nothing is written if one is refused or the
-    stick is short of space. Running it again keeps what is already complete (after verifying it).
+    Each bundle is checked as a device would first; nothing is written if one is refused, the
+    stick is short of space, or it would hold more bundles for the product than devices accept
+    (docs/STICK.md, "Limits"). Running it again keeps what is already complete (after
+    verifying it).
     """
     with StepProgress() as progress:
         report = write_stick(stick, bundles, root_paths, progress=progress)
     if as_json:
-        click.echo(json.dumps(report.to_json(), indent=2))
+        echo(json.dumps(printable_data(report.to_json()), indent=2))  # paths need not be UTF-8
         return
-    click.echo(f"{report.stick}: {report.product}, every byte read back and verified")
+    echo(f"{report.stick}: {report.product}, every byte read back and verified")
     for root in report.roots:
         status = "written" if root["status"] == "written" else "already there, read back"
-        click.echo(f"  trust root version {root['version']}: {status}")
+        echo(f"  trust root version {root['version']}: {status}")
     for bundle in report.bundles:
-        click.echo(f"  bundle {bundle['id']} ({', '.join(bundle['components'])}) from {bundle['source']}: "
+        echo(f"  bundle {bundle['id']} ({', '.join(bundle['components'])}) from {bundle['source']}: "
                    f"{_STATUS_TEXT[bundle['status']]}")
     if report.available is None:
-        click.echo("  free space: the stick's filesystem does not report it, so it was not checked first")
+        echo("  free space: the stick's filesystem does not report it, so it was not checked first")

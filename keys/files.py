@@ -18,11 +18,12 @@ from keys.errors import AlreadyExists, Failed, Refused
 _TEMPORARY = re.compile(r"\.[^/]+\.tmp-([0-9]+)")
 
 
-def read_capped(path: Path, limit: int, *, what: str) -> bytes:
+def read_capped(path: Path, limit: int, *, what: str, digest=None) -> bytes:
     """Read a regular file of at most ``limit`` bytes without following a final symlink.
 
     Raises Failed when the file cannot be read, Refused when it is not a regular file or
     is larger than ``limit`` (an oversized trust document is hostile, not merely big).
+    ``digest`` (a hashlib object), when given, is fed every byte as it is read.
     """
     try:
         # Never open a device node (its driver would run) or a socket; a FIFO swapped in after
@@ -35,14 +36,34 @@ def read_capped(path: Path, limit: int, *, what: str) -> bytes:
         raise Failed(f"{what} not found", where=path, hint="check the path") from None
     except OSError as error:
         raise Failed(f"cannot open {what}: {error.strerror}", where=path) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which refuses directories itself
+    return read_capped_fd(fd, limit, what=what, where=path, digest=digest)
+
+
+_READ_BLOCK = 1 << 20
+
+
+def read_capped_fd(fd: int, limit: int, *, what: str, where: object, digest=None) -> bytes:
+    """Read the open file ``fd`` (closed on return) like :func:`read_capped`, for callers that
+    opened it themselves (agent/beneath.py). Raises Refused, Failed."""
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise Refused(f"{what} is not a regular file", where=where)
+        if info.st_size > limit:  # refused on its size alone: not a byte of it is read
+            raise Refused(f"{what} is larger than the {limit}-byte limit", where=where)
+        chunks, total = [], 0
+        while chunk := os.read(fd, min(_READ_BLOCK, limit + 1 - total)):
+            total += len(chunk)
+            if total > limit:  # it grew since the fstat
+                raise Refused(f"{what} is larger than the {limit}-byte limit", where=where)
+            if digest is not None:
+                digest.update(chunk)
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as error:
+        raise Failed(f"cannot read {what}: {error.strerror}", where=where) from None
+    finally:
         os.close(fd)
-        raise Refused(f"{what} is not a regular file", where=path)
-    with os.fdopen(fd, "rb") as handle:
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise Refused(f"{what} is larger than the {limit}-byte limit", where=path)
-    return data
 
 
 def fsync_directory(directory: Path) -> None:

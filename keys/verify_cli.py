@@ -1,6 +1,8 @@
 """Verify-only commands, shared by the vendor's ``bundle`` and the device's ``bundle-agent``.
 
-This module must not import signing or secret-key code: the device loads it.
+This module must not import signing or secret-key code: the device loads it. Everything it
+prints goes through ``keys/printable.py``: a path that is not UTF-8 must not crash it, and a
+name or trusted comment with control characters must not drive the terminal.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from keys.errors import Failed
 from keys.files import read_capped
 from keys.minisign import (MAX_PUBLIC_KEY_FILE_BYTES, MAX_SIGNATURE_FILE_BYTES, PREHASHED, PublicKey, Signature,
                            prehash_stream)
+from keys.printable import echo, printable_data
 from keys.rotation import VerifiedRoot, accept_chain
 
 _existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -43,8 +46,8 @@ def verify_file(file: Path, pub_path: Path, signature_path: Path | None) -> None
     # A legacy signature covers the whole file, not its digest (minisign -l): only then is it read.
     data = None if signature.algorithm == PREHASHED else read_capped(file, 1 << 30, what="signed file")
     signature.verify(public_key, data, digest=digest, where=file)
-    click.echo(f"{file}: good signature by key {public_key.id}")
-    click.echo(f"trusted comment: {signature.trusted_comment}")
+    echo(f"{file}: good signature by key {public_key.id}")
+    echo(f"trusted comment: {signature.trusted_comment}")  # the signer's text: it may hold anything
 
 
 def describe_root(verified: VerifiedRoot, name: str) -> list[str]:
@@ -74,10 +77,11 @@ def verify_root(root_path: Path, trusted_paths: tuple[Path, ...], as_json: bool)
     # The target goes last, not sorted in: an older target must be refused as a replay.
     verified = accept_chain([*load_root_chain(trusted_paths), load_root_candidate(root_path)])
     if as_json:
-        click.echo(json.dumps({
+        # As the agent's --json: no lone surrogate for strict parsers, no control character.
+        echo(json.dumps(printable_data({
             "path": str(root_path), "trusted": True, "version": verified.version,
             "evidence": [r.to_json() for r in verified.evidence],
             "root": json.loads(verified.raw),
-        }, indent=2))
+        }), indent=2))
     else:
-        click.echo("\n".join(describe_root(verified, str(root_path))))
+        echo("\n".join(describe_root(verified, str(root_path))))

@@ -65,7 +65,9 @@ class Cabinet:
 
     def __init__(self, world: World, directory: Path, *, product="demo-cabinet", hardware="cab-a",
                  serial="SN0001", healthy=True, reboot="never", layout: dict | None = None):
+        """``layout``: the [layout] table (strings, or lists of strings for ``preserve``)."""
         self.world = world
+        self.layout = layout
         self.dir = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.health = directory / "health"
@@ -86,7 +88,7 @@ hooks = ["{self.health}"]
 timeout = 20
 [reboot]
 policy = "{reboot}"
-""" + ("[layout]\n" + "".join(f'{k} = "{v}"\n' for k, v in layout.items()) if layout else ""))
+""" + ("[layout]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in layout.items()) if layout else ""))
 
     def set_health(self, healthy: bool) -> None:
         self.health.write_text("#!/bin/sh\n" + ("exit 0\n" if healthy else "echo 'reels do not spin' >&2; exit 7\n"))

@@ -104,7 +104,9 @@ class Device:
         self._config: AgentConfig | None = None
 
     @classmethod
-    def create(cls, path: Path, trust_root: Path, *, healthy: bool = True, keep: int = 2) -> "Device":
+    def create(cls, path: Path, trust_root: Path, *, healthy: bool = True, keep: int = 2,
+               layout: dict | None = None) -> "Device":
+        """``layout``: the [layout] table (docs/AGENT.md), default: components side by side."""
         path.mkdir(parents=True)
         (path / "trust").mkdir()
         for source in trust_root.parent.glob(trust_root.name + "*"):  # root.json and its signatures
@@ -127,7 +129,7 @@ timeout = 20
 policy = "never"
 [environments]
 keep = {keep}
-""")
+""" + ("[layout]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in layout.items()) if layout else ""))
         device = cls(path)
         device.set_health(healthy)
         return device
@@ -183,15 +185,13 @@ keep = {keep}
         root = self.environments_dir / environment
         if not root.is_dir():
             return f"{environment} does not exist"
-        paths = {name: self.config.component_path(name) for name in digests}
+        layout = self.config.layout
+        paths = {name: layout.component_path(name) for name in digests}
         for name, relative in sorted(paths.items()):
             tree = root / relative
             if not tree.is_dir():
                 return f"{environment} has no {name} (at {relative})"
-            nested = tuple(sorted(p[len(relative) + 1:] if relative not in (".", "") else p
-                                  for other, p in paths.items()
-                                  if other != name and (relative in (".", "") or p.startswith(relative + "/"))))
-            entries = scan_tree(tree, exclude=nested)
+            entries = scan_tree(tree, exclude=layout.left_alone(name, set(digests)))
             if name != "platform":
                 entries = as_content(entries)  # games are content: no ownership (docs/FORMAT.md)
             if tree_digest(entries) != digests[name]:
@@ -228,6 +228,7 @@ class Scenario:
     retry: Callable[[Device], list[list]]
     keep: tuple[str, ...] = ()
     healthy: bool = True
+    layout: dict | None = None  # the device's [layout]
 
 
 @dataclass(frozen=True)
@@ -342,8 +343,9 @@ def _check_end(device: Device, releases: dict[str, Release], scenario: Scenario)
     for directory in ("state", "envs", "trust"):
         if temporaries := sorted(p.name for p in (device.path / directory).glob(".*.tmp-*")):
             problems.append(("leftover", f"temporary files in {directory}/: {', '.join(temporaries)}"))
-    if (device.path / "state/spool").exists():
-        problems.append(("leftover", "the spool (state/spool) is still there"))
+    for leftover in ("spool", "chain"):
+        if (device.path / "state" / leftover).exists():
+            problems.append(("leftover", f"state/{leftover} is still there"))
     return problems
 
 
@@ -397,7 +399,7 @@ def sweep(scenario: Scenario, releases: dict[str, Release], trust_root: Path, wo
 
 def _sweep(scenario: Scenario, releases: dict[str, Release], trust_root: Path, work: Path, scratch: Path,
            every: int, records: bool) -> Sweep:
-    template = Device.create(scratch / "template", trust_root, healthy=scenario.healthy)
+    template = Device.create(scratch / "template", trust_root, healthy=scenario.healthy, layout=scenario.layout)
     command = scenario.prepare(template)
     started = time.monotonic()
 

@@ -245,6 +245,21 @@ def test_manual_rollback(cabinet, world):
     assert status["components"]["platform"]["sequence"] == 6 and status["committed_environment"] == "env-1"
 
 
+def test_what_a_rollback_went_back_from_installs_again(cabinet, world, tmp_path):
+    """After a manual rollback to release 1 (which lacks the fortune wheel), the same stick brings
+    release 2 back: every component is at its floor, not below it (T-ROLLBACK)."""
+    stick = world.stick(tmp_path / "stick", "d12")
+    cabinet.agent("on-insert", stick, check=True)
+    cabinet.agent("boot", check=True)
+    cabinet.agent("boot-check", check=True)
+    cabinet.agent("rollback", check=True)
+    cabinet.agent("boot", check=True)
+    assert "game/fortune-wheel" not in cabinet.status()["components"]
+    result = cabinet.agent("on-insert", stick, check=True)
+    assert "staged game/fortune-wheel, game/lucky-sevens, platform in env-3" in result.stdout, result.stdout
+    assert "newer or cheaper route" not in result.stdout
+
+
 @pytest.fixture(scope="module")
 def world3(world):
     """Release 3 (platform 13.2.2, sequence 8) and the delta d23 beside the world's bundles."""
@@ -270,6 +285,10 @@ def test_chains_reach_the_newest_release(cabinet, world3, tmp_path, bundles, ste
     env = cabinet.dir / "envs" / cabinet.status()["committed_environment"]
     assert (env / "platform/etc/cabinet.conf").read_text().endswith("log = full\n")
     assert not [p for p in (env).rglob("*.staging-*")] and not [p for p in env.rglob("*.old")]
+    # Intermediate steps are built in the state directory, never beside the environments (issue: a
+    # whole-system platform at the environment's root put them in ENVS/env-N.staging-1).
+    assert sorted(p.name for p in (cabinet.dir / "envs").iterdir()) == ["boot.json", "env-1", "env-2"]
+    assert not (cabinet.dir / "state/chain").exists()
 
 
 def test_a_broken_chain_installs_nothing(cabinet, world3, tmp_path):
@@ -370,3 +389,41 @@ def test_a_bundle_of_hundreds_of_volumes_installs_under_a_low_descriptor_limit(w
     assert limited.returncode == 0, limited.stderr
     assert "provisioned" in limited.stdout
     assert cabinet.status()["components"]["platform"]["sequence"] == 6
+
+
+def test_links_a_signed_platform_ships_never_lead_the_agent_out(world, tmp_path):
+    """The compromised-build-machine guarantee (docs/THREAT-MODEL.md, T-STAGE-BENEATH): a validly
+    signed platform whose links point at the running environment and at a folder outside, in the
+    whole-system layout with games nested and a preserved path, is installed, trial-booted and
+    committed - and nothing outside the new environment changed at any point: not the running
+    environment, not the folder the links point to."""
+    from dataclasses import replace
+
+    from agent.format.tree import tree_digest
+    from agent.scan import scan_tree
+    from tests.stick_sim import StickSim, symlink_entry
+
+    def digest(path: Path) -> str:  # content, modes, owners, and the modification times of files
+        return tree_digest(replace(e, size=(e.size, e.mtime)) if e.type == "file" else e for e in scan_tree(path))
+
+    layout = {"platform": ".", "games": "usr/local/games", "preserve": ["etc/ssh"]}
+    cabinet = Cabinet(world, tmp_path / "dev", layout=layout)
+    cabinet.provision()
+    outside = tmp_path / "outside"
+    (outside / "etc").mkdir(parents=True)
+    (outside / "etc/ssh").mkdir()
+    sim = StickSim(world)
+    sim.bundle("d12").edit("platform", add=[symlink_entry("etc/running", "../../env-1"),
+                                            symlink_entry("usr/outside", str(outside))])
+    stick = sim.write(tmp_path / "stick")
+    env1 = cabinet.dir / "envs/env-1"
+    (env1 / "etc/ssh").mkdir()
+    (env1 / "etc/ssh/host_key").write_text("machine secret\n")
+    before = digest(env1), digest(outside)
+    for command in (("on-insert", stick), ("boot",), ("boot-check",)):
+        cabinet.agent(*command, check=True)
+        assert (digest(env1), digest(outside)) == before, f"something outside env-2 changed by {command[0]}"
+    env2 = cabinet.dir / "envs/env-2"
+    assert cabinet.status()["committed_environment"] == "env-2"
+    assert os.readlink(env2 / "etc/running") == "../../env-1" and (env2 / "usr/local/games/fortune-wheel").is_dir()
+    assert (env2 / "etc/ssh/host_key").read_text() == "machine secret\n"

@@ -38,9 +38,13 @@ import zstandard
 
 from agent.format import codec, stick
 from agent.format.bundle_dir import MANIFEST, PAYLOAD
-from agent.format.manifest import Base
-from agent.format.tree import Entry
+from agent.format.manifest import (MAX_CHUNKS, MAX_ENTRIES, MAX_MANIFEST_BYTES, MAX_STORED_MANIFEST_BYTES, Base,
+                                   StoredObject)
+from agent.format.tree import Chunk, Entry, tree_digest
+from agent.lock import LOCK_FILE
+from agent.scan import scan_tree
 from keys.detached import signature_path
+from keys.strict_json import MAX_VALUES
 from keys.trust_root import Role
 from tests.conftest import BIN, count_summary
 from tests.device_sim import Cabinet, World
@@ -72,6 +76,12 @@ class Case:
     setup: Callable[[Cabinet, StickSim, Path], None] | None = None  # runs before the "before" snapshot
     rotates: bool = False  # the stick carries a valid rotation, which the device may keep
     medium: str | None = None  # None: insert the stick; a bundle name: `install` that bundle's folder
+    layout: str = "separate"  # the device's [layout] (LAYOUTS)
+    timeout: int = 10  # seconds the agent may take (a stick must never make it wait)
+    stick: str = "stick"  # the stick's directory name (os.fsdecode of its bytes, which need not be UTF-8)
+    via: str = ""  # appended to the medium's path as a technician might type it ("payload/..")
+    audit_records: int | None = None  # the run must add exactly this many audit records...
+    audit_bytes: int | None = None  # ...and grow the audit log by at most this many bytes
 
 
 # --- the honest starting points ---------------------------------------------------------------------
@@ -454,6 +464,38 @@ def root_over_1_mib(sim: StickSim) -> None:
     model.raw = json.dumps(document).encode()
 
 
+def padded_to(characters: int, *, wide: bool = False) -> Callable[[StickSim], None]:
+    """d12's manifest as a build machine could sign it, padded with spaces after its closing brace (valid
+    JSON) to ``characters`` characters; if ``wide``, with a folder named by an emoji in the wheel game,
+    which makes CPython hold every character of the text in 4 bytes (docs/FORMAT.md, "Limits")."""
+    def attack(sim: StickSim) -> None:
+        model = d12(sim)
+        if wide:
+            model.edit(WHEEL, add=[dir_entry("\U0001F3B0")])
+        text = model.manifest.to_bytes().decode()
+        model.manifest_json, model.level = (text + " " * (characters - len(text))).encode(), 3
+    return attack
+
+
+def over_the_limit_in_two(field: str, components: tuple[str, ...], item) -> Callable[[dict], None]:
+    """Half of MAX_ENTRIES and one ``item`` in ``field`` of each of two components: each list is within
+    the limit, their sum is not, and nothing of either may be built before that is known."""
+    def change(document: dict) -> None:
+        for component in document["components"]:
+            if component["name"] in components:
+                component[field] = [item] * (MAX_ENTRIES // 2 + 1)
+    return change
+
+
+def wheel_in_chunks(count: int) -> Callable[[dict], None]:
+    """wheel.dat listed as ``count`` chunks (its one chunk again and again): one entry is read whole."""
+    def change(document: dict) -> None:
+        wheel = next(c for c in document["components"] if c["name"] == WHEEL)
+        entry = next(e for e in wheel["entries"] if e["path"] == "wheel.dat")
+        entry["chunks"] = entry["chunks"] * count
+    return change
+
+
 # --- the medium ------------------------------------------------------------------------------------------
 
 
@@ -551,6 +593,143 @@ def invalid(role: str, *names: str) -> Callable[[StickSim], tuple[str, ...]]:
     """Every key of ``names`` signed other bytes (the order of the list follows the key ids)."""
     return lambda sim: (f"signed by 0 of 2 required {role} (missing: {', '.join(names)}; invalid: ",
                         *(f"{n} (signature by key {sim.keys.id(n)} does not match the signed bytes)" for n in names))
+
+
+# --- sticks that try to exhaust the log, odd names, spool paths -----------------------------------------
+
+LATIN_1_STICK = os.fsdecode(b"stick-\xe9")  # a FAT volume label in a legacy code page, mounted as is
+LATIN_1_SHOWN = "stick-\\xe9"  # how the agent prints and logs it
+
+
+def forged_folders(count: int) -> Callable[[StickSim], None]:
+    """``count`` bundle folders anyone can write without a key: a bundle ID for a name, a COMPLETE
+    marker naming their manifest, and 64 random bytes for a manifest that nobody signed."""
+    def write(bundles: Path, root: Path) -> None:
+        for _ in range(count):
+            manifest = os.urandom(64)
+            folder = bundles / stick.bundle_id(manifest)
+            folder.mkdir()
+            (folder / MANIFEST).write_bytes(manifest)
+            (folder / stick.COMPLETE).write_bytes(stick.complete_marker(manifest))
+    return after_writing(product_subfolder(stick.BUNDLES), write)
+
+
+def forged_folders_beside_unsigned_d12(count: int) -> Callable[[StickSim], None]:
+    def attack(sim: StickSim) -> None:
+        forged_folders(count)(sim)
+        d12(sim).sign_with()
+    return attack
+
+
+def many_files(count: int) -> Callable[[Path, Path], None]:
+    def write(folder: Path, root: Path) -> None:
+        for number in range(count):
+            (folder / f"note-{number}.txt").touch()
+    return write
+
+
+def manifest_bomb_not_the_marked_one(sim: StickSim) -> None:
+    """d12's folder and marker, but a 100 MiB zstd bomb for a manifest: the marker's hash refuses it
+    before anything decompresses it (the bomb's own refusal would name its size)."""
+    model = d12(sim)
+    honest = model.manifest_file()
+    model.folder, model.marker = stick.bundle_id(honest), stick.complete_marker(honest)
+    model.stored = bomb(100 << 20, b" ")
+    without_keys(model)
+
+
+def sparse(size: int) -> Callable[[Path, Path], None]:
+    """The file made ``size`` bytes long without writing them (a hole): reading it would cost the
+    whole size, refusing it from its size costs nothing."""
+    return lambda path, root: os.truncate(path, size)
+
+
+def foreign_names(sim: StickSim) -> None:
+    """Files whose names are not UTF-8 in every folder of the layout, beside d12 (another system's)."""
+    def write(root: Path) -> None:
+        bundle = sim.bundle_dir(root, "d12")
+        for folder, name in ((root / sim.product, b"notes-\xe9.txt"), (sim.trust_dir(root), b"root-\xff.json"),
+                             (bundle.parent, b"caf\xe9"), (bundle, b"manifest.json.zst.\xff.minisig"),
+                             (bundle / PAYLOAD, b"\xff.vol")):
+            (folder / os.fsdecode(name)).write_bytes(b"not ours")
+    d12(sim)
+    sim.after.append(write)
+
+
+def names_not_utf_8(sim: StickSim) -> None:
+    """Names that are not UTF-8 and d12 signed by rel1 alone: the names are ignored, never a crash."""
+    foreign_names(sim)
+    d12(sim).sign_with("rel1")
+
+
+# --- the device's layout: a signed listing must not reach into another component -----------------------
+
+GAMES = "usr/local/games"  # the whole-system layout's games folder (LAYOUTS)
+
+
+def whole_system(*entries: Entry, drop: tuple[str, ...] = (), change: dict | None = None) -> Callable[[StickSim], None]:
+    """An insider's platform for the whole-system layout: d12's platform with these entries."""
+    return lambda sim: d12(sim).edit("platform", add=entries, drop=drop, change=change)
+
+
+def games_folder_behind_symlink(cabinet: Cabinet, sim: StickSim, tmp_path: Path) -> None:
+    """Setup: on the device, the running environment's games folder was replaced by a symlink to a
+    copy elsewhere (another local process, or an installer that made it so). Staging must refuse
+    to write through it, not follow it out of the new environment."""
+    games = cabinet.dir / "envs/env-1" / GAMES
+    shutil.move(games, cabinet.dir / "outside")
+    games.symlink_to(cabinet.dir / "outside")
+
+
+def rolled_back_from_release_2(cabinet: Cabinet, sim: StickSim, tmp_path: Path) -> None:
+    """Setup: release 2 committed (it added the fortune wheel), then a technician's manual rollback
+    to release 1, which lacks it: the wheel's floor stays at its sequence 1."""
+    commit_release_2(cabinet, sim, tmp_path)
+    cabinet.agent("rollback", check=True)
+    cabinet.agent("boot", check=True)
+
+
+def configured(line: str) -> Callable[[Cabinet, StickSim, Path], None]:
+    """Setup: a plausible mistake in the device's [layout] (the honest stick is then inserted)."""
+    def setup(cabinet: Cabinet, sim: StickSim, tmp_path: Path) -> None:
+        config = cabinet.dir / "agent.toml"
+        text = config.read_text().split("[layout]\n")[0]  # the Cabinet writes [layout] last
+        key = line.split("=")[0].strip()
+        kept = "".join(f"{k} = {json.dumps(v)}\n" for k, v in (cabinet.layout or {}).items() if k != key)
+        config.write_text(f"{text}[layout]\n{kept}{line}\n")
+    return setup
+
+
+@lru_cache(maxsize=None)
+def slow_to_deflate(size: int) -> bytes:
+    """Content that zstd stores in a few KiB but zlib deflates at level 9 at about 0.4 MB/s: a
+    1 MiB random text of two letters, repeated (zlib's 32 KiB window never sees the repeats)."""
+    import random
+    block = bytes(b"ab"[byte & 1] for byte in random.Random(9).randbytes(1 << 20))
+    return (block * (size // len(block) + 1))[:size]
+
+
+def gzip_recipe_cpu_bomb(sim: StickSim) -> None:
+    """An insider's changelog.gz: 48 MiB of such content with a level-9 recipe (a few KiB stored)."""
+    model = d12(sim)
+    entry = model.entry("platform", "usr/share/doc/cabinet/changelog.gz")
+    content = slow_to_deflate(48 << 20)
+    stored = codec.compress(content, 3)
+    objects = [*model.objects(), (StoredObject(id=hashlib.sha256(stored).hexdigest(), offset=0, size=len(stored),
+                                               encoding="zstd"), stored)]
+    model.repack(objects)
+    recipe = replace(entry.gzip, level=9, size=len(content), sha256=hashlib.sha256(content).hexdigest())
+    model.edit("platform", change={entry.path: dict(gzip=recipe, size=len(content) // 6,
+                                                    chunks=(Chunk(object=objects[-1][0].id, size=len(content)),))})
+
+
+def two_manifests_beyond_one_manifest_s_limits(sim: StickSim) -> None:
+    """full-1 (the installed release: a no-op) twice, each signed with 17 MiB of JSON whitespace
+    after its listing: within the limits of one manifest alone, beyond them together."""
+    del sim.bundles["d12"]
+    for name, padding in (("full-1", 17 << 20), ("full-1-again", (17 << 20) + 1)):
+        model = sim.add(name, sim.world.bundles / "full-1")
+        model.manifest_json, model.level = model.manifest.to_bytes() + b" " * padding, 3
 
 
 NOTHING = "nothing newer for this machine"
@@ -722,15 +901,16 @@ CASES: list[Case] = [
     Case("bomb-chunk-of-1-gib", "T-BOMB", lambda s: store_wheel(s, bomb(1 << 30), size=1 << 30),
          "chunk size must be 1..67108864"),
     Case("manifest-over-32-mib", "T-EXHAUST", lambda s: setattr(d12(s), "stored", os.urandom((32 << 20) + 1)),
-         "manifest is larger than the 33554432-byte limit"),
+         f"manifest is larger than the {MAX_STORED_MANIFEST_BYTES}-byte limit"),
     Case("manifest-bomb-100-mib", "T-BOMB", lambda s: setattr(d12(s), "stored", bomb(100 << 20, b" ")),
-         "manifest would decompress to 104857600 bytes (limit 67108864)"),
+         f"manifest would decompress to 104857600 bytes (limit {MAX_MANIFEST_BYTES})"),
     Case("manifest-without-declared-size", "T-BOMB",
          lambda s: setattr(d12(s), "stored", reframe(d12(s).manifest_file(), content_size=None, window_log=20)),
          "stored manifest does not declare its content size"),
-    Case("a-million-entries", "T-EXHAUST", json_edit(a_million_entries), "invalid manifest: more than 1000000 entries"),
+    Case("a-million-entries", "T-EXHAUST", json_edit(a_million_entries),
+         f"invalid manifest: more than {MAX_ENTRIES} entries"),
     Case("a-million-objects", "T-EXHAUST", json_edit(lambda d: d.update(objects=[{}] * 1_000_001)),
-         "invalid manifest: more than 1000000 objects"),
+         f"invalid manifest: more than {MAX_ENTRIES} objects"),
     Case("ten-thousand-volumes", "T-EXHAUST", json_edit(lambda d: d.update(volumes=[{}] * 10_001)),
          "invalid manifest: more than 10000 volumes"),
     Case("257-hardware-models", "T-EXHAUST",
@@ -761,6 +941,26 @@ CASES: list[Case] = [
          add(WHEEL, *[dir_entry("/".join(["d" * 200] * n)) for n in range(1, 22)]), "path longer than 4096 bytes"),
     Case("symlink-target-longer-than-4096-bytes", "T-EXHAUST", add("platform", symlink_entry("etc/far", "a/" * 2100)),
          "symlink 'etc/far' has an overlong target or one with a NUL byte"),
+    # --- memory: the largest manifest the parser accepts ---
+    # Limits that bound the agent's memory (docs/FORMAT.md, "Limits"); tests/test_manifest_memory.py
+    # installs the largest manifest within them and checks the agent's peak RSS.
+    Case("memory-json-one-byte-over-the-limit", "T-EXHAUST", padded_to(MAX_MANIFEST_BYTES + 1),
+         f"manifest would decompress to {MAX_MANIFEST_BYTES + 1} bytes (limit {MAX_MANIFEST_BYTES})"),
+    # A quarter of the limit in characters, but one emoji: 4 bytes each in memory.
+    Case("memory-text-four-bytes-per-character", "T-EXHAUST", padded_to(MAX_MANIFEST_BYTES // 4 + 1, wide=True),
+         f"text is {MAX_MANIFEST_BYTES // 4 + 1} characters of 4 bytes in memory, more than the "
+         f"{MAX_MANIFEST_BYTES}-byte limit"),
+    Case("memory-entries-over-the-limit-in-two-games", "T-EXHAUST",
+         json_edit(over_the_limit_in_two("entries", (WHEEL, LUCKY), {})),
+         f"invalid manifest: more than {MAX_ENTRIES} entries"),
+    Case("memory-removed-paths-over-the-limit-in-two-deltas", "T-EXHAUST",
+         json_edit(over_the_limit_in_two("removed", ("platform", LUCKY), "x")),
+         f"invalid manifest: more than {MAX_ENTRIES} removed"),
+    Case("memory-file-in-65537-chunks", "T-EXHAUST", json_edit(wheel_in_chunks(MAX_CHUNKS + 1)),
+         f"invalid manifest: more than {MAX_CHUNKS} chunks"),
+    # 32 MB of "[], ": parsed whole, the lists took ~500 MB. Values read whole are counted instead.
+    Case("memory-eight-million-empty-lists", "T-EXHAUST", json_edit(lambda d: d.update(padding=[[]] * 8_000_000)),
+         f"invalid manifest: more than {MAX_VALUES} values"),
     # --- paths, validly signed: an insider or a compromised build must not escape ------------------------
     Case("dot-dot-path", "T-PATH", add(WHEEL, file_entry("../../platform/usr/bin/evil", b"x")),
          "path '../../platform/usr/bin/evil' has an empty, '.' or '..' component"),
@@ -814,6 +1014,63 @@ CASES: list[Case] = [
          "path '../../../etc/shadow' has an empty, '.' or '..' component"),
     Case("copy-source-through-symlink", "T-SYMLINK-READ", copy_source_through_symlink,
          "'usr/bin/engine' is a symlink", staged=True),
+    Case("two-manifests-beyond-one-manifest-s-limits", "T-EXHAUST", two_manifests_beyond_one_manifest_s_limits,
+         f"the manifests on this medium would exceed {MAX_STORED_MANIFEST_BYTES >> 20} MiB stored or "
+         f"{MAX_MANIFEST_BYTES >> 20} MiB decompressed, the limits of one manifest; this bundle was not read"),
+    # --- the device's layout: a signed platform must not reach into the games or machine-local paths ----
+    Case("platform-makes-games-folder-a-symlink-into-the-running-environment", "T-NESTED",
+         whole_system(dir_entry("usr/local"), symlink_entry(GAMES, "../../../env-1/usr/local/games")),
+         f"makes '{GAMES}' a symlink, but it is the games folder '{GAMES}': it must stay a directory",
+         layout="whole-system"),
+    Case("platform-makes-games-folder-an-absolute-symlink", "T-NESTED",
+         whole_system(dir_entry("usr/local"), symlink_entry(GAMES, "/tmp")),
+         f"makes '{GAMES}' a symlink, but it is the games folder", layout="whole-system"),
+    Case("platform-makes-a-folder-above-the-games-a-symlink", "T-NESTED",
+         whole_system(symlink_entry("usr/local", "/tmp")),
+         f"makes 'usr/local' a symlink, but it leads to the games folder '{GAMES}'", layout="whole-system"),
+    Case("platform-makes-games-folder-a-file", "T-NESTED",
+         whole_system(dir_entry("usr/local"), file_entry(GAMES)),
+         f"makes '{GAMES}' a file, but it is the games folder", layout="whole-system"),
+    Case("platform-lists-a-file-inside-a-game", "T-NESTED",
+         whole_system(dir_entry("usr/local"), dir_entry(GAMES), dir_entry(f"{GAMES}/fortune-wheel"),
+                      file_entry(f"{GAMES}/fortune-wheel/PWNED.txt")),
+         f"lists '{GAMES}/fortune-wheel', inside the games folder '{GAMES}': only game components may be staged there",
+         layout="whole-system"),
+    Case("platform-makes-the-folder-of-a-preserved-path-a-symlink", "T-NESTED",
+         whole_system(drop=("etc/cabinet.conf",), change={"etc": dict(type="symlink", mode=None, target="/tmp")}),
+         "makes 'etc' a symlink, but it leads to the machine-local path 'etc/ssh' ([layout] preserve)",
+         layout="whole-system"),
+    # Staging writes beneath the new environment only: a symlink already in the clone is refused, not followed.
+    Case("games-folder-is-a-symlink-on-the-device", "T-STAGE-BENEATH", lambda s: None,
+         "'games' is not a plain directory", layout="whole-system", setup=games_folder_behind_symlink, staged=True),
+    # --- anti-rollback after a technician's rollback -----------------------------------------------------
+    Case("stolen-stick-brings-a-removed-game-below-its-floor", "T-ROLLBACK",
+         lambda s: d12(s).only(WHEEL).set_component(WHEEL, sequence=0, version="0.9"),
+         ("game/fortune-wheel 0.9 (sequence 0) is older than sequence 1, which this machine had committed before",
+          NOTHING), exit=NOT_APPLICABLE, setup=rolled_back_from_release_2),
+    # --- work that does not pay for itself ---------------------------------------------------------------
+    Case("gzip-recipe-cpu-bomb", "T-WORK", gzip_recipe_cpu_bomb,
+         "re-deflating gzip content took", staged=True, timeout=60),
+    # --- games other local processes could change -------------------------------------------------------
+    Case("world-writable-game-file", "T-POLICY", change(WHEEL, "wheel.dat", mode=0o666),
+         "'wheel.dat' is writable by every user"),
+    Case("world-writable-game-folder-without-sticky-bit", "T-POLICY", change(WHEEL, ".", mode=0o777),
+         "'.' is a folder writable by every user without the sticky bit"),
+    # --- plausible mistakes in the device's configuration (the stick is honest) ----------------------------
+    Case("layout-platform-is-the-host-root", "T-CONFIG", lambda s: None,
+         "[layout] platform = '/' must be \".\" or a relative path inside the environment", exit=1,
+         setup=configured('platform = "/"')),
+    Case("layout-games-climbs-out", "T-CONFIG", lambda s: None,
+         "[layout] games = '../../outside' must be \".\" or a relative path", exit=1,
+         setup=configured('games = "../../outside"')),
+    Case("layout-platform-is-a-number", "T-CONFIG", lambda s: None,
+         "[layout] platform must be a string", exit=1, setup=configured("platform = 7")),
+    Case("layout-platform-inside-the-games-folder", "T-CONFIG", lambda s: None,
+         "[layout] platform = 'games/platform' lies inside games = 'games'", exit=1,
+         setup=configured('platform = "games/platform"')),
+    Case("layout-preserve-overlaps-the-games", "T-CONFIG", lambda s: None,
+         "[layout] preserve: 'usr' overlaps the games folder 'usr/local/games'", exit=1, layout="whole-system",
+         setup=configured('preserve = ["usr"]')),
     # --- the medium itself ---------------------------------------------------------------------------------
     # A folder without its marker is an interrupted write, ignored by design (docs/STICK.md).
     Case("no-complete-marker", "T-INCOMPLETE", lambda s: setattr(d12(s), "complete", False), NOTHING,
@@ -851,6 +1108,58 @@ CASES: list[Case] = [
     # docs/STICK.md: only plain folders reached without a symlink count; this one is not a bundle.
     Case("bundle-folder-behind-symlink", "T-SYMLINK-READ", after_writing(bundle_folder, off_the_stick),
          NOTHING, exit=NOT_APPLICABLE),
+    # --- forged sticks that try to exhaust the log, odd names, spool paths ---
+    # docs/STICK.md, "Limits": more than 64 bundle folders refuse the stick before a marker is read,
+    # with one audit record, not one per folder.
+    Case("two-thousand-forged-bundle-folders", "T-LOG", forged_folders(2000),
+         "demo-cabinet/bundles holds 2001 bundle folders; a stick may carry at most 64 per product",
+         audit_records=1, audit_bytes=1024),
+    # At the limit every folder is examined: 64 refusals, one audit record of bounded size.
+    Case("sixty-four-forged-bundle-folders", "T-LOG", forged_folders_beside_unsigned_d12(63),
+         ("signed by 0 of 2 required release signers (missing: rel1, rel2)", "; and 56 more (in the audit log)"),
+         audit_records=1, audit_bytes=16 << 10),
+    Case("five-thousand-files-in-bundles-folder", "T-EXHAUST",
+         after_writing(product_subfolder(stick.BUNDLES), many_files(5000)),
+         "demo-cabinet/bundles holds more than 4096 entries", audit_records=1, audit_bytes=1024),
+    Case("manifest-bomb-not-the-marked-one", "T-EXHAUST", manifest_bomb_not_the_marked_one,
+         "the manifest is not the one the COMPLETE marker names (changed after writing)", audit_records=1),
+    Case("manifest-sparse-4-gib", "T-EXHAUST", after_writing(manifest_file, sparse((4 << 30) - 1)),
+         f"manifest is larger than the {MAX_STORED_MANIFEST_BYTES}-byte limit", audit_records=1),
+    # Names that are not UTF-8 are carried as they are, printed and logged as \xNN (docs/AGENT.md).
+    Case("stick-named-in-latin-1", "T-MEDIUM", lambda s: d12(s).sign_with(),
+         lambda s: (LATIN_1_SHOWN, signed_by()(s)), stick=LATIN_1_STICK, audit_records=1),
+    Case("bundle-directory-named-in-latin-1", "T-MEDIUM", lambda s: d12(s).sign_with(),
+         lambda s: (LATIN_1_SHOWN, signed_by()(s)), stick=LATIN_1_STICK, medium="d12", audit_records=1),
+    Case("names-not-utf-8-on-stick", "T-MEDIUM", names_not_utf_8, signed_by("rel1"), audit_records=1),
+    # The spool is named by the manifest's hash: `install BUNDLE/payload/..` spools nothing into
+    # STATE/payload (the spool is filled, then staging fails and everything is removed).
+    Case("install-bundle-via-payload-dotdot", "T-MEDIUM", change("platform", "etc/cabinet.conf", sha256="0" * 64),
+         "'etc/cabinet.conf' decoded to content that does not match its SHA-256", staged=True, medium="d12",
+         via="payload/.."),
+    # --- trust roots a stick may carry ---
+    # docs/TRUST.md, "Rotations per insertion": a device reads only the root files named for the 32
+    # versions after its own. Here root-2.json .. root-201.json hold 1 MiB of zeros each (sparse: no
+    # disk used), and root-34.json, the first past the window, is one byte over the 1 MiB limit:
+    # reading it would refuse the stick for its size. The refusal is root-2.json's content instead:
+    # nothing past the window was opened, and at most 32 roots were held.
+    Case("two-hundred-root-files-of-1-mib", "T-EXHAUST",
+         after_writing(product_subfolder(stick.TRUST), lambda trust, root: [
+             os.truncate(shutil.copyfile(os.devnull, trust / stick.root_name(n)), (1 << 20) + (n == 34))
+             for n in range(2, 202)]),
+         "trust/root-2.json: not a valid trust root", audit_records=1),
+    # Junk named for versions past the window is not read at all, so not refused either: the
+    # device stays at root 1 and examines the bundles (unsigned here, so the stick is refused for them).
+    Case("root-files-past-the-next-32-versions", "T-EXHAUST",
+         lambda s: (d12(s).sign_with(), after_writing(product_subfolder(stick.TRUST), lambda trust, root: [
+             os.truncate(shutil.copyfile(os.devnull, trust / stick.root_name(n)), 1 << 20)
+             for n in range(34, 234)])(s)),
+         signed_by(), audit_records=1),
+    # --- names that would drive the technician's terminal ---
+    # A volume label with ESC sequences (set the window title, clear the screen): printed and
+    # logged as \xNN, never sent to the terminal (keys/printable.py).
+    Case("stick-named-with-escape-sequences", "T-MEDIUM", lambda s: d12(s).sign_with(),
+         lambda s: ("stick-\\x1b]0;all good\\x07\\x1b[2J", signed_by()(s)),
+         stick="stick-\x1b]0;all good\x07\x1b[2J", audit_records=1),
 ]
 
 
@@ -864,21 +1173,51 @@ def world(tmp_path_factory) -> World:
     return world
 
 
+# The layouts docs/AGENT.md documents: components side by side, and the whole system as the
+# platform with the games nested inside it and machine-local files kept across updates.
+LAYOUTS = {"separate": None,
+           "whole-system": {"platform": ".", "games": "usr/local/games", "preserve": ["etc/ssh"]}}
+
+
 @pytest.fixture(scope="module")
-def provisioned(world, tmp_path_factory) -> Cabinet:
-    """One cabinet provisioned with release 1 by the real agent; each case gets a copy of it."""
-    cabinet = Cabinet(world, tmp_path_factory.mktemp("provisioned") / "device")
-    cabinet.provision()
-    return cabinet
+def provisioned_by_layout(world, tmp_path_factory) -> dict[str, Cabinet]:
+    """Per layout, one cabinet provisioned with release 1 by the real agent (made on first use);
+    each case gets a copy of it. The whole-system one holds a machine-local host key."""
+    cabinets: dict[str, Cabinet] = {}
+
+    def get(layout: str) -> Cabinet:
+        if layout not in cabinets:
+            cabinet = Cabinet(world, tmp_path_factory.mktemp(f"provisioned-{layout}") / "device",
+                              layout=LAYOUTS[layout])
+            cabinet.provision()
+            if layout == "whole-system":
+                (cabinet.dir / "envs/env-1/etc/ssh").mkdir()
+                (cabinet.dir / "envs/env-1/etc/ssh/host_key").write_text("machine secret\n")
+            cabinets[layout] = cabinet
+        return cabinets[layout]
+    return get
+
+
+@pytest.fixture(scope="module")
+def provisioned(provisioned_by_layout) -> Cabinet:
+    return provisioned_by_layout("separate")
 
 
 def _copy(provisioned: Cabinet, world: World, directory: Path) -> Cabinet:
     """A cabinet in exactly the provisioned state: its environments and agent state copied (they
     hold no absolute paths), its own configuration pointing at them."""
-    cabinet = Cabinet(world, directory)
+    cabinet = Cabinet(world, directory, layout=provisioned.layout)
     for part in ("envs", "state"):
         shutil.copytree(provisioned.dir / part, directory / part, symlinks=True)
     return cabinet
+
+
+def _everything_but_state(cabinet: Cabinet) -> str:
+    """The whole device folder but the agent's state: environments, boot record, configuration,
+    health hook, and any folder beside them a hostile symlink could point to. Modification
+    times count too (a write that restores the content still shows)."""
+    return tree_digest(replace(e, size=(e.size, e.mtime)) if e.type == "file" else e
+                       for e in scan_tree(cabinet.dir, exclude=("state",)))
 
 
 def _trust_files(cabinet: Cabinet) -> dict[str, bytes]:
@@ -899,33 +1238,44 @@ def _audit_lines(cabinet: Cabinet) -> list[str]:
     return (cabinet.dir / "state/audit.log").read_text().splitlines()
 
 
-def _run_agent(cabinet: Cabinet, command: str, medium: Path) -> tuple[int | None, str]:
+def _audit_log(cabinet: Cabinet) -> Path:
+    return cabinet.dir / "state/audit.log"
+
+
+def _state_dirs(cabinet: Cabinet) -> set[str]:
+    return {p.name for p in (cabinet.dir / "state").iterdir() if p.is_dir()}
+
+
+def _run_agent(cabinet: Cabinet, command: str, medium: Path, timeout: int = AGENT_TIMEOUT) -> tuple[int | None, str]:
     """The real bundle-agent, with a deadline: a stick must never make it wait."""
     try:
         result = subprocess.run([str(BIN / "bundle-agent"), "--config", str(cabinet.dir / "agent.toml"), command,
-                                 str(medium)], capture_output=True, text=True, timeout=AGENT_TIMEOUT,
+                                 str(medium)], capture_output=True, text=True, timeout=timeout,
                                 env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
     except subprocess.TimeoutExpired:
-        return None, f"bundle-agent {command} was still running after {AGENT_TIMEOUT} s and was killed"
+        return None, f"bundle-agent {command} was still running after {timeout} s and was killed"
     return result.returncode, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_hostile_stick(case: Case, world: World, provisioned: Cabinet, tmp_path: Path) -> None:
-    cabinet = _copy(provisioned, world, tmp_path / "device")
+def test_hostile_stick(case: Case, world: World, provisioned_by_layout, tmp_path: Path) -> None:
+    cabinet = _copy(provisioned_by_layout(case.layout), world, tmp_path / "device")
     sim = StickSim(world)
     sim.add("d12")
     if case.setup:
         case.setup(cabinet, sim, tmp_path)
     case.attack(sim)
-    medium = sim.write(tmp_path / "stick")
+    medium = sim.write(tmp_path / case.stick)
     if case.medium is not None:
         medium = sim.bundle_dir(medium, case.medium)
+    medium = medium / case.via if case.via else medium
     expected = case.expect(sim) if callable(case.expect) else case.expect
     expected = (expected,) if isinstance(expected, str) else expected
 
     before, trust_before, logged = cabinet.snapshot(), _trust_files(cabinet), len(_audit_lines(cabinet))
-    code, output = _run_agent(cabinet, "on-insert" if case.medium is None else "install", medium)
+    everything_before = _everything_but_state(cabinet)
+    state_dirs, log_size = _state_dirs(cabinet), _audit_log(cabinet).stat().st_size
+    code, output = _run_agent(cabinet, "on-insert" if case.medium is None else "install", medium, case.timeout)
     events = {json.loads(line)["event"] for line in _audit_lines(cabinet)[logged:]}
 
     if case.staged:  # visible only while staging: staging began, failed, and was discarded
@@ -935,7 +1285,8 @@ def test_hostile_stick(case: Case, world: World, provisioned: Cabinet, tmp_path:
     # Refused: the right exit code and text, at the right moment. Unchanged: the device's state.
     refused = code == case.exit and all(text in output for text in expected) and in_time
     unchanged = (cabinet.snapshot() == before and _pending(cabinet) is None and not _spool(cabinet).exists()
-                 and (case.rotates or _trust_files(cabinet) == trust_before))
+                 and (case.rotates or _trust_files(cabinet) == trust_before)
+                 and _everything_but_state(cabinet) == everything_before)
     count_summary("hostile", "hostile sticks: {refused} refused of {total}, device unchanged in {unchanged}",
                   total=1, refused=int(refused), unchanged=int(unchanged))
 
@@ -943,11 +1294,22 @@ def test_hostile_stick(case: Case, world: World, provisioned: Cabinet, tmp_path:
     for text in expected:
         assert text in output, f"expected {text!r} in:\n{output}"
     assert cabinet.snapshot() == before, "the running environment, the committed state or the environments changed"
+    # Nothing written outside the new environment, which is gone again: every environment, the boot
+    # record, and the folders beside them (where a symlink could lead) are as they were.
+    assert _everything_but_state(cabinet) == everything_before, "something outside the agent's state changed"
     assert _pending(cabinet) is None, "an install was left pending"
     assert not _spool(cabinet).exists(), "the spool was left behind"
     assert case.rotates or _trust_files(cabinet) == trust_before, "the device's trust roots changed"
     assert in_time, (f"audit events {sorted(events)}: expected "
                      + ("a discarded staging" if case.staged else "a refusal before anything was written"))
+    # Nothing the medium names chooses where the agent writes: no new folder in STATE (T-MEDIUM).
+    new_dirs = _state_dirs(cabinet) - state_dirs - ({"trust"} if case.rotates else set())
+    assert not new_dirs, f"the agent left new folders in its state directory: {sorted(new_dirs)}"
+    # However much a stick carries, what it costs the audit log is bounded (T-LOG).
+    added = _audit_lines(cabinet)[logged:]
+    assert case.audit_records is None or len(added) == case.audit_records, f"audit records added: {added}"
+    grown = _audit_log(cabinet).stat().st_size - log_size
+    assert case.audit_bytes is None or grown <= case.audit_bytes, f"the audit log grew by {grown} bytes"
 
 
 # --- the corpus and the simulator themselves ----------------------------------------------------------------
@@ -993,3 +1355,54 @@ def test_the_unchanged_model_installs(world, provisioned, tmp_path):
     sim.add("d12")
     code, output = _run_agent(cabinet, "on-insert", sim.write(tmp_path / "stick"))
     assert code == 0 and "staged game/fortune-wheel, game/lucky-sevens, platform in env-2" in output, output
+
+
+# --- names that are not UTF-8, and paths that climb: an honest medium still installs ------------------------
+
+
+def _agent_bytes(cabinet: Cabinet, *args: str) -> subprocess.CompletedProcess:
+    """The real bundle-agent with its output as bytes: whatever it prints must be UTF-8 as it is."""
+    return subprocess.run([str(BIN / "bundle-agent"), "--config", str(cabinet.dir / "agent.toml"), *args],
+                          capture_output=True, timeout=AGENT_TIMEOUT,
+                          env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
+
+
+def _installed(result: subprocess.CompletedProcess) -> dict:
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    report = json.loads(result.stdout.decode("utf-8"))  # strict: no raw byte of a name leaks out
+    assert report["message"].startswith("staged "), report
+    return report
+
+
+def test_a_stick_named_in_a_legacy_code_page_installs(world, provisioned, tmp_path):
+    """A mount point named b"stick-\\xe9" (a FAT label in Latin-1), files named in no UTF-8 on it:
+    ``on-insert --json`` installs; the name is printed and logged as ``\\xe9``, the lock file holds
+    its own bytes, and every audit line is JSON."""
+    cabinet = _copy(provisioned, world, tmp_path / "device")
+    sim = StickSim(world)
+    foreign_names(sim)
+    medium = sim.write(tmp_path / LATIN_1_STICK)
+    logged = len(_audit_lines(cabinet))
+    _installed(_agent_bytes(cabinet, "on-insert", "--json", str(medium)))
+    assert b"stick-\xe9" in (cabinet.dir / "state" / LOCK_FILE).read_bytes()
+    records = [json.loads(line) for line in _audit_lines(cabinet)[logged:]]
+    assert records[0]["event"] == "examined" and records[0]["source"].endswith(LATIN_1_SHOWN), records[0]
+    status = _agent_bytes(cabinet, "status", "--json")
+    assert status.returncode == 0 and json.loads(status.stdout.decode("utf-8"))["pending"], status.stderr
+
+
+def test_a_bundle_folder_named_in_a_legacy_code_page_installs(world, provisioned, tmp_path):
+    cabinet = _copy(provisioned, world, tmp_path / "device")
+    bundle = tmp_path / LATIN_1_STICK / "d12"
+    shutil.copytree(world.bundles / "d12", bundle)
+    report = _installed(_agent_bytes(cabinet, "install", "--json", str(bundle)))
+    assert {d["bundle"] for d in report["decisions"]} == {"d12"}
+
+
+def test_install_through_payload_dotdot_spools_under_the_manifest_hash(world, provisioned, tmp_path):
+    """``install BUNDLE/payload/..`` is BUNDLE: it installs, and writes nothing into STATE/payload."""
+    cabinet = _copy(provisioned, world, tmp_path / "device")
+    before = _state_dirs(cabinet)
+    report = _installed(_agent_bytes(cabinet, "install", "--json", str(world.bundles / "d12" / PAYLOAD / "..")))
+    assert {d["bundle"] for d in report["decisions"]} == {"d12"}
+    assert _state_dirs(cabinet) == before and not _spool(cabinet).exists()

@@ -12,8 +12,10 @@ import json
 
 import pytest
 
-from agent.format.manifest import Base, Component, MalformedManifest, Manifest, StoredObject, Volume
+from agent.format.manifest import (MAX_CHUNKS, MAX_ENTRIES, MAX_MANIFEST_BYTES, Base, Component, MalformedManifest,
+                                   Manifest, StoredObject, Volume)
 from agent.format.tree import Chunk, Entry, tree_digest
+from keys import strict_json
 
 DATA = b"stored object bytes"
 OBJECT = hashlib.sha256(DATA).hexdigest()
@@ -163,3 +165,99 @@ def test_stored_manifest_bomb_is_refused_before_decompressing():
         Manifest.from_stored(bomb)
     with pytest.raises(MalformedManifest, match="not a valid zstd frame"):
         Manifest.from_stored(b"not zstd at all")
+
+
+# --- memory (T-EXHAUST; docs/FORMAT.md, "Limits") ---------------------------------------------------
+# The limits bound the agent's memory, so they are checked before what they count is built.
+
+
+def _with_game(document: dict) -> dict:
+    game = valid_document(game=True)["components"][0]
+    document["components"].append(game)
+    return document
+
+
+@pytest.mark.parametrize("field, item", [("entries", {}), ("removed", "x")])
+def test_entries_and_removed_paths_are_counted_over_all_components_before_any_is_built(field, item):
+    document = _with_game(valid_document(delta=True))
+    document["components"][1]["base"] = document["components"][0]["base"]
+    for component in document["components"]:
+        component[field] = [item] * (MAX_ENTRIES // 2 + 1)  # each within the limit, not their sum
+    with pytest.raises(MalformedManifest, match=f"more than {MAX_ENTRIES} {field}"):
+        Manifest.from_bytes(json.dumps(document).encode())
+
+
+def _in_chunks(count: int) -> dict:
+    document = valid_document()
+    entry(document, "bin/tool").update(size=count, chunks=[{"object": OBJECT, "size": 1}] * count)
+    return _redigest(document)
+
+
+def test_a_file_of_max_chunks_is_read_and_one_more_is_refused():
+    # The file's entry is longer than strict_json.WINDOW: it is read by hand, its chunks one by one.
+    assert len(json.dumps(_in_chunks(MAX_CHUNKS))) > strict_json.WINDOW
+    manifest = Manifest.from_bytes(json.dumps(_in_chunks(MAX_CHUNKS)).encode())
+    assert manifest.components[0].entries[2].chunks == (Chunk(OBJECT, 1),) * MAX_CHUNKS
+    with pytest.raises(MalformedManifest, match=f"more than {MAX_CHUNKS} chunks"):
+        Manifest.from_bytes(json.dumps(_in_chunks(MAX_CHUNKS + 1)).encode())
+
+
+@pytest.mark.parametrize("character, width", [("\u0101", 2), ("\U0001F3B0", 4)])
+def test_the_text_is_bounded_as_held_in_memory(character, width):
+    """One character beyond U+00FF makes CPython hold every character in 2 bytes, beyond U+FFFF in 4."""
+    document = valid_document()
+    add(document, {**FILE, "path": character})
+    text = json.dumps(_redigest(document), ensure_ascii=False)
+    Manifest.from_bytes((text + " " * (MAX_MANIFEST_BYTES // width - len(text))).encode())
+    with pytest.raises(MalformedManifest, match=f"{MAX_MANIFEST_BYTES // width + 1} characters of {width} bytes "
+                                                 f"in memory, more than the {MAX_MANIFEST_BYTES}-byte limit"):
+        Manifest.from_bytes((text + " " * (MAX_MANIFEST_BYTES // width + 1 - len(text))).encode())
+
+
+@pytest.mark.parametrize("where", ["top level", "an entry"])
+def test_values_read_whole_are_counted(where):
+    """``[[], [], ...]`` costs ~19 bytes per byte as lists. Outside the large arrays it is refused once
+    it holds MAX_VALUES values; an entry too long for the json module's window is read by hand, and
+    refused the same way."""
+    document = valid_document()
+    (document if where == "top level" else entry(document, "bin/tool"))["padding"] = [[]] * strict_json.WINDOW
+    with pytest.raises(MalformedManifest, match=f"more than {strict_json.MAX_VALUES} values"):
+        Manifest.from_bytes(json.dumps(document).encode())
+
+
+LAZY = frozenset({("a",), ("b", "*", "c")})
+JSON_TEXTS = [
+    '{"a": [1, {"x": [2, [3]]}, "s\\u00e9\\ud83c\\udfb0", null, true, false, -0, []], "b": [{"c": [{}, [[]]]}, 7]}',
+    ' \t\n{ "a" : [ ] , "b" : [ { "c" : [ ] } ] , "z" : { "a" : [ 1 ] } }\r\n',
+    '{"b": [{"c": "not an array"}], "a": {"not": "an array"}}',
+]
+BAD_TEXTS = ['{"a": [1,]}', '{"a": [1 2]}', '{"a": [1], }', '{"a" [1]}', '{"a": [1]} x', '{"a": [1.5]}',
+             '{"a": [1], "a": [2]}', '{"b": [{"c": [{"k": 1, "k": 2}]}]}', '\ufeff{}', '{"a": [NaN]}', '[]',
+             '{"a": [', '{"a": ["\x01"]}', '{"a": [' + "1" * 21 + "]}"]
+
+
+def _whole(value):
+    if isinstance(value, (list, strict_json.LazyArray)):
+        return [_whole(item) for item in value]
+    return {key: _whole(item) for key, item in value.items()} if isinstance(value, dict) else value
+
+
+@pytest.mark.parametrize("text", JSON_TEXTS)
+def test_lazy_arrays_read_the_same_values_as_the_json_module(text):
+    assert _whole(strict_json.parse(text, lazy=LAZY)) == json.loads(text)
+
+
+def test_lazy_arrays_are_left_in_the_text():
+    document = strict_json.parse(JSON_TEXTS[0], lazy=LAZY)
+    assert isinstance(document["a"], strict_json.LazyArray) and len(document["a"]) == 8
+    assert isinstance(document["b"], list) and isinstance(document["b"][0]["c"], strict_json.LazyArray)
+    assert list(document["a"]) == list(document["a"]) == json.loads(JSON_TEXTS[0])["a"]  # read again each time
+
+
+@pytest.mark.parametrize("text", BAD_TEXTS)
+def test_lazy_reading_refuses_what_the_json_module_reading_refuses_with_the_same_message(text):
+    with pytest.raises(strict_json.JSONShapeError) as whole:
+        _whole(strict_json.parse(text))
+    with pytest.raises(strict_json.JSONShapeError) as lazy:
+        _whole(strict_json.parse(text, lazy=LAZY))
+    assert str(lazy.value) == str(whole.value)

@@ -25,6 +25,8 @@ from tests.releases import put, write_release
 LOCALES = 220  # platform files that change in every m-release: 1,000+ crash points in all
 SAMPLE_EVERY = 30  # make test: every 30th point, and both sides of each boot record, state and journal rename
 SAMPLE_EVERY_MANY = 60  # the many-file scenarios write the same records: their sample is files being staged
+# docs/AGENT.md's whole-system layout: the platform is the environment's root, the games nested in it.
+WHOLE_SYSTEM = {"platform": ".", "games": "usr/local/games", "preserve": ["etc/ssh"]}
 
 
 def _with_locales(world: World, source: str, name: str, release: int) -> None:
@@ -50,7 +52,14 @@ def world(tmp_path_factory) -> World:
     world.make("full-m1", "m1")
     world.make("dm12", "m2", base="m1")
     world.make("dm23", "m3", base="m2")
-    sticks = {"d12": ["d12"], "chain": ["d12", "d23"], "m12": ["dm12"], "m-chain": ["dm12", "dm23"]}
+    for number in (1, 2, 3):  # the whole-system layout's platform ships the games folder
+        shutil.copytree(world.dir / f"r{number}", world.dir / f"w{number}", symlinks=True)
+        (world.dir / f"w{number}/platform" / WHOLE_SYSTEM["games"]).mkdir(parents=True)
+    world.make("full-w1", "w1")
+    world.make("dw12", "w2", base="w1")
+    world.make("dw23", "w3", base="w2")
+    sticks = {"d12": ["d12"], "chain": ["d12", "d23"], "m12": ["dm12"], "m-chain": ["dm12", "dm23"],
+              "w-chain": ["dw12", "dw23"]}
     for stick, bundles in sticks.items():
         world.stick(world.dir / f"stick-{stick}", *bundles)
     return world
@@ -62,8 +71,10 @@ def releases(world) -> dict[str, Release]:
     r1, r2 = Release.of("r1", b / "full-1"), Release.of("r2", b / "full-2")
     m1 = Release.of("m1", b / "full-m1")
     m2 = Release.of("m2", b / "dm12", base=m1)
+    w1 = Release.of("w1", b / "full-w1")
+    w2 = Release.of("w2", b / "dw12", base=w1)
     return {r.name: r for r in (r1, r2, Release.of("r3", b / "d23", base=r2), m1, m2,
-                                Release.of("m3", b / "dm23", base=m2))}
+                                Release.of("m3", b / "dm23", base=m2), w1, w2, Release.of("w3", b / "dw23", base=w2))}
 
 
 def _scenarios(world: World) -> dict[str, Scenario]:
@@ -71,6 +82,9 @@ def _scenarios(world: World) -> dict[str, Scenario]:
         def prepare(device: Device) -> None:
             device.run("provision", world.bundles / bundle)
             device.run("boot")
+            for path in device.config.layout.preserve:  # a machine-local file, kept across updates
+                (device.path / "envs/env-1" / path).mkdir(parents=True)
+                (device.path / "envs/env-1" / path / "host_key").write_text("machine secret\n")
         return prepare
 
     def trial_armed(device: Device) -> None:
@@ -87,10 +101,10 @@ def _scenarios(world: World) -> dict[str, Scenario]:
     def again(*command):
         return lambda device: [list(command)]
 
-    def install(name: str, bundle: str, stick: str, after: str, end: str) -> Scenario:
+    def install(name: str, bundle: str, stick: str, after: str, end: str, layout: dict | None = None) -> Scenario:
         medium = world.dir / f"stick-{stick}"
         return Scenario(name, then(provisioned(bundle), "install", medium), (after, end), end,
-                        again("install", medium), keep=("env-1",))
+                        again("install", medium), keep=("env-1",), layout=layout)
 
     def provision(name: str, bundle: str, end: str) -> Scenario:
         def unless_done(device: Device) -> list[list]:
@@ -110,8 +124,10 @@ def _scenarios(world: World) -> dict[str, Scenario]:
         # The delta d12 from a stick: the journal, the clone, each staged file, the trial's journal
         # entry, the boot record's one-time choice.
         install("install", "full-1", "d12", "r1", "r2"),
-        # A chain d12 then d23: the intermediate tree is built beside the final one.
+        # A chain d12 then d23: the intermediate tree is built in the state directory.
         install("install-chain", "full-1", "chain", "r1", "r3"),
+        # The same in the whole-system layout: the platform is the environment's root.
+        install("install-chain-whole-system", "full-w1", "w-chain", "w1", "w3", layout=WHOLE_SYSTEM),
         # The boot loader consuming the trial's one-time choice.
         Scenario("boot", then(trial_armed, "boot"), ("r1", "r2"), "r2", again("install", stick), keep=("env-1",)),
         # boot-check in the trial, healthy: the boot record first, then the committed state.
@@ -131,7 +147,7 @@ def _scenarios(world: World) -> dict[str, Scenario]:
     ]}
 
 
-SCENARIOS = ["install", "install-chain", "boot", "boot-check-commit", "boot-check-rollback", "rollback", "provision",
+SCENARIOS = ["install", "install-chain", "install-chain-whole-system", "boot", "boot-check-commit", "boot-check-rollback", "rollback", "provision",
              "install-many", "install-chain-many", "provision-many"]
 
 

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -343,6 +344,49 @@ def test_a_different_root_with_the_same_version_is_refused(cli, world, tmp_path)
     assert snapshot(stick_dir) == before
 
 
+def fill_bundles_folder(stick_dir: Path, count: int) -> None:
+    """``count`` entries a device counts as bundle folders (complete or not, folders or not: a
+    forged or interrupted copy counts as much as a bundle), beside junk that no one counts."""
+    bundles = stick_dir / PRODUCT / "bundles"
+    bundles.mkdir(parents=True, exist_ok=True)
+    for number in range(count):
+        name = bundles / f"{number:016x}"
+        if number % 2:
+            name.mkdir()
+        else:
+            name.write_bytes(b"not a bundle\n")
+    for junk in ("System Volume Information", "._0123456789abcdef", ".DS_Store"):
+        (bundles / junk).mkdir()
+
+
+def test_a_stick_devices_would_refuse_for_its_bundle_count_is_not_written(cli, world, tmp_path):
+    """Devices refuse a stick with more than stick.MAX_BUNDLE_FOLDERS bundle folders for one
+    product: `bundle write` stops before going past it, and says what to do."""
+    assert stick.MAX_BUNDLE_FOLDERS == 64
+    full, delta = world.bundle("full-1"), world.bundle("d12")
+    fill_bundles_folder(tmp_path, stick.MAX_BUNDLE_FOLDERS - 1)
+    before = snapshot(tmp_path)
+    result = write(cli, tmp_path, full, delta, roots=(world.root1,))
+    assert result.returncode == 3, result.stderr
+    assert (f"the stick would hold 65 bundles for {PRODUCT} (63 already there, 2 new); devices refuse a stick "
+            "with more than 64 bundles per product") in result.stderr
+    assert "hint: write fewer bundles to this stick, or remove" in result.stderr
+    assert snapshot(tmp_path) == before  # nothing written, not even the trust root
+
+    # One bundle fits: the stick then holds 64, which devices still examine.
+    result = write(cli, tmp_path, full, roots=(world.root1,))
+    assert result.returncode == 0, result.stderr
+    assert [b["status"] for b in json.loads(result.stdout)["bundles"]] == ["written"]
+    assert [b.id for b in stick.complete_bundles(tmp_path, PRODUCT)] == [manifest_id(full)]  # as a device reads it
+    # Writing the same bundle again adds none, even when its copy must be replaced.
+    (tmp_path / PRODUCT / "bundles" / manifest_id(full) / "COMPLETE").unlink()
+    again = write(cli, tmp_path, full, roots=(world.root1,))
+    assert again.returncode == 0, again.stderr
+    assert [b["status"] for b in json.loads(again.stdout)["bundles"]] == ["replaced-incomplete"]
+    refused = write(cli, tmp_path, full, delta, roots=(world.root1,))
+    assert refused.returncode == 3 and "(64 already there, 1 new)" in refused.stderr
+
+
 def test_a_file_over_the_fat32_limit_is_refused_before_anything_is_written(world, tmp_path):
     big = world.bundle("big")
     volume = next((big / "payload").iterdir())
@@ -367,21 +411,37 @@ def fat32_stick(tmp_path):
         handle.truncate(64 << 20)
     subprocess.run(["mkfs.vfat", "-F", "32", image], check=True, capture_output=True)
 
+    daemons: list[subprocess.Popen] = []
+
     def mount(mode: str) -> None:
-        subprocess.run(["fusefat", "-o", mode, image, mount_point], check=True, capture_output=True)
+        # In the foreground, so that unmounting can wait for the daemon to have written the image
+        # back: fusermount -u returns before fusefat has (fsck.vfat then saw a half-closed image).
+        daemon = subprocess.Popen(["fusefat", "-f", "-o", mode, image, mount_point], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        daemons.append(daemon)
+        deadline = time.monotonic() + 10
+        while not os.path.ismount(mount_point):
+            assert daemon.poll() is None and time.monotonic() < deadline, "fusefat did not mount the image"
+            time.sleep(0.05)
+
+    def unmount() -> None:
+        subprocess.run(["fusermount", "-u", mount_point], check=True)
+        daemons.pop().wait(timeout=30)
 
     mount("rw+")
     try:
-        yield image, mount_point, mount
+        yield image, mount_point, mount, unmount
     finally:
-        subprocess.run(["fusermount", "-u", mount_point], capture_output=True)
+        if daemons:
+            subprocess.run(["fusermount", "-u", mount_point], capture_output=True)
+            daemons.pop().wait(timeout=30)
 
 
 def test_on_a_real_fat32_filesystem(cli, world, fat32_stick):
-    image, mount_point, mount = fat32_stick
+    image, mount_point, mount, unmount = fat32_stick
     result = write(cli, mount_point, world.bundle("full-1"), world.bundle("d12"), roots=(world.root1, world.root2))
     assert result.returncode == 0, result.stderr  # nothing tried to chmod or chown
-    subprocess.run(["fusermount", "-u", mount_point], check=True)
+    unmount()
     assert subprocess.run(["fsck.vfat", "-n", image], capture_output=True).returncode == 0
     mount("ro")
     trust = mount_point / PRODUCT / "trust"

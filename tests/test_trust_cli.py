@@ -193,6 +193,23 @@ def test_bundle_agent_verifies_roots_too(cli, trust_dir):
     assert "trusted root version 1" in result.stdout
 
 
+def test_root_verify_prints_a_path_that_is_not_utf_8(cli, trust_dir):
+    """A root on a stick whose label is in a legacy code page: on a strict UTF-8 stream the path
+    is printed as \\xe9 (keys/printable.py), in text and in JSON, instead of crashing the command."""
+    folder = trust_dir / os.fsdecode(b"stick-\xe9")
+    folder.mkdir()
+    for path in trust_dir.glob("root.json*"):
+        (folder / path.name).write_bytes(path.read_bytes())
+    strict = {"PYTHONIOENCODING": "utf-8"}  # no surrogateescape: what a UTF-8 locale gives
+    for command in ("bundle-agent", "bundle"):
+        text = cli(command, "root", "verify", folder / "root.json", env=strict)
+        assert text.returncode == 0, text.stderr
+        assert text.stdout.startswith(f"{trust_dir}/stick-\\xe9/root.json: trusted root version 1\n")
+        report = cli(command, "root", "verify", folder / "root.json", "--json", env=strict)
+        assert report.returncode == 0, report.stderr
+        assert json.loads(report.stdout)["path"] == f"{trust_dir}/stick-\\xe9/root.json"
+
+
 def test_real_minisign_keys_and_signatures_are_accepted(cli, minisign, tmp_path):
     """Interop the other way: keys and signatures made by minisign itself work with our tools."""
     subprocess.run([minisign, "-G", "-W", "-p", tmp_path / "m.pub", "-s", tmp_path / "m.key"], check=True,

@@ -7,28 +7,39 @@ is internally consistent: every file's data is accounted for, every object lies 
 payload, every path obeys the path rules and its component's content policy, and each
 component's tree digest matches its listing. Signatures are checked over the exact bytes
 *before* this parser runs (agent/verify.py).
+
+Memory is bounded by the limits below (T-EXHAUST): the large arrays are read from the text one
+element at a time (strict_json.LazyArray) straight into slotted dataclasses, so no tree of
+dicts for a whole listing ever exists, and the bytes, then the text, are dropped once read.
 """
 
 from __future__ import annotations
 
+import itertools
 import posixpath
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from agent.format import codec, gzip_recipe, paths
 from agent.format.tree import (DIR, EMPTY_SHA256, FILE, HARDLINK, SETUID_SETGID, SYMLINK, TYPES, Chunk, Entry,
                                GzipRecipe, Prefix, path_order, tree_digest)
 from keys import strict_json
 from keys.errors import Refused
-from keys.strict_json import JSONShapeError, field
+from keys.strict_json import JSONShapeError, LazyArray, field
 
 DOCUMENT_TYPE = "bundle-manifest"
 FORMAT = 1
-MAX_MANIFEST_BYTES = codec.MAX_DECODED_BYTES  # decompressed
-MAX_STORED_MANIFEST_BYTES = 32 << 20
+# T-EXHAUST: the agent must stay under 256 MiB of RSS with any manifest these limits allow
+# (docs/FORMAT.md, "Limits"; tests/test_manifest_memory.py). Parsed, a manifest costs up to
+# ~3.5 bytes per byte of JSON, and an entry up to ~400 bytes however short; staging scans each
+# staged entry for ~900 more (agent/scan.py). The largest one, staged, peaks at ~205 MiB. A real
+# tree needs ~250 bytes of JSON per entry: 100,000 entries fit, 8 times a platform's 11,846.
+MAX_MANIFEST_BYTES = 32 << 20  # decompressed; also its text's size in memory (strict_json.decode)
+MAX_STORED_MANIFEST_BYTES = 16 << 20  # held for the whole install: what its signatures cover
 MANIFEST_LEVEL = 19
-MAX_ENTRIES = 1_000_000
+MAX_ENTRIES = 100_000  # in all components together; objects and removed paths likewise
+MAX_CHUNKS = 65_536  # of one file (1 TiB in the bundler's 16 MiB chunks): an entry is read whole
 MAX_CHUNK_BYTES = codec.MAX_DECODED_BYTES  # bounds the device's decode buffers
 MAX_VOLUME_BYTES = (4 << 30) - 1  # FAT32's file size limit
 MAX_VOLUMES = 10_000
@@ -40,15 +51,22 @@ LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+:~@-]{0,127}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TREE_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _VOLUME_NAME = re.compile(r"[0-9a-f]{64}\.vol")
-_MODE = re.compile(r"[0-7]{4}")
 _HEX = re.compile(r"(?:[0-9a-f]{2})+")
+# The arrays that can be large, read one element at a time (strict_json.LazyArray); the others
+# are at most MAX_IDS long, or refused by strict_json.MAX_VALUES while being read.
+_LAZY = frozenset({("components", "*", "entries"), ("components", "*", "entries", "*", "chunks"),
+                   ("components", "*", "removed"), ("objects",), ("volumes",)})
+# One int object per mode and one str per type, shared by every entry instead of one per entry.
+_MODES = {f"{mode:04o}": mode for mode in range(0o10000)}
+_KINDS = {kind: kind for kind in TYPES}
+_ENCODINGS = {encoding: encoding for encoding in ENCODINGS}
 
 
 class MalformedManifest(Refused):
     """The manifest is not valid: its layout, a rule, or a cross-reference is broken."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Base:
     """The exact installed component a delta applies to."""
 
@@ -57,7 +75,7 @@ class Base:
     tree_digest: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Component:
     name: str
     version: str
@@ -75,7 +93,7 @@ class Component:
         return self.base is not None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoredObject:
     """Bytes at ``offset`` in the payload (all volumes end to end); ``id`` is their SHA-256."""
 
@@ -85,14 +103,14 @@ class StoredObject:
     encoding: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Volume:
     name: str  # "<sha256>.vol": content-addressed
     size: int
     sha256: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Manifest:
     product: str
     hardware: tuple[str, ...]
@@ -137,49 +155,70 @@ class Manifest:
         """Decompress (bounded: T-BOMB) and parse a stored manifest. Raises MalformedManifest."""
         if len(stored) > MAX_STORED_MANIFEST_BYTES:
             raise MalformedManifest(f"stored manifest is larger than {MAX_STORED_MANIFEST_BYTES} bytes", where=where)
-        try:
-            size = codec.declared_size(stored)
-            if size >= codec.CONTENTSIZE_UNKNOWN:
-                raise MalformedManifest("stored manifest does not declare its content size", where=where)
-            if not 0 < size <= MAX_MANIFEST_BYTES:
-                raise MalformedManifest(f"manifest would decompress to {size} bytes (limit {MAX_MANIFEST_BYTES})",
-                                        where=where)
-            data = codec.decompress(stored, size)
-        except codec.CorruptObject as error:
-            raise MalformedManifest(f"stored manifest is not a valid zstd frame: {error.message}",
-                                    where=where) from None
-        return cls.from_bytes(data, where=where)
+        return _parse(lambda: _decompress(stored, where), where)
 
     @classmethod
     def from_bytes(cls, data: bytes, *, where=None) -> "Manifest":
         """Parse and validate. Raises MalformedManifest naming the broken rule."""
-        try:
-            document = strict_json.loads(data, limit=MAX_MANIFEST_BYTES)
-            _no_other_fields(document, {"type", "format", "product", "hardware", "components", "objects",
-                                        "volumes"}, "manifest")
-            doc_type = field(document, "type", str, context="manifest")
-            if doc_type != DOCUMENT_TYPE:  # T-TYPE: a trust root is never read as a manifest
-                raise JSONShapeError(f"document type is {doc_type!r}, not {DOCUMENT_TYPE!r}")
-            major = field(document, "format", int, context="manifest")
-            if major != FORMAT:
-                raise JSONShapeError(f"format version {major} is not supported (this tool reads {FORMAT})")
-            manifest = cls(
-                product=_label(field(document, "product", str, context="manifest"), "product"),
-                hardware=_labels(field(document, "hardware", list, context="manifest"), "hardware"),
-                components=tuple(_component_from_json(c) for c in
-                                 _bounded(field(document, "components", list, context="manifest"), 64,
-                                          "components")),
-                objects=tuple(_object_from_json(o) for o in
-                              _bounded(field(document, "objects", list, context="manifest"), MAX_ENTRIES,
-                                       "objects")),
-                volumes=tuple(_volume_from_json(v) for v in
-                              _bounded(field(document, "volumes", list, context="manifest"), MAX_VOLUMES,
-                                       "volumes")),
-            )
-            _check_manifest(manifest)
-            return manifest
-        except (JSONShapeError, paths.PathError) as error:
-            raise MalformedManifest(f"invalid manifest: {error}", where=where) from None
+        return _parse(lambda: data, where)
+
+
+def _decompress(stored: bytes, where) -> bytes:
+    """The manifest's JSON, bounded before a byte is decoded (T-BOMB). Raises MalformedManifest."""
+    try:
+        size = codec.declared_size(stored)
+        if size >= codec.CONTENTSIZE_UNKNOWN:
+            raise MalformedManifest("stored manifest does not declare its content size", where=where)
+        if not 0 < size <= MAX_MANIFEST_BYTES:
+            raise MalformedManifest(f"manifest would decompress to {size} bytes (limit {MAX_MANIFEST_BYTES})",
+                                    where=where)
+        return codec.decompress(stored, size)
+    except codec.CorruptObject as error:
+        raise MalformedManifest(f"stored manifest is not a valid zstd frame: {error.message}", where=where) from None
+
+
+def _parse(read: Callable[[], bytes], where) -> Manifest:
+    """Parse the JSON bytes ``read`` returns. Raises MalformedManifest naming the broken rule.
+
+    Nothing here keeps the bytes or the document (T-EXHAUST): the bytes go once their text has
+    been checked, the text once the dataclasses are built, before the cross-checks build indexes.
+    """
+    try:
+        manifest = _from_document(strict_json.loads(read(), limit=MAX_MANIFEST_BYTES, lazy=_LAZY))
+        _check_manifest(manifest)
+        return manifest
+    except (JSONShapeError, paths.PathError) as error:
+        raise MalformedManifest(f"invalid manifest: {error}", where=where) from None
+
+
+def _from_document(document: dict[str, Any]) -> Manifest:
+    _no_other_fields(document, {"type", "format", "product", "hardware", "components", "objects",
+                                "volumes"}, "manifest")
+    doc_type = field(document, "type", str, context="manifest")
+    if doc_type != DOCUMENT_TYPE:  # T-TYPE: a trust root is never read as a manifest
+        raise JSONShapeError(f"document type is {doc_type!r}, not {DOCUMENT_TYPE!r}")
+    major = field(document, "format", int, context="manifest")
+    if major != FORMAT:
+        raise JSONShapeError(f"format version {major} is not supported (this tool reads {FORMAT})")
+    product = _label(field(document, "product", str, context="manifest"), "product")
+    hardware = _labels(field(document, "hardware", list, context="manifest"), "hardware")
+    components = _bounded(field(document, "components", list, context="manifest"), 64, "components")
+    for name in ("entries", "removed"):  # T-EXHAUST: counted in all components before any is built
+        total = sum(len(c[name]) for c in components
+                    if isinstance(c, dict) and isinstance(c.get(name), (list, LazyArray)))
+        if total > MAX_ENTRIES:
+            raise JSONShapeError(f"more than {MAX_ENTRIES} {name}")
+    objects = tuple(_object_from_json(o) for o in
+                    _bounded(field(document, "objects", list, context="manifest"), MAX_ENTRIES, "objects"))
+    # Read before the listings so that a chunk names its object with the object's own id string:
+    # one string per object instead of one more per chunk (~110 bytes each).
+    ids = {o.id: o.id for o in objects}
+    return Manifest(
+        product=product, hardware=hardware, objects=objects,
+        components=tuple(_component_from_json(c, ids) for c in components),
+        volumes=tuple(_volume_from_json(v) for v in
+                      _bounded(field(document, "volumes", list, context="manifest"), MAX_VOLUMES, "volumes")),
+    )
 
 
 # --- JSON <-> dataclasses ---------------------------------------------------------------------
@@ -280,7 +319,7 @@ def _chunk_to_json(chunk: Chunk) -> dict[str, Any]:
     return result
 
 
-def _component_from_json(value: Any) -> Component:
+def _component_from_json(value: Any, ids: dict[str, str]) -> Component:
     if not isinstance(value, dict):
         raise JSONShapeError("each component must be an object")
     name = field(value, "name", str, context="component")
@@ -313,7 +352,7 @@ def _component_from_json(value: Any) -> Component:
         name=name, policy=policy, tree_digest=digest, base=base,
         version=_label(field(value, "version", str, context=context), "version"),
         sequence=_count(field(value, "sequence", int, context=context), f"{context}: sequence"),
-        entries=tuple(_entry_from_json(e, context) for e in entries),
+        entries=tuple(_entry_from_json(e, context, ids) for e in entries),
         targets=_labels(field(value, "targets", list, context=context) if "targets" in value else [],
                         f"{context} targets"),
         downgrade_from=tuple(_count(s, f"{context}: downgrade_from") for s in _bounded(
@@ -331,14 +370,14 @@ def _removed_path(value: Any) -> str:
     return value
 
 
-def _entry_from_json(value: Any, context: str) -> Entry:
+def _entry_from_json(value: Any, context: str, ids: dict[str, str]) -> Entry:
     if not isinstance(value, dict):
         raise JSONShapeError(f"{context}: each entry must be an object")
     path = field(value, "path", str, context=f"{context} entry")
     paths.check_path(path)
     context = f"{context} entry {path[:200]!r}"
-    kind = field(value, "type", str, context=context)
-    if kind not in TYPES:
+    kind = _KINDS.get(field(value, "type", str, context=context))
+    if kind is None:
         raise JSONShapeError(f"{context}: type must be one of {TYPES}")
     allowed = {"path", "type"}
     if kind == HARDLINK:
@@ -349,10 +388,9 @@ def _entry_from_json(value: Any, context: str) -> Entry:
         return Entry(path=path, type=kind, target=target)
     mode = None
     if kind != SYMLINK:
-        raw_mode = field(value, "mode", str, context=context)
-        if not _MODE.fullmatch(raw_mode):
+        mode = _MODES.get(field(value, "mode", str, context=context))
+        if mode is None:
             raise JSONShapeError(f"{context}: mode must be an octal string like '0755'")
-        mode = int(raw_mode, 8)
         allowed.add("mode")
     common = dict(path=path, type=kind, mode=mode,
                   uid=_owner(field(value, "uid", int, context=context), f"{context}: uid"),
@@ -386,8 +424,8 @@ def _entry_from_json(value: Any, context: str) -> Entry:
         if base_path == paths.ROOT:
             raise JSONShapeError(f"{context}: a base copy must name a file")
     elif "chunks" in value:
-        raw_chunks = _bounded(field(value, "chunks", list, context=context), 1 << 20, "chunks")
-        chunks = tuple(_chunk_from_json(c, context) for c in raw_chunks)
+        raw_chunks = _bounded(field(value, "chunks", list, context=context), MAX_CHUNKS, "chunks")
+        chunks = tuple(_chunk_from_json(c, context, ids) for c in raw_chunks)
     return Entry(**common, size=size, sha256=digest, base_path=base_path, chunks=chunks, gzip=gzip)
 
 
@@ -418,7 +456,7 @@ def _no_other_fields(value: dict, allowed: set[str], context: str) -> None:
         raise JSONShapeError(f"{context}: unknown field(s) {sorted(unknown)}")
 
 
-def _chunk_from_json(value: Any, context: str) -> Chunk:
+def _chunk_from_json(value: Any, context: str, ids: dict[str, str]) -> Chunk:
     if not isinstance(value, dict):
         raise JSONShapeError(f"{context}: each chunk must be an object")
     _no_other_fields(value, {"object", "size", "prefix"}, f"{context} chunk")
@@ -445,16 +483,16 @@ def _chunk_from_json(value: Any, context: str) -> Chunk:
         if prefix.gunzip and prefix.offset + prefix.length > 2 * MAX_CHUNK_BYTES:
             # The device gunzips the base up to offset + length: keep that bounded (T-BOMB).
             raise JSONShapeError(f"{context}: a gunzip prefix must end within {2 * MAX_CHUNK_BYTES} bytes")
-    return Chunk(object=_sha256(field(value, "object", str, context=context), f"{context}: object"),
-                 size=size, prefix=prefix)
+    object_id = _sha256(field(value, "object", str, context=context), f"{context}: object")
+    return Chunk(object=ids.get(object_id, object_id), size=size, prefix=prefix)
 
 
 def _object_from_json(value: Any) -> StoredObject:
     if not isinstance(value, dict):
         raise JSONShapeError("each object must be an object")
     _no_other_fields(value, {"id", "offset", "size", "encoding"}, "object")
-    encoding = field(value, "encoding", str, context="object")
-    if encoding not in ENCODINGS:
+    encoding = _ENCODINGS.get(field(value, "encoding", str, context="object"))
+    if encoding is None:
         raise JSONShapeError(f"object encoding must be one of {ENCODINGS}")
     size = _count(field(value, "size", int, context="object"), "object size")
     if not 0 < size <= MAX_CHUNK_BYTES + (MAX_CHUNK_BYTES >> 4):
@@ -521,7 +559,9 @@ def check_component(component: Component, objects: dict[str, StoredObject]) -> N
     if not entries or entries[0].path != paths.ROOT or entries[0].type != DIR:
         raise JSONShapeError(f"{context}: the first entry must be the root directory '.'")
     by_path: dict[str, Entry] = {}
-    seen_keys: dict[str, str] = {}
+    # Paths whose collision key differs from the path, by key. Most paths are their own key; keeping
+    # only the others halves this check's memory for a real tree (T-EXHAUST).
+    folded: dict[str, str] = {}
     previous = None
     for entry in entries:
         order = path_order(entry.path)
@@ -529,10 +569,15 @@ def check_component(component: Component, objects: dict[str, StoredObject]) -> N
             raise JSONShapeError(f"{context}: entry {entry.path!r} is out of order or listed twice")
         previous = order
         key = paths.collision_key(entry.path, fold_case=content_only)
-        if key in seen_keys:  # T-COLLIDE
-            raise JSONShapeError(f"{context}: {entry.path!r} and {seen_keys[key]!r} name the same file "
+        earlier = folded.get(key)
+        if earlier is None and key != entry.path and key in by_path \
+                and paths.collision_key(key, fold_case=content_only) == key:
+            earlier = key  # an earlier path that is its own key
+        if earlier is not None:  # T-COLLIDE
+            raise JSONShapeError(f"{context}: {entry.path!r} and {earlier!r} name the same file "
                                  "after Unicode normalisation" + (" or case folding" if content_only else ""))
-        seen_keys[key] = entry.path
+        if key != entry.path:
+            folded[key] = entry.path
         if entry.path != paths.ROOT:
             parent = by_path.get(paths.parent(entry.path))
             if parent is None or parent.type != DIR:  # T-SYMLINK-WRITE: never write through a link
@@ -550,7 +595,7 @@ def check_component(component: Component, objects: dict[str, StoredObject]) -> N
     if component.removed:
         if component.base is None:
             raise JSONShapeError(f"{context}: a full update removes nothing")
-        if list(component.removed) != sorted(set(component.removed), key=path_order):
+        if any(path_order(a) >= path_order(b) for a, b in itertools.pairwise(component.removed)):
             raise JSONShapeError(f"{context}: removed paths must be sorted and unique")
         if any(path in by_path for path in component.removed):
             raise JSONShapeError(f"{context}: a removed path is also in the new tree")
@@ -570,6 +615,13 @@ def _check_entry(entry: Entry, component: Component, objects: dict[str, StoredOb
     if content_only:  # T-POLICY: games are content only
         if entry.mode is not None and entry.mode & SETUID_SETGID:
             raise JSONShapeError(f"{context}: {entry.path!r} has a setuid/setgid bit")
+        # Another local process could replace a game's files, or swap one of its folders for a link
+        # while a clone is staged: nothing of a game is writable by others, but a sticky folder.
+        if entry.type == FILE and entry.mode & 0o002:
+            raise JSONShapeError(f"{context}: {entry.path!r} is writable by every user (mode {entry.mode:04o})")
+        if entry.type == DIR and entry.mode & 0o002 and not entry.mode & 0o1000:
+            raise JSONShapeError(f"{context}: {entry.path!r} is a folder writable by every user without the sticky "
+                                 f"bit (mode {entry.mode:04o})")
         if entry.uid != 0 or entry.gid != 0:
             raise JSONShapeError(f"{context}: {entry.path!r} has owner {entry.uid}:{entry.gid}; content is "
                                  "owned by 0:0")

@@ -10,7 +10,9 @@ bundle always lands in the same folder and several bundles (for several bases) s
 A bundle folder without a COMPLETE marker that names its manifest is incomplete and is
 ignored. Names other systems leave on sticks (``._*``, ``System Volume Information``...) are
 ignored everywhere. The stick can be rewritten at any time: entries are opened without
-following symlinks and only plain directories and regular files count (STYLE.md 10).
+following symlinks and only plain directories and regular files count (STYLE.md 10). What one
+stick can make the device read is bounded: MAX_FOLDER_ENTRIES per folder, MAX_BUNDLE_FOLDERS
+bundle folders per product (docs/STICK.md, "Limits").
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ BUNDLES = "bundles"
 COMPLETE = "COMPLETE"
 ID_DIGITS = 16
 MAX_FILE_BYTES = MAX_VOLUME_BYTES  # FAT32: 4 GiB - 1 per file, whatever filesystem the stick has now
+# A product's bundle folders examined on one stick; a stick with more is refused as a whole
+# (T-LOG). A vendor's stick holds a full bundle and a few deltas: 64 is far above that and
+# bounds what a forged stick costs (64 capped manifest reads, one audit record).
+MAX_BUNDLE_FOLDERS = 64
+# Entries listed in one folder of the layout, junk included: the listing itself stays bounded on
+# a filesystem that allows millions (FAT32 allows 65,536).
+MAX_FOLDER_ENTRIES = 4096
 
 _ROOT_NAME = re.compile(r"root-([1-9][0-9]{0,8})\.json")
 _BUNDLE_ID = re.compile(rf"[0-9a-f]{{{ID_DIGITS}}}")
@@ -51,6 +60,11 @@ _JUNK_PREFIXES = ("._", ".trash-")  # AppleDouble files; freedesktop trash (.Tra
 
 class StickLayoutError(Refused):
     """The stick's content cannot be part of the layout (a name FAT cannot hold, a symlink...)."""
+
+
+def is_bundle_folder_name(name: str) -> bool:
+    """True for a name a bundle folder has (a bundle ID); what the folder cap counts."""
+    return _BUNDLE_ID.fullmatch(name) is not None
 
 
 def is_junk(name: str) -> bool:
@@ -115,7 +129,8 @@ class StickBundle:
 
 def _entries(stick: Path, relative: str) -> list[tuple[str, str]]:
     """``(name, kind)`` of the non-junk entries of ``stick/relative``, kind ``file``, ``dir`` or
-    ``other`` (symlinks included), reached without following any symlink; [] if it is absent."""
+    ``other`` (symlinks included), reached without following any symlink; [] if it is absent.
+    Raises StickLayoutError (not a plain folder, more than MAX_FOLDER_ENTRIES entries), Failed."""
     try:
         fd = open_beneath(Path(stick), relative, os.O_RDONLY | os.O_DIRECTORY)
     except FileNotFoundError:
@@ -126,10 +141,16 @@ def _entries(stick: Path, relative: str) -> list[tuple[str, str]]:
         raise Failed(f"cannot open {relative}: {error.strerror}", where=stick,
                      hint="the stick may have been removed") from None
     try:
-        with os.scandir(fd) as found:  # kinds are taken while the folder is open: they may need fstatat
-            return sorted((e.name, "file" if e.is_file(follow_symlinks=False) else
-                           "dir" if e.is_dir(follow_symlinks=False) else "other")
-                          for e in found if not is_junk(e.name))
+        found = []
+        with os.scandir(fd) as listing:  # kinds are taken while the folder is open: they may need fstatat
+            for count, e in enumerate(listing, 1):
+                if count > MAX_FOLDER_ENTRIES:  # T-EXHAUST: stop listing, refuse the stick
+                    raise StickLayoutError(f"{relative} holds more than {MAX_FOLDER_ENTRIES} entries", where=stick,
+                                           hint="this is not a stick made by bundle write")
+                if not is_junk(e.name):
+                    found.append((e.name, "file" if e.is_file(follow_symlinks=False) else
+                                  "dir" if e.is_dir(follow_symlinks=False) else "other"))
+        return sorted(found)
     except OSError as error:
         raise Failed(f"cannot list {relative}: {error.strerror}", where=stick,
                      hint="the stick may have been removed") from None
@@ -174,12 +195,20 @@ def complete_bundles(stick: Path, product: str) -> list[StickBundle]:
     """Bundle folders whose COMPLETE marker is well formed and names the folder's ID.
 
     Incomplete folders (a write interrupted, a stick pulled) are skipped, not reported: the next
-    ``bundle write`` replaces them. Raises StickLayoutError, Failed.
+    ``bundle write`` replaces them. More than MAX_BUNDLE_FOLDERS entries named like a bundle
+    folder (complete or not, folders or not) refuse the whole stick before any marker is read:
+    a forged stick must not buy one read and one refusal per folder (T-LOG).
+    Raises StickLayoutError, Failed.
     """
     relative = f"{product_folder(product)}/{BUNDLES}"
+    named = [(name, kind) for name, kind in _entries(stick, relative) if is_bundle_folder_name(name)]
+    if len(named) > MAX_BUNDLE_FOLDERS:
+        raise StickLayoutError(f"{relative} holds {len(named)} bundle folders; a stick may carry at most "
+                               f"{MAX_BUNDLE_FOLDERS} per product", where=stick,
+                               hint="remove the bundles this machine does not need (docs/STICK.md, \"Limits\")")
     found = []
-    for name, kind in _entries(stick, relative):
-        if not (_BUNDLE_ID.fullmatch(name) and kind == "dir"):
+    for name, kind in named:
+        if kind != "dir":
             continue
         marker = read_marker(stick, product, name)
         sha256 = None if marker is None else marked_sha256(marker, name)

@@ -4,11 +4,15 @@ The same listing describes a release tree on the vendor's disk, the tree a manif
 and the tree staged on a device; equal digests mean equal trees (paths, types, modes, owners,
 sizes, contents, link targets). Modification times are carried but not digested: they are
 restored, yet no decision depends on them.
+
+The classes have slots: a manifest holds up to MAX_ENTRIES entries (agent/format/manifest.py),
+and a per-instance dict would add a third to each one's size (T-EXHAUST).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass
 from typing import Iterable
@@ -19,7 +23,7 @@ SETUID_SETGID = 0o6000
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Prefix:
     """The base-file region a patch chunk was made against (zstd's refPrefix)."""
 
@@ -30,7 +34,7 @@ class Prefix:
     gunzip: bool = False  # the region is of the base file's gunzipped content
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GzipRecipe:
     """How to rebuild a gzip file bit for bit from its content: chunks carry the content; the
     device deflates it at ``level`` (zlib, raw deflate, memLevel 8) between ``header`` and the
@@ -42,7 +46,7 @@ class GzipRecipe:
     sha256: str  # of the content
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Chunk:
     """One stored object and the bytes of the file it decodes to (in file order)."""
 
@@ -51,7 +55,7 @@ class Chunk:
     prefix: Prefix | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One path of a component tree.
 
@@ -87,7 +91,12 @@ def path_order(path: str) -> tuple[bool, bytes]:
 
 def tree_digest(entries: Iterable[Entry]) -> str:
     """SHA-256 over the entries' digest lines in listing order, one per line."""
+    listing = entries if isinstance(entries, (list, tuple)) else list(entries)
+    # A manifest's listing is already in order (its parser checks that): sorting it anyway would
+    # hold a sort key per entry, ~100 bytes each, at the parser's peak (T-EXHAUST).
+    if not all(path_order(a.path) < path_order(b.path) for a, b in itertools.pairwise(listing)):
+        listing = sorted(listing, key=lambda e: path_order(e.path))
     digest = hashlib.sha256()
-    for entry in sorted(entries, key=lambda e: path_order(e.path)):
+    for entry in listing:
         digest.update(entry.digest_line() + b"\n")
     return "sha256:" + digest.hexdigest()

@@ -1,0 +1,120 @@
+"""Building the new environment's components (docs/AGENT.md, "Install", step 4).
+
+Everything here writes strictly beneath the new environment's root and follows no symlink on the
+way (agent/beneath.py, T-STAGE-BENEATH); the running environment is only read, also beneath its
+root. Listings that would stage one component over another's tree are refused before anything
+is written (agent/layout.py, T-NESTED). Intermediate trees of a chain of deltas are built in
+``STATE/chain``, never beside the environments, and removed afterwards and after a crash
+(agent/recovery.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import nullcontext
+from pathlib import Path
+
+from agent.apply import StagingError, WorkBudget, apply_component, verify_staged
+from agent.beneath import Beneath
+from agent.format.manifest import Manifest
+from agent.format.paths import ROOT
+from agent.format.tree import tree_digest
+from agent.layout import Layout
+from agent.payload import Payload
+from agent.scan import scan_tree
+from agent.select import Choice
+
+CHAIN = "chain"
+
+
+def check_layout(layout: Layout, chosen: dict[str, list[Choice]]) -> None:
+    """Every listing of every step fits the layout. Raises LayoutConflict (T-NESTED)."""
+    for route in chosen.values():
+        for step in route:
+            layout.check_listing(step.component)
+
+
+def staging_order(layout: Layout, names) -> list[str]:
+    """A component that contains others (the platform at the environment's root) comes first."""
+    def depth(name: str) -> int:
+        path = layout.component_path(name)
+        return 0 if path == ROOT else path.count("/") + 1
+    return sorted(names, key=lambda name: (depth(name), name))
+
+
+def stage(layout: Layout, chosen: dict[str, list[Choice]], bundles: dict[str, tuple[Path, Manifest]],
+          environment: Path, running: Path | None, installed: set[str], state_dir: Path) -> None:
+    """Bring every chosen component of the new ``environment`` to its route's last step, reading
+    bases from ``running`` (None at provisioning), then check that the components not updated
+    were cloned faithfully. ``bundles``: bundle id -> (directory, verified manifest).
+
+    Raises StagingError, EscapingPath, WorkExceeded, CorruptPayload, CorruptObject, OSError; the
+    caller destroys the new environment.
+    """
+    chain = Path(state_dir) / CHAIN
+    names = installed | set(chosen)
+    budget = WorkBudget()
+    with Beneath.open_root(Path(environment)) as new, _open_or_none(running) as old:
+        try:
+            for number, name in enumerate(staging_order(layout, chosen)):
+                _stage_component(layout, chosen[name], bundles, new, old, names, budget, chain / str(number))
+        finally:
+            shutil.rmtree(chain, ignore_errors=True)
+        if old is not None:
+            _check_untouched(layout, installed - set(chosen), new, old, names)
+
+
+def _open_or_none(path: Path | None):
+    return Beneath.open_root(Path(path), follow_root=True) if path is not None else nullcontext()
+
+
+def _stage_component(layout: Layout, route: list[Choice], bundles: dict[str, tuple[Path, Manifest]], new: Beneath,
+                     old: Beneath | None, names: set[str], budget: WorkBudget, chain: Path) -> None:
+    """The last step of the route updates the cloned tree in place (only what changed is
+    written); the steps before it are built from scratch under ``chain``, each the base of the
+    next. The first step reads its base from the running environment."""
+    name = route[0].component.name
+    path = layout.component_path(name)
+    left_alone = layout.left_alone(name, names)
+    as_root = os.geteuid() == 0
+    opened: list[Beneath] = []
+    try:
+        base = None
+        if old is not None and route[0].component.is_delta:
+            try:
+                base = old.directory(path)
+            except FileNotFoundError:
+                raise StagingError(f"{name} is not at {path!r} in the running environment, where [layout] puts it",
+                                   hint="[layout] must stay as it was when the machine was provisioned") from None
+            opened.append(base)
+        for number, step in enumerate(route, 1):
+            last = number == len(route)
+            if last:
+                into = new.directory(path, create=True)
+            else:
+                (chain / str(number)).mkdir(parents=True, mode=0o700)
+                into = Beneath.open_root(chain / str(number))
+            opened.append(into)
+            directory, manifest = bundles[step.bundle]
+            with Payload(directory, manifest) as payload:
+                apply_component(step.component, payload, into, base=base if step.component.is_delta else None,
+                                set_owner=as_root, exclude=left_alone if last else (),
+                                target_is_clone_of_base=last and number == 1 and old is not None, budget=budget)
+            verify_staged(step.component, into, check_owner=as_root, exclude=left_alone if last else ())
+            shutil.rmtree(chain / str(number - 1), ignore_errors=True)  # it was only the base of this step
+            base = into
+    finally:
+        for tree in opened:
+            tree.close()
+
+
+def _check_untouched(layout: Layout, untouched: set[str], new: Beneath, old: Beneath, names: set[str]) -> None:
+    """The components not updated must have been cloned faithfully from the running environment."""
+    for name in sorted(untouched):
+        left_alone = layout.left_alone(name, names)
+        path = layout.component_path(name)
+        with new.directory(path) as clone, old.directory(path) as origin:
+            if tree_digest(scan_tree(clone, exclude=left_alone)) != tree_digest(scan_tree(origin, exclude=left_alone)):
+                raise StagingError(f"the clone of {name} differs from the running environment",
+                                   hint="check the environments' filesystem")

@@ -1,0 +1,47 @@
+"""T-WORK: what an install may cost the device relative to what it writes (agent/apply.py)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from agent.apply import BaseTree, WorkBudget, WorkExceeded
+from agent.beneath import Beneath
+from agent.format.tree import Prefix
+
+MiB = 1 << 20
+
+
+def test_base_regions_read_again_and_again_are_stopped(tmp_path, monkeypatch):
+    """Thousands of patch chunks may each name the same large base region: each read counts."""
+    monkeypatch.setattr(WorkBudget, "FREE_BYTES", 32 * MiB)
+    data = bytes(8 * MiB)
+    (tmp_path / "big.dat").write_bytes(data)
+    prefix = Prefix(path="big.dat", sha256=hashlib.sha256(data).hexdigest(), offset=0, length=len(data))
+    budget = WorkBudget()
+    with Beneath.open_root(tmp_path) as root:
+        base = BaseTree(root, budget)
+        with pytest.raises(WorkExceeded, match="'big.dat': the bundle makes the device read .* bytes of base files "
+                                               "to write 0; at most 16 per byte written"):
+            for _ in range(100):
+                base.region(prefix)
+    assert budget.processed <= 32 * MiB + 8 * MiB
+
+
+def test_reads_paid_for_by_writes_are_allowed(tmp_path, monkeypatch):
+    monkeypatch.setattr(WorkBudget, "FREE_BYTES", 0)
+    budget = WorkBudget()
+    budget.wrote(MiB)
+    budget.read(16 * MiB, "a")  # a patched large file reads its base region three times over, at most
+    with pytest.raises(WorkExceeded):
+        budget.read(1, "a")
+
+
+def test_deflating_is_paid_by_cpu_time_per_byte_written():
+    budget = WorkBudget()
+    budget.deflated(WorkBudget.FREE_DEFLATE_SECONDS, "a.gz")
+    budget.wrote(2 * MiB)
+    budget.deflated(2 * WorkBudget.DEFLATE_SECONDS_PER_MIB, "a.gz")
+    with pytest.raises(WorkExceeded, match="re-deflating gzip content took .* s of CPU"):
+        budget.deflated(0.1, "a.gz")

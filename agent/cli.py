@@ -35,7 +35,7 @@ class _Lazy:
     def device(self) -> Device:
         device = self.device_to_read
         if self._lock is None:
-            self._lock = hold_device_lock(device.config.state_dir)
+            self._lock = hold_device_lock(device.state_dir)
         return device
 
 

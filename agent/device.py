@@ -5,13 +5,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 from agent.audit import AuditLog
 from agent.boot import BootBackend, open_backend
 from agent.config import AgentConfig, BadConfig
 from agent.select import Device as DeviceFacts
 from agent.state import StateStore
+from agent.state_dir import StateDir
 
 
 @dataclass
@@ -20,6 +20,7 @@ class Device:
     backend: BootBackend
     store: StateStore
     audit: AuditLog
+    state_dir: StateDir
 
     @classmethod
     def open(cls, config: AgentConfig) -> "Device":
@@ -27,8 +28,9 @@ class Device:
         if backend.holds(config.state_dir):
             raise BadConfig(f"state_dir {config.state_dir} lies inside the boot environments",
                             hint="keep the agent's state outside every environment (its own filesystem or dataset)")
-        return cls(config=config, backend=backend, store=StateStore(config.state_dir),
-                   audit=AuditLog(config.state_dir / "audit.log"))
+        state_dir = StateDir(config.state_dir)
+        return cls(config=config, backend=backend, store=StateStore(state_dir),
+                   audit=AuditLog(state_dir.audit_log), state_dir=state_dir)
 
     @property
     def facts(self) -> DeviceFacts:

@@ -16,7 +16,7 @@ The order is the safety argument (docs/AGENT.md, "Install"), each step persisted
 
 A failure anywhere before 5 destroys the new environment and clears the journal; the running
 environment is never written to. A crash before 5 is cleaned up on the next run
-(agent/recovery.py).
+(agent/resume.py).
 """
 
 from __future__ import annotations
@@ -27,14 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.device import Device
-from agent.format import codec, stick
-from agent.format.bundle_dir import MANIFEST, read_bundle
+from agent.format import codec
+from agent.format.bundle_dir import MANIFEST
 from agent.format.manifest import MAX_ENTRIES, MAX_MANIFEST_BYTES, MAX_STORED_MANIFEST_BYTES
 from agent.format.tree import FILE
+from agent.journal import Pending, Phase
+from agent.medium import complete_bundles, read_bundle
 from agent.payload import Payload
-from agent.recovery import destroy_quietly, recover_interrupted, remove_failed_environments
-from agent.staging import check_layout, stage
+from agent.resume import destroy_quietly, recover_interrupted, remove_failed_environments
 from agent.select import Choice, Decision, choose
+from agent.staging import check_layout, stage
 from agent.state import AgentState
 from agent.trust_store import advance, current_root, stick_roots
 from agent.verify import VerifiedBundle, verify_bundle
@@ -89,22 +91,22 @@ def _read_medium(device: Device, medium: Path, report: Report):
     Refusals of single bundles go to ``report.refusals`` and are logged once, with the outcome
     (``_record_examined``): however many folders a stick holds, it costs the log one record (T-LOG).
     """
-    state_dir = device.config.state_dir
-    root = current_root(device.config.trust_root, state_dir)
+    accepted = device.state_dir.trust
+    root = current_root(device.config.trust_root, accepted)
     try:
         if (medium / MANIFEST).is_file():  # a bundle directory, named for people (BUNDLE/payload/.. is BUNDLE)
             folders = [(os.path.basename(os.path.abspath(medium)), medium, None)]
             offered_roots = []
         else:
             product = device.config.product
-            folders = [(b.id, b.path, b.manifest_sha256) for b in stick.complete_bundles(medium, product)]
+            folders = [(b.id, b.path, b.manifest_sha256) for b in complete_bundles(medium, product)]
             offered_roots = stick_roots(medium, product, root.version)
     except UpdateError as error:  # the layout itself: too many folders (T-LOG), a symlink (T-SYMLINK-READ)...
         device.audit.record("refused-medium" if isinstance(error, Refused) else "medium-unreadable",
                             source=str(medium), reason=str(error))
         raise
     try:
-        newer = advance(root, offered_roots, state_dir)
+        newer = advance(root, offered_roots, accepted)
     except UpdateError as error:  # T-ROOT-*: a bad rotation on the stick poisons the whole stick
         report.refusals.append((str(medium), f"trust root rotation refused: {error}"))
         device.audit.record("refused", source=str(medium), reason=f"trust root rotation: {error}")
@@ -182,14 +184,13 @@ def _spool(device: Device, chosen: dict[str, list[Choice]], found: dict[str, _Fo
     copying the bytes to STATE/spool/<manifest SHA-256> as they are read: staging then uses
     exactly what was verified, and the medium is read once (T-TOCTOU). Returns the bundles as
     spooled. The whole spool is removed after every install and by recovery."""
-    spool = device.config.state_dir / "spool"
-    shutil.rmtree(spool, ignore_errors=True)
+    shutil.rmtree(device.state_dir.spool, ignore_errors=True)
     spooled = {}
     for bundle_id in _bundles_used(chosen):
         entry = found[bundle_id]
         # Named by the manifest file's SHA-256, which the agent computed: never by a name from the
         # medium, so `install BUNDLE/payload/..` cannot choose where the agent writes.
-        local = spool / entry.manifest_sha256
+        local = device.state_dir.spooled_bundle(entry.manifest_sha256)
         with Payload(entry.path, entry.verified.manifest) as payload:
             payload.verify_all(copy_to=local)
         spooled[bundle_id] = _Found(local, entry.verified, entry.manifest_sha256)
@@ -267,7 +268,7 @@ def install(device: Device, medium: Path) -> Report:
         raise NotProvisioned("this machine has not been provisioned",
                              hint="install a full bundle first: bundle-agent provision BUNDLE_OR_STICK")
     if state.pending:
-        raise TrialPending(f"an update to {state.pending['environment']} waits for its trial boot",
+        raise TrialPending(f"an update to {state.pending.environment} waits for its trial boot",
                            hint="reboot (bundle-agent boot, then boot-check) before installing another")
     remove_failed_environments(device, state)  # their space counts for the new environment
     medium = Path(medium)
@@ -291,7 +292,7 @@ def install(device: Device, medium: Path) -> Report:
         found = _spool_or_fail(device, state, chosen, found)
         return _stage_and_arm(device, state, chosen, found, running_env.path, report)
     finally:
-        shutil.rmtree(device.config.state_dir / "spool", ignore_errors=True)
+        shutil.rmtree(device.state_dir.spool, ignore_errors=True)
 
 
 def _record_failure(device: Device, state: AgentState, message: str, event: str, **details) -> None:
@@ -321,14 +322,14 @@ def _spool_or_fail(device: Device, state: AgentState, chosen: dict[str, list[Cho
 def _stage_and_arm(device: Device, state: AgentState, chosen: dict[str, list[Choice]], found: dict[str, _Found],
                    running: Path, report: Report) -> Report:
     name = device.next_environment_name()
-    state.pending = {"phase": "staging", "environment": name, "previous": state.environment}
+    state.pending = Pending(Phase.STAGING, name, previous=state.environment)
     device.store.save(state)
     device.audit.record("staging", environment=name,
                         components={n: [step.component.sequence for step in route] for n, route in chosen.items()})
     try:
         environment = device.backend.clone(state.environment, name)
         stage(device.config.layout, chosen, _sources(found), environment, running, set(state.components),
-              device.config.state_dir)
+              device.state_dir.chain)
     except BaseException as error:
         try:
             destroy_quietly(device, name)
@@ -341,9 +342,8 @@ def _stage_and_arm(device: Device, state: AgentState, chosen: dict[str, list[Cho
                                 hint="free space (or inodes) on the environments' filesystem, then insert the "
                                      "stick again") from error
         raise
-    state.pending = {"phase": "trial", "environment": name, "previous": state.environment,
-                     "components": _new_components(state, chosen),
-                     "bundles": _bundles_used(chosen)}
+    state.pending = Pending(Phase.TRIAL, name, previous=state.environment,
+                            components=_new_components(state, chosen), bundles=tuple(_bundles_used(chosen)))
     device.store.save(state)
     device.backend.activate_once(name)
     for component_name, route in sorted(chosen.items()):
@@ -412,7 +412,7 @@ def provision(device: Device, medium: Path) -> Report:
         found = _spool_or_fail(device, state, chosen, found)
         return _provision_into_new_environment(device, state, chosen, found, report)
     finally:
-        shutil.rmtree(device.config.state_dir / "spool", ignore_errors=True)
+        shutil.rmtree(device.state_dir.spool, ignore_errors=True)
 
 
 def _provision_into_new_environment(device: Device, state: AgentState, chosen: dict[str, list[Choice]],
@@ -431,15 +431,15 @@ def _provision_into_new_environment(device: Device, state: AgentState, chosen: d
                          hint="boot the installer-made system, then provision")
         source = booted.name
     # Journaled first: a crash before the commit below leaves a half-built environment that the
-    # next run destroys; after it, the next run finishes the provisioning (agent/recovery.py).
-    state.pending = {"phase": "provisioning", "environment": name, "components": components}
+    # next run destroys; after it, the next run finishes the provisioning (agent/resume.py).
+    state.pending = Pending(Phase.PROVISIONING, name, components=components)
     device.store.save(state)
     try:
         if source is None:
             environment = device.backend.create_empty(name)
         else:
             environment = device.backend.clone(source, name)
-        stage(device.config.layout, chosen, _sources(found), environment, None, set(), device.config.state_dir)
+        stage(device.config.layout, chosen, _sources(found), environment, None, set(), device.state_dir.chain)
     except BaseException as error:
         try:
             destroy_quietly(device, name)

@@ -11,7 +11,7 @@
 * nothing pending -> nothing to do.
 
 A manual ``rollback`` is journaled before the backend's default changes, so a crash in it is
-finished or forgotten by the next command (agent/recovery.py).
+finished or forgotten by the next command (agent/resume.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from pathlib import Path
 
 from agent.boot import BootError
 from agent.device import Device
-from agent.recovery import recover_interrupted, remove_failed_environments
+from agent.journal import Pending, Phase
+from agent.resume import recover_interrupted, remove_failed_environments
 from agent.state import AgentState
 from keys.errors import Refused, UpdateError
 
@@ -60,11 +61,11 @@ def _run_hooks(device: Device, environment: Path) -> tuple[bool, str]:
 
 def _commit(device: Device, state: AgentState) -> str:
     pending = state.pending
-    name = pending["environment"]
+    name = pending.environment
     device.backend.commit(name)  # the commit point: a crash after this boots the trial and repeats the check
     state.committed_trial()
     device.store.save(state)
-    device.audit.record("committed", environment=name, components=pending["components"])
+    device.audit.record("committed", environment=name, components=pending.components)
     _prune(device, state)
     return state.last_result["message"]
 
@@ -91,13 +92,13 @@ def boot_check(device: Device) -> str:
     removed = remove_failed_environments(device, state)
     pending = state.pending
     booted = device.backend.booted()
-    if not pending or pending.get("phase") != "trial":
+    if pending is None or pending.phase is not Phase.TRIAL:
         running = booted.name if booted else "an unknown environment"
         message = f"no trial pending; running {running}"
         if state.environment is not None and running != state.environment:
             message += f", but {state.environment} is committed"
         return message + "".join(f"; removed the failed trial {name}" for name in removed)
-    name = pending["environment"]
+    name = pending.environment
     if booted is None or booted.name != name:
         state.trial_count += 1
         state.pending = None
@@ -118,17 +119,17 @@ def boot_check(device: Device) -> str:
     state.pending = None
     state.failed_trials.append(name)  # removed by the next boot-check, which runs elsewhere
     state.last_result = {"outcome": "rolled back", "message": f"{name} failed its health check ({detail}); back to "
-                                                              f"{pending['previous']}"}
+                                                              f"{pending.previous}"}
     device.store.save(state)
-    device.audit.record("rolled-back", environment=name, to=pending["previous"], reason=detail)
-    raise Refused(state.last_result["message"] + "; " + device.apply_reboot_policy(f"return to {pending['previous']}"))
+    device.audit.record("rolled-back", environment=name, to=pending.previous, reason=detail)
+    raise Refused(state.last_result["message"] + "; " + device.apply_reboot_policy(f"return to {pending.previous}"))
 
 
 def rollback(device: Device) -> str:
     """Cancel a pending trial, or make the previous environment the default again."""
     state = recover_interrupted(device, device.store.load())
     pending = state.pending
-    if pending and pending.get("phase") == "trial":
+    if pending is not None and pending.phase is Phase.TRIAL:
         return _cancel_trial(device, state)
     existing = {e.name for e in device.backend.environments()}
     while state.history and state.history[-1]["environment"] not in existing:
@@ -136,7 +137,7 @@ def rollback(device: Device) -> str:
     if not state.history:
         raise Refused("there is no previous environment to roll back to")
     name = state.history[-1]["environment"]
-    state.pending = {"phase": "rollback", "environment": name, "previous": state.environment}
+    state.pending = Pending(Phase.ROLLBACK, name, previous=state.environment)
     device.store.save(state)  # journaled: a crash below is finished or forgotten by the next command
     device.backend.cancel_once()
     device.backend.commit(name)  # the commit point
@@ -149,7 +150,7 @@ def rollback(device: Device) -> str:
 def _cancel_trial(device: Device, state: AgentState) -> str:
     """The committed environment stays the default and the trial is removed - at once when it has
     not booted, after the return to the committed environment when it is running now."""
-    name = state.pending["environment"]
+    name = state.pending.environment
     device.backend.cancel_once()
     state.pending = None
     state.failed_trials.append(name)
@@ -176,11 +177,11 @@ def status(device: Device) -> dict:
     }
 
 
-def _pending_summary(pending: dict | None) -> dict | None:
-    if not pending:
+def _pending_summary(pending: Pending | None) -> dict | None:
+    if pending is None:
         return None
-    summary = {k: v for k, v in pending.items() if k != "components"}
-    if "components" in pending:
+    summary = pending.to_json()
+    if pending.components is not None:
         summary["components"] = {n: {"version": c["version"], "sequence": c["sequence"]}
-                                 for n, c in pending["components"].items()}
+                                 for n, c in pending.components.items()}
     return summary

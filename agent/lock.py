@@ -10,21 +10,20 @@ from __future__ import annotations
 import fcntl
 import os
 import sys
-from pathlib import Path
 
+from agent.state_dir import StateDir
 from keys.errors import Failed
 
-LOCK_FILE = "agent.lock"
 
 
 class AgentBusy(Failed):
     """Another bundle-agent is changing this device."""
 
 
-def hold_device_lock(state_dir: Path) -> int:
+def hold_device_lock(state_dir: StateDir) -> int:
     """Take the device's lock for the rest of this process (returns its descriptor) or raise AgentBusy."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    path = state_dir / LOCK_FILE
+    state_dir.root.mkdir(parents=True, exist_ok=True)
+    path = state_dir.lock
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

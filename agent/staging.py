@@ -5,7 +5,7 @@ way (agent/beneath.py, T-STAGE-BENEATH); the running environment is only read, a
 root. Listings that would stage one component over another's tree are refused before anything
 is written (agent/layout.py, T-NESTED). Intermediate trees of a chain of deltas are built in
 ``STATE/chain``, never beside the environments, and removed afterwards and after a crash
-(agent/recovery.py).
+(agent/resume.py).
 """
 
 from __future__ import annotations
@@ -25,9 +25,6 @@ from agent.payload import Payload
 from agent.scan import scan_tree
 from agent.select import Choice
 
-CHAIN = "chain"
-
-
 def check_layout(layout: Layout, chosen: dict[str, list[Choice]]) -> None:
     """Every listing of every step fits the layout. Raises LayoutConflict (T-NESTED)."""
     for route in chosen.values():
@@ -44,15 +41,15 @@ def staging_order(layout: Layout, names) -> list[str]:
 
 
 def stage(layout: Layout, chosen: dict[str, list[Choice]], bundles: dict[str, tuple[Path, Manifest]],
-          environment: Path, running: Path | None, installed: set[str], state_dir: Path) -> None:
+          environment: Path, running: Path | None, installed: set[str], chain: Path) -> None:
     """Bring every chosen component of the new ``environment`` to its route's last step, reading
     bases from ``running`` (None at provisioning), then check that the components not updated
-    were cloned faithfully. ``bundles``: bundle id -> (directory, verified manifest).
+    were cloned faithfully. ``bundles``: bundle id -> (directory, verified manifest); ``chain``:
+    where the steps of a chain before the last are built (StateDir.chain).
 
     Raises StagingError, EscapingPath, WorkExceeded, CorruptPayload, CorruptObject, OSError; the
     caller destroys the new environment.
     """
-    chain = Path(state_dir) / CHAIN
     names = installed | set(chosen)
     budget = WorkBudget()
     with Beneath.open_root(Path(environment)) as new, _open_or_none(running) as old:

@@ -12,12 +12,13 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from agent.journal import Pending
+from agent.state_dir import JOURNAL_FILE, RESULT_FILE, STATE_FILE, StateDir
 from keys.errors import Refused
 from keys.files import write_atomic
 
-STATE_FILE = "state.json"  # what is committed: touched only by provisioning, commit and rollback
-JOURNAL_FILE = "journal.json"  # the install in progress (staging or trial)
-RESULT_FILE = "result.json"  # the last outcome, for status
+# state.json: what is committed, touched only by provisioning, commit and rollback; journal.json:
+# the step in progress; result.json: the last outcome, for status (agent/state_dir.py).
 FORMAT = 1
 _PARTS = {
     STATE_FILE: ("environment", "components", "floors", "history"),
@@ -43,15 +44,14 @@ class AgentState:
     components: dict[str, InstalledComponent] = field(default_factory=dict)
     floors: dict[str, int] = field(default_factory=dict)  # lowest sequence ever acceptable (T-ROLLBACK)
     history: list[dict] = field(default_factory=list)  # earlier committed environments and their components
-    # The step in progress (docs/AGENT.md, "State and crash safety"), journaled before it touches
-    # an environment: {"phase": "staging"|"trial"|"provisioning"|"rollback", "environment", ...}.
-    pending: dict | None = None
+    # The step in progress, journaled before it touches an environment (agent/journal.py).
+    pending: Pending | None = None
     last_result: dict | None = None
     trial_count: int = 0
     failed_trials: list[str] = field(default_factory=list)  # environments to remove once not running
 
     # The transitions of the committed state. Pure: the caller journals the step before and saves
-    # after, and the recovery after a crash (agent/recovery.py) applies the same transition.
+    # after, and the recovery after a crash (agent/resume.py) applies the same transition.
 
     def provisioned(self, environment: str, components: dict[str, dict]) -> None:
         """The first environment is committed; the anti-rollback floors start at its sequences."""
@@ -63,12 +63,12 @@ class AgentState:
 
     def committed_trial(self) -> None:
         """The pending trial passed its health check: it becomes what is committed."""
-        name = self.pending["environment"]
+        name = self.pending.environment
         if self.environment != name:  # a repeated check after a crash must not push it twice
             self.history.append({"environment": self.environment,
                                  "components": {n: c.__dict__ for n, c in self.components.items()}})
         self.environment = name
-        self.components = {n: InstalledComponent(**c) for n, c in self.pending["components"].items()}
+        self.components = {n: InstalledComponent(**c) for n, c in self.pending.components.items()}
         for component, installed in self.components.items():
             self.floors[component] = installed.sequence  # T-ROLLBACK: the floor follows what is committed
         self.pending = None
@@ -90,6 +90,8 @@ class AgentState:
 
     def part_bytes(self, name: str) -> bytes:
         document = {key: value for key, value in asdict(self).items() if key in _PARTS[name]}
+        if "pending" in document:
+            document["pending"] = self.pending.to_json() if self.pending is not None else None
         document["format"] = FORMAT
         return (json.dumps(document, sort_keys=True, indent=2) + "\n").encode("utf-8")
 
@@ -100,8 +102,8 @@ def _parse(data: bytes, name: str) -> dict:
         raise ValueError(f"not a {name} of format {FORMAT}")
     if set(document) - set(_PARTS[name]):
         raise ValueError(f"unknown fields {sorted(set(document) - set(_PARTS[name]))}")
-    if not isinstance(document.get("pending") or {}, dict):
-        raise ValueError("pending is not an object")
+    if document.get("pending") is not None:
+        document["pending"] = Pending.from_json(document["pending"])
     failed = document.get("failed_trials", [])
     if not (isinstance(failed, list) and all(isinstance(n, str) for n in failed)):
         raise ValueError("failed_trials is not a list of environment names")
@@ -112,9 +114,9 @@ class StateStore:
     """Three files, each written atomically and only when it changes, so a refused or failed
     install leaves the committed state file byte-identical (docs/AGENT.md, "State")."""
 
-    def __init__(self, directory: Path):
-        self.directory = Path(directory)
-        self.path = self.directory / STATE_FILE
+    def __init__(self, state_dir: StateDir):
+        self.state_dir = state_dir
+        self.path = state_dir.file(STATE_FILE)
 
     def load(self) -> AgentState:
         """The current state (empty before provisioning). Raises CorruptState after quarantining a
@@ -122,7 +124,7 @@ class StateStore:
         values: dict = {}
         damaged = None
         for name in _PARTS:
-            path = self.directory / name
+            path = self.state_dir.file(name)
             try:
                 data = path.read_bytes()
             except FileNotFoundError:
@@ -161,10 +163,10 @@ class StateStore:
         return target
 
     def save(self, state: AgentState) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.state_dir.root.mkdir(parents=True, exist_ok=True)
         for name in _PARTS:
             data = state.part_bytes(name)
-            path = self.directory / name
+            path = self.state_dir.file(name)
             try:
                 unchanged = path.read_bytes() == data
             except FileNotFoundError:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agent import medium
 from agent.format import stick
 from keys.detached import load_root_candidate, signature_path
 from keys.errors import Refused
@@ -38,21 +39,21 @@ def _stored(directory: Path) -> list[RootCandidate]:
     return [load_root_candidate(p) for p in sorted(directory.glob("root-*.json"))]
 
 
-def current_root(provisioned: Path, state_dir: Path) -> VerifiedRoot:
+def current_root(provisioned: Path, accepted: Path) -> VerifiedRoot:
     """Raises NoTrustRoot (wrapping the reason) when the provisioned root is missing or invalid."""
     try:
         anchor = trust_anchor(load_root_candidate(provisioned))
     except Exception as error:  # any failure here means: trust nothing
         raise NoTrustRoot(f"the provisioned trust root cannot be used: {error}", where=provisioned,
                           hint="re-provision the machine's trust root") from None
-    return walk_chain(anchor, _stored(state_dir / "trust"))
+    return walk_chain(anchor, _stored(accepted))
 
 
-def advance(current: VerifiedRoot, offered: list[RootCandidate], state_dir: Path) -> VerifiedRoot:
+def advance(current: VerifiedRoot, offered: list[RootCandidate], accepted: Path) -> VerifiedRoot:
     """Walk rotations offered by a stick; keep every newly accepted version. Raises rotation errors."""
     newest = walk_chain(current, offered)
     if newest.version > current.version:
-        directory = state_dir / "trust"
+        directory = accepted
         directory.mkdir(parents=True, exist_ok=True)
         for candidate in offered:
             version = _version(candidate)
@@ -80,4 +81,4 @@ def stick_roots(mount: Path, product: str, trusted_version: int) -> list[RootCan
     Raises StickLayoutError, Failed, Refused (a file that is not regular or is too large).
     """
     window = range(trusted_version + 1, trusted_version + 1 + ROTATIONS_PER_INSERTION)
-    return [load_root_candidate(root.path) for root in stick.root_files(mount, product) if root.version in window]
+    return [load_root_candidate(root.path) for root in medium.root_files(mount, product) if root.version in window]

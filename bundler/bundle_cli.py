@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
-from agent.format.bundle_dir import manifest_path, read_bundle
+from agent.format.bundle_dir import manifest_path
 from agent.format.manifest import MAX_VOLUME_BYTES, Manifest
+from agent.medium import read_bundle
 from agent.verify import signer_report
 from bundler.check import check_bundle
 from bundler.inspect import render, summary

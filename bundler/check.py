@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Callable
 
 from agent.apply import apply_component, verify_staged
-from agent.format.bundle_dir import manifest_path, read_bundle
+from agent.format.bundle_dir import manifest_path
 from agent.format.tree import tree_digest
+from agent.medium import read_bundle
 from agent.payload import Payload
 from agent.scan import as_content, scan_tree
 from agent.verify import VerifiedBundle, verify_bundle

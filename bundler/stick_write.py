@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+from agent import medium
 from agent.format import bundle_dir, stick
 from agent.payload import CorruptPayload, Payload
 from agent.verify import VerifiedBundle
@@ -238,7 +239,7 @@ def _plan_bundle(plan: StickPlan, bundle: BundlePlan, progress: Progress) -> Non
     if not stat.S_ISDIR(info.st_mode):
         raise stick.StickLayoutError("is in the place of a bundle folder and is not a plain folder",
                                      where=bundle.folder, hint="move it away and write again")
-    marker = stick.read_marker(plan.stick, plan.product, bundle.id)
+    marker = medium.read_marker(plan.stick, plan.product, bundle.id)
     if marker != stick.complete_marker(bundle.verified.manifest_bytes):
         bundle.state = "incomplete"
     else:

@@ -46,9 +46,9 @@ from pathlib import Path
 from typing import Callable
 
 from agent.config import AgentConfig, load_config
-from agent.format.bundle_dir import read_bundle
 from agent.format.manifest import Manifest
 from agent.format.tree import tree_digest
+from agent.medium import read_bundle
 from agent.scan import as_content, scan_tree
 from tests.conftest import count_summary, run_cli
 

@@ -42,9 +42,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, assume, given, settings, strategies as st
 
 from agent.format import bundle_dir, codec, gzip_recipe, paths, stick
-from agent.format.bundle_dir import read_bundle
+from agent.medium import read_bundle
 from agent.format.manifest import (DOCUMENT_TYPE, ENCODINGS, FORMAT, Base, Component, MalformedManifest, Manifest,
                                    StoredObject, Volume)
+from agent import medium
 from agent.format.tree import EMPTY_SHA256, Chunk, Entry, GzipRecipe, Prefix, tree_digest
 from keys.detached import load_root_candidate
 from keys.errors import Failed, UpdateError
@@ -618,8 +619,8 @@ def _make(path: Path, kind: str, data: bytes) -> bool:
 def _layout_answers(stick_path: Path, product: str):
     """(root versions, {bundle id: manifest sha256}) or the error type the stick gave."""
     answers = []
-    for read in (lambda: [r.version for r in stick.root_files(stick_path, product)],
-                 lambda: {b.id: b.manifest_sha256 for b in stick.complete_bundles(stick_path, product)}):
+    for read in (lambda: [r.version for r in medium.root_files(stick_path, product)],
+                 lambda: {b.id: b.manifest_sha256 for b in medium.complete_bundles(stick_path, product)}):
         try:
             answers.append(read())
         except (stick.StickLayoutError, Failed) as error:
@@ -665,7 +666,7 @@ def test_stick_layout(model):
 def test_a_folder_named_complete_is_not_a_marker(tmp_path):
     """Regression: a directory named COMPLETE reached os.fdopen, which raises IsADirectoryError."""
     (tmp_path / PRODUCT / stick.BUNDLES / "0123456789abcdef" / stick.COMPLETE).mkdir(parents=True)
-    assert stick.complete_bundles(tmp_path, PRODUCT) == []
+    assert medium.complete_bundles(tmp_path, PRODUCT) == []
 
 
 # --- reading the files the layout names: signatures, roots, the manifest (T-MEDIUM) -------------------------

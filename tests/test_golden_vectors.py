@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from agent import medium
 from agent.apply import apply_component
 from agent.format import codec, stick
-from agent.format.bundle_dir import read_bundle
 from agent.format.manifest import Manifest
+from agent.medium import read_bundle
 from agent.payload import Payload
 from agent.verify import verify_bundle
 from bundler.check import check_bundle
@@ -32,17 +33,17 @@ PRODUCT = regenerate.PRODUCT
 
 
 def _bundle_folder() -> Path:
-    [bundle] = stick.complete_bundles(STICK, PRODUCT)
+    [bundle] = medium.complete_bundles(STICK, PRODUCT)
     return bundle.path
 
 
 def _trusted_root():
-    return accept_chain(load_root_chain([r.path for r in stick.root_files(STICK, PRODUCT)]))
+    return accept_chain(load_root_chain([r.path for r in medium.root_files(STICK, PRODUCT)]))
 
 
 def test_the_stick_layout_is_read():
-    assert [r.version for r in stick.root_files(STICK, PRODUCT)] == [1, 2]
-    [bundle] = stick.complete_bundles(STICK, PRODUCT)
+    assert [r.version for r in medium.root_files(STICK, PRODUCT)] == [1, 2]
+    [bundle] = medium.complete_bundles(STICK, PRODUCT)
     manifest_bytes = (bundle.path / "manifest.json.zst").read_bytes()
     assert bundle.manifest_sha256 == hashlib.sha256(manifest_bytes).hexdigest()
     assert bundle.id == stick.bundle_id(manifest_bytes)
@@ -52,7 +53,7 @@ def test_documents_reserialise_to_the_same_bytes():
     """Parsers and serialisers agree with the stored bytes: canonical JSON, minisign files."""
     for path in sorted(STICK.rglob("*.minisig")):
         assert Signature.from_bytes(path.read_bytes()).to_bytes() == path.read_bytes(), path
-    for root in stick.root_files(STICK, PRODUCT):
+    for root in medium.root_files(STICK, PRODUCT):
         assert TrustRoot.from_bytes(root.path.read_bytes()).to_bytes() == root.path.read_bytes()
     stored = (_bundle_folder() / "manifest.json.zst").read_bytes()
     document = (VECTORS / "manifest.json").read_bytes()

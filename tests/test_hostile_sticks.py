@@ -41,7 +41,7 @@ from agent.format.bundle_dir import MANIFEST, PAYLOAD
 from agent.format.manifest import (MAX_CHUNKS, MAX_ENTRIES, MAX_MANIFEST_BYTES, MAX_STORED_MANIFEST_BYTES, Base,
                                    StoredObject)
 from agent.format.tree import Chunk, Entry, tree_digest
-from agent.lock import LOCK_FILE
+from agent.state_dir import StateDir
 from agent.scan import scan_tree
 from keys.detached import signature_path
 from keys.strict_json import MAX_VALUES
@@ -1384,7 +1384,7 @@ def test_a_stick_named_in_a_legacy_code_page_installs(world, provisioned, tmp_pa
     medium = sim.write(tmp_path / LATIN_1_STICK)
     logged = len(_audit_lines(cabinet))
     _installed(_agent_bytes(cabinet, "on-insert", "--json", str(medium)))
-    assert b"stick-\xe9" in (cabinet.dir / "state" / LOCK_FILE).read_bytes()
+    assert b"stick-\xe9" in StateDir(cabinet.dir / "state").lock.read_bytes()
     records = [json.loads(line) for line in _audit_lines(cabinet)[logged:]]
     assert records[0]["event"] == "examined" and records[0]["source"].endswith(LATIN_1_SHOWN), records[0]
     status = _agent_bytes(cabinet, "status", "--json")

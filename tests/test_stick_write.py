@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import debian_tools
 from click.testing import CliRunner
 
+from agent import medium
 from agent.format import bundle_dir, stick
 from bundler import stick_write
 from bundler.cli import main
@@ -131,8 +132,8 @@ def test_layout_of_one_bundle_and_one_root(cli, world, tmp_path):
     assert (product / "trust/root-1.json").read_bytes() == world.root1.read_bytes()
     # The copy on the stick verifies with the trust root on the stick.
     cli("bundle", "verify", folder, "--root", product / "trust/root-1.json", check=True)
-    assert stick.complete_bundles(tmp_path, PRODUCT) == [stick.StickBundle(bundle_id, folder, manifest_sha256)]
-    assert [r.version for r in stick.root_files(tmp_path, PRODUCT)] == [1]
+    assert medium.complete_bundles(tmp_path, PRODUCT) == [medium.StickBundle(bundle_id, folder, manifest_sha256)]
+    assert [r.version for r in medium.root_files(tmp_path, PRODUCT)] == [1]
 
 
 def test_two_bundles_for_different_bases_and_a_rotated_root_share_a_stick(cli, world, tmp_path):
@@ -144,8 +145,8 @@ def test_two_bundles_for_different_bases_and_a_rotated_root_share_a_stick(cli, w
     assert (trust / "root-2.json").read_bytes() == world.root2.read_bytes()
     for path in world.keys.glob("root-2.json.*.minisig"):
         assert (trust / path.name).read_bytes() == path.read_bytes()
-    assert [r.version for r in stick.root_files(tmp_path, PRODUCT)] == [1, 2]
-    assert {b.id for b in stick.complete_bundles(tmp_path, PRODUCT)} == {manifest_id(full), manifest_id(delta)}
+    assert [r.version for r in medium.root_files(tmp_path, PRODUCT)] == [1, 2]
+    assert {b.id for b in medium.complete_bundles(tmp_path, PRODUCT)} == {manifest_id(full), manifest_id(delta)}
     verified = cli("bundle", "verify", tmp_path / PRODUCT / "bundles" / manifest_id(delta),
                    "--root", trust / "root-1.json", "--root", trust / "root-2.json", "--json", check=True)
     assert json.loads(verified.stdout)["valid"] is True
@@ -184,7 +185,7 @@ def test_a_late_co_signature_is_added_to_a_kept_copy(cli, world, tmp_path):
     assert [b["status"] for b in json.loads(result.stdout)["bundles"]] == ["kept"]
     folder = stick_dir / PRODUCT / "bundles" / manifest_id(source)
     assert {k: v for k, v in files_under(folder).items() if k != "COMPLETE"} == files_under(source)
-    assert len(stick.complete_bundles(stick_dir, PRODUCT)) == 1
+    assert len(medium.complete_bundles(stick_dir, PRODUCT)) == 1
 
 
 def test_an_incomplete_bundle_folder_is_ignored_then_replaced(cli, world, tmp_path):
@@ -196,13 +197,13 @@ def test_an_incomplete_bundle_folder_is_ignored_then_replaced(cli, world, tmp_pa
     volume = next((folder / "payload").iterdir())
     volume.write_bytes(volume.read_bytes()[:1])
     (folder / "payload" / f".{volume.name}.tmp-99").write_bytes(b"partial")
-    assert [b.id for b in stick.complete_bundles(tmp_path, PRODUCT)] == [manifest_id(delta)]
+    assert [b.id for b in medium.complete_bundles(tmp_path, PRODUCT)] == [manifest_id(delta)]
 
     result = write(cli, tmp_path, full, delta, roots=(world.root1,))
     assert result.returncode == 0, result.stderr
     assert [b["status"] for b in json.loads(result.stdout)["bundles"]] == ["replaced-incomplete", "kept"]
     assert {k: v for k, v in files_under(folder).items() if k != "COMPLETE"} == files_under(full)
-    assert len(stick.complete_bundles(tmp_path, PRODUCT)) == 2
+    assert len(medium.complete_bundles(tmp_path, PRODUCT)) == 2
 
 
 @pytest.mark.parametrize("name", ["._manifest.json.zst", "._root-1.json", "System Volume Information",
@@ -222,7 +223,7 @@ def test_junk_other_systems_leave_is_ignored(cli, world, tmp_path):
     write(cli, tmp_path, full, roots=(world.root1, world.root2))
     product = tmp_path / PRODUCT
     folder = product / "bundles" / manifest_id(full)
-    listed = (stick.root_files(tmp_path, PRODUCT), stick.complete_bundles(tmp_path, PRODUCT))
+    listed = (medium.root_files(tmp_path, PRODUCT), medium.complete_bundles(tmp_path, PRODUCT))
     # What macOS and Windows leave behind on a FAT stick.
     (tmp_path / "System Volume Information").mkdir()
     (tmp_path / "System Volume Information" / "IndexerVolumeGuid").write_bytes(b"{guid}")
@@ -233,7 +234,7 @@ def test_junk_other_systems_leave_is_ignored(cli, world, tmp_path):
     (product / "trust" / "._root-1.json").write_bytes(b"\0\5\26\7")
     (product / "trust" / ".DS_Store").write_bytes(b"Bud1")
     (tmp_path / ".Trashes").mkdir()
-    assert (stick.root_files(tmp_path, PRODUCT), stick.complete_bundles(tmp_path, PRODUCT)) == listed
+    assert (medium.root_files(tmp_path, PRODUCT), medium.complete_bundles(tmp_path, PRODUCT)) == listed
 
     again = write(cli, tmp_path, full, roots=(world.root1, world.root2))
     assert again.returncode == 0, again.stderr
@@ -250,7 +251,7 @@ def test_the_listing_follows_no_symlink(world, tmp_path):
     product.mkdir(parents=True)
     (product / "trust").symlink_to(real)
     with pytest.raises(stick.StickLayoutError):
-        stick.root_files(tmp_path / "stick", PRODUCT)
+        medium.root_files(tmp_path / "stick", PRODUCT)
 
 
 @pytest.fixture
@@ -307,7 +308,7 @@ def test_read_back_catches_a_corrupted_copy(world, tmp_path, monkeypatch, victim
     corrupted = next(p for p in (tmp_path / PRODUCT / "bundles").rglob("*") if p.name.endswith(victim))
     assert f"error: {corrupted}: reads back different from what was written" in result.stderr
     assert "hint:" in result.stderr
-    assert not list(tmp_path.rglob("COMPLETE")) and stick.complete_bundles(tmp_path, PRODUCT) == []
+    assert not list(tmp_path.rglob("COMPLETE")) and medium.complete_bundles(tmp_path, PRODUCT) == []
 
     monkeypatch.setattr(stick_write, "_put", real_put)  # a healthy stick: the next write repairs it
     result = CliRunner().invoke(main, ["write", str(tmp_path), str(full), "--root", str(world.root1), "--json"])
@@ -377,7 +378,7 @@ def test_a_stick_devices_would_refuse_for_its_bundle_count_is_not_written(cli, w
     result = write(cli, tmp_path, full, roots=(world.root1,))
     assert result.returncode == 0, result.stderr
     assert [b["status"] for b in json.loads(result.stdout)["bundles"]] == ["written"]
-    assert [b.id for b in stick.complete_bundles(tmp_path, PRODUCT)] == [manifest_id(full)]  # as a device reads it
+    assert [b.id for b in medium.complete_bundles(tmp_path, PRODUCT)] == [manifest_id(full)]  # as a device reads it
     # Writing the same bundle again adds none, even when its copy must be replaced.
     (tmp_path / PRODUCT / "bundles" / manifest_id(full) / "COMPLETE").unlink()
     again = write(cli, tmp_path, full, roots=(world.root1,))
@@ -448,7 +449,7 @@ def test_on_a_real_fat32_filesystem(cli, world, fat32_stick):
     for name in ("full-1", "d12"):
         cli("bundle", "verify", mount_point / PRODUCT / "bundles" / manifest_id(world.bundle(name)),
             "--root", trust / "root-1.json", "--root", trust / "root-2.json", check=True)
-    assert len(stick.complete_bundles(mount_point, PRODUCT)) == 2
+    assert len(medium.complete_bundles(mount_point, PRODUCT)) == 2
     # Mounted read-only with everything in place: verified, nothing to write, so not refused.
     again = write(cli, mount_point, world.bundle("full-1"), world.bundle("d12"), roots=(world.root1, world.root2))
     assert again.returncode == 0, again.stderr

@@ -31,9 +31,10 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # run as a script: make `tests` importable for the seeds
     sys.path.insert(0, str(REPO))
 
+from agent import medium
 from agent.format import codec, gzip_recipe, paths, stick  # noqa: E402
-from agent.format.bundle_dir import read_bundle  # noqa: E402
 from agent.format.manifest import ENCODINGS, MalformedManifest, Manifest  # noqa: E402
+from agent.medium import read_bundle  # noqa: E402
 from keys.detached import load_root_candidate  # noqa: E402
 from keys.errors import Failed, MalformedKey, MalformedSignature, MalformedTrustRoot, UpdateError  # noqa: E402
 from keys.minisign import PublicKey, Signature  # noqa: E402
@@ -197,7 +198,7 @@ def stick_layout(data: bytes) -> None:
             else:
                 path.write_bytes(content)
         try:
-            for found in stick.root_files(root, "demo"):
+            for found in medium.root_files(root, "demo"):
                 assert stat.S_ISREG(os.lstat(found.path).st_mode)
                 assert found.path.name == stick.root_name(found.version)
                 with contextlib.suppress(UpdateError):  # then what the agent reads: the root, its signatures
@@ -205,7 +206,7 @@ def stick_layout(data: bytes) -> None:
         except (stick.StickLayoutError, Failed):
             pass
         try:
-            for bundle in stick.complete_bundles(root, "demo"):
+            for bundle in medium.complete_bundles(root, "demo"):
                 assert stat.S_ISDIR(os.lstat(bundle.path).st_mode)
                 marker = bundle.path / stick.COMPLETE
                 assert stat.S_ISREG(os.lstat(marker).st_mode)

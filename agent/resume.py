@@ -21,40 +21,41 @@ from __future__ import annotations
 import shutil
 
 from agent.device import Device
-from agent.staging import CHAIN
+from agent.journal import Pending, Phase
 from agent.state import AgentState
 from keys.errors import UpdateError
 from keys.files import remove_stale_temporaries
 
 
 def recover_interrupted(device: Device, state: AgentState) -> AgentState:
-    shutil.rmtree(device.config.state_dir / "spool", ignore_errors=True)  # a crash while copying
-    shutil.rmtree(device.config.state_dir / CHAIN, ignore_errors=True)  # ... or while building a chain's steps
-    remove_stale_temporaries(device.config.state_dir)  # a crash while writing a state file
-    pending = state.pending or {}
-    phase, name = pending.get("phase"), pending.get("environment")
-    if phase in ("staging", "provisioning", "rollback"):
-        _finish_or_undo(device, state, phase, name)
+    for scratch in device.state_dir.scratch:  # a crash while spooling or building a chain's steps
+        shutil.rmtree(scratch, ignore_errors=True)
+    remove_stale_temporaries(device.state_dir.root)  # a crash while writing a state file
+    if state.pending is not None and state.pending.phase is not Phase.TRIAL:  # a trial is boot-check's
+        _finish_or_undo(device, state, state.pending)
     return state
 
 
-def _finish_or_undo(device: Device, state: AgentState, phase: str, name: str) -> None:
-    pending = state.pending
+_UNDONE = {Phase.STAGING: "an interrupted install into {} was cleaned up",
+           Phase.PROVISIONING: "an interrupted provisioning of {} was cleaned up",
+           Phase.ROLLBACK: "an interrupted rollback to {} did not take effect"}
+
+
+def _finish_or_undo(device: Device, state: AgentState, pending: Pending) -> None:
+    name = pending.environment
     default = device.backend.default()
     reached_commit_point = default is not None and default.name == name
-    if phase == "provisioning" and reached_commit_point:
-        state.provisioned(name, pending["components"])
+    if pending.phase is Phase.PROVISIONING and reached_commit_point:
+        state.provisioned(name, pending.components)
         event = "provisioned"
-    elif phase == "rollback" and reached_commit_point:
+    elif pending.phase is Phase.ROLLBACK and reached_commit_point:
         state.rolled_back_to(name)
         event = "manual-rollback"
     else:
-        if phase != "rollback":
+        if pending.phase is not Phase.ROLLBACK:
             destroy_quietly(device, name)
         state.pending = None
-        what = {"staging": f"an interrupted install into {name} was cleaned up",
-                "provisioning": f"an interrupted provisioning of {name} was cleaned up",
-                "rollback": f"an interrupted rollback to {name} did not take effect"}[phase]
+        what = _UNDONE[pending.phase].format(name)
         state.last_result = {"outcome": "interrupted", "message": what}
         event = "cleaned-up"
     device.store.save(state)

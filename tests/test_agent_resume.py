@@ -126,7 +126,8 @@ def test_a_trial_that_never_reached_its_check_is_removed(cabinet, world):
 def test_a_second_agent_is_refused_while_one_changes_the_device(cabinet, world):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; from agent.lock import hold_device_lock; "
-                               "hold_device_lock(Path(sys.argv[1])); print('held', flush=True); time.sleep(60)",
+                               "from agent.state_dir import StateDir; hold_device_lock(StateDir(Path(sys.argv[1]))); "
+                               "print('held', flush=True); time.sleep(60)",
          str(cabinet.dir / "state")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"

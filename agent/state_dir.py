@@ -1,0 +1,62 @@
+"""Every path under the agent's state directory, named once (docs/AGENT.md, "State and crash safety").
+
+    STATE/state.json      what is committed (agent/state.py)
+    STATE/journal.json    the step in progress and the failed trials
+    STATE/result.json     the last outcome, for status
+    STATE/audit.log       every decision with its reason (agent/audit.py), rotated to audit.log.1
+    STATE/agent.lock      one agent at a time (agent/lock.py)
+    STATE/trust/          trust roots accepted after the provisioned one (agent/trust_store.py)
+    STATE/spool/<SHA-256> a chosen bundle's verified bytes, while it is installed
+    STATE/chain/          the intermediate trees of a chain of deltas, while it is staged
+
+The spool and the chain folder exist only during an install; after a crash the next command
+removes them (agent/resume.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+STATE_FILE = "state.json"
+JOURNAL_FILE = "journal.json"
+RESULT_FILE = "result.json"
+
+
+@dataclass(frozen=True)
+class StateDir:
+    root: Path
+
+    def file(self, name: str) -> Path:
+        """One of the three state files (STATE_FILE, JOURNAL_FILE, RESULT_FILE)."""
+        assert name in (STATE_FILE, JOURNAL_FILE, RESULT_FILE), name
+        return self.root / name
+
+    @property
+    def audit_log(self) -> Path:
+        return self.root / "audit.log"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "agent.lock"
+
+    @property
+    def trust(self) -> Path:
+        return self.root / "trust"
+
+    @property
+    def spool(self) -> Path:
+        return self.root / "spool"
+
+    def spooled_bundle(self, manifest_sha256: str) -> Path:
+        """Named by the hash the agent computed, never by a name from the medium (T-MEDIUM)."""
+        return self.spool / manifest_sha256
+
+    @property
+    def chain(self) -> Path:
+        return self.root / "chain"
+
+    @property
+    def scratch(self) -> tuple[Path, ...]:
+        """What only an install in progress holds: removed after it, and after a crash."""
+        return self.spool, self.chain

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from agent.audit import AuditLog
 from agent.boot import BootBackend, open_backend
 from agent.config import AgentConfig, BadConfig
-from agent.select import Device as DeviceFacts
+from agent.choice import DeviceFacts
 from agent.state import StateStore
 from agent.state_dir import StateDir
 

@@ -4,7 +4,7 @@ The order is the safety argument (docs/AGENT.md, "Install"), each step persisted
 
 1. read the medium; walk its trust-root rotations from the device's own root (never backwards);
 2. verify every bundle (release-signer threshold over the exact manifest bytes) and choose per
-   component (agent/select.py): product, hardware, targeting, anti-rollback;
+   component (agent/choice.py): product, hardware, targeting, anti-rollback;
 3. before writing anything: every listing against the device's layout (agent/layout.py), every
    stored byte of the chosen bundles against its hash, and the free space;
 4. journal ``pending: staging``; clone the running environment into a new inactive one and update
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from agent.journal import Pending, Phase
 from agent.medium import complete_bundles, read_bundle
 from agent.payload import Payload
 from agent.resume import destroy_quietly, recover_interrupted, remove_failed_environments
-from agent.select import Choice, Decision, choose
+from agent.choice import Choice, Decision, choose
 from agent.staging import check_layout, stage
 from agent.state import AgentState
 from agent.trust_store import advance, current_root, stick_roots
@@ -319,6 +320,27 @@ def _spool_or_fail(device: Device, state: AgentState, chosen: dict[str, list[Cho
                             hint="free space on the state directory's filesystem, or check the medium") from error
 
 
+@contextmanager
+def _undone_on_failure(device: Device, state: AgentState, name: str, what: str, event: str, unchanged: str,
+                       retry: str):
+    """The one failure path of install and provisioning: the new environment ``name`` is destroyed,
+    the journal cleared and the failure recorded, whatever went wrong (an interrupt included); a
+    filesystem error is reported as StagingFailed, saying ``unchanged`` and how to ``retry``."""
+    try:
+        yield
+    except BaseException as error:
+        try:
+            destroy_quietly(device, name)
+        finally:
+            state.pending = None
+            _record_failure(device, state, f"{what} failed: {error}", event, environment=name)
+        if isinstance(error, OSError) and not isinstance(error, UpdateError):
+            raise StagingFailed(f"{what} failed: {error.strerror or error}; the new environment was removed and "
+                                f"{unchanged}", where=error.filename or None,
+                                hint=f"free space (or inodes) on the environments' filesystem, {retry}") from error
+        raise
+
+
 def _stage_and_arm(device: Device, state: AgentState, chosen: dict[str, list[Choice]], found: dict[str, _Found],
                    running: Path, report: Report) -> Report:
     name = device.next_environment_name()
@@ -326,22 +348,11 @@ def _stage_and_arm(device: Device, state: AgentState, chosen: dict[str, list[Cho
     device.store.save(state)
     device.audit.record("staging", environment=name,
                         components={n: [step.component.sequence for step in route] for n, route in chosen.items()})
-    try:
+    with _undone_on_failure(device, state, name, f"staging into {name}", "staging-failed",
+                            "the running one is unchanged", "then insert the stick again"):
         environment = device.backend.clone(state.environment, name)
         stage(device.config.layout, chosen, _sources(found), environment, running, set(state.components),
               device.state_dir.chain)
-    except BaseException as error:
-        try:
-            destroy_quietly(device, name)
-        finally:
-            state.pending = None
-            _record_failure(device, state, f"staging into {name} failed: {error}", "staging-failed", environment=name)
-        if isinstance(error, OSError) and not isinstance(error, UpdateError):
-            raise StagingFailed(f"staging into {name} failed: {error.strerror or error}; the new environment was "
-                                "removed and the running one is unchanged", where=error.filename or None,
-                                hint="free space (or inodes) on the environments' filesystem, then insert the "
-                                     "stick again") from error
-        raise
     state.pending = Pending(Phase.TRIAL, name, previous=state.environment,
                             components=_new_components(state, chosen), bundles=tuple(_bundles_used(chosen)))
     device.store.save(state)
@@ -434,20 +445,13 @@ def _provision_into_new_environment(device: Device, state: AgentState, chosen: d
     # next run destroys; after it, the next run finishes the provisioning (agent/resume.py).
     state.pending = Pending(Phase.PROVISIONING, name, components=components)
     device.store.save(state)
-    try:
+    with _undone_on_failure(device, state, name, f"provisioning {name}", "provisioning-failed",
+                            "the machine is as blank as before", "then provision again"):
         if source is None:
             environment = device.backend.create_empty(name)
         else:
             environment = device.backend.clone(source, name)
         stage(device.config.layout, chosen, _sources(found), environment, None, set(), device.state_dir.chain)
-    except BaseException as error:
-        try:
-            destroy_quietly(device, name)
-        finally:
-            state.pending = None
-            _record_failure(device, state, f"provisioning {name} failed: {error}", "provisioning-failed",
-                            environment=name)
-        raise
     device.backend.commit(name)  # the commit point
     state.provisioned(name, components)
     device.store.save(state)

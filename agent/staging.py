@@ -23,7 +23,7 @@ from agent.format.tree import tree_digest
 from agent.layout import Layout
 from agent.payload import Payload
 from agent.scan import scan_tree
-from agent.select import Choice
+from agent.choice import Choice
 
 def check_layout(layout: Layout, chosen: dict[str, list[Choice]]) -> None:
     """Every listing of every step fits the layout. Raises LayoutConflict (T-NESTED)."""

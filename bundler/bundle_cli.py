@@ -12,8 +12,8 @@ from agent.format.bundle_dir import manifest_path
 from agent.format.manifest import MAX_VOLUME_BYTES, Manifest
 from agent.medium import read_bundle
 from agent.verify import signer_report
-from bundler.check import check_bundle
-from bundler.inspect import render, summary
+from bundler.verify import check_bundle
+from bundler.bundle_summary import render, summary
 from bundler.make import DEFAULT_LEVEL, MakeOptions, make_bundle
 from bundler.progress import StepProgress
 from bundler.release import load_release

@@ -31,7 +31,7 @@ from agent import medium
 from agent.format import bundle_dir, stick
 from agent.payload import CorruptPayload, Payload
 from agent.verify import VerifiedBundle
-from bundler.check import check_bundle
+from bundler.verify import check_bundle
 from keys.detached import load_root_chain, signature_paths
 from keys.errors import Failed, Refused
 from keys.files import fsync_directory, read_capped

@@ -20,7 +20,7 @@ from agent.format.manifest import Manifest
 from agent.medium import read_bundle
 from agent.payload import Payload
 from agent.verify import verify_bundle
-from bundler.check import check_bundle
+from bundler.verify import check_bundle
 from keys.detached import load_root_chain
 from keys.minisign import Signature
 from keys.rotation import accept_chain

@@ -1,4 +1,4 @@
-"""The anti-rollback rule as a table (T-ROLLBACK, agent/select.py): one rule for installed and
+"""The anti-rollback rule as a table (T-ROLLBACK, agent/choice.py): one rule for installed and
 absent components, the floor itself allowed, and every "not chosen" with its true reason."""
 
 from __future__ import annotations
@@ -7,11 +7,11 @@ import pytest
 
 from agent.format.manifest import Base, Component, Manifest
 from agent.format.tree import DIR, Entry, tree_digest
-from agent.select import Device, choose
+from agent.choice import DeviceFacts, choose
 from agent.state import InstalledComponent
 from agent.verify import VerifiedBundle
 
-DEVICE = Device(product="demo-cabinet", hardware="cab-a", serial="SN0001")
+DEVICE = DeviceFacts(product="demo-cabinet", hardware="cab-a", serial="SN0001")
 GAME = "game/fortune-wheel"
 ROOT = (Entry(path=".", type=DIR, mode=0o755, uid=0, gid=0, mtime=0),)
 

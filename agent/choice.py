@@ -26,7 +26,9 @@ from agent.verify import VerifiedBundle
 
 
 @dataclass(frozen=True)
-class Device:
+class DeviceFacts:
+    """What a bundle is matched against: this machine's product, hardware model and serial."""
+
     product: str
     hardware: str
     serial: str
@@ -46,7 +48,7 @@ class Decision:
     reason: str
 
 
-def choose(device: Device, installed: dict[str, InstalledComponent], floors: dict[str, int],
+def choose(device: DeviceFacts, installed: dict[str, InstalledComponent], floors: dict[str, int],
            bundles: dict[str, VerifiedBundle]) -> tuple[dict[str, list[Choice]], list[Decision]]:
     """Per component, the route to install (one full update or delta, or a chain of them)."""
     decisions: list[Decision] = []
@@ -97,7 +99,7 @@ def admissible(sequence: int, have: int | None, floor: int | None) -> bool:
     return (floor is None or sequence >= floor) and (have is None or sequence > have)
 
 
-def _route(device: Device, have: InstalledComponent | None, floor: int | None,
+def _route(device: DeviceFacts, have: InstalledComponent | None, floor: int | None,
            options: list[tuple[Choice, int]]) -> list[Choice]:
     """Cheapest route (bytes read from the medium) to the newest reachable sequence.
 
@@ -140,7 +142,7 @@ def _route(device: Device, have: InstalledComponent | None, floor: int | None,
     return []
 
 
-def _judge(device: Device, have: InstalledComponent | None, floor: int | None, update: Component) -> tuple[str, str]:
+def _judge(device: DeviceFacts, have: InstalledComponent | None, floor: int | None, update: Component) -> tuple[str, str]:
     to = f"{update.name} {update.version} (sequence {update.sequence})"
     if have is None:
         if not admissible(update.sequence, None, floor):

@@ -223,8 +223,8 @@ def test_disk_full_during_the_install_leaves_the_running_system_alone(provisione
              "everything": 0}[runs_out_in]
     ballast = fill(small_disk, leave)
     before, state_before = cabinet.snapshot(), committed(cabinet)
-    monkeypatch.setattr(agent.install, "_check_space", lambda *args: None)
-    monkeypatch.setattr(agent.install, "_check_spool_space", lambda *args: None)
+    monkeypatch.setattr(agent.install, "check_staging_space", lambda *args: None)
+    monkeypatch.setattr(agent.install, "check_spool_space", lambda *args: None)
     device = Device.open(load_config(cabinet.dir / "agent.toml"))
     with pytest.raises((OSError, UpdateError)) as raised:
         agent.install.install(device, too_big)
@@ -271,8 +271,8 @@ def test_inodes_run_out(world, tmp_path, many_files, monkeypatch):
         output = result.stdout + result.stderr
         assert result.returncode == 3 and "not enough inodes" in output, output
         assert cabinet.snapshot() == before and committed(cabinet) == state_before
-        monkeypatch.setattr(agent.install, "_check_space", lambda *args: None)
-        monkeypatch.setattr(agent.install, "_check_spool_space", lambda *args: None)
+        monkeypatch.setattr(agent.install, "check_staging_space", lambda *args: None)
+        monkeypatch.setattr(agent.install, "check_spool_space", lambda *args: None)
         with pytest.raises(StagingFailed, match="No space left on device"):
             agent.install.install(Device.open(load_config(cabinet.dir / "agent.toml")), many_files)
         assert cabinet.snapshot()[0] == before[0] and cabinet.snapshot()[2] == ["env-1"]

@@ -23,6 +23,7 @@ from typing import Callable
 from agent.beneath import Beneath, EscapingPath, NotRegularFile
 from agent.format import codec, gzip_recipe
 from agent.format.manifest import Component
+from agent.format.paths import ancestors
 from agent.format.tree import DIR, FILE, HARDLINK, SYMLINK, Entry, Prefix
 from agent.payload import Payload
 from agent.scan import READ_SIZE, scan_tree
@@ -255,11 +256,7 @@ def _within(path: str, roots: tuple[str, ...]) -> bool:
 
 def _ancestors(paths: tuple[str, ...]) -> set[str]:
     """The directories leading to nested components: they stay even if this listing lacks them."""
-    result = set()
-    for path in paths:
-        parts = path.split("/")
-        result.update("/".join(parts[:i]) for i in range(1, len(parts)))
-    return result
+    return {directory for path in paths for directory in ancestors(path)}
 
 
 def _temporary(path: str) -> str:

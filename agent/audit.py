@@ -19,9 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from agent.cli_support import printable, printable_data
 from keys.crashpoint import crashpoint
 from keys.files import fsync_directory
+from keys.printable import printable, printable_data
 
 MAX_LOG_BYTES = 4 << 20  # per file; thousands of installs' worth of ordinary records
 MAX_RECORD_BYTES = 16 << 10  # one line: a whole stick's refusals and decisions, shortened if need be

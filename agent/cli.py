@@ -9,12 +9,13 @@ from pathlib import Path
 
 import click
 
-from agent.cli_support import ErrorReportingGroup, echo, printable_data
+from agent.cli_support import ErrorReportingGroup
 from agent.config import DEFAULT_CONFIG, load_config
 from agent.device import Device
 from agent.install import install as install_medium, provision as provision_medium
 from agent.lifecycle import boot as boot_environment, boot_check as run_boot_check, rollback as run_rollback, status
 from agent.lock import hold_device_lock
+from keys.printable import echo, printable_data
 from keys.verify_cli import verify_root
 
 

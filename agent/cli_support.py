@@ -4,7 +4,7 @@ Exit codes (docs/OPERATOR.md): 0 done; 1 could not complete; 2 usage error (clic
 3 examined and refused - nothing was changed.
 
 Text for people is made printable by ``keys/printable.py`` (undecodable bytes and control
-characters as ``\\xNN``), re-exported here for the agent's modules.
+characters as ``\\xNN``).
 """
 
 from __future__ import annotations
@@ -12,10 +12,7 @@ from __future__ import annotations
 import click
 
 from keys.errors import Refused, UpdateError
-from keys.printable import echo, printable, printable_data
-
-__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_REFUSED", "EXIT_USAGE", "ErrorReportingGroup", "echo", "printable",
-           "printable_data"]
+from keys.printable import echo
 
 EXIT_OK = 0
 EXIT_FAILED = 1

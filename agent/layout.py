@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent.format.manifest import Component
-from agent.format.paths import ROOT, PathError, check_path
+from agent.format.paths import ROOT, PathError, ancestors, check_path
 from agent.format.tree import DIR
 from keys.errors import Refused
 
@@ -37,11 +37,6 @@ def _relative(path: str, folder: str) -> str:
     if folder == ROOT:
         return path
     return ROOT if path == folder else path[len(folder) + 1:]
-
-
-def _ancestors(path: str) -> list[str]:
-    parts = path.split("/")
-    return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def check_layout_path(value, what: str) -> str:
@@ -116,12 +111,12 @@ class Layout:
         games = self.games_folder_in(component.name)
         must_be_directories: dict[str, str] = {}
         for path in (games,) if games is not None else ():
-            must_be_directories.update({a: f"it leads to the games folder {self.games!r}" for a in _ancestors(path)})
+            must_be_directories.update({a: f"it leads to the games folder {self.games!r}" for a in ancestors(path)})
             must_be_directories[path] = f"it is the games folder {self.games!r}"
         if component.name == PLATFORM:
             for path in self.preserve:
                 must_be_directories.update({a: f"it leads to the machine-local path {path!r} ([layout] preserve)"
-                                            for a in _ancestors(path) if a not in must_be_directories})
+                                            for a in ancestors(path) if a not in must_be_directories})
         for entry in component.entries:
             if games is not None and entry.path != games and _inside(entry.path, games):
                 raise LayoutConflict(

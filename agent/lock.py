@@ -15,7 +15,6 @@ from agent.state_dir import StateDir
 from keys.errors import Failed
 
 
-
 class AgentBusy(Failed):
     """Another bundle-agent is changing this device."""
 

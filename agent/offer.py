@@ -64,9 +64,9 @@ def read_offer(device: Device, medium: Path, report: Report):
         try:
             # The marker's hash is checked on the bytes as read, before any parsing (T-TAMPER).
             files = read_bundle(path, manifest_sha256=marked)
-            held.check_room(files.manifest_bytes)
+            declared = held.check_room(files.manifest_bytes)
             verified = verify_bundle(files.manifest_bytes, files.signatures, newer, where=path / MANIFEST)
-            held.hold(verified)
+            held.hold(verified, declared)
             found[bundle_id] = Found(path, verified, files.manifest_sha256)
         except UpdateError as error:
             report.refusals.append((bundle_id, str(error)))
@@ -82,8 +82,9 @@ class _ManifestsHeld:
     def __init__(self) -> None:
         self.stored = self.decompressed = self.entries = 0
 
-    def check_room(self, stored: bytes) -> None:
-        """Before parsing: the sizes the stored manifest declares. Raises Refused."""
+    def check_room(self, stored: bytes) -> int:
+        """Before parsing: the sizes the stored manifest declares; returns the decompressed size to
+        :meth:`hold`. Raises Refused."""
         try:
             declared = codec.declared_size(stored)
         except codec.CorruptObject:
@@ -95,8 +96,9 @@ class _ManifestsHeld:
                           f"{MAX_STORED_MANIFEST_BYTES >> 20} MiB stored or {MAX_MANIFEST_BYTES >> 20} MiB "
                           "decompressed, the limits of one manifest; this bundle was not read",
                           hint="put fewer or smaller bundles on one medium (docs/STICK.md, \"Limits\")")
+        return declared
 
-    def hold(self, verified: VerifiedBundle) -> None:
+    def hold(self, verified: VerifiedBundle, declared: int) -> None:
         """After parsing: the entries. Raises Refused (the manifest is then dropped)."""
         entries = sum(len(component.entries) for component in verified.manifest.components)
         if self.entries + entries > MAX_ENTRIES:
@@ -104,7 +106,7 @@ class _ManifestsHeld:
                           f"{MAX_ENTRIES} entries, the limit of one manifest",
                           hint="put fewer or smaller bundles on one medium (docs/STICK.md, \"Limits\")")
         self.stored += len(verified.manifest_bytes)
-        self.decompressed += codec.declared_size(verified.manifest_bytes)
+        self.decompressed += declared
         self.entries += entries
 
 

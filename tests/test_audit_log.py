@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.audit import MAX_LOG_BYTES, MAX_RECORD_BYTES, AuditLog, format_record
-from agent.cli_support import printable, printable_data
+from keys.printable import printable, printable_data
 
 
 def _lines(path: Path) -> list[dict]:

@@ -55,9 +55,11 @@ def test_printable_data_escapes_controls_in_keys_and_values():
 
 
 def test_the_agent_uses_the_same_helper():
-    """keys/ is the lowest layer (docs/adr/0001-package-layout.md); the agent re-exports it."""
-    assert (cli_support.printable, cli_support.printable_data, cli_support.echo) == \
-        (module.printable, module.printable_data, module.echo)
+    """keys/ is the lowest layer (docs/adr/0001-package-layout.md); the agent's error reports and
+    audit log print through it."""
+    from agent import audit
+    assert (cli_support.echo, audit.printable, audit.printable_data) == \
+        (module.echo, module.printable, module.printable_data)
 
 
 def test_a_refusal_naming_an_escape_sequence_prints_it_inert(tmp_path):

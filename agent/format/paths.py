@@ -51,6 +51,12 @@ def parent(path: str) -> str:
     return posixpath.dirname(path) or ROOT
 
 
+def ancestors(path: str) -> list[str]:
+    """The directories leading to ``path``, outermost first (``a``, ``a/b`` for ``a/b/c``)."""
+    parts = path.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
 def collision_key(path: str, *, fold_case: bool) -> str:
     """Two paths with the same key are the same file on some filesystem (NFC/NFD, or case)."""
     key = unicodedata.normalize("NFC", path)

@@ -10,25 +10,25 @@ file against its SHA-256, and finally the whole tree against the manifest (verif
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import stat
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from agent.beneath import Beneath, EscapingPath, NotRegularFile
-from agent.format import codec, gzip_recipe
+from agent.format import codec
 from agent.format.manifest import Component
 from agent.format.paths import ancestors
 from agent.format.tree import DIR, FILE, HARDLINK, SYMLINK, Entry, Prefix
 from agent.payload import Payload
+from agent.reflink import reflink
 from agent.scan import READ_SIZE, scan_tree
 from keys.crashpoint import crashpoint
 from keys.errors import Refused
+from keys.files import write_all
 
 Progress = Callable[[int], None]
 DEFLATE_SLICE = 1 << 20  # gzip content is re-deflated this much at a time (0.4-3 s at worst)
@@ -140,7 +140,8 @@ class BaseTree:
             if prefix.gunzip:
                 self.budget.read(prefix.offset + prefix.length, prefix.path)  # inflated from the start
                 try:
-                    content = gzip_recipe.gunzip_prefix(lambda: os.read(fd, READ_SIZE), prefix.offset + prefix.length)
+                    content = codec.GZIP_RECIPE.base_content(lambda: os.read(fd, READ_SIZE),
+                                                             prefix.offset + prefix.length)
                 except ValueError:
                     raise StagingError(f"base file {prefix.path!r} is not gzip data as the delta expects") from None
                 data = content[prefix.offset:]
@@ -170,7 +171,7 @@ class BaseTree:
                 digest.update(block)
                 self.budget.wrote(len(block))
                 if not cloned:
-                    _write_all(out_fd, block)
+                    write_all(out_fd, block)
                 if progress:
                     progress(len(block))
         finally:
@@ -179,26 +180,6 @@ class BaseTree:
             raise StagingError(f"base file {path!r} differs from the one this delta was made against",
                                where=self.root.where, hint="this delta needs the exact base release; use a full bundle")
         self._verified[path] = sha256
-
-
-_FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
-
-
-def reflink(source_fd: int, out_fd: int) -> bool:
-    """Share ``source_fd``'s blocks with the empty ``out_fd`` if the filesystem can; else False."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        fcntl.ioctl(out_fd, _FICLONE, source_fd)
-        return True
-    except OSError:  # EOPNOTSUPP, EXDEV, EINVAL...: fall back to copying
-        return False
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _write_file(entry: Entry, fd: int, payload: Payload, base: BaseTree | None, budget: WorkBudget,
@@ -212,12 +193,12 @@ def _write_file(entry: Entry, fd: int, payload: Payload, base: BaseTree | None, 
 
     def write(data: bytes) -> None:
         file_digest.update(data)
-        _write_all(fd, data)
+        write_all(fd, data)
         budget.wrote(len(data))
         if progress:
             progress(len(data))
 
-    rebuilder = gzip_recipe.Rebuilder(entry.gzip, write) if entry.gzip is not None else None
+    rebuilder = codec.rebuilder(entry, write)  # a transform codec (gzip-recipe) rebuilds the file from its content
     content_digest = hashlib.sha256()
     for chunk in entry.chunks:
         stored = objects[chunk.object]

@@ -106,16 +106,3 @@ class AuditLog:
 
     def _open(self) -> int:
         return os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-
-    def read(self) -> list[dict]:
-        """Every record still kept, the rotated file's first."""
-        entries = []
-        for path in (self.rotated_path, self.path):
-            if not path.exists():
-                continue
-            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                try:
-                    entries.append(json.loads(line))
-                except json.JSONDecodeError:
-                    entries.append({"event": "unreadable-line", "text": line[:200]})
-        return entries

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from agent.format.manifest import LABEL
 from agent.layout import Layout, check_layout_path
+from agent.system_root import under
 from keys.errors import Failed
 from keys.files import read_capped
 
@@ -52,18 +53,13 @@ class AgentConfig:
     state_dir: Path
     trust_root: Path
     backend: str
-    backend_settings: dict
+    backend_settings: dict  # [boot] without "backend": read by the backend (agent/boot/)
     layout: Layout = field(default_factory=Layout)
     health_hooks: tuple[Path, ...] = ()
     health_timeout: int = 120
     reboot: str | tuple[str, ...] = "never"
     keep: int = 2
     system_root: Path = field(default=Path("/"))
-
-
-def _under(root: Path, value: str) -> Path:
-    path = Path(value)
-    return root / path.relative_to("/") if path.is_absolute() else root / path
 
 
 def _layout(table, config_path: Path) -> Layout:
@@ -88,7 +84,7 @@ def _layout(table, config_path: Path) -> Layout:
 
 def load_config(path: Path, *, system_root: Path = Path("/")) -> AgentConfig:
     """Raises BadConfig naming the file and the setting."""
-    config_path = _under(system_root, str(path)) if system_root != Path("/") else Path(path)
+    config_path = under(system_root, str(path)) if system_root != Path("/") else Path(path)
     try:
         text = read_capped(config_path, 1 << 20, what="agent configuration").decode("utf-8")
         document = tomllib.loads(text)
@@ -117,9 +113,8 @@ def load_config(path: Path, *, system_root: Path = Path("/")) -> AgentConfig:
     if not all(isinstance(h, str) for h in hooks):
         raise BadConfig("[health] hooks must be a list of executable paths", where=config_path)
     backend = setting("boot", "backend", str, "dirs")
+    # The rest of [boot] is the backend's to read and check; it gets the system root too.
     settings = {k: v for k, v in document.get("boot", {}).items() if k != "backend"}
-    if "root" in settings:
-        settings["root"] = _under(system_root, settings["root"])
     keep = setting("environments", "keep", int, 2)
     if keep < 2:
         raise BadConfig("[environments] keep must be at least 2: the running one and one to go back to",
@@ -127,9 +122,9 @@ def load_config(path: Path, *, system_root: Path = Path("/")) -> AgentConfig:
     return AgentConfig(
         product=setting("device", "product", str), hardware=setting("device", "hardware", str),
         serial=setting("device", "serial", str),
-        state_dir=_under(system_root, setting("device", "state_dir", str, "/var/db/bundle-agent")),
-        trust_root=_under(system_root, setting("trust", "root", str)),
+        state_dir=under(system_root, setting("device", "state_dir", str, "/var/db/bundle-agent")),
+        trust_root=under(system_root, setting("trust", "root", str)),
         backend=backend, backend_settings=settings,
         layout=_layout(document.get("layout", {}), config_path),
-        health_hooks=tuple(_under(system_root, h) for h in hooks),
+        health_hooks=tuple(under(system_root, h) for h in hooks),
         health_timeout=setting("health", "timeout", int, 120), reboot=reboot, keep=keep, system_root=system_root)

@@ -24,7 +24,7 @@ class Device:
 
     @classmethod
     def open(cls, config: AgentConfig) -> "Device":
-        backend = open_backend(config.backend, config.backend_settings)
+        backend = open_backend(config.backend, config.backend_settings, config.system_root)
         if backend.holds(config.state_dir):
             raise BadConfig(f"state_dir {config.state_dir} lies inside the boot environments",
                             hint="keep the agent's state outside every environment (its own filesystem or dataset)")
@@ -35,11 +35,6 @@ class Device:
     @property
     def facts(self) -> DeviceFacts:
         return DeviceFacts(product=self.config.product, hardware=self.config.hardware, serial=self.config.serial)
-
-    def next_environment_name(self) -> str:
-        numbers = [int(e.name.split("-", 1)[1]) for e in self.backend.environments()
-                   if e.name.startswith("env-") and e.name.split("-", 1)[1].isdigit()]
-        return f"env-{max(numbers, default=0) + 1}"
 
     def apply_reboot_policy(self, why: str) -> str:
         """Reboot as configured; returns what was done, in words."""

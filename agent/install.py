@@ -176,7 +176,7 @@ def _undone_on_failure(device: Device, state: AgentState, name: str, what: str, 
 
 def _stage_and_arm(device: Device, state: AgentState, chosen: dict[str, list[Choice]], found: dict[str, Found],
                    running: Path, report: Report) -> Report:
-    name = device.next_environment_name()
+    name = device.backend.new_name()
     state.pending = Pending(Phase.STAGING, name, previous=state.environment)
     device.store.save(state)
     device.audit.record("staging", environment=name,
@@ -261,7 +261,7 @@ def provision(device: Device, medium: Path) -> Report:
 
 def _provision_into_new_environment(device: Device, state: AgentState, chosen: dict[str, list[Choice]],
                                     found: dict[str, Found], report: Report) -> Report:
-    name = device.next_environment_name()
+    name = device.backend.new_name()
     final = {n: route[-1].component for n, route in chosen.items()}
     components = {n: {"version": c.version, "sequence": c.sequence, "tree_digest": c.tree_digest}
                   for n, c in final.items()}

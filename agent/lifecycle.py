@@ -17,11 +17,9 @@ finished or forgotten by the next command (agent/resume.py).
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from pathlib import Path
 
-from agent.boot import BootError
 from agent.device import Device
 from agent.journal import Pending, Phase
 from agent.resume import recover_interrupted, remove_failed_environments
@@ -30,10 +28,10 @@ from keys.errors import Refused, UpdateError
 
 
 def boot(device: Device) -> Path:
-    """Play the boot loader (dirs backend): returns the environment to start."""
+    """Play the boot loader (a backend that plays it: dirs): returns the environment to start."""
     backend = device.backend
-    if not hasattr(backend, "boot"):
-        raise BootError(backend.name, "the real boot loader chooses the environment; `boot` is for the dirs backend")
+    if not backend.plays_boot_loader:
+        return backend.boot()  # raises: the real boot loader chooses
     try:
         committed = device.store.load().environment  # only for a damaged boot record
     except UpdateError:
@@ -63,7 +61,7 @@ def _commit(device: Device, state: AgentState) -> str:
     pending = state.pending
     name = pending.environment
     device.backend.commit(name)  # the commit point: a crash after this boots the trial and repeats the check
-    state.committed_trial()
+    state.committed_trial(device.backend.identity_of(state.environment))
     device.store.save(state)
     device.audit.record("committed", environment=name, components=pending.components)
     _prune(device, state)
@@ -73,13 +71,14 @@ def _commit(device: Device, state: AgentState) -> str:
 def _prune(device: Device, state: AgentState) -> None:
     """Keep the newest ``keep`` environments (the committed one included), never the booted one.
     Failed trials are already gone: boot-check removed them before it ran the health check."""
-    # Only the agent's own environments (env-N) count and are pruned: never the installer's
-    # "default" or those another tool (freebsd-update) made. Those no rollback leads to (one
-    # rolled back from) go first, then the oldest: the rollback target must survive.
-    environments = [e for e in device.backend.environments() if re.fullmatch(r"env-[0-9]+", e.name)]
-    reachable = {state.environment, *(entry["environment"] for entry in state.history)}
+    # Only the agent's own environments count and are pruned: never the installer's "default"
+    # or those another tool (freebsd-update) made. Those no rollback leads to (one rolled back
+    # from, or replaced since it was committed) go first, then the oldest: the rollback target
+    # must survive.
+    environments = [e for e in device.backend.environments() if e.made_by_agent]
+    reachable = {entry.get("identity") for entry in state.history}  # the committed one is the default
     removable = sorted((e for e in environments if not (e.booted_now or e.default or e.next_once)),
-                       key=lambda e: e.name in reachable)
+                       key=lambda e: e.identity in reachable)
     excess = len(environments) - device.config.keep
     for environment in removable[:max(0, excess)]:
         device.backend.destroy(environment.name)
@@ -100,7 +99,6 @@ def boot_check(device: Device) -> str:
         return message + "".join(f"; removed the failed trial {name}" for name in removed)
     name = pending.environment
     if booted is None or booted.name != name:
-        state.trial_count += 1
         state.pending = None
         state.failed_trials.append(name)
         message = (f"the trial of {name} did not reach its health check (it crashed or was never booted); "
@@ -131,11 +129,16 @@ def rollback(device: Device) -> str:
     pending = state.pending
     if pending is not None and pending.phase is Phase.TRIAL:
         return _cancel_trial(device, state)
-    existing = {e.name for e in device.backend.environments()}
-    while state.history and state.history[-1]["environment"] not in existing:
-        state.history.pop()  # pruned long ago
+    existing = {e.name: e.identity for e in device.backend.environments()}
+    replaced = []
+    while state.history and existing.get(state.history[-1]["environment"]) != state.history[-1].get("identity"):
+        entry = state.history.pop()  # pruned long ago, or its name now holds another environment
+        if entry["environment"] in existing:
+            replaced.append(entry["environment"])
     if not state.history:
-        raise Refused("there is no previous environment to roll back to")
+        raise Refused("there is no previous environment to roll back to" +
+                      "".join(f"; {name} holds another environment than the one committed there" for name in replaced),
+                      hint="install the release wanted from a stick instead")
     name = state.history[-1]["environment"]
     state.pending = Pending(Phase.ROLLBACK, name, previous=state.environment)
     device.store.save(state)  # journaled: a crash below is finished or forgotten by the next command
@@ -169,7 +172,8 @@ def status(device: Device) -> dict:
                    "serial": device.config.serial},
         "committed_environment": state.environment,
         "components": {n: {"version": c.version, "sequence": c.sequence} for n, c in sorted(state.components.items())},
-        "environments": [{"name": e.name, "flags": e.flags, "path": str(e.path) if e.path else None}
+        "environments": [{"name": e.name, "identity": e.identity, "flags": e.flags,
+                          "path": str(e.path) if e.path else None}
                          for e in device.backend.environments()],
         "pending": _pending_summary(state.pending),
         "last_result": state.last_result,

@@ -27,7 +27,7 @@ def hold_device_lock(state_dir: StateDir) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.fsdecode(os.pread(fd, 200, 0)).strip() or "unknown"  # printed by agent/cli_support.py
+        holder = os.fsdecode(os.pread(fd, 200, 0)).strip() or "unknown"  # printed by agent/cli/errors.py
         os.close(fd)
         raise AgentBusy(f"another bundle-agent is changing this device ({holder})", where=path,
                         hint="wait for it to finish, then run the command again") from None

@@ -20,6 +20,7 @@ from agent.beneath import NotRegularFile, open_beneath
 from agent.format.bundle_dir import PAYLOAD, volume_path
 from agent.format.manifest import Manifest, StoredObject
 from keys.errors import Failed, Refused
+from keys.files import write_all
 
 
 # Volumes kept open at once. Objects are read mostly in payload order, so a few suffice; a bundle
@@ -161,9 +162,7 @@ class Payload:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 copy_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
                 copy_index = index
-            view = memoryview(piece)
-            while view:
-                view = view[os.write(copy_fd, view):]
+            write_all(copy_fd, piece)
 
         try:
             for stored in self.manifest.objects:

@@ -23,8 +23,11 @@ FORMAT = 1
 _PARTS = {
     STATE_FILE: ("environment", "components", "floors", "history"),
     JOURNAL_FILE: ("pending", "failed_trials"),  # together: a failed trial is never forgotten
-    RESULT_FILE: ("last_result", "trial_count"),
+    RESULT_FILE: ("last_result",),
 }
+# Fields older agents wrote and this one no longer keeps: accepted when read, then dropped, so a
+# device updated in the field does not see its result file as damaged.
+_RETIRED = {RESULT_FILE: ("trial_count",)}
 
 
 class CorruptState(Refused):
@@ -43,11 +46,12 @@ class AgentState:
     environment: str | None = None  # the committed environment
     components: dict[str, InstalledComponent] = field(default_factory=dict)
     floors: dict[str, int] = field(default_factory=dict)  # lowest sequence ever acceptable (T-ROLLBACK)
-    history: list[dict] = field(default_factory=list)  # earlier committed environments and their components
+    # Earlier committed environments: name, identity and components. A rollback goes only to one
+    # whose backend still reports the same identity (agent/boot/base.py).
+    history: list[dict] = field(default_factory=list)
     # The step in progress, journaled before it touches an environment (agent/journal.py).
     pending: Pending | None = None
     last_result: dict | None = None
-    trial_count: int = 0
     failed_trials: list[str] = field(default_factory=list)  # environments to remove once not running
 
     # The transitions of the committed state. Pure: the caller journals the step before and saves
@@ -61,11 +65,13 @@ class AgentState:
         self.pending = None
         self.last_result = {"outcome": "provisioned", "message": f"provisioned {environment}"}
 
-    def committed_trial(self) -> None:
-        """The pending trial passed its health check: it becomes what is committed."""
+    def committed_trial(self, previous_identity: str | None) -> None:
+        """The pending trial passed its health check: it becomes what is committed, and the
+        environment committed until now goes into the history with ``previous_identity``, what
+        its backend reports for it now (it was the default until this moment: nothing replaced it)."""
         name = self.pending.environment
         if self.environment != name:  # a repeated check after a crash must not push it twice
-            self.history.append({"environment": self.environment,
+            self.history.append({"environment": self.environment, "identity": previous_identity,
                                  "components": {n: c.__dict__ for n, c in self.components.items()}})
         self.environment = name
         self.components = {n: InstalledComponent(**c) for n, c in self.pending.components.items()}
@@ -100,6 +106,8 @@ def _parse(data: bytes, name: str) -> dict:
     document = json.loads(data)
     if not isinstance(document, dict) or document.pop("format", None) != FORMAT:
         raise ValueError(f"not a {name} of format {FORMAT}")
+    for retired in _RETIRED.get(name, ()):
+        document.pop(retired, None)
     if set(document) - set(_PARTS[name]):
         raise ValueError(f"unknown fields {sorted(set(document) - set(_PARTS[name]))}")
     if document.get("pending") is not None:

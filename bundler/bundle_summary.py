@@ -66,30 +66,34 @@ def summary(manifest: Manifest, signers: ThresholdResult | None, signature_ids: 
     return result
 
 
-def _size(count: int) -> str:
+def size_text(count: int, *, exact: bool = False) -> str:
+    """``1.5 MiB`` for people; with ``exact``, the byte count first: ``1572864 bytes (1.5 MiB)``."""
+    if exact:
+        return f"{count} bytes ({size_text(count)})"
+    size = float(count)
     for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
     raise AssertionError
 
 
 def render(report: dict[str, Any]) -> list[str]:
     lines = [f"product {report['product']}, hardware {', '.join(report['hardware'])}",
-             f"payload {_size(report['payload_bytes'])} in {len(report['volumes'])} volume(s)"]
+             f"payload {size_text(report['payload_bytes'])} in {len(report['volumes'])} volume(s)"]
     for c in report["components"]:
         start = f"{c['from']['version']} (sequence {c['from']['sequence']})" if c["from"] else "nothing"
         lines.append(f"{c['name']}: {c['update']} {start} -> {c['to']['version']} (sequence "
-                     f"{c['to']['sequence']}), {_size(c['stored_bytes'])} stored")
+                     f"{c['to']['sequence']}), {size_text(c['stored_bytes'])} stored")
         for kind, numbers in c["files"].items():
             if numbers["files"]:
-                lines.append(f"    {kind:9} {numbers['files']:6} files  {_size(numbers['bytes']):>10}"
-                             f"  stored {_size(numbers['stored_bytes'])}")
+                lines.append(f"    {kind:9} {numbers['files']:6} files  {size_text(numbers['bytes']):>10}"
+                             f"  stored {size_text(numbers['stored_bytes'])}")
         if c["removed"]:
             lines.append(f"    removed   {c['removed']:6} paths")
         for item in c["largest_changes"][:5]:
-            lines.append(f"    largest: {item['path']} ({item['kind']}, {_size(item['size'])} -> "
-                         f"{_size(item['stored_bytes'])})")
+            lines.append(f"    largest: {item['path']} ({item['kind']}, {size_text(item['size'])} -> "
+                         f"{size_text(item['stored_bytes'])})")
         if c["targets"]:
             lines.append(f"    only for serials not yet having it: {', '.join(c['targets'])}")
         if c["downgrade_from"]:

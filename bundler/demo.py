@@ -15,6 +15,8 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+from agent.format import bundle_dir, stick
+
 
 class Story:
     def __init__(self, workdir: Path):
@@ -238,8 +240,8 @@ hooks = ["{health}"]
 
 
 def _bundle_folder(bundle: Path) -> str:
-    import hashlib
-    return hashlib.sha256((bundle / "manifest.json.zst").read_bytes()).hexdigest()[:16]
+    """The folder ``bundle write`` gives the bundle on a stick."""
+    return stick.bundle_id(bundle_dir.manifest_path(bundle).read_bytes())
 
 
 def main() -> None:

@@ -11,7 +11,8 @@ Per file of a changed component (docs/FORMAT.md, "How files are carried"):
 * removed -> implied: the manifest lists the complete new tree.
 
 Files are cut into chunks of at most ``chunk_size`` bytes, each patched against a base region of
-at most ``PREFIX_BYTES``, so memory stays bounded for multi-GiB files on both sides. Work runs in
+at most ``PREFIX_BYTES``, so memory stays bounded for multi-GiB files on both sides. How a chunk
+or a gzip file is encoded is bundler/encoders.py's; the manifest lists the codecs used. Work runs in
 a thread pool (libzstd releases the GIL) but results are written in a fixed order, so the same
 inputs and keys give byte-identical bundles.
 """
@@ -19,7 +20,6 @@ inputs and keys give byte-identical bundles.
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import os
 import posixpath
 import re
@@ -29,16 +29,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
-from agent.format import codec
-from agent.format import bundle_dir, gzip_recipe
+from agent.format import bundle_dir
 from agent.format.manifest import (MAX_CHUNK_BYTES, MAX_ENTRIES, MAX_MANIFEST_BYTES, Base, Component, Manifest,
-                                   MalformedManifest, check_component)
+                                   MalformedManifest, check_component, signature_comment)
 from agent.format.paths import PathError
-from agent.format.tree import FILE, SETUID_SETGID, Chunk, Entry, GzipRecipe, Prefix, tree_digest
+from agent.format.tree import FILE, SETUID_SETGID, Chunk, Entry, Prefix, tree_digest
 from agent.scan import as_content, scan_tree
+from bundler import encoders
+from bundler.encoders import Source
 from bundler.release import Release, ReleaseComponent
 from keys.detached import signature_path
-from keys.errors import AlreadyExists, Failed, Refused
+from keys.errors import AlreadyExists, Refused
 from keys.files import fsync_directory, write_atomic
 from keys.secret_key import SecretKey
 from keys.signing import sign
@@ -68,31 +69,13 @@ class MakeOptions:
 
 
 @dataclass(frozen=True)
-class _Source:
-    """Where a job's bytes come from: a file, or a gzip file's content."""
-
-    path: Path
-    gunzip: bool = False
-
-    def read(self, offset: int, size: int) -> bytes:
-        with open(self.path, "rb", buffering=0) as handle:
-            if self.gunzip:
-                data = gzip_recipe.gunzip_prefix(lambda: handle.read(1 << 20), offset + size)[offset:]
-            else:
-                data = os.pread(handle.fileno(), size, offset)
-        if len(data) != size:
-            raise Failed("file changed while the bundle was being made", where=self.path)
-        return data
-
-
-@dataclass(frozen=True)
 class _ChunkJob:
     """Encode bytes [offset, offset + size) of a new file's content, maybe against a base region."""
 
-    source: _Source
+    source: Source
     offset: int
     size: int
-    reference: _Source | None = None
+    reference: Source | None = None
     prefix: Prefix | None = None
 
 
@@ -132,7 +115,7 @@ def _digits_blind(path: str) -> str:
     return re.sub(r"[0-9]+", "#", path)
 
 
-def _chunk_jobs(size: int, source: _Source, reference: Entry | None, reference_source: _Source | None,
+def _chunk_jobs(size: int, source: Source, reference: Entry | None, reference_source: Source | None,
                 reference_size: int, chunk_size: int) -> list[_ChunkJob]:
     jobs = []
     for offset in range(0, size, chunk_size):
@@ -150,43 +133,11 @@ def _chunk_jobs(size: int, source: _Source, reference: Entry | None, reference_s
     return jobs
 
 
-def _gzip_content(path: Path, size: int) -> tuple[GzipRecipe, int] | None:
-    """A recipe if ``path`` is a gzip file that re-deflates bit for bit, with its content size."""
-    if size > MAX_CHUNK_BYTES:
-        return None
-    with open(path, "rb") as handle:
-        if not handle.read(len(gzip_recipe.MAGIC)) == gzip_recipe.MAGIC:
-            return None
-        data = gzip_recipe.MAGIC + handle.read()
-    found = gzip_recipe.find_recipe(data, MAX_CHUNK_BYTES)
-    if found is None:
-        return None
-    header, level, content = found
-    return GzipRecipe(header=header, level=level, size=len(content),
-                      sha256=hashlib.sha256(content).hexdigest()), len(content)
-
-
-def _gunzipped_size(path: Path) -> int | None:
-    """Content size of a gzip base file, if it is one and small enough to serve as a prefix."""
-    with open(path, "rb") as handle:
-        if gzip_recipe.header_length(handle.read(MAX_CHUNK_BYTES)) is None:
-            return None
-        handle.seek(0)
-        try:
-            content = gzip_recipe.gunzip_prefix(lambda: handle.read(1 << 20), 2 * MAX_CHUNK_BYTES + 1)
-        except ValueError:
-            return None
-    return len(content) if len(content) <= 2 * MAX_CHUNK_BYTES else None
-
-
 def _encode(job: _ChunkJob, level: int) -> tuple[str, bytes]:
-    """Smallest of: patch against the base region, plain zstd, raw bytes."""
+    """Smallest of: patch against the base region, plain zstd, raw bytes (encoders.smallest)."""
     data = job.source.read(job.offset, job.size)
-    candidates = [("raw", data), ("zstd", codec.compress(data, level))]
-    if job.prefix is not None:
-        region = job.reference.read(job.prefix.offset, job.prefix.length)
-        candidates.append(("zstd-patch", codec.compress(data, level, region)))
-    return min(candidates, key=lambda c: (len(c[1]), c[0] != "raw"))
+    region = job.reference.read(job.prefix.offset, job.prefix.length) if job.prefix is not None else None
+    return encoders.smallest(data, level, region)
 
 
 # --- the bundle -------------------------------------------------------------------------------
@@ -208,7 +159,7 @@ def _plan_component(component: ReleaseComponent, base: ReleaseComponent | None, 
         plan_entries, jobs = [], {}
         for entry in entries:
             if entry.type == FILE and entry.size:
-                jobs[entry.path] = _chunk_jobs(entry.size, _Source(component.path / entry.path), None, None, 0,
+                jobs[entry.path] = _chunk_jobs(entry.size, Source(component.path / entry.path), None, None, 0,
                                                options.chunk_size)
             plan_entries.append(entry)
         return _Plan(component, None, None, plan_entries, jobs)
@@ -243,21 +194,21 @@ def _delta_jobs(entry: Entry, component: ReleaseComponent, base: ReleaseComponen
                 by_name: dict[str, list[Entry]], by_blind_path: dict[str, list[Entry]],
                 chunk_size: int) -> tuple[Entry, list[_ChunkJob]]:
     """Jobs for a changed or new file of a delta. A gzip file that re-deflates bit for bit is
-    carried as its content (gzip_recipe.py); only deltas do this, so a full bundle never depends
-    on the device's zlib."""
-    source = _Source(component.path / entry.path)
+    carried as its content (the gzip-recipe codec); only deltas do this, so a full bundle never
+    depends on the device's zlib."""
+    source = Source(component.path / entry.path)
     size = entry.size
-    recipe = _gzip_content(source.path, entry.size)
+    recipe = encoders.GZIP_RECIPE.recipe(source.path, entry.size)
     if recipe is not None:
         entry = replace(entry, gzip=recipe[0])
-        source, size = _Source(source.path, gunzip=True), recipe[1]
+        source, size = Source(source.path, gunzip=True), recipe[1]
     reference = _similar_base_file(entry.path, entry.size, base_files, by_name, by_blind_path)
     reference_source, reference_size = None, 0
     if reference is not None:
-        reference_source, reference_size = _Source(base.path / reference.path), reference.size
-        gunzipped = _gunzipped_size(reference_source.path) if recipe is not None else None
+        reference_source, reference_size = Source(base.path / reference.path), reference.size
+        gunzipped = encoders.GZIP_RECIPE.content_size(reference_source.path) if recipe is not None else None
         if gunzipped is not None:
-            reference_source, reference_size = _Source(reference_source.path, gunzip=True), gunzipped
+            reference_source, reference_size = Source(reference_source.path, gunzip=True), gunzipped
     return entry, _chunk_jobs(size, source, reference, reference_source, reference_size, chunk_size)
 
 
@@ -308,10 +259,13 @@ def make_bundle(release: Release, base: Release | None, keys: list[SecretKey], o
         plans = [_plan_component(c, b, options) for c, b in _select_components(release, base, options)]
         _check_counts(plans, release)
         writer = VolumeWriter(staging / bundle_dir.PAYLOAD, options.volume_size)
-        components = [_encode_component(plan, writer, options, progress) for plan in plans]
+        used: set[str] = set()
+        components = [_encode_component(plan, writer, options, used, progress) for plan in plans]
         writer.close()
         manifest = Manifest(product=release.product, hardware=release.hardware, components=tuple(components),
                             objects=tuple(writer.objects), volumes=tuple(writer.volumes))
+        # The manifest lists the codecs its objects and entries use (Manifest.codecs): exactly those used.
+        assert manifest.codecs == tuple(sorted(used)), (manifest.codecs, used)
         _check_size(manifest, release)
         manifest_bytes = manifest.to_stored()
         try:  # never emit what a device would refuse
@@ -321,7 +275,7 @@ def make_bundle(release: Release, base: Release | None, keys: list[SecretKey], o
         write_atomic(bundle_dir.manifest_path(staging), manifest_bytes)
         for key in keys:
             write_atomic(signature_path(bundle_dir.manifest_path(staging), key.id),
-                         sign(key, manifest_bytes, f"bundle-manifest product:{release.product}").to_bytes())
+                         sign(key, manifest_bytes, signature_comment(release.product)).to_bytes())
         fsync_directory(staging)
         os.rename(staging, out)
         fsync_directory(out.parent)
@@ -353,8 +307,9 @@ def _check_size(manifest: Manifest, release: Release) -> None:
                           "(MAX_MANIFEST_BYTES, docs/FORMAT.md \"Limits\")", where=release.source, hint=_SPLIT)
 
 
-def _encode_component(plan: _Plan, writer: VolumeWriter, options: MakeOptions,
+def _encode_component(plan: _Plan, writer: VolumeWriter, options: MakeOptions, used: set[str],
                       progress: Callable[[str, int, int], None] | None) -> Component:
+    """The component with its chunks stored by ``writer``; adds the codecs it used to ``used``."""
     all_jobs = [job for jobs in plan.jobs.values() for job in jobs]
     total = sum(job.size for job in all_jobs)
     done = 0
@@ -367,12 +322,15 @@ def _encode_component(plan: _Plan, writer: VolumeWriter, options: MakeOptions,
             chunks = []
             for job in jobs:
                 encoding, stored = next(results)
+                used.add(encoding)
                 chunks.append(Chunk(object=writer.add(stored, encoding), size=job.size,
-                                    prefix=job.prefix if encoding == "zstd-patch" else None))
+                                    prefix=job.prefix if encoders.ENCODERS[encoding].patch else None))
                 done += job.size
                 if progress:
                     progress(plan.component.name, done, total)
             entry = replace(entry, chunks=tuple(chunks))
+        if entry.gzip is not None:  # a gzip file of empty content has a recipe but no chunks
+            used.add(encoders.GZIP_RECIPE.name)
         entries.append(entry)
     component = plan.component
     result = Component(

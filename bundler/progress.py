@@ -8,6 +8,27 @@ from typing import Callable, Iterator
 
 import click
 
+# ``progress(step, done, total)``: how far a long step is, in bytes; drawn by StepProgress.
+Progress = Callable[[str, int, int], None]
+
+
+def step_counter(progress: Progress | None, step: str, total: int) -> Callable[[int], None]:
+    """``advance(count)`` for code that reports bytes as it handles them: adds them up and tells
+    ``progress`` how far ``step`` is (nothing without ``progress``)."""
+    done = 0
+
+    def advance(count: int) -> None:
+        nonlocal done
+        done += count
+        if progress is not None:
+            progress(step, done, total)
+    return advance
+
+
+def relabeled(progress: Progress, step: str) -> Progress:
+    """``progress`` with every step of the callee shown as ``step``."""
+    return lambda _, done, total: progress(step, done, total)
+
 
 @contextmanager
 def progress_bar(label: str, total: int) -> Iterator[Callable[[int], None]]:

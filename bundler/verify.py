@@ -11,7 +11,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
 
 from agent.apply import apply_component, verify_staged
 from agent.format.bundle_dir import manifest_path
@@ -20,13 +19,14 @@ from agent.medium import read_bundle
 from agent.payload import Payload
 from agent.scan import as_content, scan_tree
 from agent.verify import VerifiedBundle, verify_bundle
+from bundler.progress import Progress, step_counter
 from keys.errors import Refused
 from keys.rotation import VerifiedRoot
 
 
 def check_bundle(bundle: Path, root: VerifiedRoot, bases: dict[str, Path], *, apply: bool = False,
                  work_dir: Path | None = None,
-                 progress: Callable[[str, int, int], None] | None = None) -> tuple[VerifiedBundle, dict[str, str]]:
+                 progress: Progress | None = None) -> tuple[VerifiedBundle, dict[str, str]]:
     """Returns the verified bundle and, per component, what was checked. With ``apply`` (implied
     by ``bases``) every full component, and every delta whose base is given, is built and checked.
 
@@ -42,15 +42,7 @@ def check_bundle(bundle: Path, root: VerifiedRoot, bases: dict[str, Path], *, ap
     outcome = {}
     as_root = os.geteuid() == 0
     with Payload(bundle, manifest) as payload:
-        done = 0
-
-        def advance(count: int) -> None:
-            nonlocal done
-            done += count
-            if progress:
-                progress("verifying payload", done, manifest.payload_size)
-
-        payload.verify_all(advance)
+        payload.verify_all(step_counter(progress, "verifying payload", manifest.payload_size))
         for component in manifest.components:
             base = bases.get(component.name)
             if not (apply or bases) or (component.is_delta and base is None):

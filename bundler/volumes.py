@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from agent.format.manifest import MAX_VOLUME_BYTES, StoredObject, Volume
+from keys.files import write_all
 
 
 class VolumeWriter:
@@ -42,9 +43,7 @@ class VolumeWriter:
                 self._fd = os.open(self.directory / ".current", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             room = self.volume_size - self._filled
             piece = view[:room]
-            written = 0
-            while written < len(piece):
-                written += os.write(self._fd, piece[written:])
+            write_all(self._fd, piece)
             self._hash.update(piece)
             self._filled += len(piece)
             view = view[len(piece):]

@@ -1,6 +1,6 @@
 """Typed errors shared by every layer: what went wrong, where, and what to do.
 
-Only the command-line layer turns these into exit codes (see ``agent/cli_support.py``):
+Only the command-line layer turns these into exit codes (see ``agent/cli/errors.py``):
 ``Failed`` means the tool could not complete its job (exit 1), ``Refused`` means the input
 was examined and the answer is no (exit 3) - the distinction minisign makes between "could
 not answer" and "the answer is no".

@@ -66,6 +66,14 @@ def read_capped_fd(fd: int, limit: int, *, what: str, where: object, digest=None
         os.close(fd)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data`` to ``fd``: os.write may write less than it is given (a pipe,
+    a signal, a full disk's last block). Raises OSError."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def fsync_directory(directory: Path) -> None:
     crashpoint(f"fsync-dir {Path(directory).name}")
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -80,10 +88,8 @@ def _write_temp(path: Path, data: bytes, mode: int) -> Path:
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         os.fchmod(fd, mode)  # the umask must not widen or narrow what we asked for
-        view = memoryview(data)
         crashpoint(f"write {path.name}")
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data)
         crashpoint(f"fsync {path.name}")
         os.fsync(fd)
     except BaseException:

@@ -11,8 +11,8 @@ the window title...). C0 controls, DEL and C1 controls are shown as ``\\xNN`` to
 newline and tab, which our own multi-line messages use.
 
 This module sits in ``keys/`` (the lowest layer, docs/adr/0001-package-layout.md) so that the
-verify-only commands of ``keys/verify_cli.py`` print through it as the agent does;
-``agent/cli_support.py`` re-exports it.
+commands of both sides print through it: ``root verify`` (agent/cli/root.py), the agent's
+other commands and the error reports of both command lines (agent/cli/errors.py).
 """
 
 from __future__ import annotations

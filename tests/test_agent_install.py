@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN
-from tests.device_sim import Cabinet
+from agent.state import FORMAT as STATE_FORMAT, StateStore
+from agent.state_dir import RESULT_FILE, StateDir
+from tests.sim.device import Cabinet
+from tests.sim.tools import BIN
 
 
 def test_agent_issue_scenario_verbatim(world, tmp_path):
@@ -143,18 +145,22 @@ def test_flipped_byte_in_a_volume_found_before_anything_is_written(cabinet, worl
     assert "staging" not in (cabinet.dir / "state/audit.log").read_text()
 
 
-def test_tampered_manifest_on_a_stick_is_refused(cabinet, world, tmp_path):
-    stick = world.stick(tmp_path / "stick", "d12")
+def _stick_with_a_tampered_manifest(world, path: Path) -> Path:
+    stick = world.stick(path, "d12")
     manifest = next((stick / "demo-cabinet/bundles").iterdir()) / "manifest.json.zst"
     data = bytearray(manifest.read_bytes())
     data[40] ^= 1
     manifest.write_bytes(bytes(data))
-    _refused_unchanged(cabinet, stick, "COMPLETE marker")
+    return stick
+
+
+def test_tampered_manifest_on_a_stick_is_refused(cabinet, world, tmp_path):
+    _refused_unchanged(cabinet, _stick_with_a_tampered_manifest(world, tmp_path / "stick"), "COMPLETE marker")
 
 
 def test_root_rotation_carried_on_the_stick(cabinet, world, tmp_path):
     keys = world.keys
-    from tests.conftest import run_cli
+    from tests.sim.tools import run_cli
     rotated = tmp_path / "root-2.json"
     run_cli("bundle", "root", "rotate", "--from", world.root, "--out", rotated, "--remove-signer", "rel1",
             "--add-signer", keys / "rel3.pub", check=True)
@@ -287,7 +293,7 @@ def test_chains_reach_the_newest_release(cabinet, world3, tmp_path, bundles, ste
     assert not [p for p in (env).rglob("*.staging-*")] and not [p for p in env.rglob("*.old")]
     # Intermediate steps are built in the state directory, never beside the environments (issue: a
     # whole-system platform at the environment's root put them in ENVS/env-N.staging-1).
-    assert sorted(p.name for p in (cabinet.dir / "envs").iterdir()) == ["boot.json", "env-1", "env-2"]
+    assert sorted(p.name for p in (cabinet.dir / "envs").iterdir()) == ["boot.json", "env-1", "env-2", "made"]
     assert not (cabinet.dir / "state/chain").exists()
 
 
@@ -323,7 +329,7 @@ def test_platform_at_the_environment_root_with_games_nested(world, tmp_path):
 
 
 def test_nested_layout_with_only_a_game_changing(world, tmp_path):
-    from tests.conftest import run_cli
+    from tests.sim.tools import run_cli
     cabinet = Cabinet(world, tmp_path / "dev", layout={"platform": ".", "games": "opt/games"})
     cabinet.provision()
     r1b = world.dir / "r1b"
@@ -383,8 +389,7 @@ def test_a_bundle_of_hundreds_of_volumes_installs_under_a_low_descriptor_limit(w
     volumes = len(list((bundle / "payload").iterdir()))
     assert volumes > 200
     cabinet = Cabinet(world, tmp_path / "device")
-    limited = subprocess.run(["sh", "-c", 'ulimit -n 40 && exec "$0" "$@"', str(BIN / "bundle-agent"),
-                              "--config", str(cabinet.dir / "agent.toml"), "provision", str(bundle)],
+    limited = subprocess.run(["sh", "-c", 'ulimit -n 40 && exec "$0" "$@"', *cabinet.command("provision", bundle)],
                              capture_output=True, text=True)
     assert limited.returncode == 0, limited.stderr
     assert "provisioned" in limited.stdout
@@ -401,7 +406,7 @@ def test_links_a_signed_platform_ships_never_lead_the_agent_out(world, tmp_path)
 
     from agent.format.tree import tree_digest
     from agent.scan import scan_tree
-    from tests.stick_sim import StickSim, symlink_entry
+    from tests.sim.stick import StickSim, symlink_entry
 
     def digest(path: Path) -> str:  # content, modes, owners, and the modification times of files
         return tree_digest(replace(e, size=(e.size, e.mtime)) if e.type == "file" else e for e in scan_tree(path))
@@ -427,3 +432,61 @@ def test_links_a_signed_platform_ships_never_lead_the_agent_out(world, tmp_path)
     assert cabinet.status()["committed_environment"] == "env-2"
     assert os.readlink(env2 / "etc/running") == "../../env-1" and (env2 / "usr/local/games/fortune-wheel").is_dir()
     assert (env2 / "etc/ssh/host_key").read_text() == "machine secret\n"
+
+
+# --- on-insert: the unattended entry point (docs/AGENT.md, "Unattended installs: on-insert") ---------------
+
+
+def _on_insert(cabinet: Cabinet, medium: Path, stdin) -> subprocess.CompletedProcess:
+    """As cabinet.agent runs it, with ``stdin`` as its standard input."""
+    return subprocess.run([str(BIN / "bundle-agent"), *cabinet._options("on-insert", medium)], stdin=stdin,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
+
+
+def test_on_insert_never_reads_stdin_and_logs_one_line_per_event(cabinet, world, tmp_path):
+    """Nobody answers a udev rule or an automount unit: on-insert never reads its standard input
+    (the file offset it shares with us stays at 0), and its stderr is log lines for the journal."""
+    stick = world.stick(tmp_path / "stick", "d12")
+    answers = tmp_path / "answers"
+    answers.write_text("y\n" * 64)
+    with open(answers) as stdin:
+        result = _on_insert(cabinet, stick, stdin)
+        assert os.lseek(stdin.fileno(), 0, os.SEEK_CUR) == 0, "on-insert read its standard input"
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stderr.splitlines()
+    assert all(line.startswith("on-insert: ") for line in lines), lines
+    assert lines[0] == f"on-insert: examining {stick}"
+    assert lines[-1].startswith("on-insert: done: staged game/fortune-wheel, game/lucky-sevens, platform in env-2")
+    assert "\x1b" not in result.stderr
+    assert "staged game/fortune-wheel, game/lucky-sevens, platform in env-2" in result.stdout  # install's report
+    assert cabinet.status()["pending"]["environment"] == "env-2"
+
+
+def test_on_insert_logs_a_refusal_and_its_hint_as_tagged_lines(cabinet, world, tmp_path):
+    stick = _stick_with_a_tampered_manifest(world, tmp_path / "stick")
+    before = cabinet.snapshot()
+    result = _on_insert(cabinet, stick, subprocess.DEVNULL)
+    assert result.returncode == 3, result.stdout + result.stderr
+    lines = result.stderr.splitlines()
+    assert all(line.startswith("on-insert: ") for line in lines), lines
+    assert any(line.startswith("on-insert: refused: ") and "COMPLETE marker" in line for line in lines), lines
+    assert lines[-1] == "on-insert: hint: the medium was refused; the machine is unchanged", lines
+    assert cabinet.snapshot() == before
+
+
+# --- state written by older agents ----------------------------------------------------------------------------
+
+
+def test_a_result_file_with_the_retired_trial_count_is_read_not_quarantined(tmp_path):
+    """Older agents counted trials in result.json; the count is accepted, then no longer written."""
+    state_dir = StateDir(tmp_path / "state")
+    state_dir.root.mkdir()
+    last = {"outcome": "committed", "message": "env-2 passed its health check and is committed"}
+    state_dir.file(RESULT_FILE).write_text(json.dumps({"format": STATE_FORMAT, "last_result": last, "trial_count": 2}))
+    store = StateStore(state_dir)
+    state = store.load()
+    assert state.last_result == last
+    store.save(state)
+    assert json.loads(state_dir.file(RESULT_FILE).read_text()) == {"format": STATE_FORMAT, "last_result": last}
+    assert not list(state_dir.root.glob("*.corrupt-*"))

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.device_sim import Cabinet, World
+from tests.sim.device import Cabinet, World
 
 
 def _environments(cabinet: Cabinet) -> list[str]:
@@ -78,7 +78,8 @@ def test_provisioning_cut_before_its_commit_leaves_nothing_bootable_and_is_redon
     refused = blank.agent("boot")
     assert refused.returncode == 1 and "no committed environment" in refused.stderr
     result = blank.agent("provision", world.bundles / "full-1", check=True)
-    assert "into env-1 (committed)" in result.stdout  # the half-built one was destroyed first
+    # The half-built one was destroyed first, and its name is never made again.
+    assert "into env-2 (committed)" in result.stdout and _environments(blank) == ["env-2"]
     log = (blank.dir / "state/audit.log").read_text()
     assert '"event": "cleaned-up"' in log
 
@@ -105,7 +106,8 @@ def test_failed_trials_are_removed_and_never_accumulate(cabinet, world):
         assert cabinet.agent("boot-check").returncode == 3  # rolled back
         assert cabinet.agent("boot", check=True).stdout.strip().endswith("env-1")
         result = cabinet.agent("boot-check", check=True)
-        assert "removed the failed trial env-2" in result.stdout  # the name is free again for the next
+        # Each attempt gets a name never used before: no record can mistake it for an earlier one.
+        assert f"removed the failed trial env-{attempt + 2}" in result.stdout
         assert _environments(cabinet) == ["env-1"], f"attempt {attempt + 1}"
     log = (cabinet.dir / "state/audit.log").read_text()
     assert log.count('"event": "removed-failed"') == 3

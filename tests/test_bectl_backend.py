@@ -6,7 +6,6 @@ command line with real directory trees; its header lists what it models and what
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -17,11 +16,8 @@ from agent.boot import BootError, open_backend
 from agent.boot.bectl import BectlBackend
 from agent.format.tree import tree_digest
 from agent.scan import scan_tree
-from tests.conftest import BIN, run_cli
-from tests.device_sim import World
-
-STANDIN = Path(__file__).parent / "bin" / "bectl"
-BEROOT = "zroot/ROOT"  # the one boot-environment root the stand-in models
+from tests.sim.device import BECTL_STANDIN as STANDIN, BEROOT, Cabinet, World
+from tests.sim.tools import BIN
 
 
 def bectl(*args, check: bool = True) -> subprocess.CompletedProcess:
@@ -157,6 +153,12 @@ def test_list_output_of_the_real_bectl_is_parsed(tmp_path):
     assert got == [("default", "NR", Path("/")), ("env-2", "T", None), ("old", "", Path("/tmp/be_mount.c6Sf")),
                    ("odd", "NRT", Path("/"))]
     assert (tmp_path / "args").read_text().split() == ["-r", "tank/ROOT", "list", "-H", "-c", "creation"]
+    # The identity is the name with its creation time: a name destroyed and made again in another
+    # minute is another environment. Only env-N are the agent's, and the next name is above them.
+    assert [(e.identity, e.made_by_agent) for e in boot.environments()] == [
+        ("default@2024-05-01 10:00", False), ("env-2@2024-05-02 11:00", True), ("old@2024-04-01 09:00", False),
+        ("odd@2024-06-01 00:00", False)]
+    assert boot.new_name() == "env-3"
     fake.write_text("#!/bin/sh\nprintf 'BE Active Mountpoint Space Created\\n'\n")  # a header: not -H output
     with pytest.raises(BootError, match=r"^bectl backend: cannot read this line of `bectl list -H`"):
         boot.environments()
@@ -260,71 +262,9 @@ def world(tmp_path_factory) -> World:
     return World(tmp_path_factory.mktemp("world"))
 
 
-class BectlCabinet:
-    """One device whose environments are ZFS boot environments (the stand-in's)."""
-
-    def __init__(self, world: World, directory: Path, layout: str = ""):
-        self.world, self.dir = world, directory
-        directory.mkdir(parents=True)
-        self.standin = directory / "zfs"
-        self.health = directory / "health"
-        self.set_health(True)
-        common = f"""
-[device]
-product = "demo-cabinet"
-hardware = "cab-a"
-serial = "SN0001"
-state_dir = "{directory / 'state'}"
-[trust]
-root = "{world.root}"
-[health]
-hooks = ["{self.health}"]
-timeout = 20
-{layout}"""
-        self.config = directory / "agent.toml"
-        self.config.write_text(common + f"""[boot]
-backend = "bectl"
-bectl = "{STANDIN}"
-beroot = "{BEROOT}"
-mount_dir = "{directory / 'mnt'}"
-""")
-        # The factory's image builder: the same agent with the dirs backend writes the first tree.
-        self.factory_config = directory / "factory.toml"
-        self.factory_config.write_text(common + f'[boot]\nbackend = "dirs"\nroot = "{directory / "factory"}"\n')
-
-    def set_health(self, healthy: bool) -> None:
-        self.health.write_text("#!/bin/sh\n" + ("exit 0\n" if healthy else "echo 'reels do not spin' >&2; exit 7\n"))
-        self.health.chmod(0o755)
-
-    def agent(self, *args, config: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
-        return run_cli("bundle-agent", "--config", config or self.config, *args,
-                       env={"BECTL_STANDIN_ROOT": str(self.standin)}, check=check)
-
-    def bectl(self, *args) -> str:
-        result = subprocess.run([str(STANDIN), *map(str, args)], capture_output=True, text=True, timeout=60,
-                                env={**os.environ, "BECTL_STANDIN_ROOT": str(self.standin),
-                                     "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
-        assert result.returncode == 0, result.stdout + result.stderr
-        return result.stdout.strip()
-
-    def status(self) -> dict:
-        return json.loads(self.agent("status", "--json", check=True).stdout)
-
-    def flags(self) -> dict[str, str]:
-        return {e["name"]: e["flags"] for e in self.status()["environments"]}
-
-    def provision(self) -> None:
-        """bectl cannot make an empty environment (docs/BECTL.md, Provisioning): the factory builds
-        env-1 as a tree, lays it into the pool (installer / bectl import) and boots it."""
-        self.agent("provision", self.world.bundles / "full-1", config=self.factory_config, check=True)
-        self.bectl("__install", "env-1", self.dir / "factory/env-1")
-        self.bectl("-r", BEROOT, "activate", "env-1")
-        assert self.bectl("__reboot") == "env-1"
-
-
 @pytest.fixture
-def cabinet(world, tmp_path) -> BectlCabinet:
-    return BectlCabinet(world, tmp_path / "device")
+def cabinet(world, tmp_path) -> Cabinet:
+    return Cabinet(world, tmp_path / "device", backend="bectl")
 
 
 def test_provision_without_a_booted_environment_is_refused_and_changes_nothing(cabinet, world):
@@ -355,15 +295,15 @@ def test_provision_clones_the_installer_environment(cabinet, world, tmp_path):
 
 # The agent's own layout, and FreeBSD's: the platform is the boot environment's root, games nested.
 # (configuration, the platform's path, nested games, directories kept only to hold the games)
-LAYOUTS = {"subdirectories": ("", "platform", (), ()),
-           "platform-is-root": ('[layout]\nplatform = "."\ngames = "usr/local/games"\n', ".", ("usr/local/games",),
+LAYOUTS = {"subdirectories": (None, "platform", (), ()),
+           "platform-is-root": ({"platform": ".", "games": "usr/local/games"}, ".", ("usr/local/games",),
                                 ("usr/local",))}
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_install_trial_boot_and_commit(world, tmp_path, layout):
-    toml, platform, nested, holders = LAYOUTS[layout]
-    cabinet = BectlCabinet(world, tmp_path / "device", layout=toml)
+    table, platform, nested, holders = LAYOUTS[layout]
+    cabinet = Cabinet(world, tmp_path / "device", layout=table, backend="bectl")
     cabinet.provision()
     status = cabinet.status()
     assert status["committed_environment"] == "env-1" and cabinet.flags() == {"env-1": "NR"}

@@ -40,9 +40,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import count_summary, debian_tools
-from tests.device_sim import World
-from tests.power_cut import FULL_SWEEP, SUMMARY, Device, Release, check_booted, reboot
+from tests.sim.device import Cabinet, World
+from tests.sim.power_cut import FULL_SWEEP, SUMMARY, Release, check_booted, reboot
+from tests.sim.summary import count_summary
+from tests.sim.tools import debian_tools
 
 MiB = 1 << 20
 IMAGE_SIZE = 320 * MiB  # mkfs.xfs wants at least 300 MiB; the image is sparse
@@ -176,20 +177,19 @@ def template(request, world, tmp_path_factory) -> tuple[str, Path, list[tuple[in
     made = _run(*FILESYSTEMS[kind][1], image)
     assert made.returncode == 0, made.stderr
     with mounted(image, directory / "mnt", kind) as mountpoint:
-        device = Device.create(mountpoint / "device", world.keys / "root.json")
-        device.run("provision", world.bundles / "full-1")
-        device.run("boot")
-        device.run("install", world.dir / "stick-d12")
-        (device.path / CONTROL).write_bytes(OLD)
+        device = Cabinet(world, mountpoint / "device")
+        device.provision()
+        device.agent("install", world.dir / "stick-d12", check=True)
+        (device.dir / CONTROL).write_bytes(OLD)
         traces = {}
         for step in STEPS.values():
             scratch = device.copy(mountpoint / f"trace-{step.name}")
             for command in step.before:
-                scratch.run(*command)
+                scratch.agent(*command, check=True)
             scratch.agent(*step.command, trace=directory / f"{step.name}.trace")
             traces[step.name] = [(int(n), name) for n, name in (line.split(" ", 1) for line in
                                  (directory / f"{step.name}.trace").read_text().splitlines())]
-            _run("rm", "-rf", scratch.path)
+            _run("rm", "-rf", scratch.dir)
     yield kind, image, traces
     image.unlink()
 
@@ -217,12 +217,12 @@ def _parse(path: Path) -> dict | None:
     return document
 
 
-def _check_records(device: Device, releases: dict[str, Release]) -> list[tuple[str, str]]:
+def _check_records(device: Cabinet, releases: dict[str, Release]) -> list[tuple[str, str]]:
     """Before the reboot: the boot record and the state parse, and what they name exists and verifies."""
     try:
-        record = _parse(device.path / "envs/boot.json")
-        state = _parse(device.path / "state/state.json")
-        journal = _parse(device.path / "state/journal.json") or {}
+        record = _parse(device.dir / "envs/boot.json")
+        state = _parse(device.dir / "state/state.json")
+        journal = _parse(device.dir / "state/journal.json") or {}
     except ValueError as error:  # json.JSONDecodeError included: a zero-length or torn file
         return [("unbootable", f"a record does not parse: {error}")]
     if record is None or state is None:
@@ -272,12 +272,12 @@ def _cut(kind: str, template_image: Path, step: Step, number: int, releases: dic
         image.unlink(missing_ok=True)
     _copy_unsynced(template_image, live)  # the template is cleanly unmounted: nothing is pending
     with mounted(live, work / "live", kind) as mountpoint:
-        device = Device(mountpoint / "device")
+        device = Cabinet.at(mountpoint / "device")
         for command in step.before:
-            device.run(*command)
+            device.agent(*command, check=True)
         before = _contents(device)
         with writeback_frozen():
-            _unsafe_replace(device.path / CONTROL, NEW)
+            _unsafe_replace(device.dir / CONTROL, NEW)
             result = device.agent(*step.command, crash_at=number)
             after = _contents(device)
             _copy_unsynced(live, copy)
@@ -287,8 +287,8 @@ def _cut(kind: str, template_image: Path, step: Step, number: int, releases: dic
         return [("harness", f"{' '.join(step.command)} exited {result.returncode}, expected {expected}: "
                             f"{result.stderr.strip()}")], "not checked"
     with mounted(copy, work / "cut", kind) as mountpoint:
-        device = Device(mountpoint / "device")
-        data = (device.path / CONTROL).read_bytes()
+        device = Cabinet.at(mountpoint / "device")
+        data = (device.dir / CONTROL).read_bytes()
         control = "zero-length" if data == b"" else "lost (the old bytes)" if data == OLD else repr(data[:40])
         held = _contents(device)
         seen = "; ".join(f"{Path(name).name} {_which(held.get(name), before.get(name), after.get(name))}"
@@ -312,8 +312,8 @@ def _cut(kind: str, template_image: Path, step: Step, number: int, releases: dic
     return problems, seen
 
 
-def _contents(device: Device) -> dict[str, bytes]:
-    return {name: (device.path / name).read_bytes() for name in STATE_FILES if (device.path / name).exists()}
+def _contents(device: Cabinet) -> dict[str, bytes]:
+    return {name: (device.dir / name).read_bytes() for name in STATE_FILES if (device.dir / name).exists()}
 
 
 def _which(held: bytes | None, before: bytes | None, after: bytes | None) -> str:

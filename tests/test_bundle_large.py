@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN
-from tests.releases import write_release
+from tests.sim.releases import write_release
+from tests.sim.tools import BIN
 
 MiB = 1 << 20
 SIZE = 256 * MiB

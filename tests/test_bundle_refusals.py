@@ -10,7 +10,7 @@ import pytest
 
 from agent.format.bundle_dir import manifest_path
 from agent.format.manifest import Manifest
-from tests.releases import put, write_release
+from tests.sim.releases import put, write_release
 
 
 def _release(tmp_path: Path, game: bool = False) -> Path:

@@ -16,7 +16,7 @@ from agent.format.manifest import Manifest
 from agent.format.tree import tree_digest
 from agent.payload import Payload
 from agent.scan import as_content, scan_tree
-from tests.releases import put, write_release
+from tests.sim.releases import put, write_release
 
 RNG = random.Random(7)
 BLOB = RNG.randbytes(300_000)
@@ -90,7 +90,7 @@ def releases(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bundles(releases, trust, tmp_path_factory):
-    from tests.conftest import run_cli
+    from tests.sim.tools import run_cli
     r1, r2 = releases
     out = tmp_path_factory.mktemp("bundles")
     keys = ["--key", trust.key("rel1"), "--key", trust.key("rel2")]

@@ -7,7 +7,7 @@ import os
 import subprocess
 
 from bundler.demo import build_releases
-from tests.conftest import BIN
+from tests.sim.tools import BIN
 
 SETUP = r"""
 set -e

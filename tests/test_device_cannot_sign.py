@@ -10,7 +10,7 @@ import json
 import subprocess
 import sys
 
-FORBIDDEN = ["keys.signing", "keys.secret_key", "keys.cli", "bundler", "nacl.pwhash", "nacl.secret"]
+FORBIDDEN = ["keys.signing", "keys.secret_key", "bundler", "nacl.pwhash", "nacl.secret"]
 
 PROBE = """
 import importlib, json, pkgutil, sys

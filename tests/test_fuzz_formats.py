@@ -4,7 +4,8 @@ T-PARSER in docs/THREAT-MODEL.md, STYLE.md 15: the device parses everything it r
 stick, so each parser of untrusted bytes gets random and near-valid input here, in every run:
 
 * the manifest - its JSON (byte edits of a valid manifest, edits of its JSON tree, random
-  documents of the right shape) and its stored zstd form: ``MalformedManifest``;
+  documents of the right shape) and its stored zstd form: ``MalformedManifest``, or
+  ``UnsupportedCodec`` when its codecs list names one this agent lacks;
 * the stick layout on real directories (random names, junk names, symlinks, FIFOs, sockets,
   device nodes, random COMPLETE markers) and the files it names: ``StickLayoutError``,
   ``Failed`` or another ``UpdateError`` of the readers - and never a read that blocks;
@@ -44,14 +45,14 @@ from hypothesis import HealthCheck, Phase, assume, given, settings, strategies a
 from agent.format import bundle_dir, codec, gzip_recipe, paths, stick
 from agent.medium import read_bundle
 from agent.format.manifest import (DOCUMENT_TYPE, ENCODINGS, FORMAT, Base, Component, MalformedManifest, Manifest,
-                                   StoredObject, Volume)
+                                   StoredObject, Volume, signature_comment)
 from agent import medium
 from agent.format.tree import EMPTY_SHA256, Chunk, Entry, GzipRecipe, Prefix, tree_digest
 from keys.detached import load_root_candidate
 from keys.errors import Failed, UpdateError
 from keys.secret_key import SecretKey
 from keys.signing import sign
-from tests.strategies import edited
+from tests.sim.strategies import edited
 
 fuzz = settings(deadline=None, derandomize=True, database=None, max_examples=150,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -116,10 +117,11 @@ VALID_STORED = VALID.to_stored()
 
 
 def _parse(data: bytes, *, stored: bool = False) -> Manifest | None:
-    """The manifest, or None when it is refused with MalformedManifest (anything else propagates)."""
+    """The manifest, or None when it is refused with MalformedManifest or UnsupportedCodec (an edit
+    may name a codec this agent lacks); anything else propagates."""
     try:
         manifest = Manifest.from_stored(data) if stored else Manifest.from_bytes(data)
-    except MalformedManifest:
+    except (MalformedManifest, codec.UnsupportedCodec):
         return None
     # What parses re-serialises canonically to bytes that parse to the same manifest.
     assert Manifest.from_bytes(manifest.to_bytes()) == manifest
@@ -155,9 +157,9 @@ def test_stored_manifest_bytes(data):
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.integers(-(1 << 70), 1 << 70)
     | st.text(st.characters(exclude_categories=()), max_size=12)
-    | st.sampled_from(["", ".", "..", "/", "a/../b", "/etc/passwd", "0755", "raw", "zstd", "zstd-patch", "file",
-                       "dir", "symlink", "hardlink", "platform", "game/x", "content", "system", "A\u0301",
-                       "sha256:" + "0" * 64, "f" * 64, "1f8b0800000000000003", 1.5, float("nan")]),
+    | st.sampled_from(["", ".", "..", "/", "a/../b", "/etc/passwd", "0755", "raw", "zstd", "zstd-patch", "xz",
+                       "gzip-recipe", "file", "dir", "symlink", "hardlink", "platform", "game/x", "content", "system",
+                       "A\u0301", "sha256:" + "0" * 64, "f" * 64, "1f8b0800000000000003", 1.5, float("nan")]),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=20)
 
@@ -253,6 +255,8 @@ entries_json = st.fixed_dictionaries(
 documents = st.fixed_dictionaries({
     "type": mostly(st.just(DOCUMENT_TYPE)),
     "format": mostly(st.just(FORMAT)),
+    "codecs": mostly(st.sampled_from([[], ["raw"], ["zstd"], ["zstd-patch"], ["gzip-recipe", "zstd"],
+                                      ["raw", "zstd", "zstd-patch"], ["gzip-recipe", "raw", "zstd", "zstd-patch"]])),
     "product": mostly(st.just("demo")),
     "hardware": mostly(st.just(["cab-a"])),
     "components": st.lists(st.fixed_dictionaries(
@@ -691,7 +695,7 @@ def _no_hang(seconds: float = 1.0):
 
 
 _SIGNER = SecretKey(key_id=bytes(range(1, 9)), seed=bytes(32))
-SIGNATURE = sign(_SIGNER, VALID_STORED, "bundle-manifest product:demo").to_bytes()
+SIGNATURE = sign(_SIGNER, VALID_STORED, signature_comment("demo")).to_bytes()
 STICK_FILES = {  # name in a bundle or trust folder -> what it holds when it is a regular file
     bundle_dir.MANIFEST: edited(VALID_STORED) | st.just(VALID_STORED),
     f"{bundle_dir.MANIFEST}.minisig": edited(SIGNATURE),

@@ -24,9 +24,10 @@ from agent.format.manifest import MAX_CHUNKS, MAX_ENTRIES, MAX_MANIFEST_BYTES, M
 from agent.format.tree import Entry, tree_digest
 from bundler import make
 from bundler.release import load_release
-from tests.conftest import BIN, count_summary
-from tests.device_sim import Cabinet
-from tests.stick_sim import StickSim
+from tests.sim.device import Cabinet
+from tests.sim.stick import StickSim
+from tests.sim.summary import count_summary
+from tests.sim.tools import BIN
 
 PEAK_LIMIT = 256 << 20  # the agent's whole process (docs/FORMAT.md, "Limits")
 AGENT_TIMEOUT = 120  # seconds; an install of the largest manifest takes ~20 here
@@ -86,6 +87,7 @@ def largest_manifest(document: dict, kind: str) -> tuple[bytes, bytes]:
             break
         document["objects"].append(stored)
         contents.append(content)
+    document["codecs"] = sorted({*document["codecs"], "raw"})  # the objects added are raw
     added = b"".join(contents)
     digest = hashlib.sha256(added).hexdigest()
     volume.update(name=f"{digest}.vol", size=len(added), sha256=digest)
@@ -132,7 +134,7 @@ open(sys.argv[1], "w").write(f"{process.returncode} {usage.ru_maxrss * 1024}")
 
 def on_insert_peak(cabinet: Cabinet, medium: Path, report: Path) -> tuple[int, int, str]:
     """The real ``bundle-agent on-insert``: its exit code, its peak RSS in bytes and its output."""
-    agent = [str(BIN / "bundle-agent"), "--config", str(cabinet.dir / "agent.toml"), "on-insert", str(medium)]
+    agent = cabinet.command("on-insert", medium)
     result = subprocess.run([sys.executable, "-c", _MEASURE, str(report), *agent], capture_output=True, text=True,
                             timeout=AGENT_TIMEOUT, env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
     code, peak = map(int, report.read_text().split())

@@ -24,7 +24,7 @@ import zstandard
 from agent.format import manifest as manifest_format
 from agent.format.manifest import Manifest, MalformedManifest
 from agent.format.tree import DIR, EMPTY_SHA256, FILE, HARDLINK, SYMLINK, Chunk, Entry, GzipRecipe, tree_digest
-from tests.conftest import run_cli
+from tests.sim.tools import run_cli
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -127,6 +127,7 @@ def test_the_delta_exercises_every_shape(manifests):
     changes = entry(delta, "platform", "share/changes.gz")
     assert changes["gzip"]["level"] == 9 and changes["chunks"][0]["prefix"]["gunzip"] is True
     assert {o["encoding"] for o in delta["objects"]} >= {"zstd-patch"}
+    assert delta["codecs"] == ["gzip-recipe", "raw", "zstd-patch"]  # the new game is stored raw
     lucky = component(delta, "game/lucky")
     assert lucky["policy"] == "content" and "base" in lucky
     assert all(e.get("uid", 0) == 0 for e in lucky["entries"])
@@ -139,6 +140,7 @@ def test_full_bundles_carry_no_base_data_and_no_gzip_recipe(manifests):
     assert not any("base" in e or "gzip" in e for e in entries)
     assert not any("prefix" in chunk for e in entries for chunk in e.get("chunks", ()))
     assert {o["encoding"] for o in full["objects"]} <= {"raw", "zstd"}
+    assert full["codecs"] == sorted({o["encoding"] for o in full["objects"]})
 
 
 # --- hand-broken manifests: the schema refuses them, and so does the parser ----------------------
@@ -217,7 +219,10 @@ def _downgrade_from_twice(document):
 
 BROKEN = {
     "missing format": _top("format", delete=True),
-    "format 2": _top("format", 2),
+    "format 1": _top("format", 1),
+    "format 3": _top("format", 3),
+    "missing codecs": _top("codecs", delete=True),
+    "codec listed twice": _top("codecs", ["gzip-recipe", "raw", "raw", "zstd", "zstd-patch"]),
     "wrong document type": _top("type", "trust-root"),
     "no hardware": _top("hardware", []),
     "product is not a label": _top("product", "demo cabinet"),
@@ -315,7 +320,17 @@ def _raw_object_larger_than_its_chunk(document):
     raise AssertionError("the delta has no raw object to break")
 
 
+def _codecs(names: list[str]):
+    def mutate(document):
+        document["codecs"] = names
+    return mutate
+
+
 PARSER_ONLY = {
+    "codecs list without a codec the bundle uses": (_codecs(["raw", "zstd-patch"]),
+                                                    "the bundle uses codec 'gzip-recipe', which its codecs list "
+                                                    "does not name"),
+    "codecs unsorted": (_codecs(["zstd-patch", "zstd", "raw", "gzip-recipe"]), "codecs must be sorted and unique"),
     "gunzip prefix ending beyond 128 MiB": (_gunzip_prefix_ending_at(GUNZIP_END + 1),
                                             "a gunzip prefix must end within 134217728 bytes"),
     "raw object larger than its chunk": (_raw_object_larger_than_its_chunk,
@@ -381,7 +396,8 @@ GOLDEN_DIGEST = "sha256:cb884580c36e09a1582a17825feba60f6fd22a3cc53202629a187102
 
 
 def test_tree_digest_golden_vector():
-    assert manifest_format.FORMAT == 1  # a new golden vector belongs to a new format version
+    # A new golden vector belongs to a new format version; format 2 (the codecs list) kept this one.
+    assert manifest_format.FORMAT == 2
     assert [e.digest_line().decode("utf-8") for e in GOLDEN_ENTRIES] == list(GOLDEN_LINES)
     assert tree_digest(reversed(GOLDEN_ENTRIES)) == GOLDEN_DIGEST  # listing order, whatever the input order
 

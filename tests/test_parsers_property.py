@@ -11,7 +11,7 @@ from keys.secret_key import SecretKey, SecretKeyFile
 from keys.signing import sign
 from keys.trust_root import NamedKey, Role, TrustRoot
 from keys.threshold import check_threshold
-from tests.strategies import edited
+from tests.sim.strategies import edited
 
 SECRET = SecretKey.generate()
 KEY = NamedKey(public_key=SECRET.public_key, name="r1")

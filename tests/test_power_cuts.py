@@ -1,6 +1,6 @@
 """Power cuts at every durable write of install, boot, boot-check, rollback and provision (issue 5).
 
-The harness (tests/power_cut.py) kills the agent with SIGKILL at each crash point in turn, reboots
+The harness (tests/sim/power_cut.py) kills the agent with SIGKILL at each crash point in turn, reboots
 the device (``boot``, ``boot-check``) and checks that it boots a complete environment holding what
 the committed state says, that no good environment was lost, that the state parses, and that a
 retry reaches the expected release. ``make test`` checks a deterministic sample of the points;
@@ -18,9 +18,9 @@ import shutil
 
 import pytest
 
-from tests.device_sim import World
-from tests.power_cut import FULL_SWEEP, Device, Release, Scenario, sweep
-from tests.releases import put, write_release
+from tests.sim.device import Cabinet, World
+from tests.sim.power_cut import FULL_SWEEP, Release, Scenario, sweep
+from tests.sim.releases import put, write_release
 
 LOCALES = 220  # platform files that change in every m-release: 1,000+ crash points in all
 SAMPLE_EVERY = 30  # make test: every 30th point, and both sides of each boot record, state and journal rename
@@ -79,21 +79,21 @@ def releases(world) -> dict[str, Release]:
 
 def _scenarios(world: World) -> dict[str, Scenario]:
     def provisioned(bundle: str):
-        def prepare(device: Device) -> None:
-            device.run("provision", world.bundles / bundle)
-            device.run("boot")
+        def prepare(device: Cabinet) -> None:
+            device.agent("provision", world.bundles / bundle, check=True)
+            device.agent("boot", check=True)
             for path in device.config.layout.preserve:  # a machine-local file, kept across updates
-                (device.path / "envs/env-1" / path).mkdir(parents=True)
-                (device.path / "envs/env-1" / path / "host_key").write_text("machine secret\n")
+                (device.dir / "envs/env-1" / path).mkdir(parents=True)
+                (device.dir / "envs/env-1" / path / "host_key").write_text("machine secret\n")
         return prepare
 
-    def trial_armed(device: Device) -> None:
+    def trial_armed(device: Cabinet) -> None:
         provisioned("full-1")(device)
-        device.run("install", world.dir / "stick-d12")
+        device.agent("install", world.dir / "stick-d12", check=True)
 
-    def trial_booted(device: Device) -> None:
+    def trial_booted(device: Cabinet) -> None:
         trial_armed(device)
-        device.run("boot")
+        device.agent("boot", check=True)
 
     def then(prepare, *command):
         return lambda device: (prepare(device), list(command))[1]
@@ -107,16 +107,16 @@ def _scenarios(world: World) -> dict[str, Scenario]:
                         again("install", medium), keep=("env-1",), layout=layout)
 
     def provision(name: str, bundle: str, end: str) -> Scenario:
-        def unless_done(device: Device) -> list[list]:
+        def unless_done(device: Cabinet) -> list[list]:
             return [] if device.committed().get("environment") else [["provision", world.bundles / bundle]]
         return Scenario(name, lambda device: ["provision", world.bundles / bundle], (None, end), end, unless_done)
 
-    def committed_r2(device: Device) -> list:
+    def committed_r2(device: Cabinet) -> list:
         trial_booted(device)
-        device.run("boot-check")
+        device.agent("boot-check", check=True)
         return ["rollback"]
 
-    def rollback_unless_done(device: Device) -> list[list]:
+    def rollback_unless_done(device: Cabinet) -> list[list]:
         return [] if device.committed().get("environment") == "env-1" else [["rollback"]]
 
     stick = world.dir / "stick-d12"
@@ -154,7 +154,7 @@ SCENARIOS = ["install", "install-chain", "install-chain-whole-system", "boot", "
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_power_cut_at_every_crash_point(world, releases, tmp_path, name):
     many = name.endswith("-many")
-    result = sweep(_scenarios(world)[name], releases, world.keys / "root.json", tmp_path,
+    result = sweep(_scenarios(world)[name], releases, world, tmp_path,
                    every=SAMPLE_EVERY_MANY if many else SAMPLE_EVERY, records=not many)
     print(result.report())
     assert result.points, "the command passed no crash point"

@@ -10,10 +10,10 @@ import subprocess
 
 import pytest
 
-from agent import cli_support
+from agent.cli import errors as cli_errors
 from keys import printable as module
 from keys.printable import printable, printable_data
-from tests.conftest import BIN
+from tests.sim.tools import BIN
 
 # What an attacker would put in a name: clear the screen, set the window title, hide the cursor.
 CLEAR_SCREEN = "\x1b[2J\x1b[H"
@@ -58,7 +58,7 @@ def test_the_agent_uses_the_same_helper():
     """keys/ is the lowest layer (docs/adr/0001-package-layout.md); the agent's error reports and
     audit log print through it."""
     from agent import audit
-    assert (cli_support.echo, audit.printable, audit.printable_data) == \
+    assert (cli_errors.echo, audit.printable, audit.printable_data) == \
         (module.echo, module.printable, module.printable_data)
 
 

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import debian_tools
+from tests.sim.tools import debian_tools
 from click.testing import CliRunner
 
 from agent import medium
 from agent.format import bundle_dir, stick
-from bundler import stick_write
+from bundler import stick_space, stick_write
 from bundler.cli import main
-from tests.conftest import run_cli
+from tests.sim.tools import run_cli
 
 PRODUCT = "demo-cabinet"
 
@@ -292,7 +292,7 @@ def test_a_read_only_stick_is_refused_before_anything_is_written(cli, world, sma
 @pytest.mark.parametrize("victim", [".vol", bundle_dir.MANIFEST])
 def test_read_back_catches_a_corrupted_copy(world, tmp_path, monkeypatch, victim):
     """The stick returns other bytes than were written (the fwup PR #138 case): no COMPLETE."""
-    real_put = stick_write._put
+    real_put = stick_write.put
 
     def put_then_corrupt(target: Path, file, advance):
         real_put(target, file, advance)
@@ -301,7 +301,7 @@ def test_read_back_catches_a_corrupted_copy(world, tmp_path, monkeypatch, victim
             data[len(data) // 2] ^= 0x40
             target.write_bytes(bytes(data))
 
-    monkeypatch.setattr(stick_write, "_put", put_then_corrupt)
+    monkeypatch.setattr(stick_write, "put", put_then_corrupt)
     full = world.bundle("full-1")
     result = CliRunner().invoke(main, ["write", str(tmp_path), str(full), "--root", str(world.root1)])
     assert result.exit_code == 1, result.output
@@ -310,7 +310,7 @@ def test_read_back_catches_a_corrupted_copy(world, tmp_path, monkeypatch, victim
     assert "hint:" in result.stderr
     assert not list(tmp_path.rglob("COMPLETE")) and medium.complete_bundles(tmp_path, PRODUCT) == []
 
-    monkeypatch.setattr(stick_write, "_put", real_put)  # a healthy stick: the next write repairs it
+    monkeypatch.setattr(stick_write, "put", real_put)  # a healthy stick: the next write repairs it
     result = CliRunner().invoke(main, ["write", str(tmp_path), str(full), "--root", str(world.root1), "--json"])
     assert result.exit_code == 0, result.output
     assert [b["status"] for b in json.loads(result.stdout)["bundles"]] == ["replaced-incomplete"]
@@ -391,7 +391,7 @@ def test_a_stick_devices_would_refuse_for_its_bundle_count_is_not_written(cli, w
 def test_a_file_over_the_fat32_limit_is_refused_before_anything_is_written(world, tmp_path):
     big = world.bundle("big")
     volume = next((big / "payload").iterdir())
-    with pytest.raises(stick_write.FileTooLarge) as refused:
+    with pytest.raises(stick_space.FileTooLarge) as refused:
         stick_write.write_stick(tmp_path, [big], [world.root1], max_file_bytes=1 << 20)
     assert refused.value.where == str(volume) and refused.value.exit_code == 3
     assert "--volume-size" in refused.value.hint

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN
+from tests.sim.tools import BIN
 
 # The scenario from the issue, verbatim; `set -e` makes any unexpected failure fatal.
 SCENARIO = r"""

@@ -6,6 +6,8 @@ bectl, ...) is one module and one line here, never an if/else chain in the insta
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from agent.boot.base import BootBackend, BootError, Environment
 from agent.boot.bectl import BectlBackend
 from agent.boot.dirs import DirsBackend
@@ -13,11 +15,11 @@ from agent.boot.dirs import DirsBackend
 BACKENDS: dict[str, type[BootBackend]] = {DirsBackend.name: DirsBackend, BectlBackend.name: BectlBackend}
 
 
-def open_backend(name: str, settings: dict) -> BootBackend:
+def open_backend(name: str, settings: dict, system_root: Path = Path("/")) -> BootBackend:
     """Raises BootError for an unknown backend or bad settings."""
     if name not in BACKENDS:
         raise BootError(name, f"unknown boot backend; this agent has: {', '.join(sorted(BACKENDS))}")
-    return BACKENDS[name](settings)
+    return BACKENDS[name](settings, system_root)
 
 
 __all__ = ["BACKENDS", "BootBackend", "BootError", "Environment", "open_backend"]

@@ -3,15 +3,39 @@
 An environment is a complete system tree. ``N`` marks the one booted now, ``R`` the default on
 reboot, ``T`` the one booted once on the next boot only (a trial): if that boot fails before the
 agent commits it, the machine comes back in ``R`` by itself.
+
+The backend owns the environments' names and identities: it names each new environment
+(:meth:`BootBackend.new_name`) and reports for each an ``identity`` that changes whenever the
+environment's content is replaced - a slot reflashed, a name destroyed and made again. The
+agent's history and rollback refer to identities, so a rollback never boots a name whose
+content is no longer what was committed there. A new backend is one module implementing this
+class and one line in the registry (agent/boot/__init__.py).
 """
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
 from keys.errors import Failed
+
+# The names the agent gives the environments it makes: env-N, N growing. Only these are pruned,
+# never an installer's "default" or one another tool made.
+_AGENT_NAME = re.compile(r"env-([1-9][0-9]{0,17})")
+
+
+def agent_number(name: str) -> int | None:
+    """N of an ``env-N`` the agent makes; None for any other name."""
+    match = _AGENT_NAME.fullmatch(name)
+    return int(match.group(1)) if match else None
+
+
+def next_agent_name(existing: list[str], highest_made: int = 0) -> str:
+    """``env-N`` above every number in ``existing`` and above ``highest_made``."""
+    numbers = [n for n in map(agent_number, existing) if n is not None]
+    return f"env-{max(numbers + [highest_made]) + 1}"
 
 
 class BootError(Failed):
@@ -24,10 +48,12 @@ class BootError(Failed):
 @dataclass(frozen=True)
 class Environment:
     name: str
+    identity: str  # changes whenever the content is replaced, even under the same name
     path: Path | None  # where its tree can be read and written now (None if not mounted)
     booted_now: bool  # N
     default: bool  # R
     next_once: bool  # T
+    made_by_agent: bool = False  # named by new_name(): the agent may prune it
 
     @property
     def flags(self) -> str:
@@ -38,8 +64,19 @@ class BootBackend(ABC):
     name: str
 
     @abstractmethod
+    def __init__(self, settings: dict, system_root: Path):
+        """``settings``: the configuration's ``[boot]`` table without ``backend``; ``system_root``:
+        the root every path of the machine is taken under (``--root``, "/" on a running machine).
+        Raises BootError naming the setting that is wrong."""
+
+    @abstractmethod
     def environments(self) -> list[Environment]:
         """All environments, oldest first."""
+
+    @abstractmethod
+    def new_name(self) -> str:
+        """The name for the next environment the agent makes: one no environment has now, and one
+        that cannot make an identity recorded earlier appear again."""
 
     @abstractmethod
     def create_empty(self, name: str) -> Path:
@@ -82,8 +119,22 @@ class BootBackend(ABC):
         """A path on the filesystem new environments take their space from (None: the running one's)."""
         return None
 
+    # The boot loader's part: only a backend whose environments no real boot loader chooses
+    # (dirs) plays it, for ``bundle-agent boot``.
+    plays_boot_loader = False
+
+    def boot(self, committed: str | None = None) -> Environment:
+        """Choose and record the environment to start (the one-time choice first, consumed
+        durably before it is used). ``committed`` is what the agent's state names, for a damaged
+        boot record."""
+        raise BootError(self.name, "the real boot loader chooses the environment; `boot` is for the dirs backend")
+
     def get(self, name: str) -> Environment | None:
         return next((e for e in self.environments() if e.name == name), None)
+
+    def identity_of(self, name: str) -> str | None:
+        environment = self.get(name)
+        return environment.identity if environment is not None else None
 
     def booted(self) -> Environment | None:
         return next((e for e in self.environments() if e.booted_now), None)

@@ -16,6 +16,13 @@ while it is staged, default ``/var/run/bundle-agent/be``).
 Only bectl's documented command line is used, and its output is parsed from ``list -H`` (tab
 separated, no header) and ``mount`` (the mount point on stdout). The loader, not this module,
 consumes a one-time activation: a trial that crashes falls back to R by itself.
+
+Names and identity: the agent's environments are ``env-N``, N above every number listed. A
+destroyed name can be made again, so an environment's identity is its name with its creation
+time as ``bectl list`` prints it (to the minute, local time): an environment destroyed and made
+again under its name has another identity unless both fell in the same minute, and the agent
+only destroys committed environments that are old (pruning keeps the newest). A changed time
+zone changes every identity: rollbacks to older environments are then refused, never misdirected.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from agent.boot.base import BootBackend, BootError, Environment
+from agent.boot.base import BootBackend, BootError, Environment, agent_number, next_agent_name
 
 DEFAULT_MOUNT_DIR = "/var/run/bundle-agent/be"
 TIMEOUT = 600  # seconds; a destroy of a large environment can take minutes on a slow disk
@@ -41,10 +48,11 @@ class BectlBackend(BootBackend):
 
     name = "bectl"
 
-    def __init__(self, settings: dict):
+    def __init__(self, settings: dict, system_root: Path = Path("/")):
+        # system_root is not used: bectl reaches the pool through the running kernel (-r names
+        # the boot-environment root), and mount_dir is a path of the running system.
         if "root" in settings:
-            # The configuration loader treats [boot] root as a directory below --root (dirs); a
-            # dataset name given there would be mangled into a path, so it has its own key.
+            # A dataset name given as root (the dirs backend's directory) would be a mistake to guess at.
             raise BootError(self.name, "[boot] root is the dirs backend's directory setting",
                             hint='give the boot environment root dataset as [boot] beroot = "zroot/ROOT"')
         unknown = sorted(set(settings) - set(_SETTINGS))
@@ -109,13 +117,18 @@ class BectlBackend(BootBackend):
                 raise BootError(self.name, f"cannot read this line of `bectl list -H`: {line!r}",
                                 hint="expected tab-separated BE, Active, Mountpoint, Space, Created")
             name, active, mountpoint = fields[0], fields[1], fields[2]
+            created = fields[4] if len(fields) > 4 else ""
             flags = "" if active == "-" else active
             if not _FLAGS.fullmatch(flags):
                 raise BootError(self.name, f"unexpected Active column {active!r} for {name} in `bectl list -H`")
             environments.append(Environment(
-                name=name, path=None if mountpoint in ("", "-") else Path(mountpoint),
-                booted_now="N" in flags, default="R" in flags, next_once="T" in flags))
+                name=name, identity=f"{name}@{created}", path=None if mountpoint in ("", "-") else Path(mountpoint),
+                booted_now="N" in flags, default="R" in flags, next_once="T" in flags,
+                made_by_agent=agent_number(name) is not None))
         return environments
+
+    def new_name(self) -> str:
+        return next_agent_name([e.name for e in self.environments()])
 
     can_create_empty = False
 

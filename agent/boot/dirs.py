@@ -2,12 +2,17 @@
 
     ROOT/<name>/        an environment's tree
     ROOT/boot.json      {"default": name, "next_once": name or null, "booted": name or null}
+    ROOT/made           the highest N of the env-N this backend has made (never made again)
 
 ``bundle-agent boot`` plays the boot loader: it consumes the one-time choice durably *before*
 using it, so a trial that crashes can never be booted twice, and records what was booted. This
 is also a real deployment mode for an application or games partition a launcher runs from.
 Clones use reflinks where the filesystem has them (btrfs, xfs: ``cp --reflink=auto``), a plain
 copy elsewhere.
+
+Identity: the name. The agent's environments are ``env-N`` with N above every number made before
+(``ROOT/made``, written before the directory is), so a name is never made twice and a name's
+content is never replaced by another environment's.
 """
 
 from __future__ import annotations
@@ -19,22 +24,30 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from agent.apply import reflink
-from agent.boot.base import BootBackend, BootError, Environment
+from agent.boot.base import BootBackend, BootError, Environment, agent_number, next_agent_name
+from agent.reflink import reflink
+from agent.system_root import under
 from keys.crashpoint import crashpoint
 from keys.files import write_atomic
 
 RECORD = "boot.json"
+MADE = "made"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class DirsBackend(BootBackend):
     name = "dirs"
+    plays_boot_loader = True
 
-    def __init__(self, settings: dict):
-        if "root" not in settings:
-            raise BootError(self.name, "[boot] root (the directory holding the environments) is required")
-        self.root = Path(settings["root"])
+    def __init__(self, settings: dict, system_root: Path = Path("/")):
+        unknown = sorted(set(settings) - {"root"})
+        if unknown:
+            raise BootError(self.name, f"unknown [boot] setting(s) {', '.join(unknown)}",
+                            hint="this backend reads root, the directory holding the environments (docs/AGENT.md)")
+        if not isinstance(settings.get("root"), str) or not settings["root"]:
+            raise BootError(self.name, "[boot] root (the directory holding the environments) is required, as a path",
+                            hint='for example root = "/opt/environments"')
+        self.root = under(system_root, settings["root"])
 
     def clone_shares_blocks(self) -> bool:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -91,23 +104,44 @@ class DirsBackend(BootBackend):
 
     def environments(self) -> list[Environment]:
         record = self._record()
-        return [Environment(name=n, path=self.root / n, booted_now=record["booted"] == n,
-                            default=record["default"] == n, next_once=record["next_once"] == n)
+        return [Environment(name=n, identity=n, path=self.root / n, booted_now=record["booted"] == n,
+                            default=record["default"] == n, next_once=record["next_once"] == n,
+                            made_by_agent=agent_number(n) is not None)
                 for n in self._names()]
 
-    def create_empty(self, name: str) -> Path:
+    def _made(self) -> int:
+        try:
+            return int((self.root / MADE).read_text())
+        except (FileNotFoundError, ValueError):
+            return 0  # lost: the directories still there give the floor
+
+    def new_name(self) -> str:
+        return next_agent_name(self._names(), self._made())
+
+    def _reserve(self, name: str) -> Path:
+        """Refuses an existing name; records an env-N as made before its directory exists, so a
+        crash in between can only skip a number, never let one be made twice."""
         path = self._check_name(name)
-        self.root.mkdir(parents=True, exist_ok=True)
         if path.exists():
             raise BootError(self.name, f"environment {name} already exists")
+        number = agent_number(name)
+        if number is not None:
+            if number <= self._made():
+                raise BootError(self.name, f"environment {name} was made before; names are never made twice",
+                                hint="take the name from new_name()")
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.root / MADE, f"{number}\n".encode())
+        return path
+
+    def create_empty(self, name: str) -> Path:
+        path = self._reserve(name)
+        self.root.mkdir(parents=True, exist_ok=True)
         path.mkdir(mode=0o755)
         return path
 
     def clone(self, source: str, name: str) -> Path:
         origin = self._check_name(source)
-        path = self._check_name(name)
-        if path.exists():
-            raise BootError(self.name, f"environment {name} already exists")
+        path = self._reserve(name)
         crashpoint(f"clone {name}")
         result = subprocess.run(["cp", "-a", "--reflink=auto", str(origin), str(path)], capture_output=True, text=True)
         if result.returncode != 0:

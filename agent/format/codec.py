@@ -1,4 +1,15 @@
-"""Encoding and decoding stored objects: raw, zstd, and zstd patches against a base region.
+"""The codecs of stored data, by name: the decoders this agent has (docs/FORMAT.md, "Codecs").
+
+A manifest lists the codecs its bundle needs (``codecs``); the parser reads that list before
+anything else and refuses a bundle that needs a codec missing here with UnsupportedCodec, naming
+it, before a byte of payload is read. Two kinds share the one list of names:
+
+* decoders (``raw``, ``zstd``, ``zstd-patch``): how a stored object becomes a chunk's bytes, named
+  by the object's ``encoding``;
+* transforms (``gzip-recipe``): how a file is rebuilt from the content its chunks decode to, named
+  by a field of the entry (``gzip``).
+
+A new codec is one entry here and one encoder in bundler/encoders.py (docs/ARCHITECTURE.md).
 
 Patches use libzstd's ``ZSTD_CCtx_refPrefix``/``ZSTD_DCtx_refPrefix`` - what ``zstd
 --patch-from`` uses - reached through python-zstandard's cffi binding, because the library's
@@ -11,9 +22,14 @@ manifest promises before a byte is decoded, and output goes into a buffer of tha
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol
+
 import zstandard
 from zstandard import backend_cffi
 
+from agent.format import gzip_recipe
+from agent.format.tree import Entry
 from keys.errors import Refused
 
 _lib, _ffi = backend_cffi.lib, backend_cffi.ffi
@@ -29,6 +45,10 @@ DECODER_WINDOW_LOG_MAX = 28
 
 class CorruptObject(Refused):
     """A stored object does not decode to what the manifest promises."""
+
+
+class UnsupportedCodec(Refused):
+    """A bundle needs a codec this agent does not have: a newer bundler made it."""
 
 
 def _check(code: int, what: str) -> int:
@@ -117,12 +137,122 @@ def decompress(stored: bytes, size: int, prefix: bytes | memoryview | None = Non
         _lib.ZSTD_freeDCtx(dctx)
 
 
-def decode(encoding: str, stored: bytes, size: int, prefix: bytes | memoryview | None = None) -> bytes:
-    """Bytes of a chunk from its stored object. Raises CorruptObject."""
-    if encoding == "raw":
-        if len(stored) != size:
-            raise CorruptObject(f"raw object has {len(stored)} bytes, the manifest says {size}")
-        return stored
-    if encoding == "zstd-patch" and prefix is None:
+# --- the registry -----------------------------------------------------------------------------
+
+Region = bytes | memoryview  # the base region a patch refers to (a chunk's ``prefix``)
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """An object encoding: how a stored object becomes exactly ``size`` bytes of a chunk.
+
+    ``decode(stored, size, region)`` raises CorruptObject. ``patch``: it decodes against a base
+    region, so a chunk of such an object has a ``prefix``, and only such a chunk has one.
+    ``verbatim``: the stored bytes are the chunk, so the object's size is its chunk's size.
+    """
+
+    name: str
+    decode: Callable[[bytes, int, Region | None], bytes]
+    patch: bool = False
+    verbatim: bool = False
+
+
+class Rebuilder(Protocol):
+    """Writes a file from its content, fed piece by piece in file order."""
+
+    def feed(self, content: bytes) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Transform:
+    """A file-level codec: an entry's chunks decode to its content, and the file is rebuilt from it.
+
+    ``used_by(entry)``: the entry needs this codec (to be rebuilt, or to read its base regions).
+    ``rebuilder(entry, write)``: the entry's Rebuilder, or None if the entry is not rebuilt by it.
+    ``base_content(read_block, end)``: the first ``end`` bytes of a base file's content, read
+    block by block, for a patch region of that content (``prefix.gunzip``); raises ValueError.
+    """
+
+    name: str
+    used_by: Callable[[Entry], bool]
+    rebuilder: Callable[[Entry, Callable[[bytes], None]], Rebuilder | None]
+    base_content: Callable[[Callable[[], bytes], int], bytes]
+
+
+def _raw(stored: bytes, size: int, region: Region | None) -> bytes:
+    if len(stored) != size:
+        raise CorruptObject(f"raw object has {len(stored)} bytes, the manifest says {size}")
+    return stored
+
+
+def _zstd(stored: bytes, size: int, region: Region | None) -> bytes:
+    return decompress(stored, size)
+
+
+def _zstd_patch(stored: bytes, size: int, region: Region | None) -> bytes:
+    if region is None:
         raise CorruptObject("a patch object needs its base region")
-    return decompress(stored, size, prefix if encoding == "zstd-patch" else None)
+    return decompress(stored, size, region)
+
+
+def _gzip_used_by(entry: Entry) -> bool:
+    return entry.gzip is not None or any(c.prefix is not None and c.prefix.gunzip for c in entry.chunks)
+
+
+def _gzip_rebuilder(entry: Entry, write: Callable[[bytes], None]) -> Rebuilder | None:
+    return gzip_recipe.Rebuilder(entry.gzip, write) if entry.gzip is not None else None
+
+
+RAW = Decoder("raw", _raw, verbatim=True)
+ZSTD = Decoder("zstd", _zstd)
+ZSTD_PATCH = Decoder("zstd-patch", _zstd_patch, patch=True)
+GZIP_RECIPE = Transform("gzip-recipe", used_by=_gzip_used_by, rebuilder=_gzip_rebuilder,
+                        base_content=gzip_recipe.gunzip_prefix)
+
+DECODERS: dict[str, Decoder] = {d.name: d for d in (RAW, ZSTD, ZSTD_PATCH)}
+TRANSFORMS: dict[str, Transform] = {t.name: t for t in (GZIP_RECIPE,)}
+# Every codec this agent has, sorted: what a manifest's ``codecs`` may name.
+CODECS: tuple[str, ...] = tuple(sorted([*DECODERS, *TRANSFORMS]))
+assert len(CODECS) == len(DECODERS) + len(TRANSFORMS), "a decoder and a transform share a name"
+
+
+def require(names: Iterable[str]) -> None:
+    """Raises UnsupportedCodec naming every codec of ``names`` this agent lacks."""
+    missing = [name for name in names if name not in CODECS]
+    if missing:
+        needs = f"codec {missing[0]}" if len(missing) == 1 else "codecs " + ", ".join(missing)
+        raise UnsupportedCodec(f"this bundle needs {needs}; this agent has {', '.join(CODECS)}",
+                               hint="update the agent first (a bundle made by an older bundler, or a full bundle, "
+                                    "may apply)")
+
+
+def used_by(encodings: Iterable[str], entries: Iterable[Entry]) -> tuple[str, ...]:
+    """The codecs stored objects of ``encodings`` and ``entries`` use, sorted."""
+    names = set(encodings)
+    pending = dict(TRANSFORMS)
+    for entry in entries:
+        for transform in [t for t in pending.values() if t.used_by(entry)]:
+            names.add(transform.name)
+            del pending[transform.name]
+        if not pending:
+            break
+    return tuple(sorted(names))
+
+
+def rebuilder(entry: Entry, write: Callable[[bytes], None]) -> Rebuilder | None:
+    """The Rebuilder of the transform that rebuilds ``entry`` (the manifest allows one), or None."""
+    for transform in TRANSFORMS.values():
+        found = transform.rebuilder(entry, write)
+        if found is not None:
+            return found
+    return None
+
+
+def decode(encoding: str, stored: bytes, size: int, prefix: Region | None = None) -> bytes:
+    """Bytes of a chunk from its stored object, by the object's encoding. Raises CorruptObject."""
+    decoder = DECODERS.get(encoding)
+    if decoder is None:  # the manifest parser refuses unknown encodings: not reached from a bundle
+        raise CorruptObject(f"stored object has encoding {encoding!r}, which this agent cannot decode")
+    return decoder.decode(stored, size, prefix)

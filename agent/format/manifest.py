@@ -6,7 +6,10 @@ parser is strict and bounded and checks every cross-reference, so that a manifes
 is internally consistent: every file's data is accounted for, every object lies inside the
 payload, every path obeys the path rules and its component's content policy, and each
 component's tree digest matches its listing. Signatures are checked over the exact bytes
-*before* this parser runs (agent/verify.py).
+*before* this parser runs (agent/verify.py). The list of codecs the bundle needs is read right
+after the type and format version, so a bundle needing a codec this agent lacks is refused by
+name (codec.UnsupportedCodec) before anything else is read, and checked against what the objects
+and entries use once they are built, so the list cannot lie.
 
 Memory is bounded by the limits below (T-EXHAUST): the large arrays are read from the text one
 element at a time (strict_json.LazyArray) straight into slotted dataclasses, so no tree of
@@ -29,7 +32,7 @@ from keys.errors import Refused
 from keys.strict_json import JSONShapeError, LazyArray, field
 
 DOCUMENT_TYPE = "bundle-manifest"
-FORMAT = 1
+FORMAT = 2  # 2: the top-level list of codecs the bundle needs (docs/FORMAT.md, "Format version")
 # T-EXHAUST: the agent must stay under 256 MiB of RSS with any manifest these limits allow
 # (docs/FORMAT.md, "Limits"; tests/test_manifest_memory.py). Parsed, a manifest costs up to
 # ~3.5 bytes per byte of JSON, and an entry up to ~400 bytes however short; staging scans each
@@ -44,10 +47,12 @@ MAX_CHUNK_BYTES = codec.MAX_DECODED_BYTES  # bounds the device's decode buffers
 MAX_VOLUME_BYTES = (4 << 30) - 1  # FAT32's file size limit
 MAX_VOLUMES = 10_000
 MAX_IDS = 256  # hardware models, target serials, downgrade sequences
-ENCODINGS = ("raw", "zstd", "zstd-patch")
+ENCODINGS = tuple(codec.DECODERS)  # what an object's ``encoding`` may name
+MAX_CODECS = 64
 POLICIES = ("system", "content")
 COMPONENT_NAME = re.compile(r"platform|game/[a-z0-9][a-z0-9._-]{0,63}")
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+:~@-]{0,127}")
+CODEC_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TREE_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _VOLUME_NAME = re.compile(r"[0-9a-f]{64}\.vol")
@@ -128,12 +133,23 @@ class Manifest:
     def object_index(self) -> dict[str, StoredObject]:
         return {o.id: o for o in self.objects}
 
+    @property
+    def codecs(self) -> tuple[str, ...]:
+        """The codecs its objects and entries use, sorted: the manifest's ``codecs`` list.
+
+        Derived, never stored apart, so that a model cannot disagree with its own list; the parser
+        checks that a document's list is exactly this.
+        """
+        return codec.used_by((o.encoding for o in self.objects),
+                             (e for c in self.components for e in c.entries))
+
     # --- serialisation ------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
         return strict_json.dumps({
             "type": DOCUMENT_TYPE,
             "format": FORMAT,
+            "codecs": list(self.codecs),
             "product": self.product,
             "hardware": list(self.hardware),
             "components": [_component_to_json(c) for c in self.components],
@@ -152,15 +168,22 @@ class Manifest:
 
     @classmethod
     def from_stored(cls, stored: bytes, *, where=None) -> "Manifest":
-        """Decompress (bounded: T-BOMB) and parse a stored manifest. Raises MalformedManifest."""
+        """Decompress (bounded: T-BOMB) and parse a stored manifest. Raises MalformedManifest,
+        codec.UnsupportedCodec."""
         if len(stored) > MAX_STORED_MANIFEST_BYTES:
             raise MalformedManifest(f"stored manifest is larger than {MAX_STORED_MANIFEST_BYTES} bytes", where=where)
         return _parse(lambda: _decompress(stored, where), where)
 
     @classmethod
     def from_bytes(cls, data: bytes, *, where=None) -> "Manifest":
-        """Parse and validate. Raises MalformedManifest naming the broken rule."""
+        """Parse and validate. Raises MalformedManifest naming the broken rule, codec.UnsupportedCodec."""
         return _parse(lambda: data, where)
+
+
+def signature_comment(product: str) -> str:
+    """The trusted comment of a release signer's signature over a manifest (docs/FORMAT.md):
+    informational, for ``minisign -V``; the product a device checks is inside the signed bytes."""
+    return f"{DOCUMENT_TYPE} product:{product}"
 
 
 def _decompress(stored: bytes, where) -> bytes:
@@ -178,28 +201,35 @@ def _decompress(stored: bytes, where) -> bytes:
 
 
 def _parse(read: Callable[[], bytes], where) -> Manifest:
-    """Parse the JSON bytes ``read`` returns. Raises MalformedManifest naming the broken rule.
+    """Parse the JSON bytes ``read`` returns. Raises MalformedManifest naming the broken rule,
+    codec.UnsupportedCodec naming the codecs this agent lacks.
 
     Nothing here keeps the bytes or the document (T-EXHAUST): the bytes go once their text has
     been checked, the text once the dataclasses are built, before the cross-checks build indexes.
     """
     try:
-        manifest = _from_document(strict_json.loads(read(), limit=MAX_MANIFEST_BYTES, lazy=_LAZY))
-        _check_manifest(manifest)
+        manifest, codecs = _from_document(strict_json.loads(read(), limit=MAX_MANIFEST_BYTES, lazy=_LAZY))
+        _check_manifest(manifest, codecs)
         return manifest
     except (JSONShapeError, paths.PathError) as error:
         raise MalformedManifest(f"invalid manifest: {error}", where=where) from None
+    except codec.UnsupportedCodec as error:
+        raise codec.UnsupportedCodec(error.message, where=where, hint=error.hint) from None
 
 
-def _from_document(document: dict[str, Any]) -> Manifest:
-    _no_other_fields(document, {"type", "format", "product", "hardware", "components", "objects",
-                                "volumes"}, "manifest")
+def _from_document(document: dict[str, Any]) -> tuple[Manifest, tuple[str, ...]]:
+    """The manifest and the codecs it lists. Raises JSONShapeError, PathError, UnsupportedCodec."""
     doc_type = field(document, "type", str, context="manifest")
     if doc_type != DOCUMENT_TYPE:  # T-TYPE: a trust root is never read as a manifest
         raise JSONShapeError(f"document type is {doc_type!r}, not {DOCUMENT_TYPE!r}")
     major = field(document, "format", int, context="manifest")
     if major != FORMAT:
         raise JSONShapeError(f"format version {major} is not supported (this tool reads {FORMAT})")
+    # Before any other field: a newer bundle may carry fields only its new codec defines, and
+    # "this bundle needs codec X" is the answer that tells the technician what to do.
+    codecs = _codec_list(field(document, "codecs", list, context="manifest"))
+    _no_other_fields(document, {"type", "format", "codecs", "product", "hardware", "components", "objects",
+                                "volumes"}, "manifest")
     product = _label(field(document, "product", str, context="manifest"), "product")
     hardware = _labels(field(document, "hardware", list, context="manifest"), "hardware")
     components = _bounded(field(document, "components", list, context="manifest"), 64, "components")
@@ -218,7 +248,18 @@ def _from_document(document: dict[str, Any]) -> Manifest:
         components=tuple(_component_from_json(c, ids) for c in components),
         volumes=tuple(_volume_from_json(v) for v in
                       _bounded(field(document, "volumes", list, context="manifest"), MAX_VOLUMES, "volumes")),
-    )
+    ), codecs
+
+
+def _codec_list(values: list) -> tuple[str, ...]:
+    """The ``codecs`` list: names, sorted and unique. Raises JSONShapeError, UnsupportedCodec."""
+    _bounded(values, MAX_CODECS, "codecs")
+    if not all(isinstance(v, str) and CODEC_NAME.fullmatch(v) for v in values):
+        raise JSONShapeError("codecs must be names of 1-64 characters a-z 0-9 -")
+    if values != sorted(set(values)):
+        raise JSONShapeError("codecs must be sorted and unique")
+    codec.require(values)
+    return tuple(values)
 
 
 # --- JSON <-> dataclasses ---------------------------------------------------------------------
@@ -519,7 +560,7 @@ def _volume_from_json(value: Any) -> Volume:
 # --- cross-checks -----------------------------------------------------------------------------
 
 
-def _check_manifest(manifest: Manifest) -> None:
+def _check_manifest(manifest: Manifest, codecs: tuple[str, ...]) -> None:
     names = [c.name for c in manifest.components]
     if len(set(names)) != len(names):
         raise JSONShapeError("a component is listed twice")
@@ -545,6 +586,13 @@ def _check_manifest(manifest: Manifest) -> None:
         if total_entries > MAX_ENTRIES:
             raise JSONShapeError(f"more than {MAX_ENTRIES} entries")
         check_component(component, objects)
+    used = manifest.codecs
+    for name in used:  # the list cannot lie: an agent decides on it before reading anything else
+        if name not in codecs:
+            raise JSONShapeError(f"the bundle uses codec {name!r}, which its codecs list does not name")
+    for name in codecs:
+        if name not in used:
+            raise JSONShapeError(f"codecs lists {name!r}, which nothing in the bundle uses")
 
 
 def check_component(component: Component, objects: dict[str, StoredObject]) -> None:
@@ -650,9 +698,11 @@ def _check_entry(entry: Entry, component: Component, objects: dict[str, StoredOb
             stored = objects.get(chunk.object)
             if stored is None:
                 raise JSONShapeError(f"{context}: {entry.path!r} uses object {chunk.object[:16]} which is not stored")
-            if stored.encoding == "raw" and stored.size != chunk.size:
-                raise JSONShapeError(f"{context}: {entry.path!r}: a raw object must be exactly its chunk's size")
-            if (stored.encoding == "zstd-patch") != (chunk.prefix is not None):
+            decoder = codec.DECODERS[stored.encoding]
+            if decoder.verbatim and stored.size != chunk.size:
+                raise JSONShapeError(f"{context}: {entry.path!r}: a {stored.encoding} object must be exactly its "
+                                     "chunk's size")
+            if decoder.patch != (chunk.prefix is not None):
                 raise JSONShapeError(f"{context}: {entry.path!r}: a patch object needs a prefix, others none")
             if chunk.prefix is not None and component.base is None:
                 raise JSONShapeError(f"{context}: {entry.path!r} patches a base, but this is a full update")

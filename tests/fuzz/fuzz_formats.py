@@ -73,7 +73,7 @@ class _Input:
 def manifest_json(data: bytes) -> None:
     try:
         manifest = Manifest.from_bytes(data)
-    except MalformedManifest:
+    except (MalformedManifest, codec.UnsupportedCodec):
         return
     assert Manifest.from_bytes(manifest.to_bytes()) == manifest
 
@@ -81,7 +81,7 @@ def manifest_json(data: bytes) -> None:
 def manifest_stored(data: bytes) -> None:
     try:
         manifest = Manifest.from_stored(data)
-    except MalformedManifest:
+    except (MalformedManifest, codec.UnsupportedCodec):
         return
     assert Manifest.from_bytes(manifest.to_bytes()) == manifest
 

@@ -1,8 +1,8 @@
-"""Verify-only commands, shared by the vendor's ``bundle`` and the device's ``bundle-agent``.
+"""``root verify``: check a trust-root chain. Registered by both command lines: the device's
+``bundle-agent root`` here, the vendor's ``bundle root`` in bundler/cli/root.py.
 
-This module must not import signing or secret-key code: the device loads it. Everything it
-prints goes through ``keys/printable.py``: a path that is not UTF-8 must not crash it, and a
-name or trusted comment with control characters must not drive the terminal.
+Everything it prints goes through ``keys/printable.py``: a path that is not UTF-8 must not crash
+it, and a name with control characters must not drive the terminal.
 """
 
 from __future__ import annotations
@@ -13,41 +13,10 @@ from pathlib import Path
 import click
 
 from keys.detached import load_root_candidate, load_root_chain
-from keys.errors import Failed
-from keys.files import read_capped
-from keys.minisign import (MAX_PUBLIC_KEY_FILE_BYTES, MAX_SIGNATURE_FILE_BYTES, PREHASHED, PublicKey, Signature,
-                           prehash_stream)
 from keys.printable import echo, printable_data
 from keys.rotation import VerifiedRoot, accept_chain
 
 _existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
-
-
-def load_public_key(path: Path) -> PublicKey:
-    return PublicKey.from_bytes(read_capped(path, MAX_PUBLIC_KEY_FILE_BYTES, what="public key"), where=path)
-
-
-@click.command("verify")
-@click.argument("file", type=_existing_file)
-@click.option("--pub", "pub_path", type=_existing_file, required=True, help="The signer's public key (.pub).")
-@click.option("--signature", "signature_path", type=_existing_file,
-              help="The signature file [default: FILE.minisig].")
-def verify_file(file: Path, pub_path: Path, signature_path: Path | None) -> None:
-    """Check a detached minisign signature of FILE. Exit 0 if good, 3 if not."""
-    public_key = load_public_key(pub_path)
-    signature_path = signature_path or file.with_name(file.name + ".minisig")
-    signature = Signature.from_bytes(
-        read_capped(signature_path, MAX_SIGNATURE_FILE_BYTES, what="signature file"), where=signature_path)
-    try:
-        with open(file, "rb") as stream:
-            digest = prehash_stream(stream)
-    except OSError as error:
-        raise Failed(f"cannot read: {error.strerror}", where=file) from None
-    # A legacy signature covers the whole file, not its digest (minisign -l): only then is it read.
-    data = None if signature.algorithm == PREHASHED else read_capped(file, 1 << 30, what="signed file")
-    signature.verify(public_key, data, digest=digest, where=file)
-    echo(f"{file}: good signature by key {public_key.id}")
-    echo(f"trusted comment: {signature.trusted_comment}")  # the signer's text: it may hold anything
 
 
 def describe_root(verified: VerifiedRoot, name: str) -> list[str]:
@@ -85,3 +54,11 @@ def verify_root(root_path: Path, trusted_paths: tuple[Path, ...], as_json: bool)
         }), indent=2))
     else:
         echo("\n".join(describe_root(verified, str(root_path))))
+
+
+@click.group("root")
+def root_group() -> None:
+    """Check trust roots (for example the chain carried on a stick)."""
+
+
+root_group.add_command(verify_root)

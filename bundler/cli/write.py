@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
+from bundler.cli.options import EXISTING_DIR, EXISTING_FILE
 from bundler.progress import StepProgress
 from bundler.stick_write import write_stick
 from keys.printable import echo, printable_data
@@ -20,10 +20,9 @@ _STATUS_TEXT = {
 
 
 @click.command("write")
-@click.argument("stick", metavar="STICK_DIR", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("bundles", metavar="BUNDLE_DIR...", nargs=-1, required=True,
-                type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--root", "root_paths", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
+@click.argument("stick", metavar="STICK_DIR", type=EXISTING_DIR)
+@click.argument("bundles", metavar="BUNDLE_DIR...", nargs=-1, required=True, type=EXISTING_DIR)
+@click.option("--root", "root_paths", type=EXISTING_FILE, multiple=True,
               required=True, help="Trust root to put on the stick; repeat for each version of the chain.")
 @click.option("--json", "as_json", is_flag=True)
 def write(stick, bundles, root_paths, as_json):
@@ -46,6 +45,6 @@ def write(stick, bundles, root_paths, as_json):
         echo(f"  trust root version {root['version']}: {status}")
     for bundle in report.bundles:
         echo(f"  bundle {bundle['id']} ({', '.join(bundle['components'])}) from {bundle['source']}: "
-                   f"{_STATUS_TEXT[bundle['status']]}")
+             f"{_STATUS_TEXT[bundle['status']]}")
     if report.available is None:
         echo("  free space: the stick's filesystem does not report it, so it was not checked first")

@@ -25,18 +25,16 @@ a device and returns the agent command to interrupt - :func:`sweep`
      manual rollback keeps the environment it left), a temporary file, the spool;
    * ``harness``: the command was not killed at N (the points differ between runs).
 
-Each device lives under one directory and the agent runs with ``--root`` (docs/AGENT.md), so a
-copied template is a working device. ``BUNDLE_FULL_CRASH_SWEEP=1`` checks every point; otherwise
-a deterministic sample (:func:`sample`).
+Each device is a :class:`~tests.sim.device.Cabinet`: everything under one directory, the agent run
+with ``--root`` (docs/AGENT.md), so a copied template is a working device.
+``BUNDLE_FULL_CRASH_SWEEP=1`` checks every point; otherwise a deterministic sample (:func:`sample`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import threading
 import time
@@ -45,20 +43,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from agent.config import AgentConfig, load_config
 from agent.format.manifest import Manifest
-from agent.format.tree import tree_digest
 from agent.medium import read_bundle
-from agent.scan import as_content, scan_tree
-from tests.conftest import count_summary, run_cli
+from tests.sim.device import Cabinet, World
+from tests.sim.summary import count_summary
 
 FULL_SWEEP = os.environ.get("BUNDLE_FULL_CRASH_SWEEP") == "1"
 SUMMARY = "power cuts: {injected} injected, {unbootable} unbootable, {lost} lost environments"
-CONFIG = Path("/agent.toml")  # inside the device root
 WORKERS = max(2, os.cpu_count() or 2)
 KEPT_FAILURES = 10  # devices of failed points kept for a post-mortem; the others are deleted
 RECORD_RENAMES = ("rename boot.json", "rename state.json", "rename journal.json")
-_NO_CRASH = {"BUNDLE_CRASH_AT": "", "BUNDLE_CRASH_TRACE": ""}
 
 
 # --- releases --------------------------------------------------------------------------------
@@ -92,125 +86,6 @@ def _release_named(releases: dict[str, Release], digests: dict[str, str]) -> str
     return "an unknown release (" + ", ".join(f"{n} {d[7:19]}" for n, d in sorted(digests.items())) + ")"
 
 
-# --- a device under one root -------------------------------------------------------------------
-
-
-class Device:
-    """Configuration, trust root, health hook, state and environments in one directory, driven
-    through the real ``bundle-agent --root DIR --config /agent.toml``."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._config: AgentConfig | None = None
-
-    @classmethod
-    def create(cls, path: Path, trust_root: Path, *, healthy: bool = True, keep: int = 2,
-               layout: dict | None = None) -> "Device":
-        """``layout``: the [layout] table (docs/AGENT.md), default: components side by side."""
-        path.mkdir(parents=True)
-        (path / "trust").mkdir()
-        for source in trust_root.parent.glob(trust_root.name + "*"):  # root.json and its signatures
-            shutil.copy(source, path / "trust" / source.name)
-        (path / "agent.toml").write_text(f"""\
-[device]
-product = "demo-cabinet"
-hardware = "cab-a"
-serial = "SN0001"
-state_dir = "/state"
-[trust]
-root = "/trust/{trust_root.name}"
-[boot]
-backend = "dirs"
-root = "/envs"
-[health]
-hooks = ["/health"]
-timeout = 20
-[reboot]
-policy = "never"
-[environments]
-keep = {keep}
-""" + ("[layout]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in layout.items()) if layout else ""))
-        device = cls(path)
-        device.set_health(healthy)
-        return device
-
-    def copy(self, path: Path) -> "Device":
-        """A fresh device in the template's state (reflinked where the filesystem can)."""
-        subprocess.run(["cp", "-a", "--reflink=auto", str(self.path), str(path)], check=True)
-        return Device(path)
-
-    def set_health(self, healthy: bool) -> None:
-        hook = self.path / "health"
-        hook.write_text("#!/bin/sh\n" + ("exit 0\n" if healthy else "echo 'reels do not spin' >&2; exit 7\n"))
-        hook.chmod(0o755)
-
-    def agent(self, *args, crash_at: int = 0, trace: Path | None = None) -> subprocess.CompletedProcess:
-        env = {**_NO_CRASH, "BUNDLE_CRASH_AT": str(crash_at or ""), "BUNDLE_CRASH_TRACE": str(trace or "")}
-        return run_cli("bundle-agent", "--root", str(self.path), "--config", str(CONFIG), *map(str, args), env=env)
-
-    def run(self, *args) -> str:
-        """An agent command that must succeed (preparing a scenario); its standard output."""
-        result = self.agent(*args)
-        if result.returncode != 0:
-            raise AssertionError(f"bundle-agent {' '.join(map(str, args))} exited {result.returncode}:\n"
-                                 f"{result.stdout}{result.stderr}")
-        return result.stdout
-
-    @property
-    def config(self) -> AgentConfig:
-        if self._config is None:
-            self._config = load_config(CONFIG, system_root=self.path)
-        return self._config
-
-    @property
-    def environments_dir(self) -> Path:
-        return self.path / "envs"
-
-    def environments(self) -> list[str]:
-        if not self.environments_dir.is_dir():
-            return []
-        return sorted(p.name for p in self.environments_dir.iterdir() if p.is_dir())
-
-    def boot_record(self) -> dict:
-        path = self.environments_dir / "boot.json"
-        return json.loads(path.read_bytes()) if path.exists() else {}
-
-    def committed(self) -> dict:
-        """The committed state file (the caller made sure it parses: ``status`` exits 0)."""
-        path = self.path / "state/state.json"
-        return json.loads(path.read_bytes()) if path.exists() else {}
-
-    def differences(self, environment: str, digests: dict[str, str]) -> str | None:
-        """Why ``environment`` is not a complete tree of exactly these components (None: it is)."""
-        root = self.environments_dir / environment
-        if not root.is_dir():
-            return f"{environment} does not exist"
-        layout = self.config.layout
-        paths = {name: layout.component_path(name) for name in digests}
-        for name, relative in sorted(paths.items()):
-            tree = root / relative
-            if not tree.is_dir():
-                return f"{environment} has no {name} (at {relative})"
-            entries = scan_tree(tree, exclude=layout.left_alone(name, set(digests)))
-            if name != "platform":
-                entries = as_content(entries)  # games are content: no ownership (docs/FORMAT.md)
-            if tree_digest(entries) != digests[name]:
-                return f"{environment}'s {name} differs from its manifest's tree digest"
-        roots = set(paths.values())
-        if not roots & {".", ""}:  # nothing may sit beside the components (half-built trees, temporaries)
-            ancestors = {"/".join(p.split("/")[:i]) for p in roots for i in range(1, p.count("/") + 1)}
-            for directory, subdirectories, files in os.walk(root):
-                relative = os.path.relpath(directory, root)
-                for item in subdirectories + files:
-                    path = item if relative == "." else f"{relative}/{item}"
-                    if path in ancestors or any(path == r or path.startswith(r + "/") for r in roots):
-                        continue
-                    return f"{environment} holds {path!r}, which belongs to no component"
-                subdirectories[:] = [d for d in subdirectories
-                                     if (d if relative == "." else f"{relative}/{d}") in ancestors]
-        return None
-
-
 # --- scenarios and problems ----------------------------------------------------------------------
 
 
@@ -222,10 +97,10 @@ class Scenario:
     them and a reboot the device must hold ``end``. ``keep`` names environments that must survive."""
 
     name: str
-    prepare: Callable[[Device], list]
+    prepare: Callable[[Cabinet], list]
     after_cut: tuple[str | None, ...]
     end: str
-    retry: Callable[[Device], list[list]]
+    retry: Callable[[Cabinet], list[list]]
     keep: tuple[str, ...] = ()
     healthy: bool = True
     layout: dict | None = None  # the device's [layout]
@@ -273,7 +148,7 @@ def sample(points: list[tuple[int, str]], every: int, *, records: bool = True) -
 # --- the reboot and the checks -----------------------------------------------------------------
 
 
-def reboot(device: Device, allow_unprovisioned: bool) -> tuple[str, str] | None:
+def reboot(device: Cabinet, allow_unprovisioned: bool) -> tuple[str, str] | None:
     """``boot`` then ``boot-check``, as the machine does; a rollback reboots it once more."""
     for _ in range(3):
         boot = device.agent("boot")
@@ -291,7 +166,7 @@ def reboot(device: Device, allow_unprovisioned: bool) -> tuple[str, str] | None:
     return "state", "boot-check still rolled back after three boots"
 
 
-def check_booted(device: Device, releases: dict[str, Release], allowed: tuple[str | None, ...],
+def check_booted(device: Cabinet, releases: dict[str, Release], allowed: tuple[str | None, ...],
                   keep: tuple[str, ...], provisioning: str) -> list[tuple[str, str]]:
     """The invariants after a reboot (see the module's docstring)."""
     status = device.agent("status", "--json")
@@ -330,7 +205,7 @@ def check_booted(device: Device, releases: dict[str, Release], allowed: tuple[st
     return problems
 
 
-def _check_end(device: Device, releases: dict[str, Release], scenario: Scenario) -> list[tuple[str, str]]:
+def _check_end(device: Cabinet, releases: dict[str, Release], scenario: Scenario) -> list[tuple[str, str]]:
     problems = [("retry" if k == "state" else k, d)
                 for k, d in check_booted(device, releases, (scenario.end,), (), scenario.end)]
     history = device.committed().get("history", [])
@@ -341,15 +216,15 @@ def _check_end(device: Device, releases: dict[str, Release], scenario: Scenario)
     if stray := [name for name in device.environments() if name not in known]:
         problems.append(("leftover", f"environments neither committed nor kept to roll back to: {', '.join(stray)}"))
     for directory in ("state", "envs", "trust"):
-        if temporaries := sorted(p.name for p in (device.path / directory).glob(".*.tmp-*")):
+        if temporaries := sorted(p.name for p in (device.dir / directory).glob(".*.tmp-*")):
             problems.append(("leftover", f"temporary files in {directory}/: {', '.join(temporaries)}"))
     for leftover in ("spool", "chain"):
-        if (device.path / "state" / leftover).exists():
+        if (device.dir / "state" / leftover).exists():
             problems.append(("leftover", f"state/{leftover} is still there"))
     return problems
 
 
-def _after_the_cut(device: Device, scenario: Scenario, releases: dict[str, Release]) -> list[tuple[str, str]]:
+def _after_the_cut(device: Cabinet, scenario: Scenario, releases: dict[str, Release]) -> list[tuple[str, str]]:
     """Reboot, check, retry, reboot, check the end state."""
     unprovisioned = None in scenario.after_cut
     if trouble := reboot(device, unprovisioned):
@@ -381,7 +256,7 @@ def _scratch(work: Path) -> Path:
     return work
 
 
-def sweep(scenario: Scenario, releases: dict[str, Release], trust_root: Path, work: Path, *,
+def sweep(scenario: Scenario, releases: dict[str, Release], world: World, work: Path, *,
           every: int = 1, records: bool = True) -> Sweep:
     """Prepare ``scenario`` once, count its crash points, then cut the power at each chosen point.
 
@@ -391,15 +266,15 @@ def sweep(scenario: Scenario, releases: dict[str, Release], trust_root: Path, wo
     work.mkdir(parents=True, exist_ok=True)
     scratch = _scratch(work)
     try:
-        return _sweep(scenario, releases, trust_root, work, scratch, every, records)
+        return _sweep(scenario, releases, world, work, scratch, every, records)
     finally:
         if scratch != work:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _sweep(scenario: Scenario, releases: dict[str, Release], trust_root: Path, work: Path, scratch: Path,
+def _sweep(scenario: Scenario, releases: dict[str, Release], world: World, work: Path, scratch: Path,
            every: int, records: bool) -> Sweep:
-    template = Device.create(scratch / "template", trust_root, healthy=scenario.healthy, layout=scenario.layout)
+    template = Cabinet(world, scratch / "template", healthy=scenario.healthy, layout=scenario.layout)
     command = scenario.prepare(template)
     started = time.monotonic()
 
@@ -424,8 +299,8 @@ def _sweep(scenario: Scenario, releases: dict[str, Release], trust_root: Path, w
         else:
             found = _after_the_cut(device, scenario, releases)
         if found and scratch != work and kept.acquire(blocking=False):
-            shutil.copytree(device.path, work / device.path.name, symlinks=True)
-        shutil.rmtree(device.path, ignore_errors=True)
+            shutil.copytree(device.dir, work / device.dir.name, symlinks=True)
+        shutil.rmtree(device.dir, ignore_errors=True)
         return [Problem(scenario.name, number, name, k, d) for k, d in found]
 
     chosen = sample(points, every, records=records)

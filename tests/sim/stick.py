@@ -36,7 +36,7 @@ from typing import Callable, Iterable
 
 from agent.format import codec, stick
 from agent.format.bundle_dir import MANIFEST, PAYLOAD
-from agent.format.manifest import MANIFEST_LEVEL, Component, Manifest, StoredObject, Volume
+from agent.format.manifest import MANIFEST_LEVEL, Component, Manifest, StoredObject, Volume, signature_comment
 from agent.format.tree import Entry, path_order, tree_digest
 from keys.detached import load_signatures, signature_path
 from keys.minisign import Signature
@@ -143,8 +143,8 @@ class BundleModel:
     def signatures(self, data: bytes | None = None) -> list[Signature]:
         """The signers' signatures over the manifest file (or ``data``), as ``bundle make`` signs."""
         data = self.manifest_file() if data is None else data
-        comment = f"bundle-manifest product:{self.manifest.product}"
-        return [sign(self.keys.secret(name), data, comment) for name in self.signers]
+        return [sign(self.keys.secret(name), data, signature_comment(self.manifest.product))
+                for name in self.signers]
 
     def sign_with(self, *names: str) -> "BundleModel":
         self.signers = list(names)

@@ -1,47 +1,27 @@
-"""``bundle make | sign | verify | inspect``: thin commands over bundler/ and agent/."""
+"""``bundle make | sign | verify | inspect``: thin commands over bundler/ and agent/ (docs/OPERATOR.md, "Bundles")."""
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import click
 
 from agent.format.bundle_dir import manifest_path
-from agent.format.manifest import MAX_VOLUME_BYTES, Manifest
+from agent.format.manifest import Manifest, signature_comment
 from agent.medium import read_bundle
 from agent.verify import signer_report
-from bundler.verify import check_bundle
 from bundler.bundle_summary import render, summary
+from bundler.cli.options import EXISTING_DIR, EXISTING_FILE, ByteSize
+from bundler.cli.passphrase import load_secret_key, passphrase_file_option
 from bundler.make import DEFAULT_LEVEL, MakeOptions, make_bundle
 from bundler.progress import StepProgress
 from bundler.release import load_release
-from keys.detached import load_root_chain, signature_path, load_signatures
-from keys.cli import load_secret_key, passphrase_file_option
+from bundler.verify import check_bundle
+from keys.detached import load_root_chain, load_signatures, signature_path
 from keys.files import write_atomic
 from keys.rotation import accept_chain
 from keys.signing import sign
-
-_existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
-_existing_dir = click.Path(exists=True, file_okay=False, path_type=Path)
-_SIZE = re.compile(r"(\d+)([KMGkmg]?)(i?B)?")
-
-
-class ByteSize(click.ParamType):
-    name = "SIZE"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int):
-            return value
-        match = _SIZE.fullmatch(value.strip())
-        if not match:
-            self.fail(f"{value!r} is not a size like 2G, 512M or 1048576", param, ctx)
-        number = int(match.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[match.group(2).upper()]
-        if not 4096 <= number <= MAX_VOLUME_BYTES:
-            self.fail(f"{value!r} must be between 4K and {MAX_VOLUME_BYTES} bytes (FAT32's 4 GiB - 1 limit)",
-                      param, ctx)
-        return number
 
 
 def _pairs(values: tuple[str, ...], option: str, convert) -> dict:
@@ -62,10 +42,10 @@ def _trusted_root(paths: tuple[Path, ...]):
 
 
 @click.command("make")
-@click.option("--release", "release_path", type=_existing_file, required=True, help="The new release.toml.")
-@click.option("--base", "base_path", type=_existing_file, help="The release machines have now (release.toml).")
+@click.option("--release", "release_path", type=EXISTING_FILE, required=True, help="The new release.toml.")
+@click.option("--base", "base_path", type=EXISTING_FILE, help="The release machines have now (release.toml).")
 @click.option("--full", is_flag=True, help="Carry every changed component whole, even with --base.")
-@click.option("--key", "key_paths", type=_existing_file, multiple=True, required=True,
+@click.option("--key", "key_paths", type=EXISTING_FILE, multiple=True, required=True,
               help="A release signer's secret key (repeat to co-sign).")
 @passphrase_file_option
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The bundle directory to create.")
@@ -98,10 +78,10 @@ def make(release_path, base_path, full, key_paths, passphrase_file, out, volume_
 
 
 @click.command("sign")
-@click.argument("bundle", type=_existing_dir)
-@click.option("--key", "key_path", type=_existing_file, required=True)
+@click.argument("bundle", type=EXISTING_DIR)
+@click.option("--key", "key_path", type=EXISTING_FILE, required=True)
 @passphrase_file_option
-@click.option("--root", "root_paths", type=_existing_file, multiple=True,
+@click.option("--root", "root_paths", type=EXISTING_FILE, multiple=True,
               help="Trust root(s): report the signers against its threshold.")
 def sign_bundle(bundle, key_path, passphrase_file, root_paths):
     """Add a release signer's co-signature to BUNDLE's manifest."""
@@ -109,7 +89,7 @@ def sign_bundle(bundle, key_path, passphrase_file, root_paths):
     product = Manifest.from_stored(files.manifest_bytes, where=manifest_path(bundle)).product  # never sign garbage
     key = load_secret_key(key_path, passphrase_file)
     out = signature_path(manifest_path(bundle), key.id)
-    write_atomic(out, sign(key, files.manifest_bytes, f"bundle-manifest product:{product}").to_bytes())
+    write_atomic(out, sign(key, files.manifest_bytes, signature_comment(product)).to_bytes())
     click.echo(f"wrote {out}")
     if root_paths:
         result = signer_report(files.manifest_bytes, load_signatures(manifest_path(bundle)), _trusted_root(root_paths))
@@ -117,14 +97,14 @@ def sign_bundle(bundle, key_path, passphrase_file, root_paths):
 
 
 @click.command("verify")
-@click.argument("bundle", type=_existing_dir)
-@click.option("--root", "root_paths", type=_existing_file, multiple=True, required=True,
+@click.argument("bundle", type=EXISTING_DIR)
+@click.option("--root", "root_paths", type=EXISTING_FILE, multiple=True, required=True,
               help="The trust root; repeat with newer versions to check against a rotated root.")
 @click.option("--base", "bases", multiple=True, metavar="COMPONENT=DIR",
               help="Apply COMPONENT's delta onto DIR in a temporary directory and check every file.")
 @click.option("--apply", "apply", is_flag=True,
               help="Also build every full component in a temporary directory and check every file.")
-@click.option("--work-dir", type=_existing_dir, help="Where to apply [default: the system temp dir].")
+@click.option("--work-dir", type=EXISTING_DIR, help="Where to apply [default: the system temp dir].")
 @click.option("--json", "as_json", is_flag=True)
 def verify(bundle, root_paths, bases, apply, work_dir, as_json):
     """Check BUNDLE as a device would: signatures, manifest, every stored byte; apply with --base."""
@@ -148,8 +128,8 @@ def verify(bundle, root_paths, bases, apply, work_dir, as_json):
 
 
 @click.command("inspect")
-@click.argument("bundle", type=_existing_dir)
-@click.option("--root", "root_paths", type=_existing_file, multiple=True,
+@click.argument("bundle", type=EXISTING_DIR)
+@click.option("--root", "root_paths", type=EXISTING_FILE, multiple=True,
               help="Trust root(s): show signers against its threshold.")
 @click.option("--json", "as_json", is_flag=True)
 def inspect(bundle, root_paths, as_json):

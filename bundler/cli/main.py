@@ -1,4 +1,4 @@
-"""``bundle``: the vendor's command line."""
+"""The ``bundle`` group, and every command registered in one place."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ from importlib.metadata import version
 
 import click
 
-from agent.cli_support import ErrorReportingGroup
-from keys.cli import keys_group, root_group
+from agent.cli.errors import ErrorReportingGroup
+from bundler.cli.bundles import inspect, make, sign_bundle, verify
+from bundler.cli.keys import keys_group
+from bundler.cli.root import root_group
+from bundler.cli.write import write
 
 
 @click.group(cls=ErrorReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,12 +22,5 @@ def main() -> None:
     """
 
 
-main.add_command(keys_group)
-main.add_command(root_group)
-
-from bundler.bundle_cli import inspect, make, sign_bundle, verify  # noqa: E402  (commands register below)
-
-from bundler.write_cli import write  # noqa: E402
-
-for command in (make, sign_bundle, verify, inspect, write):
+for command in (keys_group, root_group, make, sign_bundle, verify, inspect, write):
     main.add_command(command)

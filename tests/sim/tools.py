@@ -1,0 +1,50 @@
+"""The real tools: our command lines as subprocesses, and Debian tools installed on first use."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, input: str | None = None,
+            check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``bundle``/``bundle-agent`` as a real process, exactly as an operator would."""
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    full_env.pop("BUNDLE_PASSPHRASE", None)
+    full_env.update(env or {})
+    result = subprocess.run([str(BIN / args[0]), *args[1:]], cwd=cwd, env=full_env, input=input,
+                            capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+_apt_updated = False
+
+
+def debian_tools(package: str, *commands: str) -> list[str]:
+    """Paths of ``commands``, installing the Debian ``package`` first when one is missing.
+
+    Skips the calling test, with the reason, when they cannot be had (not root, no mirror).
+    """
+    global _apt_updated
+    if not all(shutil.which(c) for c in commands) and os.geteuid() == 0 and shutil.which("apt-get"):
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-q", package]
+        if subprocess.run(install, env=env, **quiet).returncode and not _apt_updated:
+            subprocess.run(["apt-get", "update", "-q"], env=env, **quiet)
+            _apt_updated = True
+            subprocess.run(install, env=env, **quiet)
+    missing = [c for c in commands if not shutil.which(c)]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed and the Debian package {package} could not be "
+                    "installed with apt-get (needs root and a reachable Debian mirror)")
+    return [shutil.which(c) for c in commands]

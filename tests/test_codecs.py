@@ -1,0 +1,237 @@
+"""Codecs (docs/FORMAT.md, "Codecs"): one registry on each side under the same names, and the
+signed list of the codecs a bundle needs, which lets a device refuse a bundle it cannot decode by
+name - before it reads any other field of the manifest, and before any byte of payload.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import random
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from agent.format import codec
+from agent.format.bundle_dir import MANIFEST, PAYLOAD
+from agent.format.manifest import ENCODINGS, MalformedManifest, Manifest
+from agent.format.tree import Entry
+from agent.medium import complete_bundles, read_bundle, root_files
+from agent.verify import verify_bundle
+from bundler import encoders
+from bundler.verify import check_bundle
+from keys.detached import load_root_chain, signature_path
+from keys.rotation import accept_chain
+from keys.signing import sign
+from tests.sim.stick import StickSim
+from tests.vectors import regenerate
+
+HAS = "gzip-recipe, raw, zstd, zstd-patch"
+LACKS_XZ = f"this bundle needs codec xz; this agent has {HAS}"
+VECTORS = Path(regenerate.__file__).parent
+
+
+# --- the two registries -------------------------------------------------------------------------------------
+
+
+def test_every_encoder_has_the_decoder_of_its_name_and_kind():
+    assert set(encoders.ENCODERS) == set(codec.DECODERS)
+    assert set(encoders.TRANSFORMS) == set(codec.TRANSFORMS)
+    assert encoders.NAMES == codec.CODECS == tuple(HAS.split(", "))
+    for name, encoder in encoders.ENCODERS.items():
+        assert encoder.patch == codec.DECODERS[name].patch, name
+    assert ENCODINGS == tuple(codec.DECODERS)  # what an object's encoding may name
+
+
+TEXT = b"".join(b"line %d of a text that compresses well\n" % i for i in range(500))
+NOISE = random.Random(5).randbytes(20_000)
+NEAR_NOISE = NOISE[:9_000] + b"changed" + NOISE[9_007:]  # a base region the chunk barely differs from
+
+
+@pytest.mark.parametrize("data", [TEXT, NOISE], ids=["text", "noise"])
+@pytest.mark.parametrize("name", sorted(encoders.ENCODERS))
+def test_each_encoder_round_trips_through_its_decoder(name, data):
+    region = NEAR_NOISE if encoders.ENCODERS[name].patch else None
+    stored = encoders.ENCODERS[name].encode(data, 3, region)
+    assert codec.decode(name, stored, len(data), region) == data
+
+
+def test_a_patch_needs_a_region_on_both_sides():
+    assert encoders.ZSTD_PATCH.encode(TEXT, 3, None) is None
+    stored = encoders.ZSTD_PATCH.encode(NOISE, 3, NEAR_NOISE)
+    with pytest.raises(codec.CorruptObject, match="a patch object needs its base region"):
+        codec.decode("zstd-patch", stored, len(NOISE), None)
+
+
+@pytest.mark.parametrize("data, region, chosen", [(NOISE, None, "raw"), (TEXT, None, "zstd"),
+                                                  (NOISE, NEAR_NOISE, "zstd-patch"), (b"x", None, "raw")])
+def test_each_chunk_is_stored_as_the_smallest_ties_going_to_raw(data, region, chosen):
+    assert encoders.smallest(data, 3, region)[0] == chosen
+
+
+def test_an_encoding_the_registry_lacks_does_not_decode():
+    with pytest.raises(codec.CorruptObject, match="'xz', which this agent cannot decode"):
+        codec.decode("xz", b"stored", 6)
+
+
+def test_the_gzip_recipe_round_trips_through_its_transform(tmp_path):
+    content = b"".join(b"changelog line %d\n" % i for i in range(3000))
+    path = tmp_path / "changes.gz"
+    path.write_bytes(gzip.compress(content, 9, mtime=0))  # what `gzip -9n` makes
+    recipe, size = encoders.GZIP_RECIPE.recipe(path, path.stat().st_size)
+    assert size == len(content) == encoders.GZIP_RECIPE.content_size(path)
+    entry = Entry(path="changes.gz", type="file", mode=0o644, uid=0, gid=0, mtime=0, size=path.stat().st_size,
+                  sha256=hashlib.sha256(path.read_bytes()).hexdigest(), gzip=recipe)
+    rebuilt = bytearray()
+    rebuilder = codec.rebuilder(entry, rebuilt.extend)
+    for start in range(0, len(content), 10_000):
+        rebuilder.feed(content[start:start + 10_000])
+    rebuilder.finish()
+    assert bytes(rebuilt) == path.read_bytes()
+    chunks = iter([path.read_bytes()])
+    assert codec.GZIP_RECIPE.base_content(lambda: next(chunks, b""), 100) == content[:100]
+    assert codec.used_by(["zstd"], [entry]) == ("gzip-recipe", "zstd")
+    assert codec.rebuilder(replace(entry, gzip=None), rebuilt.extend) is None
+    assert codec.used_by([], [replace(entry, gzip=None)]) == ()
+
+
+def test_a_file_that_does_not_re_deflate_gets_no_recipe(tmp_path):
+    path = tmp_path / "odd.gz"
+    path.write_bytes(gzip.compress(TEXT, 9, mtime=0)[:-8] + b"\0" * 8)  # a wrong trailer
+    assert encoders.GZIP_RECIPE.recipe(path, path.stat().st_size) is None
+
+
+# --- the signed list in the manifest ------------------------------------------------------------------------
+
+
+def vector_document() -> dict:
+    """The golden vectors' manifest: a real one, made by `bundle make` (codecs raw and zstd)."""
+    return json.loads((VECTORS / "manifest.json").read_bytes())
+
+
+def needing_xz(document: dict) -> dict:
+    """What a newer bundler with an ``xz`` codec would write."""
+    document["codecs"] = sorted([*document["codecs"], "xz"])
+    document["objects"][0]["encoding"] = "xz"
+    return document
+
+
+def test_the_vectors_list_the_codecs_they_use():
+    document = vector_document()
+    assert document["codecs"] == ["raw", "zstd"] == sorted({o["encoding"] for o in document["objects"]})
+
+
+OTHERWISE = {
+    "nothing else": lambda d: None,
+    "fields only the new codec defines": lambda d: (d.update(xz_filters=["x86"]), d["objects"][0].update(level=9)),
+    "components that are not a list": lambda d: d.update(components="not read"),
+    "no product": lambda d: d.pop("product"),
+    "objects that do not tile the payload": lambda d: d["objects"][0].update(offset=77),
+}
+
+
+@pytest.mark.parametrize("otherwise", OTHERWISE.values(), ids=OTHERWISE.keys())
+def test_a_manifest_needing_a_codec_this_agent_lacks_is_refused_by_name_before_anything_else(otherwise):
+    document = needing_xz(vector_document())
+    otherwise(document)
+    data = json.dumps(document).encode()
+    for parse in (lambda: Manifest.from_bytes(data, where="m.json"),
+                  lambda: Manifest.from_stored(codec.compress(data, 3), where="m.json")):
+        with pytest.raises(codec.UnsupportedCodec) as raised:
+            parse()
+        assert not isinstance(raised.value, MalformedManifest)  # the bundle is fine; this agent is old
+        assert raised.value.message == LACKS_XZ
+        assert str(raised.value) == f"m.json: {LACKS_XZ}"
+        assert raised.value.hint == ("update the agent first (a bundle made by an older bundler, or a full bundle, "
+                                     "may apply)")
+
+
+def test_every_missing_codec_is_named():
+    document = vector_document()
+    document["codecs"] = ["brotli", "raw", "xz", "zstd"]
+    with pytest.raises(codec.UnsupportedCodec, match=f"^this bundle needs codecs brotli, xz; this agent has {HAS}$"):
+        Manifest.from_bytes(json.dumps(document).encode())
+
+
+def test_the_type_and_format_version_are_checked_before_the_codecs():
+    document = needing_xz(vector_document())
+    document["format"] = 3
+    with pytest.raises(MalformedManifest, match=r"format version 3 is not supported \(this tool reads 2\)"):
+        Manifest.from_bytes(json.dumps(document).encode())
+
+
+LIES = {
+    "omits a codec an object uses": (lambda d: d.update(codecs=["raw"]),
+                                     "the bundle uses codec 'zstd', which its codecs list does not name"),
+    "names a codec nothing uses": (lambda d: d.update(codecs=["raw", "zstd", "zstd-patch"]),
+                                   "codecs lists 'zstd-patch', which nothing in the bundle uses"),
+    "names a transform nothing uses": (lambda d: d.update(codecs=["gzip-recipe", "raw", "zstd"]),
+                                       "codecs lists 'gzip-recipe', which nothing in the bundle uses"),
+    "is empty": (lambda d: d.update(codecs=[]), "the bundle uses codec 'raw', which its codecs list does not name"),
+}
+
+
+@pytest.mark.parametrize("lie, message", LIES.values(), ids=LIES.keys())
+def test_the_list_cannot_lie(lie, message):
+    document = vector_document()
+    lie(document)
+    with pytest.raises(MalformedManifest, match=message):
+        Manifest.from_bytes(json.dumps(document).encode())
+
+
+# --- a device and `bundle verify` refuse such a bundle before reading its payload -------------------------
+
+
+def _trusted_root():
+    return accept_chain(load_root_chain([r.path for r in root_files(VECTORS / "stick", regenerate.PRODUCT)]))
+
+
+@pytest.fixture(params=["garbage volume", "missing volume"])
+def bundle_needing_xz(tmp_path, request) -> Path:
+    """The vectors' bundle as a newer bundler would sign it, needing xz, with its volume garbage or
+    missing: reading the payload would fail another way."""
+    [source] = complete_bundles(VECTORS / "stick", regenerate.PRODUCT)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(source.path, bundle)
+    stored = codec.compress(json.dumps(needing_xz(vector_document())).encode(), 3)
+    (bundle / MANIFEST).write_bytes(stored)
+    for name in ("rel1", "rel2"):  # a threshold of the vectors' release signers signs it
+        key = regenerate.secret(name)
+        signature_path(bundle / MANIFEST, key.id).write_bytes(sign(key, stored, "bundle-manifest").to_bytes())
+    [volume] = (bundle / PAYLOAD).iterdir()
+    if request.param == "missing volume":
+        volume.unlink()
+    else:
+        volume.write_bytes(b"garbage" * 10)
+    return bundle
+
+
+def test_the_agent_refuses_the_bundle_by_name(bundle_needing_xz):
+    files = read_bundle(bundle_needing_xz)
+    with pytest.raises(codec.UnsupportedCodec, match=f": {LACKS_XZ}$"):
+        verify_bundle(files.manifest_bytes, files.signatures, _trusted_root(), where=bundle_needing_xz / MANIFEST)
+
+
+def test_bundle_verify_refuses_it_before_reading_the_payload(bundle_needing_xz, cli):
+    with pytest.raises(codec.UnsupportedCodec, match=LACKS_XZ):
+        check_bundle(bundle_needing_xz, _trusted_root(), {}, apply=True)
+    roots = [r.path for r in root_files(VECTORS / "stick", regenerate.PRODUCT)]
+    result = cli("bundle", "verify", bundle_needing_xz, *[a for r in roots for a in ("--root", r)], "--apply")
+    assert result.returncode == 3, result.stdout + result.stderr  # examined and refused
+    assert LACKS_XZ in result.stderr and "update the agent first" in result.stderr
+
+
+def test_a_cabinet_refuses_a_stick_needing_a_codec_it_lacks_and_stays_as_it_was(world, cabinet, tmp_path):
+    sim = StickSim(world)
+    model = sim.add("d12")
+    model.manifest_json, model.level = json.dumps(needing_xz(json.loads(model.manifest.to_bytes()))).encode(), 3
+    model.volume_bytes = [b"garbage"] * len(model.volume_bytes)  # never read
+    medium = sim.write(tmp_path / "stick")
+    before = cabinet.snapshot()
+    result = cabinet.agent("on-insert", medium)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert LACKS_XZ in result.stdout + result.stderr
+    assert cabinet.snapshot() == before

@@ -1,0 +1,51 @@
+"""The dirs backend's own part of the interface: settings, names it never makes twice, the loader role."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.boot import BootError, open_backend
+
+
+def test_names_are_never_made_twice(tmp_path):
+    boot = open_backend("dirs", {"root": "/envs"}, tmp_path)
+    assert boot.root == tmp_path / "envs"  # taken below the system root
+    assert boot.new_name() == "env-1"
+    boot.create_empty("env-1")
+    boot.commit("env-1")
+    boot.clone("env-1", boot.new_name())
+    assert [e.name for e in boot.environments()] == ["env-1", "env-2"]
+    boot.destroy("env-2")  # a failed trial
+    assert boot.new_name() == "env-3"  # env-2 may be in somebody's records: it names nothing again
+    with pytest.raises(BootError, match="env-2 was made before"):
+        boot.clone("env-1", "env-2")
+    (boot.root / "made").unlink()  # lost: the names still there are the floor
+    assert boot.new_name() == "env-2"
+    boot.clone("env-1", "factory")  # not the agent's name: never pruned, no number recorded
+    assert [(e.name, e.identity, e.made_by_agent) for e in boot.environments()] == [
+        ("env-1", "env-1", True), ("factory", "factory", False)]
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({}, "[boot] root (the directory holding the environments) is required"),
+    ({"root": 5}, "[boot] root (the directory holding the environments) is required, as a path"),
+    ({"root": "/envs", "beroot": "zroot/ROOT"}, "unknown [boot] setting(s) beroot"),
+])
+def test_settings_are_checked(settings, message, tmp_path):
+    with pytest.raises(BootError) as caught:
+        open_backend("dirs", settings, tmp_path)
+    assert str(caught.value).startswith("dirs backend: ") and message in str(caught.value)
+
+
+def test_only_a_backend_that_plays_the_boot_loader_boots(tmp_path):
+    dirs = open_backend("dirs", {"root": "/envs"}, tmp_path)
+    assert dirs.plays_boot_loader
+    dirs.create_empty(dirs.new_name())
+    dirs.commit("env-1")
+    assert dirs.boot().path == tmp_path / "envs/env-1"
+    bectl = open_backend("bectl", {"bectl": str(tmp_path / "no-bectl")}, Path("/"))
+    assert not bectl.plays_boot_loader
+    with pytest.raises(BootError, match="the real boot loader chooses"):
+        bectl.boot()

@@ -5,20 +5,24 @@ trustworthy clock on the device).
 
 The log is bounded (T-LOG): a stick decides what gets logged, so neither one record nor the log
 may grow with what a stick carries. A record's strings and lists are shortened to fit
-MAX_RECORD_BYTES, and a log that would pass MAX_LOG_BYTES is renamed to ``audit.log.1``
-(replacing the previous one) before the next line starts a new log: at most two files, about
-2 x MAX_LOG_BYTES on disk, the newest records always kept. Strings are stored printable (a
-path's bytes that are not UTF-8 as ``\\xNN``), so every line is JSON any parser accepts.
+MAX_RECORD_BYTES, and a log that would pass its part size is renamed to ``audit.log.1`` (the
+older parts moving up to ``.2``, ``.3``...) before the next line starts a new log. The oldest
+parts are removed so that all of them together, the live log counted at its full part size, stay
+within ``keep_bytes`` (``[log] keep_bytes``, agent/config.py): the newest records are always
+kept. Strings are stored printable (a path's bytes that are not UTF-8 as ``\\xNN``), so every
+line is JSON any parser accepts. Every record also goes to the system log (agent/system_log.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
+from agent import system_log
 from keys.crashpoint import crashpoint
 from keys.files import fsync_directory
 from keys.printable import printable, printable_data
@@ -62,18 +66,46 @@ def format_record(event: str, details: dict, when: float | None = None) -> str:
     return json.dumps({"time": stamp, "event": printable(event)[:256], "truncated": len(line)}, sort_keys=True) + "\n"
 
 
+def part_size(keep_bytes: int) -> int:
+    """The size at which the live log is rotated: a quarter of what is kept (so at least three
+    older parts remain after a rotation), at most MAX_LOG_BYTES."""
+    return max(2 * MAX_RECORD_BYTES, min(MAX_LOG_BYTES, keep_bytes // 4))
+
+
 class AuditLog:
-    def __init__(self, path: Path, max_bytes: int = MAX_LOG_BYTES):
+    def __init__(self, path: Path, max_bytes: int = MAX_LOG_BYTES, keep_bytes: int | None = None):
+        """``max_bytes``: one part's bound; ``keep_bytes``: all parts together (default two parts,
+        the live log and ``audit.log.1``)."""
         self.path = Path(path)
         self.max_bytes = max_bytes
+        self.keep_bytes = 2 * max_bytes if keep_bytes is None else keep_bytes
+
+    @classmethod
+    def kept_within(cls, path: Path, keep_bytes: int) -> "AuditLog":
+        return cls(path, max_bytes=part_size(keep_bytes), keep_bytes=keep_bytes)
 
     @property
     def rotated_path(self) -> Path:
-        return self.path.with_name(self.path.name + ROTATED_SUFFIX)
+        return self.part(1)
+
+    def part(self, number: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.{number}")
+
+    def parts(self) -> list[Path]:
+        """The rotated parts, newest first (a crash while they moved up may leave a gap in the numbers)."""
+        pattern = re.compile(re.escape(self.path.name) + r"\.([1-9][0-9]{0,5})")
+        try:
+            names = os.listdir(self.path.parent)
+        except OSError:
+            return []
+        numbers = sorted(int(m.group(1)) for n in names if (m := pattern.fullmatch(n)))
+        return [self.part(n) for n in numbers]
 
     def record(self, event: str, **details) -> None:
-        """Append one line. A log that cannot be written (a full disk) is reported on stderr and
-        never stops the agent: losing a log line must not block a rollback or hide the real error."""
+        """Append one line, and send it to the system log. A log that cannot be written (a full
+        disk) is reported on stderr and never stops the agent: losing a log line must not block a
+        rollback or hide the real error."""
+        system_log.log(event, details)
         line = format_record(event, details)
         data = line.encode("utf-8")  # printable: no surrogates left
         crashpoint(f"audit {event}")
@@ -100,9 +132,49 @@ class AuditLog:
             return fd
         os.close(fd)
         crashpoint("rotate audit.log")
+        # Oldest first, each to a free number: every rename is atomic, and a power cut between
+        # two leaves every record under some name.
+        for part in reversed(self.parts()):
+            os.replace(part, self.part(int(part.name.rsplit(".", 1)[1]) + 1))
         os.replace(self.path, self.rotated_path)
+        self._trim()
         fsync_directory(self.path.parent)
         return self._open()
 
+    def _trim(self) -> None:
+        """Remove the oldest parts beyond ``keep_bytes``, the live log counted at its full size."""
+        room = self.keep_bytes - self.max_bytes
+        for part in self.parts():
+            size = part.stat().st_size
+            if size > room:
+                part.unlink()
+                room = 0
+            else:
+                room -= size
+
     def _open(self) -> int:
         return os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+    def newest(self, count: int | None = None) -> list[dict]:
+        """Up to ``count`` records, newest first, from the live log and then its parts. A line a
+        power cut tore is returned as ``{"event": "unreadable-line", "text": ...}``. A part that
+        cannot be read raises OSError (the caller names it)."""
+        records: list[dict] = []
+        for path in (self.path, *self.parts()):
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            for raw in reversed(data.splitlines()):
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw)
+                    if not isinstance(record, dict):
+                        raise ValueError("not an object")
+                except ValueError:
+                    record = {"event": "unreadable-line", "text": printable(raw.decode("utf-8", "surrogateescape"))}
+                records.append(record)
+                if count is not None and len(records) >= count:
+                    return records
+        return records

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from agent import system_log
 from agent.audit import AuditLog
 from agent.boot import BootBackend, open_backend
 from agent.config import AgentConfig, BadConfig
@@ -29,8 +30,9 @@ class Device:
             raise BadConfig(f"state_dir {config.state_dir} lies inside the boot environments",
                             hint="keep the agent's state outside every environment (its own filesystem or dataset)")
         state_dir = StateDir(config.state_dir)
+        system_log.attach(config.syslog)  # no socket, no system log: the agent works the same
         return cls(config=config, backend=backend, store=StateStore(state_dir),
-                   audit=AuditLog(state_dir.audit_log), state_dir=state_dir)
+                   audit=AuditLog.kept_within(state_dir.audit_log, config.log_keep_bytes), state_dir=state_dir)
 
     @property
     def facts(self) -> DeviceFacts:

@@ -25,12 +25,15 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
+from agent import system_log
 from agent.choice import Choice, choose
 from agent.device import Device
+from agent.other_products import other_products
 from agent.journal import Pending, Phase
 from agent.offer import Found, bundles_used, read_offer
 from agent.payload import Payload
-from agent.report import Report
+from agent.progress import Progress, step_counter
+from agent.report import Report, nothing_outcome
 from agent.resume import destroy_quietly, recover_interrupted, remove_failed_environments
 from agent.space import check_spool_space, check_staging_space
 from agent.staging import check_layout, stage
@@ -55,7 +58,8 @@ class NothingInstallable(Refused):
     """The medium was examined; nothing on it may be installed, and something was refused."""
 
 
-def _spool(device: Device, chosen: dict[str, list[Choice]], found: dict[str, Found]) -> dict[str, Found]:
+def _spool(device: Device, chosen: dict[str, list[Choice]], found: dict[str, Found],
+           progress: Progress | None = None) -> dict[str, Found]:
     """Check every stored byte of every chosen bundle before anything is staged (T-CONTENT),
     copying the bytes to STATE/spool/<manifest SHA-256> as they are read: staging then uses
     exactly what was verified, and the medium is read once (T-TOCTOU). Returns the bundles as
@@ -68,7 +72,8 @@ def _spool(device: Device, chosen: dict[str, list[Choice]], found: dict[str, Fou
         # medium, so `install BUNDLE/payload/..` cannot choose where the agent writes.
         local = device.state_dir.spooled_bundle(entry.manifest_sha256)
         with Payload(entry.path, entry.verified.manifest) as payload:
-            payload.verify_all(copy_to=local)
+            size = entry.verified.manifest.payload_size
+            payload.verify_all(step_counter(progress, f"verifying {bundle_id}", size), copy_to=local)
         spooled[bundle_id] = Found(local, entry.verified, entry.manifest_sha256)
     return spooled
 
@@ -94,14 +99,21 @@ def _new_components(state: AgentState, chosen: dict[str, list[Choice]]) -> dict[
     return result
 
 
-def install(device: Device, medium: Path) -> Report:
-    """Raises NotProvisioned, TrialPending, NothingInstallable, and any verification or staging error."""
+def install(device: Device, medium: Path, progress: Progress | None = None) -> Report:
+    """``progress`` hears how far verifying and staging are (agent/progress.py).
+
+    Raises NotProvisioned, TrialPending, NothingInstallable, and any verification or staging error."""
     report = Report()
     state = recover_interrupted(device, device.store.load())
     if state.environment is None:
+        system_log.log("install-refused", {"source": str(medium), "reason": "not provisioned"})
         raise NotProvisioned("this machine has not been provisioned",
                              hint="install a full bundle first: bundle-agent provision BUNDLE_OR_STICK")
     if state.pending:
+        # To the system log only: the audit log holds the trial already, and a stick left in a
+        # machine that retries must not grow it.
+        system_log.log("install-refused", {"source": str(medium), "reason": "a trial boot is pending",
+                                           "environment": state.pending.environment})
         raise TrialPending(f"an update to {state.pending.environment} waits for its trial boot",
                            hint="reboot (bundle-agent boot, then boot-check) before installing another")
     remove_failed_environments(device, state)  # their space counts for the new environment
@@ -123,8 +135,8 @@ def install(device: Device, medium: Path) -> Report:
     check_staging_space(device, chosen, running_env.path)
     check_spool_space(device, chosen, found)
     try:
-        found = _spool_or_fail(device, state, chosen, found)
-        return _stage_and_arm(device, state, chosen, found, running_env.path, report)
+        found = _spool_or_fail(device, state, chosen, found, progress)
+        return _stage_and_arm(device, state, chosen, found, running_env.path, report, progress)
     finally:
         shutil.rmtree(device.state_dir.spool, ignore_errors=True)
 
@@ -141,9 +153,13 @@ def _record_failure(device: Device, state: AgentState, message: str, event: str,
 
 
 def _spool_or_fail(device: Device, state: AgentState, chosen: dict[str, list[Choice]],
-                   found: dict[str, Found]) -> dict[str, Found]:
+                   found: dict[str, Found], progress: Progress | None = None) -> dict[str, Found]:
     try:
-        return _spool(device, chosen, found)
+        return _spool(device, chosen, found, progress)
+    except KeyboardInterrupt as interrupt:  # SIGINT, or SIGTERM (agent/cli/interrupt.py)
+        _record_failure(device, state, f"copying the update from the medium failed: {_interrupted(interrupt)}",
+                        "spool-failed")
+        raise
     except OSError as error:
         if isinstance(error, UpdateError):
             raise
@@ -151,6 +167,12 @@ def _spool_or_fail(device: Device, state: AgentState, chosen: dict[str, list[Cho
         _record_failure(device, state, message, "spool-failed")
         raise StagingFailed(message + "; nothing was installed", where=error.filename or None,
                             hint="free space on the state directory's filesystem, or check the medium") from error
+
+
+def _interrupted(interrupt: KeyboardInterrupt) -> str:
+    """The recorded reason of an interrupt: ``interrupted (SIGINT)`` or ``interrupted (SIGTERM)``
+    (agent/cli/interrupt.py raises them with the signal's name; a bare KeyboardInterrupt is SIGINT)."""
+    return f"interrupted ({str(interrupt) or 'SIGINT'})"
 
 
 @contextmanager
@@ -162,11 +184,12 @@ def _undone_on_failure(device: Device, state: AgentState, name: str, what: str, 
     try:
         yield
     except BaseException as error:
+        reason = _interrupted(error) if isinstance(error, KeyboardInterrupt) else str(error)
         try:
             destroy_quietly(device, name)
         finally:
             state.pending = None
-            _record_failure(device, state, f"{what} failed: {error}", event, environment=name)
+            _record_failure(device, state, f"{what} failed: {reason}", event, environment=name)
         if isinstance(error, OSError) and not isinstance(error, UpdateError):
             raise StagingFailed(f"{what} failed: {error.strerror or error}; the new environment was removed and "
                                 f"{unchanged}", where=error.filename or None,
@@ -175,7 +198,7 @@ def _undone_on_failure(device: Device, state: AgentState, name: str, what: str, 
 
 
 def _stage_and_arm(device: Device, state: AgentState, chosen: dict[str, list[Choice]], found: dict[str, Found],
-                   running: Path, report: Report) -> Report:
+                   running: Path, report: Report, progress: Progress | None = None) -> Report:
     name = device.backend.new_name()
     state.pending = Pending(Phase.STAGING, name, previous=state.environment)
     device.store.save(state)
@@ -185,7 +208,7 @@ def _stage_and_arm(device: Device, state: AgentState, chosen: dict[str, list[Cho
                             "the running one is unchanged", "then insert the stick again"):
         environment = device.backend.clone(state.environment, name)
         stage(device.config.layout, chosen, _sources(found), environment, running, set(state.components),
-              device.state_dir.chain)
+              device.state_dir.chain, progress)
     state.pending = Pending(Phase.TRIAL, name, previous=state.environment,
                             components=_new_components(state, chosen), bundles=tuple(bundles_used(chosen)))
     device.store.save(state)
@@ -198,6 +221,7 @@ def _stage_and_arm(device: Device, state: AgentState, chosen: dict[str, list[Cho
             f" -> {after.version} (sequence {after.sequence}){via}"
     report.environment = name
     device.audit.record("trial-armed", environment=name, installed=report.installed)
+    report.outcome = "staged"
     report.message = (f"staged {', '.join(sorted(chosen))} in {name}; it boots once for a trial; "
                       + device.apply_reboot_policy("start the trial"))
     return report
@@ -228,13 +252,25 @@ def _nothing(device: Device, medium: Path, report: Report) -> Report:
         _record_examined(device, "refused-medium", medium, report)
         raise NothingInstallable(_reasons([f"{s}: {r}" for s, r in integrity]), where=medium,
                                  hint="the medium was refused; the machine is unchanged")
-    report.message = "nothing newer for this machine"
-    _record_examined(device, "nothing-newer", medium, report)
+    facts = device.facts
+    others = [] if report.decisions else other_products(medium, facts.product)
+    report.outcome = "not-for-this-machine" if others else nothing_outcome(report.decisions)
+    report.message = {
+        "nothing-on-medium": "no update bundles on this medium",
+        "not-for-this-machine": (f"the bundles on this medium are for other machines (this one is {facts.product}, "
+                                 f"hardware {facts.hardware}" +
+                                 (f"; the stick holds updates for {', '.join(others)})" if others else ")")),
+        "up-to-date": "this machine is up to date: nothing on this medium is newer than what it has",
+        "no-applicable-update": "newer updates are on this medium, but none applies to what this machine has "
+                                "(see the skipped bundles)",
+    }[report.outcome] + "; nothing was installed"
+    _record_examined(device, report.outcome, medium, report)
     return report
 
 
-def provision(device: Device, medium: Path) -> Report:
-    """Factory install: full bundles into the first environment, committed at once."""
+def provision(device: Device, medium: Path, progress: Progress | None = None) -> Report:
+    """Factory install: full bundles into the first environment, committed at once. ``progress``
+    hears how far verifying and staging are."""
     report = Report()
     state = recover_interrupted(device, device.store.load())
     if state.environment is not None:
@@ -253,14 +289,15 @@ def provision(device: Device, medium: Path) -> Report:
     check_staging_space(device, chosen, None)
     check_spool_space(device, chosen, found)
     try:
-        found = _spool_or_fail(device, state, chosen, found)
-        return _provision_into_new_environment(device, state, chosen, found, report)
+        found = _spool_or_fail(device, state, chosen, found, progress)
+        return _provision_into_new_environment(device, state, chosen, found, report, progress)
     finally:
         shutil.rmtree(device.state_dir.spool, ignore_errors=True)
 
 
 def _provision_into_new_environment(device: Device, state: AgentState, chosen: dict[str, list[Choice]],
-                                    found: dict[str, Found], report: Report) -> Report:
+                                    found: dict[str, Found], report: Report, progress: Progress | None = None
+                                    ) -> Report:
     name = device.backend.new_name()
     final = {n: route[-1].component for n, route in chosen.items()}
     components = {n: {"version": c.version, "sequence": c.sequence, "tree_digest": c.tree_digest}
@@ -284,12 +321,14 @@ def _provision_into_new_environment(device: Device, state: AgentState, chosen: d
             environment = device.backend.create_empty(name)
         else:
             environment = device.backend.clone(source, name)
-        stage(device.config.layout, chosen, _sources(found), environment, None, set(), device.state_dir.chain)
+        stage(device.config.layout, chosen, _sources(found), environment, None, set(), device.state_dir.chain,
+              progress)
     device.backend.commit(name)  # the commit point
     state.provisioned(name, components)
     device.store.save(state)
     report.installed = {n: f"{c.version} (sequence {c.sequence})" for n, c in final.items()}
     report.environment = name
+    report.outcome = "provisioned"
     report.message = f"provisioned {', '.join(sorted(chosen))} into {name} (committed)"
     device.audit.record("provisioned", environment=name, installed=report.installed)
     return report

@@ -20,6 +20,7 @@ import os
 import subprocess
 from pathlib import Path
 
+from agent import system_log
 from agent.device import Device
 from agent.journal import Pending, Phase
 from agent.resume import recover_interrupted, remove_failed_environments
@@ -136,6 +137,7 @@ def rollback(device: Device) -> str:
         if entry["environment"] in existing:
             replaced.append(entry["environment"])
     if not state.history:
+        system_log.log("rollback-refused", {"reason": "no previous environment"})
         raise Refused("there is no previous environment to roll back to" +
                       "".join(f"; {name} holds another environment than the one committed there" for name in replaced),
                       hint="install the release wanted from a stick instead")

@@ -11,7 +11,7 @@ import fcntl
 import os
 import sys
 
-from agent.state_dir import StateDir
+from agent.state_dir import StateDir, unusable
 from keys.errors import Failed
 
 
@@ -20,10 +20,14 @@ class AgentBusy(Failed):
 
 
 def hold_device_lock(state_dir: StateDir) -> int:
-    """Take the device's lock for the rest of this process (returns its descriptor) or raise AgentBusy."""
-    state_dir.root.mkdir(parents=True, exist_ok=True)
+    """Take the device's lock for the rest of this process (returns its descriptor) or raise
+    AgentBusy; StateUnusable when the lock cannot be made (no rights: the agent runs as root)."""
     path = state_dir.lock
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        state_dir.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError as error:
+        raise unusable(error, state_dir.root, "take the device's lock") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

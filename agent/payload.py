@@ -73,6 +73,8 @@ class Payload:
             except NotRegularFile:
                 raise CorruptPayload(f"volume {volume.name} is not a regular file", where=self.bundle) from None
             except OSError as error:
+                if error.errno in (errno.EACCES, errno.EPERM):  # this user's rights, not the bundle: as any OSError
+                    raise OSError(error.errno, error.strerror, str(self.bundle / PAYLOAD / volume.name)) from None
                 if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EIO):  # this machine, not the bundle
                     raise Failed(f"cannot open volume {volume.name}: {error.strerror}", where=self.bundle) from None
                 raise CorruptPayload(f"cannot open volume {volume.name}: {error.strerror}",
@@ -101,8 +103,9 @@ class Payload:
             start = self._starts[index]
             within = offset - start
             length = min(size, self.manifest.volumes[index].size - within)
+            fd = self._volume_fd(index)  # its own errors: missing, not a file, no rights
             try:
-                piece = os.pread(self._volume_fd(index), length, within)
+                piece = os.pread(fd, length, within)
             except OSError as error:
                 raise Failed(f"cannot read volume: {error.strerror}", where=self.bundle,
                              hint="the medium may have been removed") from None

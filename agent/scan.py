@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from contextlib import contextmanager
 from pathlib import Path
 from dataclasses import replace
 from typing import Iterator
 
 from agent.beneath import Beneath
 from agent.format.tree import DIR, EMPTY_SHA256, FILE, HARDLINK, SYMLINK, Entry, path_order
-from keys.errors import Refused
+from keys.errors import Refused, UpdateError
 
 READ_SIZE = 1 << 20
 
@@ -33,6 +34,18 @@ def hash_file(path: Path | str, *, dir_fd: int | None = None) -> str:
     return digest.hexdigest()
 
 
+@contextmanager
+def _named(tree: Beneath, relative: str) -> Iterator[None]:
+    """An OSError (an unreadable file or folder) names the whole path, not the last component
+    the descriptor-relative call saw: ``error: PATH: Permission denied`` (agent/cli/errors.py)."""
+    try:
+        yield
+    except OSError as error:
+        if isinstance(error, UpdateError):
+            raise  # our own errors (EscapingPath...) say where already
+        raise OSError(error.errno, error.strerror, f"{tree.where}/{relative}" if relative else tree.where) from None
+
+
 def _relative_paths(tree: Beneath, exclude: frozenset[str]) -> Iterator[tuple[str, os.stat_result, str | None, int]]:
     """``(path, status, link target, directory fd)`` of everything in the tree; the descriptor
     is the entry's parent, valid until the next item. Directories are opened by descriptor
@@ -41,8 +54,10 @@ def _relative_paths(tree: Beneath, exclude: frozenset[str]) -> Iterator[tuple[st
     stack = [""]
     while stack:
         prefix = stack.pop()
-        with tree.directory(prefix or ".") as directory:
-            with os.scandir(directory.fd) as listing:
+        with _named(tree, prefix):
+            directory = tree.directory(prefix or ".")
+        with directory:
+            with _named(tree, prefix), os.scandir(directory.fd) as listing:
                 items = list(listing)
             for item in items:
                 name = item.name
@@ -77,7 +92,8 @@ def scan_tree(root: Path | Beneath, *, with_hashes: bool = True, exclude: tuple[
     for relative, info, target, directory_fd in _relative_paths(root, frozenset(exclude)):
         digest = None
         if stat.S_ISREG(info.st_mode) and with_hashes and info.st_size:
-            digest = hash_file(relative.rsplit("/", 1)[-1], dir_fd=directory_fd)
+            with _named(root, relative):
+                digest = hash_file(relative.rsplit("/", 1)[-1], dir_fd=directory_fd)
         found.append((relative, info, target, digest))
     found.sort(key=lambda item: path_order(item[0]))
     first_link: dict[tuple[int, int], str] = {}

@@ -17,11 +17,12 @@ from pathlib import Path
 
 from agent.apply import StagingError, WorkBudget, apply_component, verify_staged
 from agent.beneath import Beneath
-from agent.format.manifest import Manifest
+from agent.format.manifest import Component, Manifest
 from agent.format.paths import ROOT
-from agent.format.tree import tree_digest
+from agent.format.tree import FILE, tree_digest
 from agent.layout import Layout
 from agent.payload import Payload
+from agent.progress import Progress, step_counter
 from agent.scan import scan_tree
 from agent.choice import Choice
 
@@ -41,11 +42,13 @@ def staging_order(layout: Layout, names) -> list[str]:
 
 
 def stage(layout: Layout, chosen: dict[str, list[Choice]], bundles: dict[str, tuple[Path, Manifest]],
-          environment: Path, running: Path | None, installed: set[str], chain: Path) -> None:
+          environment: Path, running: Path | None, installed: set[str], chain: Path,
+          progress: Progress | None = None) -> None:
     """Bring every chosen component of the new ``environment`` to its route's last step, reading
     bases from ``running`` (None at provisioning), then check that the components not updated
     were cloned faithfully. ``bundles``: bundle id -> (directory, verified manifest); ``chain``:
-    where the steps of a chain before the last are built (StateDir.chain).
+    where the steps of a chain before the last are built (StateDir.chain); ``progress`` hears how
+    many bytes of each component are written.
 
     Raises StagingError, EscapingPath, WorkExceeded, CorruptPayload, CorruptObject, OSError; the
     caller destroys the new environment.
@@ -55,7 +58,8 @@ def stage(layout: Layout, chosen: dict[str, list[Choice]], bundles: dict[str, tu
     with Beneath.open_root(Path(environment)) as new, _open_or_none(running) as old:
         try:
             for number, name in enumerate(staging_order(layout, chosen)):
-                _stage_component(layout, chosen[name], bundles, new, old, names, budget, chain / str(number))
+                _stage_component(layout, chosen[name], bundles, new, old, names, budget, chain / str(number),
+                                 progress)
         finally:
             shutil.rmtree(chain, ignore_errors=True)
         if old is not None:
@@ -67,7 +71,8 @@ def _open_or_none(path: Path | None):
 
 
 def _stage_component(layout: Layout, route: list[Choice], bundles: dict[str, tuple[Path, Manifest]], new: Beneath,
-                     old: Beneath | None, names: set[str], budget: WorkBudget, chain: Path) -> None:
+                     old: Beneath | None, names: set[str], budget: WorkBudget, chain: Path,
+                     progress: Progress | None = None) -> None:
     """The last step of the route updates the cloned tree in place (only what changed is
     written); the steps before it are built from scratch under ``chain``, each the base of the
     next. The first step reads its base from the running environment."""
@@ -94,16 +99,29 @@ def _stage_component(layout: Layout, route: list[Choice], bundles: dict[str, tup
                 into = Beneath.open_root(chain / str(number))
             opened.append(into)
             directory, manifest = bundles[step.bundle]
+            in_place = last and number == 1 and old is not None
+            label = f"staging {name}" + (f" (step {number} of {len(route)})" if len(route) > 1 else "")
+            total = _bytes_written(step.component, in_place)
+            advance = step_counter(progress, label, total)
             with Payload(directory, manifest) as payload:
                 apply_component(step.component, payload, into, base=base if step.component.is_delta else None,
-                                set_owner=as_root, exclude=left_alone if last else (),
-                                target_is_clone_of_base=last and number == 1 and old is not None, budget=budget)
+                                set_owner=as_root, exclude=left_alone if last else (), progress=advance,
+                                target_is_clone_of_base=in_place, budget=budget)
+            if progress is not None:
+                progress(label, total, total)  # files kept in place were not counted as they went
             verify_staged(step.component, into, check_owner=as_root, exclude=left_alone if last else ())
             shutil.rmtree(chain / str(number - 1), ignore_errors=True)  # it was only the base of this step
             base = into
     finally:
         for tree in opened:
             tree.close()
+
+
+def _bytes_written(component: Component, in_place: bool) -> int:
+    """What staging ``component`` writes, for progress: every file's bytes, less those of the files
+    that stay where they are when the tree is updated in place (apply_component)."""
+    return sum(e.size for e in component.entries
+               if e.type == FILE and not (in_place and e.base_path == e.path))
 
 
 def _check_untouched(layout: Layout, untouched: set[str], new: Beneath, old: Beneath, names: set[str]) -> None:

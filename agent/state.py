@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from agent.journal import Pending
-from agent.state_dir import JOURNAL_FILE, RESULT_FILE, STATE_FILE, StateDir
-from keys.errors import Refused
+from agent.state_dir import JOURNAL_FILE, RESULT_FILE, STATE_FILE, StateDir, StateUnusable, unusable
+from keys.errors import Failed, Refused
 from keys.files import write_atomic
 
 # state.json: what is committed, touched only by provisioning, commit and rollback; journal.json:
@@ -128,7 +128,8 @@ class StateStore:
 
     def load(self) -> AgentState:
         """The current state (empty before provisioning). Raises CorruptState after quarantining a
-        damaged committed state; a damaged journal or result is quarantined and forgotten."""
+        damaged committed state; a damaged journal or result is quarantined and forgotten. Raises
+        StateUnusable when the state cannot be read (no rights: the agent runs as root)."""
         values: dict = {}
         damaged = None
         for name in _PARTS:
@@ -137,6 +138,8 @@ class StateStore:
                 data = path.read_bytes()
             except FileNotFoundError:
                 continue
+            except OSError as error:
+                raise unusable(error, self.state_dir.root, f"read the agent's state ({name})") from None
             try:
                 values.update(_parse(data, name))
             except (ValueError, TypeError) as error:
@@ -167,11 +170,19 @@ class StateStore:
         number = 1
         while (target := path.with_name(f"{path.name}.corrupt-{number}")).exists():
             number += 1
-        os.rename(path, target)
+        try:
+            os.rename(path, target)
+        except OSError as error:
+            raise unusable(error, self.state_dir.root, f"move the damaged {path.name} aside") from None
         return target
 
     def save(self, state: AgentState) -> None:
-        self.state_dir.root.mkdir(parents=True, exist_ok=True)
+        """Raises StateUnusable when the state directory cannot be written."""
+        root = self.state_dir.root
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise unusable(error, root, "create the state directory") from None
         for name in _PARTS:
             data = state.part_bytes(name)
             path = self.state_dir.file(name)
@@ -179,5 +190,14 @@ class StateStore:
                 unchanged = path.read_bytes() == data
             except FileNotFoundError:
                 unchanged = data == AgentState().part_bytes(name)  # absent means empty: never committed
+            except OSError as error:
+                raise unusable(error, root, f"read the agent's state ({name})") from None
             if not unchanged:
-                write_atomic(path, data, mode=0o640)
+                try:
+                    write_atomic(path, data, mode=0o640)
+                except StateUnusable:
+                    raise
+                except Failed as error:  # write_atomic names the file; say what to check
+                    raise StateUnusable(f"cannot save the agent's state: {error.message}", where=error.where,
+                                        hint=f"run bundle-agent as root, and check that {root} is writable and "
+                                             "its filesystem has free space") from None

@@ -15,12 +15,36 @@ removes them (agent/resume.py).
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from pathlib import Path
+
+from keys.errors import Failed
 
 STATE_FILE = "state.json"
 JOURNAL_FILE = "journal.json"
 RESULT_FILE = "result.json"
+
+
+class StateUnusable(Failed):
+    """The state directory or a file in it cannot be read or written (rights, a file in its place)."""
+
+
+def unusable(error: OSError, path: Path, doing: str) -> StateUnusable:
+    """The typed error for an OSError met while ``doing`` something with the state at ``path``:
+    the commands need the state, so they stop with a message that says what to check."""
+    where = error.filename or path
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return StateUnusable(f"no permission to {doing}", where=where,
+                             hint=f"run bundle-agent as root, or check the owner and mode of {path}")
+    if error.errno in (errno.ENOTDIR, errno.EEXIST):
+        return StateUnusable(f"cannot {doing}: a file stands where a folder is needed", where=where,
+                             hint="[device] state_dir must name a directory (docs/AGENT.md, \"Configuration\")")
+    if error.errno in (errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+        return StateUnusable(f"cannot {doing}: {error.strerror}", where=where,
+                             hint="the state directory's filesystem must be writable and have free space")
+    return StateUnusable(f"cannot {doing}: {error.strerror or error}", where=where,
+                         hint=f"check the state directory {path}")
 
 
 @dataclass(frozen=True)
@@ -29,7 +53,8 @@ class StateDir:
 
     def file(self, name: str) -> Path:
         """One of the three state files (STATE_FILE, JOURNAL_FILE, RESULT_FILE)."""
-        assert name in (STATE_FILE, JOURNAL_FILE, RESULT_FILE), name
+        if name not in (STATE_FILE, JOURNAL_FILE, RESULT_FILE):
+            raise ValueError(f"not a state file: {name}")  # a programmer's mistake, not input
         return self.root / name
 
     @property

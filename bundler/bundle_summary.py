@@ -9,7 +9,25 @@ from agent.format.tree import FILE
 from keys.threshold import ThresholdResult
 
 
-def component_summary(component: Component, object_sizes: dict[str, int]) -> dict[str, Any]:
+def evidence_of_base(component: Component) -> set[str]:
+    """Base paths the manifest itself proves existed: copy sources, patch references, removed paths.
+    A file rewritten whole (stored without a patch) leaves no trace of its base in the manifest."""
+    found = set(component.removed)
+    for entry in component.entries:
+        if entry.base_path is not None:
+            found.add(entry.base_path)
+        found.update(c.prefix.path for c in entry.chunks if c.prefix is not None)
+    return found
+
+
+def component_summary(component: Component, object_sizes: dict[str, int],
+                      base_paths: frozenset[str] | None = None) -> dict[str, Any]:
+    """Counts per kind of change. ``base_paths``: every path of the tree this component replaces,
+    when the caller knows it (``bundle make --base``, ``inspect --base``); otherwise what the
+    manifest proves (:func:`evidence_of_base`), so a file rewritten whole at an existing path of a
+    delta is "changed" only when a patch or the base listing shows that its path existed."""
+    known = base_paths is not None
+    existed = set(base_paths) if known else (evidence_of_base(component) if component.is_delta else set())
     counts = {kind: {"files": 0, "bytes": 0, "stored_bytes": 0}
               for kind in ("unchanged", "moved", "changed", "added")}
     largest = []
@@ -19,10 +37,10 @@ def component_summary(component: Component, object_sizes: dict[str, int]) -> dic
         stored = sum(object_sizes[c.object] for c in entry.chunks)
         if entry.base_path == entry.path:
             kind = "unchanged"
+        elif entry.path in existed:
+            kind = "changed"  # new content at a path the base has, however it is stored
         elif entry.base_path is not None:
             kind = "moved"
-        elif entry.chunks and any(c.prefix is not None and c.prefix.path == entry.path for c in entry.chunks):
-            kind = "changed"
         elif component.is_delta and any(c.prefix is not None for c in entry.chunks):
             kind = "changed"  # patched against a similar file under another name (renamed and edited)
         else:
@@ -47,17 +65,24 @@ def component_summary(component: Component, object_sizes: dict[str, int]) -> dic
         "largest_changes": largest[:10],
         "targets": list(component.targets),
         "downgrade_from": list(component.downgrade_from),
+        # False: "added" may include files rewritten whole at a path the base has (not in the manifest)
+        "base_listed": known or not component.is_delta,
     }
 
 
-def summary(manifest: Manifest, signers: ThresholdResult | None, signature_ids: list[str]) -> dict[str, Any]:
+def summary(manifest: Manifest, signers: ThresholdResult | None, signature_ids: list[str], *,
+            bundle_id: str | None = None, base_paths: dict[str, frozenset[str]] | None = None) -> dict[str, Any]:
+    """What the bundle does. ``bundle_id``: the folder name it has on a stick, which the agent
+    prints; ``base_paths``: per component, the paths of the tree it replaces, when known."""
     object_sizes = {o.id: o.size for o in manifest.objects}
+    base_paths = base_paths or {}
     result: dict[str, Any] = {
+        "bundle_id": bundle_id,
         "product": manifest.product,
         "hardware": list(manifest.hardware),
         "payload_bytes": manifest.payload_size,
         "volumes": [{"name": v.name, "size": v.size} for v in manifest.volumes],
-        "components": [component_summary(c, object_sizes) for c in manifest.components],
+        "components": [component_summary(c, object_sizes, base_paths.get(c.name)) for c in manifest.components],
     }
     if signers is not None:
         result["signatures"] = {"verified_against_root": True, **signers.to_json()}
@@ -79,7 +104,8 @@ def size_text(count: int, *, exact: bool = False) -> str:
 
 
 def render(report: dict[str, Any]) -> list[str]:
-    lines = [f"product {report['product']}, hardware {', '.join(report['hardware'])}",
+    lines = [f"bundle {report['bundle_id']}"] if report.get("bundle_id") else []
+    lines += [f"product {report['product']}, hardware {', '.join(report['hardware'])}",
              f"payload {size_text(report['payload_bytes'])} in {len(report['volumes'])} volume(s)"]
     for c in report["components"]:
         start = f"{c['from']['version']} (sequence {c['from']['sequence']})" if c["from"] else "nothing"
@@ -89,6 +115,9 @@ def render(report: dict[str, Any]) -> list[str]:
             if numbers["files"]:
                 lines.append(f"    {kind:9} {numbers['files']:6} files  {size_text(numbers['bytes']):>10}"
                              f"  stored {size_text(numbers['stored_bytes'])}")
+        if not c["base_listed"] and c["files"]["added"]["files"]:
+            lines.append("    (added may include files rewritten whole at an existing path: "
+                         "give --base to tell them apart)")
         if c["removed"]:
             lines.append(f"    removed   {c['removed']:6} paths")
         for item in c["largest_changes"][:5]:

@@ -15,6 +15,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+from agent.cli.install import EXIT_STAGED as STAGED
 from agent.format import bundle_dir, stick
 
 
@@ -27,7 +28,9 @@ class Story:
     def say(self, text: str) -> None:
         print("\n" + textwrap.fill(textwrap.dedent(text).strip(), width=96))
 
-    def run(self, command: str, *, refused: bool = False, env: dict | None = None) -> None:
+    def run(self, command: str, *, refused: bool = False, staged: bool = False, env: dict | None = None) -> None:
+        """Runs ``command`` and stops the demo unless it exits as expected: 0, 3 when ``refused``,
+        4 when ``staged`` (an update staged: a reboot starts the trial; docs/OPERATOR.md)."""
         print(f"\n  $ {command}")
         result = subprocess.run(shlex.split(command), cwd=self.workdir, env={**self.env, **(env or {})},
                                 capture_output=True, text=True)
@@ -35,16 +38,18 @@ class Story:
             print(f"    {line}")
         if refused and result.returncode == 0:
             sys.exit(f"demo: expected a refusal from: {command}")
-        if not refused and result.returncode != 0:
+        if not refused and result.returncode != (STAGED if staged else 0):
             sys.exit(f"demo: command failed (exit {result.returncode}): {command}")
         if refused:
             print(f"    (exit {result.returncode}: refused, as it should be)")
+        if staged:
+            print(f"    (exit {STAGED}: staged, a reboot starts the trial)")
 
 
 def trust_story(story: Story) -> None:
     story.say("""
         1. Keys. The vendor makes two offline root keys (who may change trust) and two release
-        signers (who sign bundles). Secret keys are encrypted with a passphrase (Argon2id); public
+        signers (who sign bundles). Secret keys are minisign keys, encrypted with a passphrase (scrypt); public
         keys are standard minisign files.""")
     story.run("bundle keys new root1 --dir keys --kdf-cost interactive", env={"BUNDLE_PASSPHRASE": "demo root one"})
     for name in ("root2", "root3", "rel1", "rel2"):
@@ -68,11 +73,11 @@ def trust_story(story: Story) -> None:
               "--add-root-key keys/root3.pub")
     story.run("bundle root sign root-2.json --key keys/root1.key", env={"BUNDLE_PASSPHRASE": "demo root one"})
     story.run("bundle root sign root-2.json --key keys/root2.key")
-    story.run("bundle-agent root verify root-2.json --trusted root.json", refused=True)
+    story.run("bundle-agent root verify root-2.json --root root.json", refused=True)
     story.run("bundle root sign root-2.json --key keys/root3.key")
-    story.run("bundle-agent root verify root-2.json --trusted root.json")
+    story.run("bundle-agent root verify root-2.json --root root.json")
     story.say("An old stick cannot talk a device back into version 1:")
-    story.run("bundle-agent root verify root.json --trusted root-2.json", refused=True)
+    story.run("bundle-agent root verify root.json --root root-2.json", refused=True)
 
     story.say("""
         4. Standard tools. Every signature is a minisign signature, so an auditor can check any
@@ -192,7 +197,7 @@ hooks = ["{health}"]
         9. Insertion. The cabinet verifies everything on the stick before writing a byte, stages
         release 2 into a new environment cloned from the running one, checks every file, and arms
         it for one trial boot (T). The running environment (N, R) is untouched.""")
-    story.run(f"{agent} on-insert stick")
+    story.run(f"{agent} on-insert stick", staged=True)
     story.run(f"{agent} status")
     story.say("""
         10. The trial. The next boot starts the new environment once; the health check passes,
@@ -230,7 +235,7 @@ hooks = ["{health}"]
         reels do not spin). The agent rolls back to release 1 by itself and records why. Back in
         release 1, the next boot-check removes the failed environment.""")
     (second / "health").write_text("#!/bin/sh\necho 'reel motor 2 does not answer' >&2\nexit 1\n")
-    story.run(f"{agent2} on-insert stick")
+    story.run(f"{agent2} on-insert stick", staged=True)
     story.run(f"{agent2} boot")
     story.run(f"{agent2} boot-check", refused=True)
     story.run(f"{agent2} boot")

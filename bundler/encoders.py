@@ -27,31 +27,122 @@ from agent.format.tree import GzipRecipe
 from keys.errors import Failed
 
 
+# Tells how many more input bytes an encoder has consumed; it may raise to stop the encoding
+# (bundler/make.py stops its workers so on an interrupt).
+Tick = Callable[[int], None]
+# Input fed to libzstd per call: progress and a stop request are seen at least this often
+# (0.1-0.3 s at level 19 here). The frame is the same as one call makes (tests/test_codecs.py).
+STREAM_PIECE = 256 << 10
+
+
 @dataclass(frozen=True)
 class Encoder:
-    """An object encoding. ``encode(data, level, region)`` is the stored object, or None where the
-    encoding does not apply; ``patch``: it refers to a base region, which the chunk then names."""
+    """An object encoding. ``encode(data, level, region, tick)`` is the stored object, or None where
+    the encoding does not apply; ``patch``: it refers to a base region, which the chunk then names;
+    ``compresses``: it feeds the data through libzstd, telling ``tick`` as it goes."""
 
     name: str
-    encode: Callable[[bytes, int, bytes | None], bytes | None]
+    encode: Callable[[bytes, int, bytes | None, Tick | None], bytes | None]
     patch: bool = False
+    compresses: bool = True
 
 
-def _patch(data: bytes, level: int, region: bytes | None) -> bytes | None:
-    return codec.compress(data, level, region) if region is not None else None
+def compress(data: bytes, level: int, prefix: bytes | None = None, tick: Tick | None = None) -> bytes:
+    """The frame ``agent.format.codec.compress`` makes, byte for byte; without a prefix it is fed
+    to libzstd ``STREAM_PIECE`` bytes at a time so that ``tick`` hears of the progress (and may
+    stop it). Same parameters, same frame (tests/test_codecs.py).
+
+    A patch (``prefix``) is made in one call: with a prefix, long-distance matching is on, and
+    libzstd finds its matches per call, so feeding pieces makes another (valid) frame - a d12
+    chunk became 97 bytes instead of 252 - and bundles would differ from earlier bundlers'. Its
+    ``tick`` comes when it is done; an interrupt does not wait for it (bundler/workers.py)."""
+    if not 0 < len(data) <= codec.MAX_DECODED_BYTES:
+        raise ValueError(f"a frame holds 1 to {codec.MAX_DECODED_BYTES} bytes, not {len(data)}")
+    if prefix is not None or len(data) <= STREAM_PIECE:
+        stored = codec.compress(data, level, prefix)
+        if tick is not None:
+            tick(len(data))
+        return stored
+    lib, ffi = codec._lib, codec._ffi
+    cctx = lib.ZSTD_createCCtx()
+    if cctx == ffi.NULL:
+        raise MemoryError("libzstd could not allocate a compression context")
+    try:
+        window = codec._window_log(len(data))
+        for parameter, value in ((lib.ZSTD_c_compressionLevel, level), (lib.ZSTD_c_windowLog, window),
+                                 (lib.ZSTD_c_enableLongDistanceMatching, 0),
+                                 (lib.ZSTD_c_contentSizeFlag, 1), (lib.ZSTD_c_checksumFlag, 0),
+                                 (lib.ZSTD_c_nbWorkers, 0)):
+            codec._check(lib.ZSTD_CCtx_setParameter(cctx, parameter, value), "zstd parameter")
+        codec._check(lib.ZSTD_CCtx_setPledgedSrcSize(cctx, len(data)), "zstd size")
+        capacity = lib.ZSTD_compressBound(len(data))
+        out = ffi.new("char[]", capacity)
+        output = ffi.new("ZSTD_outBuffer *")
+        output.dst, output.size, output.pos = out, capacity, 0
+        source = ffi.from_buffer(data)
+        piece = ffi.new("ZSTD_inBuffer *")
+        piece.src, piece.size, piece.pos = source, 0, 0
+        while piece.size < len(data):
+            fed = piece.size
+            piece.size = min(len(data), fed + STREAM_PIECE)
+            last = piece.size == len(data)
+            mode = lib.ZSTD_e_end if last else lib.ZSTD_e_continue
+            while True:
+                remaining = codec._check(lib.ZSTD_compressStream2(cctx, output, piece, mode), "zstd compress")
+                if (remaining == 0) if last else (piece.pos == piece.size):
+                    break
+            if tick is not None:
+                tick(piece.size - fed)
+        return ffi.buffer(out, output.pos)[:]
+    finally:
+        lib.ZSTD_freeCCtx(cctx)
 
 
-RAW = Encoder("raw", lambda data, level, region: data)
-ZSTD = Encoder("zstd", lambda data, level, region: codec.compress(data, level))
+def _zstd(data: bytes, level: int, region: bytes | None, tick: Tick | None = None) -> bytes:
+    return compress(data, level, None, tick)
+
+
+def _patch(data: bytes, level: int, region: bytes | None, tick: Tick | None = None) -> bytes | None:
+    return compress(data, level, region, tick) if region is not None else None
+
+
+RAW = Encoder("raw", lambda data, level, region, tick=None: data, compresses=False)
+ZSTD = Encoder("zstd", _zstd)
 ZSTD_PATCH = Encoder("zstd-patch", _patch, patch=True)
 ENCODERS: dict[str, Encoder] = {e.name: e for e in (RAW, ZSTD, ZSTD_PATCH)}
 
 
-def smallest(data: bytes, level: int, region: bytes | None = None) -> tuple[str, bytes]:
-    """``(encoding, stored)``: the smallest of every encoder that applies, ties going to ``raw``:
-    already compressed data is stored as it is, costs no decoding and never grows."""
-    candidates = [(e.name, stored) for e in ENCODERS.values() if (stored := e.encode(data, level, region)) is not None]
-    return min(candidates, key=lambda c: (len(c[1]), c[0] != RAW.name))
+def ranked(data: bytes, level: int, region: bytes | None = None, tick: Tick | None = None,
+           avoid: tuple[str, ...] = ()) -> list[tuple[str, bytes]]:
+    """``(encoding, stored)`` for every encoder that applies and is not in ``avoid``, smallest
+    first, ties going to ``raw``: already compressed data is stored as it is, costs no decoding
+    and never grows. ``tick`` hears of ``len(data)`` bytes in all, however many encoders ran."""
+    chosen = [e for e in ENCODERS.values() if e.name not in avoid and (region is not None or not e.patch)]
+    passes = sum(1 for e in chosen if e.compresses)
+    share = _shared(tick, passes) if tick is not None and passes else None
+    candidates = [(e.name, stored) for e in chosen if (stored := e.encode(data, level, region, share)) is not None]
+    if tick is not None and not passes:
+        tick(len(data))
+    return sorted(candidates, key=lambda c: (len(c[1]), c[0] != RAW.name))
+
+
+def smallest(data: bytes, level: int, region: bytes | None = None, tick: Tick | None = None) -> tuple[str, bytes]:
+    """``(encoding, stored)``: the first of :func:`ranked`."""
+    return ranked(data, level, region, tick)[0]
+
+
+def _shared(tick: Tick, passes: int) -> Tick:
+    """``tick`` for one of ``passes`` runs over the same data: each run counts for its share."""
+    consumed = told = 0
+
+    def share(count: int) -> None:
+        nonlocal consumed, told
+        consumed += count
+        now = consumed // passes
+        if now > told:
+            tick(now - told)
+            told = now
+    return share
 
 
 @dataclass(frozen=True)

@@ -12,39 +12,45 @@ Per file of a changed component (docs/FORMAT.md, "How files are carried"):
 
 Files are cut into chunks of at most ``chunk_size`` bytes, each patched against a base region of
 at most ``PREFIX_BYTES``, so memory stays bounded for multi-GiB files on both sides. How a chunk
-or a gzip file is encoded is bundler/encoders.py's; the manifest lists the codecs used. Work runs in
-a thread pool (libzstd releases the GIL) but results are written in a fixed order, so the same
-inputs and keys give byte-identical bundles.
+or a gzip file is encoded is bundler/encoders.py's; the manifest lists the codecs used. Work runs on
+threads (libzstd releases the GIL; bundler/workers.py) but results are written in a fixed order,
+so the same inputs and keys give byte-identical bundles.
+
+Progress is reported per piece of a chunk as the workers encode it, and per file while a delta is
+planned. An interrupt (KeyboardInterrupt, or SIGTERM as agent/cli/interrupt.py raises it) stops
+the workers at their next piece and removes the partial output on the way out; partial outputs
+that dead processes left beside ``--out`` are removed by the next run (docs/OPERATOR.md).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import posixpath
 import re
 import shutil
-from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 from agent.format import bundle_dir
 from agent.format.manifest import (MAX_CHUNK_BYTES, MAX_ENTRIES, MAX_MANIFEST_BYTES, Base, Component, Manifest,
                                    MalformedManifest, check_component, signature_comment)
 from agent.format.paths import PathError
 from agent.format.tree import FILE, SETUID_SETGID, Chunk, Entry, Prefix, tree_digest
+from agent.progress import Progress
 from agent.scan import as_content, scan_tree
 from bundler import encoders
 from bundler.encoders import Source
 from bundler.release import Release, ReleaseComponent
 from keys.detached import signature_path
-from keys.errors import AlreadyExists, Refused
+from keys.errors import AlreadyExists, Failed, Refused
 from keys.files import fsync_directory, write_atomic
 from keys.secret_key import SecretKey
 from keys.signing import sign
 from keys.strict_json import JSONShapeError
 from bundler.volumes import VolumeWriter
+from bundler.partial import partial_path, remove_stale_partials
+from bundler.workers import Counter, Workers
 
 DEFAULT_CHUNK_BYTES = 16 << 20
 # Prefix + chunk stay within 64 MiB: single-threaded level 19 loses long matches beyond that.
@@ -133,11 +139,28 @@ def _chunk_jobs(size: int, source: Source, reference: Entry | None, reference_so
     return jobs
 
 
-def _encode(job: _ChunkJob, level: int) -> tuple[str, bytes]:
+def _encode(job: _ChunkJob, level: int, tick: encoders.Tick | None = None) -> tuple[str, bytes]:
     """Smallest of: patch against the base region, plain zstd, raw bytes (encoders.smallest)."""
     data = job.source.read(job.offset, job.size)
     region = job.reference.read(job.prefix.offset, job.prefix.length) if job.prefix is not None else None
-    return encoders.smallest(data, level, region)
+    return encoders.smallest(data, level, region, tick)
+
+
+def _store(writer: VolumeWriter, job: _ChunkJob, encoding: str, stored: bytes, level: int) -> tuple[str, str]:
+    """``(encoding, object id)`` of the chunk once ``writer`` holds it. Bytes already stored under
+    another encoding (a file that is the zstd frame stored for another file, stored raw) cannot
+    be listed twice, so the chunk is stored its next-best way instead: objects stay one per id."""
+    object_id = writer.add(stored, encoding)
+    if object_id is not None:
+        return encoding, object_id
+    data = job.source.read(job.offset, job.size)
+    region = job.reference.read(job.prefix.offset, job.prefix.length) if job.prefix is not None else None
+    for other, stored in encoders.ranked(data, level, region, avoid=(encoding,)):
+        object_id = writer.add(stored, other)
+        if object_id is not None:
+            return other, object_id
+    raise Failed("every encoding of a chunk collides with bytes stored under another encoding",
+                 where=job.source.path, hint="report this release to the bundler's maintainers")
 
 
 # --- the bundle -------------------------------------------------------------------------------
@@ -153,7 +176,10 @@ class _Plan:
     removed: tuple[str, ...] = ()
 
 
-def _plan_component(component: ReleaseComponent, base: ReleaseComponent | None, options: MakeOptions) -> _Plan:
+def _plan_component(component: ReleaseComponent, base: ReleaseComponent | None, options: MakeOptions,
+                    progress: Progress | None = None) -> _Plan:
+    if progress is not None:  # hashing the trees: no total known, the bar shows the time it takes
+        progress(f"scanning {component.name}", 0, 0)
     entries = _component_entries(component)
     if base is None:
         plan_entries, jobs = [], {}
@@ -174,6 +200,8 @@ def _plan_component(component: ReleaseComponent, base: ReleaseComponent | None, 
             by_name.setdefault(posixpath.basename(entry.path), []).append(entry)
             by_blind_path.setdefault(_digits_blind(entry.path), []).append(entry)
     plan_entries, jobs = [], {}
+    carried = [e for e in entries if e.type == FILE and e.size and e.sha256 not in by_content]
+    total, done = sum(e.size for e in carried), 0  # planning reads them: gzip recipes (encoders.py)
     for entry in entries:
         if entry.type == FILE and entry.size:
             same = base_files.get(entry.path)
@@ -184,6 +212,9 @@ def _plan_component(component: ReleaseComponent, base: ReleaseComponent | None, 
             else:
                 entry, jobs[entry.path] = _delta_jobs(entry, component, base, base_files, by_name, by_blind_path,
                                                       options.chunk_size)
+                done += entry.size
+                if progress is not None:
+                    progress(f"planning {component.name}", done, total)
         plan_entries.append(entry)
     new_paths = {e.path for e in entries}
     removed = tuple(e.path for e in base_entries if e.path not in new_paths)  # already in listing order
@@ -240,11 +271,12 @@ def _select_components(release: Release, base: Release | None, options: MakeOpti
 
 
 def make_bundle(release: Release, base: Release | None, keys: list[SecretKey], out: Path,
-                options: MakeOptions = MakeOptions(), progress: Callable[[str, int, int], None] | None = None
-                ) -> Manifest:
+                options: MakeOptions = MakeOptions(), progress: Progress | None = None) -> Manifest:
     """Write a signed bundle directory at ``out`` (which must not exist). Returns its manifest.
+    ``progress(step, done, total)`` hears how far planning and encoding are, from any thread.
 
-    Raises MakeRefused, UnsupportedFile, Failed; on any error nothing is left at ``out``.
+    Raises MakeRefused, UnsupportedFile, Failed, OSError; on any error or interrupt nothing is left
+    at ``out`` and no partial output beside it.
     """
     out = Path(out)
     if out.exists():
@@ -253,14 +285,17 @@ def make_bundle(release: Release, base: Release | None, keys: list[SecretKey], o
     for name in options.targets:
         if name not in release.components:
             raise MakeRefused(f"--target names component {name!r}, which the release does not have")
-    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    remove_stale_partials(out.parent)
+    staging = partial_path(out)
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        plans = [_plan_component(c, b, options) for c, b in _select_components(release, base, options)]
+        _create(staging)  # first: a parent that cannot take the bundle fails before hours of encoding
+        plans = [_plan_component(c, b, options, progress) for c, b in _select_components(release, base, options)]
         _check_counts(plans, release)
         writer = VolumeWriter(staging / bundle_dir.PAYLOAD, options.volume_size)
         used: set[str] = set()
-        components = [_encode_component(plan, writer, options, used, progress) for plan in plans]
+        with Workers(options.threads) as workers:
+            components = [_encode_component(plan, writer, options, used, workers, progress) for plan in plans]
         writer.close()
         manifest = Manifest(product=release.product, hardware=release.hardware, components=tuple(components),
                             objects=tuple(writer.objects), volumes=tuple(writer.volumes))
@@ -280,9 +315,20 @@ def make_bundle(release: Release, base: Release | None, keys: list[SecretKey], o
         os.rename(staging, out)
         fsync_directory(out.parent)
         return manifest
-    except BaseException:
+    except BaseException:  # an interrupt too: nothing stays behind
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _create(staging: Path) -> None:
+    """Raises OSError naming the folder that refused (``--out``'s parent), not our partial name."""
+    try:
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+    except OSError as error:
+        if error.filename is None or Path(error.filename) != staging:
+            raise
+        raise OSError(error.errno, error.strerror, str(staging.parent)) from None
 
 
 # T-EXHAUST: devices refuse a manifest beyond these limits (docs/FORMAT.md, "Limits"), which keep
@@ -307,27 +353,23 @@ def _check_size(manifest: Manifest, release: Release) -> None:
                           "(MAX_MANIFEST_BYTES, docs/FORMAT.md \"Limits\")", where=release.source, hint=_SPLIT)
 
 
-def _encode_component(plan: _Plan, writer: VolumeWriter, options: MakeOptions, used: set[str],
-                      progress: Callable[[str, int, int], None] | None) -> Component:
+def _encode_component(plan: _Plan, writer: VolumeWriter, options: MakeOptions, used: set[str], workers: Workers,
+                      progress: Progress | None) -> Component:
     """The component with its chunks stored by ``writer``; adds the codecs it used to ``used``."""
     all_jobs = [job for jobs in plan.jobs.values() for job in jobs]
-    total = sum(job.size for job in all_jobs)
-    done = 0
-    results: Iterator[tuple[str, bytes]] = _ordered_map(lambda job: _encode(job, options.level), all_jobs,
-                                                         options.threads)
+    tick = Counter(progress, f"encoding {plan.component.name}", sum(job.size for job in all_jobs), workers)
+    results: Iterator[tuple[str, bytes]] = workers.ordered_map(lambda job: _encode(job, options.level, tick),
+                                                               all_jobs)
     entries = []
     for entry in plan.entries:
         jobs = plan.jobs.get(entry.path)
         if jobs:
             chunks = []
             for job in jobs:
-                encoding, stored = next(results)
+                encoding, object_id = _store(writer, job, *next(results), options.level)
                 used.add(encoding)
-                chunks.append(Chunk(object=writer.add(stored, encoding), size=job.size,
+                chunks.append(Chunk(object=object_id, size=job.size,
                                     prefix=job.prefix if encoders.ENCODERS[encoding].patch else None))
-                done += job.size
-                if progress:
-                    progress(plan.component.name, done, total)
             entry = replace(entry, chunks=tuple(chunks))
         if entry.gzip is not None:  # a gzip file of empty content has a recipe but no chunks
             used.add(encoders.GZIP_RECIPE.name)
@@ -346,22 +388,6 @@ def _encode_component(plan: _Plan, writer: VolumeWriter, options: MakeOptions, u
         raise MakeRefused(f"component {component.name}: {error}", where=component.path,
                           hint="fix the release tree") from None
     return result
-
-
-def _ordered_map(function, items: list, threads: int) -> Iterator:
-    """Like ``executor.map`` but with at most ``2 * threads`` results in memory at once."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
-        pending: deque = deque()
-        items_iter = iter(items)
-        for item in items_iter:
-            pending.append(pool.submit(function, item))
-            if len(pending) >= 2 * threads:
-                break
-        while pending:
-            yield pending.popleft().result()
-            for item in items_iter:
-                pending.append(pool.submit(function, item))
-                break
 
 
 assert DEFAULT_CHUNK_BYTES <= MAX_CHUNK_BYTES

@@ -11,10 +11,16 @@
     version = "2.0"
     sequence = 3
     policy = "content"         # optional: platform is "system", games are "content"
+
+The file is strict (docs/release.schema.json): an unknown key is refused with the nearest known
+name, since a misspelt optional key would otherwise be silently left out of the release.
 """
 
 from __future__ import annotations
 
+import difflib
+import errno
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +33,20 @@ from keys.files import read_capped
 
 class BadRelease(Refused):
     """The release description is invalid."""
+
+
+TOP_LEVEL = ("product", "hardware", "components")
+COMPONENT_KEYS = ("path", "version", "sequence", "policy")
+
+
+def _unknown(keys, known, where: str) -> str | None:
+    """``unknown key X in WHERE (did you mean Y?)`` for the first key not in ``known``."""
+    for key in keys:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
+            return f"unknown key {key!r} {where}" + (f" (did you mean {near[0]!r}?)" if near else "") + \
+                f"; the keys are {', '.join(known)}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -57,6 +77,9 @@ def load_release(path: Path) -> Release:
     def fail(message: str) -> BadRelease:
         return BadRelease(message, where=path, hint="see docs/FORMAT.md, 'Release description'")
 
+    if unknown := _unknown(document, TOP_LEVEL, "at the top level"):
+        raise fail(unknown)
+
     product = document.get("product")
     if not isinstance(product, str) or not LABEL.fullmatch(product):
         raise fail("'product' must be a name of letters, digits and ._+~@-")
@@ -79,6 +102,8 @@ def load_release(path: Path) -> Release:
             raise fail(f"component {name!r}: names are 'platform' or 'game/<id>' (lower-case id)")
         if not isinstance(table, dict):
             raise fail(f"component {name!r} must be a table")
+        if unknown := _unknown(table, COMPONENT_KEYS, f"in component {name!r}"):
+            raise fail(unknown)
         tree = table.get("path")
         version = table.get("version")
         sequence = table.get("sequence")
@@ -93,7 +118,10 @@ def load_release(path: Path) -> Release:
         if policy != default_policy:
             raise fail(f"component {name!r}: policy must be {default_policy!r} (the platform may carry "
                        "setuid bits and ownership; games are content only)")
-        tree_path = (path.parent / tree).resolve()
+        try:
+            tree_path = (path.parent / tree).resolve()
+        except RuntimeError:  # pathlib's word for ELOOP: reported as the OSError it is (agent/cli/errors.py)
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path.parent / tree)) from None
         if not tree_path.is_dir():
             raise fail(f"component {name!r}: {tree_path} is not a directory")
         components[name] = ReleaseComponent(name=name, path=tree_path, version=version, sequence=sequence,

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 from agent.format import stick
 from agent.format.manifest import Manifest
 from agent.payload import CorruptPayload, Payload
-from bundler.progress import Progress, step_counter
+from agent.progress import Progress, step_counter
 from keys.errors import Failed
 from keys.files import fsync_directory, write_all
 

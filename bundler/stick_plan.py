@@ -14,7 +14,7 @@ from pathlib import Path
 from agent import medium
 from agent.format import bundle_dir, stick
 from agent.verify import VerifiedBundle
-from bundler.progress import Progress, relabeled
+from agent.progress import Progress, relabeled
 from bundler.stick_copy import ReadBackMismatch, StickFile, verify_copy
 from bundler.verify import check_bundle
 from keys.detached import load_root_chain, signature_paths

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from agent.format import bundle_dir, stick
-from bundler.progress import Progress, step_counter
+from agent.progress import Progress, step_counter
 from bundler.stick_copy import StickFile, make_dirs, put, read_back, remove_bundle_folder, verify_copy
 from bundler.stick_plan import BundlePlan, RootPlan, plan_write
 from bundler.stick_space import check_limits, check_space

@@ -14,29 +14,34 @@ from pathlib import Path
 
 from agent.apply import apply_component, verify_staged
 from agent.format.bundle_dir import manifest_path
-from agent.format.tree import tree_digest
+from agent.format.tree import FILE, tree_digest
 from agent.medium import read_bundle
 from agent.payload import Payload
 from agent.scan import as_content, scan_tree
 from agent.verify import VerifiedBundle, verify_bundle
-from bundler.progress import Progress, step_counter
+from agent.progress import Progress, step_counter
 from keys.errors import Refused
 from keys.rotation import VerifiedRoot
 
 
 def check_bundle(bundle: Path, root: VerifiedRoot, bases: dict[str, Path], *, apply: bool = False,
-                 work_dir: Path | None = None,
-                 progress: Progress | None = None) -> tuple[VerifiedBundle, dict[str, str]]:
+                 work_dir: Path | None = None, progress: Progress | None = None,
+                 manifest_sha256: str | None = None,
+                 strict_bases: bool = True) -> tuple[VerifiedBundle, dict[str, str]]:
     """Returns the verified bundle and, per component, what was checked. With ``apply`` (implied
     by ``bases``) every full component, and every delta whose base is given, is built and checked.
 
+    ``manifest_sha256``: what a stick's COMPLETE marker names (checked as a device checks it).
+    ``strict_bases`` False (a stick of several bundles): a ``--base`` that is not a bundle's base
+    is reported for that bundle instead of refusing it.
+
     Raises ThresholdNotMet, MalformedManifest, CorruptPayload, CorruptObject, StagingError, Refused.
     """
-    files = read_bundle(bundle)
+    files = read_bundle(bundle, manifest_sha256=manifest_sha256)
     verified = verify_bundle(files.manifest_bytes, files.signatures, root, where=manifest_path(bundle))
     manifest = verified.manifest
     for name in bases:
-        if manifest.component(name) is None:
+        if manifest.component(name) is None and strict_bases:
             raise Refused(f"--base names component {name!r}, which this bundle does not carry",
                           hint="components: " + ", ".join(c.name for c in manifest.components))
     outcome = {}
@@ -53,6 +58,11 @@ def check_bundle(bundle: Path, root: VerifiedRoot, bases: dict[str, Path], *, ap
                 entries = scan_tree(base)
                 if component.policy == "content":
                     entries = as_content(entries)
+                if tree_digest(entries) != component.base.tree_digest and not strict_bases:
+                    outcome[component.name] = (f"signatures, manifest and stored objects verified; not applied "
+                                               f"({base} is not the base of this delta: version "
+                                               f"{component.base.version}, sequence {component.base.sequence})")
+                    continue
                 if tree_digest(entries) != component.base.tree_digest:
                     raise Refused(f"{base} is not the base of {component.name}'s delta (version "
                                   f"{component.base.version}, sequence {component.base.sequence}): its tree differs",
@@ -60,7 +70,9 @@ def check_bundle(bundle: Path, root: VerifiedRoot, bases: dict[str, Path], *, ap
             scratch = Path(tempfile.mkdtemp(prefix="bundle-verify-", dir=work_dir))
             try:
                 target = scratch / "tree"
-                apply_component(component, payload, target, base=base, set_owner=as_root)
+                written = sum(e.size for e in component.entries if e.type == FILE)
+                apply_component(component, payload, target, base=base, set_owner=as_root,
+                                progress=step_counter(progress, f"applying {component.name}", written))
                 verify_staged(component, target, check_owner=as_root)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)

@@ -2,12 +2,19 @@
 
 Objects are appended in manifest order; the stream is cut into volumes of at most
 ``volume_size`` bytes (an object may span two volumes), each fsync'd and named by its SHA-256.
+
+An object is named by the SHA-256 of its stored bytes and listed once, with one encoding. The
+same bytes can be the best encoding of two chunks under two encodings - a file that is itself
+the zstd frame stored for another file is best stored raw - so ``add`` refuses to store known
+bytes under another encoding, and the caller encodes that chunk another way
+(bundler/make.py, ``_store``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from agent.format.manifest import MAX_VOLUME_BYTES, StoredObject, Volume
@@ -16,7 +23,8 @@ from keys.files import write_all
 
 class VolumeWriter:
     def __init__(self, directory: Path, volume_size: int):
-        assert 0 < volume_size <= MAX_VOLUME_BYTES
+        if not 0 < volume_size <= MAX_VOLUME_BYTES:
+            raise ValueError(f"volume size {volume_size} is outside 1..{MAX_VOLUME_BYTES}")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.volume_size = volume_size
@@ -28,16 +36,20 @@ class VolumeWriter:
         self._filled = 0
         self._hash = hashlib.sha256()
 
-    def add(self, data: bytes, encoding: str) -> str:
-        """Store ``data`` once (content-addressed) and return its object id."""
+    def add(self, data: bytes, encoding: str) -> str | None:
+        """Store ``data`` once (content-addressed) and return its object id; None, storing
+        nothing, when the same bytes are already stored under another encoding."""
         object_id = hashlib.sha256(data).hexdigest()
         if object_id in self._ids:
-            assert self._ids[object_id] == encoding, "identical bytes stored under two encodings"
-            return object_id
+            return object_id if self._ids[object_id] == encoding else None
         self._ids[object_id] = encoding
         self.objects.append(StoredObject(id=object_id, offset=self._offset, size=len(data), encoding=encoding))
         self._offset += len(data)
-        view = memoryview(data)
+        with self._named_errors():
+            self._append(memoryview(data))
+        return object_id
+
+    def _append(self, view: memoryview) -> None:
         while view:
             if self._fd is None:
                 self._fd = os.open(self.directory / ".current", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -49,7 +61,16 @@ class VolumeWriter:
             view = view[len(piece):]
             if self._filled == self.volume_size:
                 self._finish_volume()
-        return object_id
+
+    @contextmanager
+    def _named_errors(self):
+        """A write to a descriptor fails without a file name (a full disk): give it the file's."""
+        try:
+            yield
+        except OSError as error:
+            if error.filename is not None:
+                raise
+            raise OSError(error.errno, error.strerror, str(self.directory / ".current")) from error
 
     def _finish_volume(self) -> None:
         os.fsync(self._fd)
@@ -62,4 +83,5 @@ class VolumeWriter:
 
     def close(self) -> None:
         if self._fd is not None:
-            self._finish_volume()
+            with self._named_errors():
+                self._finish_volume()

@@ -9,17 +9,13 @@ The reflink measurements are printed; ``pytest -rP -k reflink`` shows them.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
 import random
 import shutil
 import struct
-import subprocess
 import threading
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,99 +25,9 @@ from agent.install import StagingFailed
 from agent.boot.base import BootError
 from agent.device import Device
 from keys.errors import UpdateError
-from tests.sim.device import Cabinet, World
+from tests.sim.device import STAGED, Cabinet, World
+from tests.sim.disks import MiB, fill, loop_mounted
 from tests.sim.releases import put, write_release
-from tests.sim.tools import debian_tools
-
-MiB = 1 << 20
-
-# --- loop-mounted filesystems ----------------------------------------------------------------
-
-_MKFS = {  # kind -> (Debian package, mkfs command)
-    "ext4": ("e2fsprogs", ["mkfs.ext4", "-q", "-m", "0"]),  # no root reserve: free space is what df says
-    "btrfs": ("btrfs-progs", ["mkfs.btrfs", "-q"]),
-    "xfs": ("xfsprogs", ["mkfs.xfs", "-q", "-m", "reflink=1"]),
-}
-
-
-@dataclass(frozen=True)
-class Mounted:
-    path: Path
-    device: str  # /dev/loopN
-
-    def used(self) -> int:
-        """Bytes in use on the filesystem, after writing back everything pending."""
-        os.sync()
-        return self.used_now()
-
-    def used_now(self) -> int:
-        stat = os.statvfs(self.path)
-        return (stat.f_blocks - stat.f_bfree) * stat.f_frsize
-
-    def free(self) -> int:
-        return shutil.disk_usage(self.path).free
-
-    def written(self) -> int:
-        """Bytes the filesystem has written to its block device so far (/sys/block/loopN/stat)."""
-        fields = Path(f"/sys/block/{Path(self.device).name}/stat").read_text().split()
-        return int(fields[6]) * 512
-
-
-def _run(*command) -> subprocess.CompletedProcess:
-    return subprocess.run([str(c) for c in command], capture_output=True, text=True)
-
-
-@contextmanager
-def loop_mounted(kind: str, size: int, directory: Path, *mkfs_options: str):
-    """A fresh ``kind`` filesystem of ``size`` bytes mounted at ``directory/device``."""
-    if os.geteuid() != 0:
-        pytest.skip("loop-mounting a filesystem image needs root")
-    package, mkfs = _MKFS[kind]
-    debian_tools(package, mkfs[0])
-    debian_tools("mount", "losetup", "mount", "umount")
-    image = directory / f"{kind}.img"
-    with open(image, "wb") as handle:
-        handle.truncate(size)
-    made = _run(*mkfs, *mkfs_options, image)
-    assert made.returncode == 0, made.stderr
-    attached = _run("losetup", "--find", "--show", image)
-    if attached.returncode != 0:
-        image.unlink()
-        pytest.skip(f"no loop device available: {attached.stderr.strip()}")
-    device = attached.stdout.strip()
-    mountpoint = directory / "device"
-    mountpoint.mkdir()
-    try:
-        mounted = _run("mount", "-t", kind, device, mountpoint)
-        if mounted.returncode != 0 and kind not in Path("/proc/filesystems").read_text().split():
-            pytest.skip(f"this kernel cannot mount {kind}: {mounted.stderr.strip()}")
-        assert mounted.returncode == 0, mounted.stderr
-        try:
-            yield Mounted(mountpoint, device)
-        finally:
-            _run("umount", "-l", mountpoint)
-    finally:
-        _run("losetup", "-d", device)
-        image.unlink()
-
-
-def fill(mounted: Mounted, leave: int) -> Path:
-    """A ballast file (old logs, say) that leaves about ``leave`` bytes free; 0 means none at all."""
-    ballast = mounted.path / "ballast"
-    with open(ballast, "wb", buffering=0) as handle:
-        size = 0
-        while (extra := mounted.free() - leave) > 64 * 1024:  # allocating costs metadata: close in
-            os.posix_fallocate(handle.fileno(), size, extra - 32 * 1024)
-            size += extra - 32 * 1024
-        if leave == 0:  # the last blocks: write until the filesystem says no
-            try:
-                while True:
-                    handle.write(b"\0" * 1024)
-            except OSError as error:
-                assert error.errno == errno.ENOSPC, error
-    os.sync()
-    assert abs(mounted.free() - leave) <= 64 * 1024, (mounted.free(), leave)
-    return ballast
 
 
 _TEMPORARY = (".staging", ".tmp-", ".partial-", ".bundle-new-")  # the agent's and keys/files.py's names
@@ -205,7 +111,7 @@ def test_an_update_that_cannot_fit_is_refused_before_anything_is_written(provisi
     # The technician frees space; the same update now installs.
     ballast.unlink()
     result = cabinet.agent("install", too_big)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == STAGED, result.stdout + result.stderr
     assert cabinet.status()["pending"]["environment"] == "env-2"
     assert leftovers(cabinet) == []
 
@@ -253,7 +159,7 @@ def test_disk_full_during_the_install_leaves_the_running_system_alone(provisione
     monkeypatch.undo()
     ballast.unlink()
     result = cabinet.agent("install", too_big)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == STAGED, result.stdout + result.stderr
     # A staging that began used its name (env-2); names are never made twice (agent/boot/dirs.py).
     staged_before = runs_out_in in ("clone", "staging")
     assert cabinet.status()["pending"]["environment"] == ("env-3" if staged_before else "env-2")
@@ -369,7 +275,7 @@ def test_reflink_clone_writes_only_what_changed(world, tmp_path, big_releases, k
         finally:
             done.set()
             sampler.join()
-        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.returncode == STAGED, result.stdout + result.stderr
         grown, wrote, peak = disk.used() - used, disk.written() - written, max(samples) - used
         new = disk.path / "envs/env-2"
         shared = {name: shared_bytes(new / name) for name in

@@ -12,7 +12,7 @@ import pytest
 
 from agent.state import FORMAT as STATE_FORMAT, StateStore
 from agent.state_dir import RESULT_FILE, StateDir
-from tests.sim.device import Cabinet
+from tests.sim.device import STAGED, Cabinet
 from tests.sim.tools import BIN
 
 
@@ -42,7 +42,7 @@ CONF
 A="bundle-agent --config $D/agent.toml"
 $A provision $B/full-1
 $A boot                                   # prints the environment to run
-$A on-insert $S                           # stages the delta, trial pending
+$A on-insert $S || [ $? -eq 4 ]          # stages the delta, trial pending: exit 4
 $A status --json > $D/pending.json        # shows the pending trial
 $A boot && $A boot-check                  # trial boot, healthy: committed
 $A status --json > $D/committed.json      # platform and games at R2's versions and sequences
@@ -96,7 +96,7 @@ def test_wrong_product_and_hardware(world, tmp_path):
 def test_same_release_again_is_a_no_op(cabinet, world):
     before = cabinet.snapshot()
     result = cabinet.agent("install", world.bundles / "full-1")
-    assert result.returncode == 0 and "nothing newer for this machine" in result.stdout
+    assert result.returncode == 0 and "this machine is up to date" in result.stdout
     assert cabinet.snapshot() == before
 
 
@@ -117,7 +117,7 @@ def test_delta_for_another_base_is_not_applied(world, tmp_path):
     cabinet.agent("boot", check=True)
     before = cabinet.snapshot()
     result = cabinet.agent("install", world.bundles / "d12")
-    assert result.returncode == 0 and "nothing newer" in result.stdout
+    assert result.returncode == 0 and "this machine is up to date" in result.stdout
     assert cabinet.snapshot() == before
 
 
@@ -180,7 +180,7 @@ def test_root_rotation_carried_on_the_stick(cabinet, world, tmp_path):
     # A bundle signed by rel2 and rel3 is accepted under root 2 - even from a stick without roots.
     good = world.make("d12-rel3", "r2", "r1", ("rel2", "rel3"))
     result = cabinet.agent("install", good)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == STAGED, result.stdout + result.stderr
     assert cabinet.status()["pending"]["phase"] == "trial"
 
 
@@ -300,8 +300,10 @@ def test_chains_reach_the_newest_release(cabinet, world3, tmp_path, bundles, ste
 def test_a_broken_chain_installs_nothing(cabinet, world3, tmp_path):
     before = cabinet.snapshot()
     result = cabinet.agent("install", world3.bundles / "d23")
-    assert result.returncode == 0 and "nothing newer" in result.stdout
+    assert result.returncode == 0 and "none applies to what this machine has" in result.stdout
     assert "is a delta from sequence 7" in result.stdout
+    assert json.loads(cabinet.agent("install", "--json", world3.bundles / "d23").stdout)["outcome"] == \
+        "no-applicable-update"
     assert cabinet.snapshot() == before
 
 
@@ -453,7 +455,7 @@ def test_on_insert_never_reads_stdin_and_logs_one_line_per_event(cabinet, world,
     with open(answers) as stdin:
         result = _on_insert(cabinet, stick, stdin)
         assert os.lseek(stdin.fileno(), 0, os.SEEK_CUR) == 0, "on-insert read its standard input"
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == STAGED, result.stdout + result.stderr
     lines = result.stderr.splitlines()
     assert all(line.startswith("on-insert: ") for line in lines), lines
     assert lines[0] == f"on-insert: examining {stick}"

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.audit import MAX_LOG_BYTES, MAX_RECORD_BYTES, AuditLog, format_record
+from agent.audit import MAX_LOG_BYTES, MAX_RECORD_BYTES, AuditLog, format_record, part_size
+from agent.config import DEFAULT_KEEP_BYTES, MIN_KEEP_BYTES
 from keys.printable import printable, printable_data
 
 
@@ -73,9 +74,12 @@ def test_a_torn_last_line_is_kept_apart_from_the_next(tmp_path):
 
 
 def test_the_default_bounds():
-    """4 MiB per file, two files: a forged stick costs at most one record of 16 KiB per insertion."""
+    """4 MiB per file, 16 MiB in all on a device ([log] keep_bytes): a forged stick costs at most
+    one record of 16 KiB per insertion."""
     assert MAX_LOG_BYTES == 4 << 20 and MAX_RECORD_BYTES == 16 << 10
     assert MAX_LOG_BYTES // MAX_RECORD_BYTES >= 256
+    assert DEFAULT_KEEP_BYTES == 16 << 20 and part_size(DEFAULT_KEEP_BYTES) == MAX_LOG_BYTES
+    assert part_size(MIN_KEEP_BYTES) >= 2 * MAX_RECORD_BYTES  # the smallest part holds whole records
 
 
 def test_a_log_that_cannot_be_written_is_reported_not_raised(tmp_path, capsys):

@@ -16,7 +16,7 @@ from agent.boot import BootError, open_backend
 from agent.boot.bectl import BectlBackend
 from agent.format.tree import tree_digest
 from agent.scan import scan_tree
-from tests.sim.device import BECTL_STANDIN as STANDIN, BEROOT, Cabinet, World
+from tests.sim.device import BECTL_STANDIN as STANDIN, BEROOT, STAGED, Cabinet, World
 from tests.sim.tools import BIN
 
 
@@ -309,7 +309,7 @@ def test_install_trial_boot_and_commit(world, tmp_path, layout):
     assert status["committed_environment"] == "env-1" and cabinet.flags() == {"env-1": "NR"}
 
     result = cabinet.agent("install", world.bundles / "d12")
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == STAGED, result.stdout + result.stderr
     status = cabinet.status()
     assert status["pending"]["phase"] == "trial" and status["pending"]["environment"] == "env-2"
     assert {e["name"]: (e["flags"], e["path"]) for e in status["environments"]} == {

@@ -72,6 +72,35 @@ def test_each_chunk_is_stored_as_the_smallest_ties_going_to_raw(data, region, ch
     assert encoders.smallest(data, 3, region)[0] == chosen
 
 
+_HEX = random.Random(6)
+WORDS = b" ".join(b"%x" % _HEX.getrandbits(12) for _ in range(300_000))  # ~1.2 MiB: five pieces
+
+
+@pytest.mark.parametrize("level", [1, 3, 19])
+def test_fed_piece_by_piece_the_frame_is_the_one_call_frame(level):
+    """bundle make feeds libzstd STREAM_PIECE bytes at a time, to report progress and stop on an
+    interrupt (bundler/encoders.py); the stored bytes must not change for that."""
+    told = []
+    assert len(WORDS) > 4 * encoders.STREAM_PIECE
+    assert encoders.compress(WORDS, level, None, told.append) == codec.compress(WORDS, level)
+    assert sum(told) == len(WORDS) and len(told) == -(-len(WORDS) // encoders.STREAM_PIECE)
+
+
+def test_a_patch_is_made_in_one_call():
+    """With a prefix, libzstd's long-distance matches depend on how the input is fed: a patch is
+    the one-call frame, reported when done."""
+    told, region = [], WORDS[:500_000] + b"changed" + WORDS[500_007:]
+    assert encoders.compress(WORDS, 3, region, told.append) == codec.compress(WORDS, 3, region)
+    assert told == [len(WORDS)]
+
+
+def test_ranking_hears_of_each_byte_once_and_can_avoid_an_encoding():
+    told = []
+    ranked = encoders.ranked(NOISE, 3, NEAR_NOISE, told.append)
+    assert [name for name, _ in ranked][0] == "zstd-patch" and sum(told) == len(NOISE)
+    assert "zstd-patch" not in [name for name, _ in encoders.ranked(NOISE, 3, NEAR_NOISE, avoid=("zstd-patch",))]
+
+
 def test_an_encoding_the_registry_lacks_does_not_decode():
     with pytest.raises(codec.CorruptObject, match="'xz', which this agent cannot decode"):
         codec.decode("xz", b"stored", 6)

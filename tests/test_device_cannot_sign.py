@@ -10,7 +10,8 @@ import json
 import subprocess
 import sys
 
-FORBIDDEN = ["keys.signing", "keys.secret_key", "bundler", "nacl.pwhash", "nacl.secret"]
+FORBIDDEN = ["keys.signing", "keys.secret_key", "keys.minisign_secret_key", "keys.legacy_secret_key", "bundler",
+             "nacl.pwhash", "nacl.secret"]
 
 PROBE = """
 import importlib, json, pkgutil, sys

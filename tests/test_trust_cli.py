@@ -27,9 +27,9 @@ bundle root verify $K/root.json                           # valid
 bundle root rotate --from $K/root.json --out $K/root-2.json --remove-root-key $K/root1.pub --add-root-key $K/root3.pub
 bundle root sign $K/root-2.json --key $K/root1.key
 bundle root sign $K/root-2.json --key $K/root2.key
-bundle root verify $K/root-2.json --trusted $K/root.json && exit 1   # new root keys' threshold not met
+bundle root verify $K/root-2.json --root $K/root.json && exit 1   # new root keys' threshold not met
 bundle root sign $K/root-2.json --key $K/root3.key
-bundle root verify $K/root-2.json --trusted $K/root.json             # valid rotation
+bundle root verify $K/root-2.json --root $K/root.json             # valid rotation
 echo hello > $K/f; bundle keys sign $K/f --key $K/rel1.key
 minisign -V -p $K/rel1.pub -m $K/f                                    # the real minisign accepts it
 echo "KEYDIR=$K"
@@ -89,7 +89,7 @@ def test_key_files_are_never_overwritten(cli, tmp_path):
 def test_encrypted_key_passphrase_sources_and_wrong_passphrase(cli, tmp_path):
     cost = ("--kdf-cost", "interactive")
     cli("bundle", "keys", "new", "k", "--dir", tmp_path, *cost, env={"BUNDLE_PASSPHRASE": "s3cret"}, check=True)
-    assert b"(argon2id)" in (tmp_path / "k.key").read_bytes()
+    assert b"minisign secret key" in (tmp_path / "k.key").read_bytes()
     (tmp_path / "f").write_text("payload\n")
     (tmp_path / "wrong").write_text("not it\n")
     result = cli("bundle", "keys", "sign", tmp_path / "f", "--key", tmp_path / "k.key",
@@ -141,7 +141,8 @@ def test_malformed_root_signature_file_is_named(cli, trust_dir):
 def test_verify_json_output(cli, trust_dir):
     result = cli("bundle", "root", "verify", trust_dir / "root.json", "--json", check=True)
     report = json.loads(result.stdout)
-    assert report["version"] == 1 and report["evidence"][0]["met"] is True
+    assert report["root_version"] == 1 and report["evidence"][0]["met"] is True
+    assert report["ok"] is True and report["version"] == 1  # the --json envelope (docs/json/)
     assert sorted(k["name"] for k in report["evidence"][0]["signed"]) == ["r1", "r2"]
 
 
@@ -154,7 +155,7 @@ def _rotate_and_sign(cli, d: Path, out: str, signers: list[str], *options) -> No
 def test_revoked_signer_cannot_come_back(cli, trust_dir):
     _rotate_and_sign(cli, trust_dir, "root-2.json", ["r1", "r2"], "--remove-signer", "rel1",
                      "--add-signer", trust_dir / "rel3.pub")
-    result = cli("bundle", "root", "verify", trust_dir / "root-2.json", "--trusted", trust_dir / "root.json",
+    result = cli("bundle", "root", "verify", trust_dir / "root-2.json", "--root", trust_dir / "root.json",
                  check=True)
     assert "revoked: rel1" in result.stdout
     again = cli("bundle", "root", "rotate", "--from", trust_dir / "root-2.json", "--out", trust_dir / "root-3.json",
@@ -162,7 +163,7 @@ def test_revoked_signer_cannot_come_back(cli, trust_dir):
     assert again.returncode == 3 and "was revoked by an earlier trust root" in again.stderr
     assert not (trust_dir / "root-3.json").exists()
     # The older root, which still lists rel1, cannot be replayed over the newer one.
-    replay = cli("bundle", "root", "verify", trust_dir / "root.json", "--trusted", trust_dir / "root-2.json")
+    replay = cli("bundle", "root", "verify", trust_dir / "root.json", "--root", trust_dir / "root-2.json")
     assert replay.returncode == 3 and "older than the trusted version 2" in replay.stderr
 
 
@@ -172,10 +173,10 @@ def test_skipped_version_and_chain(cli, trust_dir):
         "--remove-root-key", "r1", check=True)
     for name in ("r2", "r3"):
         cli("bundle", "root", "sign", trust_dir / "root-3.json", "--key", trust_dir / f"{name}.key", check=True)
-    skipped = cli("bundle", "root", "verify", trust_dir / "root-3.json", "--trusted", trust_dir / "root.json")
+    skipped = cli("bundle", "root", "verify", trust_dir / "root-3.json", "--root", trust_dir / "root.json")
     assert skipped.returncode == 3 and "versions 2..2 are missing" in skipped.stderr
-    cli("bundle", "root", "verify", trust_dir / "root-3.json", "--trusted", trust_dir / "root.json",
-        "--trusted", trust_dir / "root-2.json", check=True)
+    cli("bundle", "root", "verify", trust_dir / "root-3.json", "--root", trust_dir / "root.json",
+        "--root", trust_dir / "root-2.json", check=True)
 
 
 def test_rotation_output_exclusive_and_threshold_checked(cli, trust_dir):

@@ -62,6 +62,7 @@ class Environment:
 
 class BootBackend(ABC):
     name: str
+    settings: tuple[str, ...] = ()  # the [boot] keys it reads besides "backend" (agent/config.py: did you mean)
 
     @abstractmethod
     def __init__(self, settings: dict, system_root: Path):

@@ -47,6 +47,7 @@ class BectlBackend(BootBackend):
     """Every method raises BootError ("bectl backend: ...") with bectl's own words and a hint."""
 
     name = "bectl"
+    settings = _SETTINGS
 
     def __init__(self, settings: dict, system_root: Path = Path("/")):
         # system_root is not used: bectl reaches the pool through the running kernel (-r names

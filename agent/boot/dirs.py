@@ -37,6 +37,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 class DirsBackend(BootBackend):
     name = "dirs"
+    settings = ("root",)
     plays_boot_loader = True
 
     def __init__(self, settings: dict, system_root: Path = Path("/")):

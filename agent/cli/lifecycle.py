@@ -7,7 +7,7 @@ import os
 import click
 
 from agent.cli.context import DeviceContext, pass_device
-from agent.cli.output import print_json
+from agent.cli.output import json_option, print_json
 from agent.lifecycle import boot, boot_check, rollback, status
 from keys.printable import echo
 
@@ -21,21 +21,30 @@ def boot_command(context: DeviceContext) -> None:
 
 
 @click.command("boot-check")
+@json_option
 @pass_device
-def boot_check_command(context: DeviceContext) -> None:
+def boot_check_command(context: DeviceContext, as_json: bool) -> None:
     """After every boot: health-check a trial, then commit it or roll back."""
-    echo(boot_check(context.device))
+    _print_message(boot_check(context.device), as_json)
 
 
 @click.command("rollback")
+@json_option
 @pass_device
-def rollback_command(context: DeviceContext) -> None:
+def rollback_command(context: DeviceContext, as_json: bool) -> None:
     """Cancel a pending trial, or return to the previous environment."""
-    echo(rollback(context.device))
+    _print_message(rollback(context.device), as_json)
+
+
+def _print_message(message: str, as_json: bool) -> None:
+    if as_json:
+        print_json({"message": message})
+    else:
+        echo(message)
 
 
 @click.command("status")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @pass_device
 def status_command(context: DeviceContext, as_json: bool) -> None:
     """Components, environments (N booted now, R default, T next boot once), pending update, last result."""

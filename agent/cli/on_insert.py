@@ -22,7 +22,9 @@ import click
 
 from agent.cli.context import DeviceContext, pass_device
 from agent.cli.errors import error_lines, report_errors_with
-from agent.cli.output import print_report
+from agent.cli.install import exit_for
+from agent.cli.output import json_option, print_report
+from agent.cli.progress import ProgressDisplay
 from agent.install import install
 from keys.errors import UpdateError
 from keys.printable import echo, printable
@@ -51,16 +53,20 @@ def _stdin_from_null() -> None:
 
 @click.command("on-insert")
 @click.argument("mountpoint", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @pass_device
 def on_insert_command(context: DeviceContext, mountpoint: Path, as_json: bool) -> None:
     """Unattended install from the stick mounted at MOUNTPOINT (a udev/devd rule or an automount
-    unit starts it). Never prompts; logs one line per event on stderr for the journal."""
+    unit starts it). Never prompts; logs one line per event on stderr for the journal.
+
+    Exit 4: an update was staged, reboot to start its trial; 0: nothing to do."""
     _stdin_from_null()
     report_errors_with(log_error)
     log(f"examining {mountpoint}")
-    report = install(context.device, mountpoint)
+    with ProgressDisplay("", line=log) as progress:  # lines, never a bar: the journal reads them
+        report = install(context.device, mountpoint, progress)
     print_report(report, as_json)
     if report.refusals:
         log(f"refused {len(report.refusals)} bundle(s) on the stick (reasons in the audit log)")
     log(f"done: {report.message}")
+    exit_for(report)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import click
 
+from agent.cli.output import json_option, print_json
 from keys.detached import load_root_candidate, load_root_chain
-from keys.printable import echo, printable_data
+from keys.printable import echo
 from keys.rotation import VerifiedRoot, accept_chain
 
 _existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -34,12 +35,13 @@ def describe_root(verified: VerifiedRoot, name: str) -> list[str]:
 
 @click.command("verify")
 @click.argument("root_path", metavar="ROOT.json", type=_existing_file)
-@click.option("--trusted", "trusted_paths", multiple=True, type=_existing_file,
-              help="An older root already trusted; repeat for each intermediate version. The oldest is "
-                   "the anchor; ROOT.json must follow from it one version at a time.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable result on stdout.")
+@click.option("--root", "--trusted", "trusted_paths", multiple=True, type=_existing_file,
+              help="An older trust root already trusted; repeat for each version between it and ROOT.json, "
+                   "in any order (as everywhere, a chain of trust roots is one --root per version). The "
+                   "oldest is the anchor; ROOT.json must follow from it one version at a time.")
+@json_option
 def verify_root(root_path: Path, trusted_paths: tuple[Path, ...], as_json: bool) -> None:
-    """Check a trust root: its own root-key threshold, or a rotation from --trusted roots.
+    """Check the trust root ROOT.json: its own root-key threshold, or a rotation from --root roots.
 
     Exit 0 if ROOT.json is trusted, 3 if refused (the message names what is missing).
     """
@@ -47,11 +49,8 @@ def verify_root(root_path: Path, trusted_paths: tuple[Path, ...], as_json: bool)
     verified = accept_chain([*load_root_chain(trusted_paths), load_root_candidate(root_path)])
     if as_json:
         # As the agent's --json: no lone surrogate for strict parsers, no control character.
-        echo(json.dumps(printable_data({
-            "path": str(root_path), "trusted": True, "version": verified.version,
-            "evidence": [r.to_json() for r in verified.evidence],
-            "root": json.loads(verified.raw),
-        }), indent=2))
+        print_json({"path": str(root_path), "trusted": True, "root_version": verified.version,
+                    "evidence": [r.to_json() for r in verified.evidence], "root": json.loads(verified.raw)})
     else:
         echo("\n".join(describe_root(verified, str(root_path))))
 

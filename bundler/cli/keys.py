@@ -1,5 +1,5 @@
-"""``bundle keys new | sign | verify``: Ed25519 key pairs and detached signatures in minisign's
-formats (docs/OPERATOR.md, "Keys"). Thin: it reads files and passphrases, calls keys/, prints."""
+"""``bundle keys new | passphrase | sign | verify``: minisign key pairs and detached signatures
+(docs/OPERATOR.md, "Keys"). Thin: it reads files and passphrases, calls keys/, prints."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from pathlib import Path
 
 import click
 
+from agent.cli.output import json_option, print_json
 from bundler.cli.options import EXISTING_FILE
-from bundler.cli.passphrase import load_secret_key, obtain_passphrase, passphrase_file_option
+from bundler.cli.passphrase import load_secret_key, obtain_passphrase, passphrase_file_option, read_secret_key_file
 from keys.errors import Failed
 from keys.files import create_exclusive, write_atomic
 from keys.printable import echo
-from keys.secret_key import KDF_COSTS, SecretKey
+from keys.secret_key import DEFAULT_COST, KDF_COSTS, SecretKey
 from keys.signing import sign_digest
 from keys.verify_files import load_public_key, prehash_file, verify_detached
 
@@ -22,7 +23,11 @@ _KEY_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
 
 @click.group("keys")
 def keys_group() -> None:
-    """Ed25519 key pairs and detached signatures in minisign's formats."""
+    """minisign key pairs and detached signatures.
+
+    Keys are minisign's own files: `minisign -S -s NAME.key` signs with a key made here, and a
+    key made by `minisign -G` (encrypted or -W) signs bundles and trust roots.
+    """
 
 
 @keys_group.command("new")
@@ -31,10 +36,11 @@ def keys_group() -> None:
               show_default=True, help="Where NAME.key and NAME.pub are created.")
 @click.option("--no-passphrase", is_flag=True, help="Store the secret key unencrypted (test keys only).")
 @passphrase_file_option
-@click.option("--kdf-cost", type=click.Choice(list(KDF_COSTS)), default="moderate", show_default=True,
-              help="Argon2id cost for the passphrase (moderate: about 1 s and 256 MiB).")
+@click.option("--kdf-cost", type=click.Choice(list(KDF_COSTS)), default=DEFAULT_COST, show_default=True,
+              help="scrypt cost of the passphrase: sensitive is minisign's own (1 GiB, a few seconds); "
+                   "interactive (16 MiB) is for test keys.")
 def keys_new(name: str, directory: Path, no_passphrase: bool, passphrase_file: Path | None, kdf_cost: str) -> None:
-    """Create the key pair DIR/NAME.key (secret, mode 0600) and DIR/NAME.pub (minisign format)."""
+    """Create the minisign key pair DIR/NAME.key (secret, mode 0600) and DIR/NAME.pub."""
     if not _KEY_FILE_NAME.fullmatch(name):
         raise click.UsageError(f"key name {name!r}: use 1-64 letters, digits or ._@+-, starting with a "
                                "letter or digit (it becomes the key's label in trust roots)")
@@ -55,13 +61,14 @@ def keys_new(name: str, directory: Path, no_passphrase: bool, passphrase_file: P
     except BaseException:
         secret_path.unlink(missing_ok=True)  # never leave half a key pair behind
         raise
-    protection = "unencrypted" if passphrase is None else f"encrypted, argon2id {kdf_cost}"
+    protection = "unencrypted" if passphrase is None else f"encrypted, scrypt {kdf_cost}"
     click.echo(f"created {secret_path} ({protection}) and {public_path}, key id {secret.id}")
 
 
 @keys_group.command("sign")
 @click.argument("file", type=EXISTING_FILE)
-@click.option("--key", "key_path", type=EXISTING_FILE, required=True, help="Secret key (.key).")
+@click.option("--key", "key_path", type=EXISTING_FILE, required=True,
+              help="Secret key (.key), made by `bundle keys new` or `minisign -G`.")
 @passphrase_file_option
 @click.option("--trusted-comment", help="Signed comment [default: file:NAME].")
 def keys_sign(file: Path, key_path: Path, passphrase_file: Path | None, trusted_comment: str | None) -> None:
@@ -81,10 +88,40 @@ def keys_sign(file: Path, key_path: Path, passphrase_file: Path | None, trusted_
 @click.option("--pub", "pub_path", type=EXISTING_FILE, required=True, help="The signer's public key (.pub).")
 @click.option("--signature", "signature_path", type=EXISTING_FILE,
               help="The signature file [default: FILE.minisig].")
-def keys_verify(file: Path, pub_path: Path, signature_path: Path | None) -> None:
+@json_option
+def keys_verify(file: Path, pub_path: Path, signature_path: Path | None, as_json: bool) -> None:
     """Check a detached minisign signature of FILE. Exit 0 if good, 3 if not."""
     public_key = load_public_key(pub_path)
     signature = verify_detached(file, public_key, signature_path or file.with_name(file.name + ".minisig"))
+    if as_json:
+        print_json({"file": str(file), "valid": True, "key_id": public_key.id,
+                    "trusted_comment": signature.trusted_comment})
+        return
     # Printable: a path need not be UTF-8, and the trusted comment is the signer's text - it may hold anything.
     echo(f"{file}: good signature by key {public_key.id}")
     echo(f"trusted comment: {signature.trusted_comment}")
+
+
+@keys_group.command("passphrase")
+@click.argument("key_path", metavar="KEY", type=EXISTING_FILE)
+@click.option("--passphrase-file", type=EXISTING_FILE,
+              help="The current passphrase (first line), else $BUNDLE_PASSPHRASE, else a prompt.")
+@click.option("--new-passphrase-file", type=EXISTING_FILE,
+              help="The new passphrase (first line) [default: ask twice on the terminal].")
+@click.option("--no-passphrase", is_flag=True, help="Store the key unencrypted from now on (test keys only).")
+@click.option("--kdf-cost", type=click.Choice(list(KDF_COSTS)), default=DEFAULT_COST, show_default=True,
+              help="scrypt cost of the new passphrase.")
+def keys_passphrase(key_path: Path, passphrase_file: Path | None, new_passphrase_file: Path | None,
+                    no_passphrase: bool, kdf_cost: str) -> None:
+    """Change, add or remove KEY's passphrase. The key and its id stay the same; the file is
+    replaced atomically, in minisign's format (an older bundle key file is converted)."""
+    if no_passphrase and new_passphrase_file:
+        raise click.UsageError("--no-passphrase and --new-passphrase-file contradict each other")
+    before = read_secret_key_file(key_path)
+    secret = load_secret_key(key_path, passphrase_file)
+    passphrase = None if no_passphrase else obtain_passphrase(
+        new_passphrase_file, purpose=f"the new passphrase of {key_path}", confirm=True, use_environment=False)
+    write_atomic(key_path, secret.to_bytes(passphrase, cost=kdf_cost), mode=0o600)
+    protection = "unencrypted" if passphrase is None else f"encrypted, scrypt {kdf_cost}"
+    converted = " (converted from the older bundle key format)" if before.format != "minisign" else ""
+    click.echo(f"rewrote {key_path} ({protection}), key id {secret.id}{converted}")

@@ -14,11 +14,13 @@ from bundler.cli.write import write
 
 
 @click.group(cls=ErrorReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(version("offline-bundle"), prog_name="bundle")
+@click.version_option(version("offline-bundle"), prog_name="bundle", help="Show the version and exit.")
 def main() -> None:
     """Make, sign and check offline update bundles and the trust root devices verify them with.
 
     Exit codes: 0 done, 1 could not complete, 2 usage error, 3 refused (nothing changed).
+    --root always names a trust root (one per version of a chain); every reporting command
+    takes --json (docs/json/).
     """
 
 

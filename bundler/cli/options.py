@@ -11,6 +11,13 @@ from agent.format.manifest import MAX_VOLUME_BYTES
 
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+def root_chain_option(purpose: str, *, required: bool = False):
+    """``--root FILE``: a chain of trust roots is given the same way by every command of both
+    command lines (``root verify`` included) - one ``--root`` per version, in any order."""
+    return click.option("--root", "root_paths", type=EXISTING_FILE, multiple=True, required=required,
+                        help=f"{purpose} Repeat once per version of a rotated chain, in any order.")
 _SIZE = re.compile(r"(\d+)([KMGkmg]?)(i?B)?")
 
 

@@ -1,7 +1,9 @@
 """Secret keys for the signing commands, and the passphrases that decrypt them.
 
-A passphrase comes from ``--passphrase-file``, else ``$BUNDLE_PASSPHRASE``, else a prompt - never
-without a terminal (docs/OPERATOR.md, "Keys").
+A key's passphrase comes from its ``--passphrase-file``, else ``$BUNDLE_PASSPHRASE`` (only when
+one key is used), else a prompt - never without a terminal. With several ``--key``, each key
+has its own source: ``--passphrase-file`` is given once per ``--key``, in the same order
+(docs/OPERATOR.md, "Keys").
 """
 
 from __future__ import annotations
@@ -21,7 +23,14 @@ PASSPHRASE_VARIABLE = "BUNDLE_PASSPHRASE"
 
 passphrase_file_option = click.option(
     "--passphrase-file", type=EXISTING_FILE,
-    help=f"Read the passphrase from the first line of this file (else ${PASSPHRASE_VARIABLE}, else a prompt).")
+    help=f"Read the key's passphrase from the first line of this file (else ${PASSPHRASE_VARIABLE}, "
+         "else a prompt).")
+
+passphrase_files_option = click.option(
+    "--passphrase-file", "passphrase_files", type=EXISTING_FILE, multiple=True,
+    help="The passphrase of the Nth --key is the first line of the Nth --passphrase-file: give one per "
+         f"--key, in the same order (a key without a passphrase ignores its file). Without any: "
+         f"${PASSPHRASE_VARIABLE} for a single key, else a prompt per key.")
 
 
 def _passphrase_from_file(path: Path) -> bytes:
@@ -31,17 +40,19 @@ def _passphrase_from_file(path: Path) -> bytes:
     return line
 
 
-def obtain_passphrase(passphrase_file: Path | None, *, purpose: str, confirm: bool) -> bytes:
+def obtain_passphrase(passphrase_file: Path | None, *, purpose: str, confirm: bool,
+                      use_environment: bool = True) -> bytes:
     """--passphrase-file, then $BUNDLE_PASSPHRASE, then an interactive prompt (never without a tty).
     Raises PassphraseUnavailable, Failed."""
     if passphrase_file is not None:
         return _passphrase_from_file(passphrase_file)
-    if os.environ.get(PASSPHRASE_VARIABLE):
+    if use_environment and os.environ.get(PASSPHRASE_VARIABLE):
         return os.environ[PASSPHRASE_VARIABLE].encode("utf-8")
     if not sys.stdin.isatty():
         raise PassphraseUnavailable(
             f"{purpose} needs a passphrase and there is no terminal to ask for one",
-            hint=f"use --passphrase-file FILE or set {PASSPHRASE_VARIABLE}"
+            hint="use --passphrase-file FILE" + (f" or set {PASSPHRASE_VARIABLE}" if use_environment else
+                                                  f" for each --key ({PASSPHRASE_VARIABLE} serves a single key)")
                  + (", or --no-passphrase for an unencrypted key" if confirm else ""))
     text = click.prompt(f"Passphrase for {purpose}", hide_input=True, confirmation_prompt=confirm)
     if not text:
@@ -49,11 +60,28 @@ def obtain_passphrase(passphrase_file: Path | None, *, purpose: str, confirm: bo
     return text.encode("utf-8")
 
 
-def load_secret_key(path: Path, passphrase_file: Path | None) -> SecretKey:
+def read_secret_key_file(path: Path) -> SecretKeyFile:
+    """Raises MalformedKey, Failed, Refused."""
+    return SecretKeyFile.from_bytes(read_capped(path, MAX_SECRET_KEY_FILE_BYTES, what="secret key"), where=path)
+
+
+def load_secret_key(path: Path, passphrase_file: Path | None, *, use_environment: bool = True) -> SecretKey:
     """The secret key in ``path``, decrypted. Raises MalformedKey, WrongPassphrase, PassphraseUnavailable, Failed."""
-    key_file = SecretKeyFile.from_bytes(read_capped(path, MAX_SECRET_KEY_FILE_BYTES, what="secret key"),
-                                        where=path)
+    key_file = read_secret_key_file(path)
     passphrase = None
     if key_file.encrypted:
-        passphrase = obtain_passphrase(passphrase_file, purpose=f"key {key_file.id} ({path.name})", confirm=False)
+        passphrase = obtain_passphrase(passphrase_file, purpose=f"secret key {path}", confirm=False,
+                                       use_environment=use_environment)
     return key_file.decrypt(passphrase, where=path)
+
+
+def load_secret_keys(paths: tuple[Path, ...], passphrase_files: tuple[Path, ...]) -> list[SecretKey]:
+    """Each ``--key`` decrypted with its own passphrase source: the Nth file is the Nth key's.
+    Raises click.UsageError (the counts differ), and what :func:`load_secret_key` raises."""
+    if passphrase_files and len(passphrase_files) != len(paths):
+        raise click.UsageError(
+            f"{len(paths)} --key but {len(passphrase_files)} --passphrase-file: give one --passphrase-file "
+            "per --key, in the same order (each key has its own passphrase)")
+    files = passphrase_files or (None,) * len(paths)
+    # One shared environment variable cannot be the passphrase of several keys held by several people.
+    return [load_secret_key(path, file, use_environment=len(paths) == 1) for path, file in zip(paths, files)]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from agent.cli.output import json_option, print_json
 from agent.cli.root import verify_root
 from bundler.cli.options import EXISTING_FILE
 from bundler.cli.passphrase import load_secret_key, passphrase_file_option
@@ -51,10 +52,12 @@ def root_group() -> None:
 
 
 @root_group.command("new")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The trust root file to create (never overwritten).")
 @click.option("--root-key", "root_keys", multiple=True, type=EXISTING_FILE, required=True,
               help="A root key's .pub (repeat). Keep root keys offline.")
-@click.option("--root-threshold", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--root-threshold", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Distinct root keys every later version of the trust root needs.")
 @click.option("--signer", "signers", multiple=True, type=EXISTING_FILE, required=True,
               help="A release signer's .pub (repeat).")
 @click.option("--threshold", type=click.IntRange(min=1), default=1, show_default=True,
@@ -76,28 +79,35 @@ def root_new(out: Path, root_keys: tuple[Path, ...], root_threshold: int, signer
 @click.argument("root_path", metavar="ROOT.json", type=EXISTING_FILE)
 @click.option("--key", "key_path", type=EXISTING_FILE, required=True, help="A root key's secret key.")
 @passphrase_file_option
-def root_sign(root_path: Path, key_path: Path, passphrase_file: Path | None) -> None:
-    """Add this key holder's signature as ROOT.json.<KEY ID>.minisig."""
+@json_option
+def root_sign(root_path: Path, key_path: Path, passphrase_file: Path | None, as_json: bool) -> None:
+    """Add this key holder's signature to ROOT.json as ROOT.json.<KEY ID>.minisig."""
     raw, root = _load_root(root_path)
     secret = load_secret_key(key_path, passphrase_file)
     signature = sign_digest(secret, prehash(raw), f"trust-root version:{root.version} file:{root_path.name}")
     out = signature_path(root_path, secret.id)
     write_atomic(out, signature.to_bytes())
-    click.echo(f"wrote {out}")
-    if root.root_keys.get(secret.id) is None:
-        click.echo(f"note: key {secret.id} is not a root key of version {root.version}; its signature "
-                   f"counts only towards accepting this root from version {root.version - 1}")
     result = check_threshold(raw, load_signatures(root_path), root.root_keys,
                              role_name=f"root keys of version {root.version}", revoked=root.revoked_keys)
+    is_root_key = root.root_keys.get(secret.id) is not None
+    if as_json:
+        print_json({"signature": str(out), "key_id": secret.id, "root_version": root.version,
+                    "root_key": is_root_key, "signers": result.to_json()})
+        return
+    click.echo(f"wrote {out}")
+    if not is_root_key:
+        click.echo(f"note: key {secret.id} is not a root key of version {root.version}; its signature "
+                   f"counts only towards accepting this root from version {root.version - 1}")
     click.echo(f"{root_path}: {result.describe()}")
 
 
 @root_group.command("rotate")
 @click.option("--from", "from_path", type=EXISTING_FILE, required=True, help="The current trust root.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--add-root-key", multiple=True, type=EXISTING_FILE)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The next version's file to create (never overwritten).")
+@click.option("--add-root-key", multiple=True, type=EXISTING_FILE, help="A new root key's .pub (repeat).")
 @click.option("--remove-root-key", multiple=True, help=".pub file, key id or key name.")
-@click.option("--add-signer", multiple=True, type=EXISTING_FILE)
+@click.option("--add-signer", multiple=True, type=EXISTING_FILE, help="A new release signer's .pub (repeat).")
 @click.option("--remove-signer", multiple=True, help=".pub file, key id or key name.")
 @click.option("--root-threshold", type=click.IntRange(min=1), help="[default: unchanged]")
 @click.option("--threshold", type=click.IntRange(min=1), help="[default: unchanged]")

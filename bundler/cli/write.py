@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
-from bundler.cli.options import EXISTING_DIR, EXISTING_FILE
-from bundler.progress import StepProgress
+from agent.cli.output import json_option, print_json
+from bundler.cli.options import EXISTING_DIR, root_chain_option
+from agent.cli.progress import ProgressDisplay
 from bundler.stick_write import write_stick
-from keys.printable import echo, printable_data
+from keys.printable import echo
 
 _STATUS_TEXT = {
     "written": "written",
@@ -22,11 +21,10 @@ _STATUS_TEXT = {
 @click.command("write")
 @click.argument("stick", metavar="STICK_DIR", type=EXISTING_DIR)
 @click.argument("bundles", metavar="BUNDLE_DIR...", nargs=-1, required=True, type=EXISTING_DIR)
-@click.option("--root", "root_paths", type=EXISTING_FILE, multiple=True,
-              required=True, help="Trust root to put on the stick; repeat for each version of the chain.")
-@click.option("--json", "as_json", is_flag=True)
+@root_chain_option("A trust root to put on the stick.", required=True)
+@json_option
 def write(stick, bundles, root_paths, as_json):
-    """Put the bundles and the trust roots on the stick mounted at STICK_DIR, read every byte back,
+    """Put each BUNDLE_DIR and the trust roots on the stick mounted at STICK_DIR, read every byte back,
     then mark each bundle complete (layout: docs/STICK.md).
 
     Each bundle is checked as a device would first; nothing is written if one is refused, the
@@ -34,10 +32,10 @@ def write(stick, bundles, root_paths, as_json):
     (docs/STICK.md, "Limits"). Running it again keeps what is already complete (after
     verifying it).
     """
-    with StepProgress() as progress:
+    with ProgressDisplay("write") as progress:
         report = write_stick(stick, bundles, root_paths, progress=progress)
     if as_json:
-        echo(json.dumps(printable_data(report.to_json()), indent=2))  # paths need not be UTF-8
+        print_json(report.to_json())  # printable: paths need not be UTF-8
         return
     echo(f"{report.stick}: {report.product}, every byte read back and verified")
     for root in report.roots:

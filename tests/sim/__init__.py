@@ -5,7 +5,7 @@
 * ``keyring``: named in-memory keys and trust roots;
 * ``releases``: release trees, release.toml files, a trust setup made with the CLI;
 * ``device``: the demo world (keys, releases, bundles, sticks made with the real tools) and the one
-  simulated device, :class:`~tests.sim.device.Cabinet`, driven through ``bundle-agent --root``;
+  simulated device, :class:`~tests.sim.device.Cabinet`, driven through ``bundle-agent --sysroot``;
 * ``stick``: models of trust roots and bundles written as real, possibly hostile, sticks;
 * ``power_cut``: the power-cut sweep over a cabinet's crash points;
 * ``strategies``: Hypothesis strategies for the property tests of untrusted bytes;

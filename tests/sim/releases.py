@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,3 +54,16 @@ def make_trust(cli, directory: Path, threshold: int = 2) -> Trust:
         check=True)
     cli("bundle", "root", "sign", directory / "root.json", "--key", directory / "root1.key", check=True)
     return Trust(directory)
+
+
+def word_soup_release(directory: Path, cli, *, file_bytes: int, seed: int) -> tuple[Path, Path]:
+    """A platform of two files of word soup (compressible, not trivially): slow to bundle at level
+    19, for tests that watch a long ``bundle make``. Returns release.toml and a signing key."""
+    trust = make_trust(cli, directory / "trust")
+    release = write_release(directory / "release", {"platform": ("1.0", 1)})
+    rng = random.Random(seed)
+    words = [bytes(rng.choice(b"abcdefghijklmnop") for _ in range(rng.randint(2, 9))) for _ in range(20_000)]
+    for number in range(2):
+        soup = b" ".join(rng.choice(words) for _ in range(file_bytes // 6 + 1))
+        put(release.parent / "platform", f"usr/share/assets/pack{number}.dat", soup[:file_bytes])
+    return release, trust.key("rel1")

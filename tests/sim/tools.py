@@ -38,9 +38,9 @@ def debian_tools(package: str, *commands: str) -> list[str]:
     if not all(shutil.which(c) for c in commands) and os.geteuid() == 0 and shutil.which("apt-get"):
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "-q", package]
+        install = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "-q", package]  # wait for another apt
         if subprocess.run(install, env=env, **quiet).returncode and not _apt_updated:
-            subprocess.run(["apt-get", "update", "-q"], env=env, **quiet)
+            subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=600", "update", "-q"], env=env, **quiet)
             _apt_updated = True
             subprocess.run(install, env=env, **quiet)
     missing = [c for c in commands if not shutil.which(c)]

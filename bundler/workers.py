@@ -1,0 +1,102 @@
+"""The encoding threads of ``bundle make``, which an interrupt never waits for.
+
+A ThreadPoolExecutor joins its threads when the work is abandoned and again at interpreter exit,
+so Ctrl-C waited for every running level-19 chunk - about a minute (issue 11). These threads are
+daemons, never joined; once :meth:`Workers.close` sets ``stop``, an encoding stops at its next
+:meth:`Workers.check` (bundler/encoders.py ticks every ``STREAM_PIECE`` bytes) and the thread
+ends. Results still come back in submission order, so bundles stay byte-identical whatever the
+thread count.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from concurrent.futures import Future
+from typing import Callable, Iterable, Iterator
+
+from agent.progress import Progress
+
+
+class Stopped(Exception):
+    """The workers were closed: the encoding in progress was abandoned."""
+
+
+class Workers:
+    def __init__(self, threads: int):
+        self.stop = threading.Event()
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"bundle-encoder-{number}", daemon=True)
+                         for number in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, function, item = job
+            if self.stop.is_set() or not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = function(item)
+            except BaseException as error:  # handed to the main thread, which raises it
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+    def check(self) -> None:
+        """Raises Stopped once the workers are closed (called by the work between pieces)."""
+        if self.stop.is_set():
+            raise Stopped()
+
+    def ordered_map(self, function: Callable, items: Iterable) -> Iterator:
+        """``function(item)`` for each item, in order, with at most two per thread in memory at once."""
+        pending: deque[Future] = deque()
+        remaining = iter(items)
+
+        def submit_next() -> None:
+            for item in remaining:
+                future: Future = Future()
+                self._jobs.put((future, function, item))
+                pending.append(future)
+                return
+
+        for _ in range(2 * len(self._threads)):
+            submit_next()
+        try:
+            while pending:
+                result = pending.popleft().result()
+                submit_next()
+                yield result
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def close(self) -> None:
+        """Stop: queued work is dropped, running work stops at its next check; returns at once."""
+        self.stop.set()
+        for _ in self._threads:
+            self._jobs.put(None)
+
+    def __enter__(self) -> "Workers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Counter:
+    """``tick(count)`` for the workers encoding one component: adds up the bytes encoded (from
+    any thread) and reports them; raises Stopped once the workers are closed."""
+
+    def __init__(self, progress: Progress | None, step: str, total: int, workers: Workers):
+        self._progress, self._step, self._total, self._workers = progress, step, total, workers
+        self._done = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, count: int) -> None:
+        self._workers.check()
+        if self._progress is not None:
+            with self._lock:
+                self._done += count
+                self._progress(self._step, self._done, self._total)

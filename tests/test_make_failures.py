@@ -1,0 +1,222 @@
+"""``bundle make``, ``verify`` and ``write`` when the release or the disk is awkward (issue 11, items 1
+and 2): content that collides with a stored frame, a full or unwritable output, unreadable inputs,
+symlink loops, partial outputs left by dead processes. Every failure is ``error: PATH: reason``
+with a hint and exit 1 - never a traceback - and leaves no partial output.
+
+Permission cases run the real command as ``nobody`` (``setpriv``): root reads everything.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from agent.format import codec
+from agent.format.bundle_dir import manifest_path
+from agent.format.manifest import Manifest
+from bundler import encoders
+from tests.sim.device import STAGED, Cabinet, World
+from tests.sim.releases import make_trust, put, write_release
+from tests.sim.tools import BIN, run_cli
+from tests.sim.disks import fill, loop_mounted
+
+MiB = 1 << 20
+TEXT = b"".join(b"reel %d stops on a cherry, pays %d credits\n" % (i, i % 97) for i in range(60_000))
+_RNG = random.Random(4)
+_WORDS = [bytes(_RNG.choice(b"abcdefghijklmnop") for _ in range(_RNG.randint(2, 9))) for _ in range(5000)]
+# Word soup: its zstd frame is itself incompressible, so the frame's best encoding is raw.
+SOUP = b" ".join(_RNG.choice(_WORDS) for _ in range(200_000))
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def as_nobody(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``bundle ARGS`` run by an unprivileged user, as a vendor engineer without rights would."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("running a command as another user needs root and setpriv (util-linux)")
+    return subprocess.run([*NOBODY, str(BIN / "bundle"), *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
+
+
+def assert_os_error(result: subprocess.CompletedProcess, path: object, reason: str) -> None:
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert f"error: {path}: {reason}" in result.stderr, result.stderr
+    assert "  hint: " in result.stderr, result.stderr
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(name for name in os.listdir(directory) if ".partial-" in name)
+
+
+@pytest.fixture(scope="module")
+def public(tmp_path_factory) -> Path:
+    """A folder every user may reach (pytest's own are the owner's only), removed afterwards."""
+    directory = tmp_path_factory.getbasetemp()
+    for folder in [directory, *directory.parents]:
+        if folder == Path(tempfile.gettempdir()) or folder == Path(folder.anchor):
+            break
+        folder.chmod(folder.stat().st_mode | 0o055)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def trust(tmp_path_factory, public):
+    trust = make_trust(run_cli, tmp_path_factory.mktemp("trust"))
+    subprocess.run(["chmod", "-R", "a+rX", str(trust.directory)], check=True)
+    return trust
+
+
+@pytest.fixture
+def release(tmp_path, public) -> Path:
+    """A small release readable by everyone (the permission cases take rights away from parts)."""
+    path = write_release(tmp_path / "release", {"platform": ("1.0", 1)})
+    put(tmp_path / "release/platform", "etc/motd", "welcome")
+    put(tmp_path / "release/platform", "usr/share/reels.txt", TEXT)
+    subprocess.run(["chmod", "-R", "a+rX", str(tmp_path)], check=True)
+    return path
+
+
+def make(trust, release: Path, out: Path, *extra) -> subprocess.CompletedProcess:
+    return run_cli("bundle", "make", "--release", release, "--key", trust.key("rel1"), "--out", out, "--level", "3",
+                   *extra)
+
+
+@pytest.fixture
+def readable_key(trust, tmp_path) -> Path:
+    """A copy of rel1's secret key that ``nobody`` may read (key files are created 0600)."""
+    key = tmp_path / "keys/rel1.key"
+    key.parent.mkdir()
+    shutil.copy(trust.key("rel1"), key)
+    key.chmod(0o644)
+    key.parent.chmod(0o755)
+    return key
+
+
+# --- item 1: the same bytes as two encodings -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> World:
+    return World(tmp_path_factory.mktemp("world"))
+
+
+@pytest.mark.parametrize("python", [[], ["-O"]], ids=["python", "python -O"])
+def test_a_file_identical_to_a_stored_frame_is_bundled_and_installed(world, tmp_path, python):
+    """A file next to its own zstd frame at the bundle's level: the frame is stored (zstd) for the
+    first and is the best raw encoding of the second. Both used to become one object with two
+    encodings: an AssertionError, and under ``python -O`` a bundle every device refused."""
+    frame = codec.compress(SOUP, 3)  # what bundle make --level 3 stores for SOUP
+    assert encoders.smallest(SOUP, 3) == ("zstd", frame) and encoders.smallest(frame, 3)[0] == "raw"
+    name = f"r-frame{len(python)}"
+    shutil.copytree(world.dir / "r2", world.dir / name, symlinks=True)
+    write_release(world.dir / name, {"platform": ("13.3.0", 8), "game/lucky-sevens": ("2.0", 3),
+                                     "game/fortune-wheel": ("1.0", 1)})
+    put(world.dir / name / "platform", "usr/share/reels.txt", SOUP)
+    put(world.dir / name / "platform", "usr/share/reels.txt.zst", frame)
+    out = world.bundles / name
+    keys = [arg for signer in ("rel1", "rel2") for arg in ("--key", str(world.keys / f"{signer}.key"))]
+    made = subprocess.run([sys.executable, *python, "-c", "from bundler.cli import main; main()", "make",
+                           "--release", str(world.release(name)), "--base", str(world.release("r2")), "--full",
+                           "--out", str(out), "--level", "3", *keys], capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stdout + made.stderr
+    manifest = Manifest.from_stored(manifest_path(out).read_bytes())
+    assert len({stored.id for stored in manifest.objects}) == len(manifest.objects)  # each id listed once
+    verified = run_cli("bundle", "verify", out, "--root", world.root, "--apply")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+    cabinet = Cabinet(world, tmp_path / "device")
+    cabinet.provision()
+    installed = cabinet.agent("install", out)
+    assert installed.returncode == STAGED, installed.stdout + installed.stderr
+    staged = cabinet.environments_dir / "env-2" / cabinet.config.layout.component_path("platform")
+    assert (staged / "usr/share/reels.txt").read_bytes() == SOUP
+    assert (staged / "usr/share/reels.txt.zst").read_bytes() == frame
+
+
+# --- item 2: every OSError is a message, nothing is left behind -----------------------------------
+
+
+def test_a_full_disk_is_an_error_naming_the_file_and_leaves_nothing(trust, release, tmp_path):
+    with loop_mounted("ext4", 16 * MiB, tmp_path) as disk:
+        put(release.parent / "platform", "usr/share/noise.bin", os.urandom(12 * MiB))  # stored raw: 12 MiB
+        fill(disk, leave=4 * MiB)
+        result = make(trust, release, disk.path / "bundle")
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "Traceback" not in result.stderr, result.stderr
+        assert f"error: {disk.path}/.bundle.partial-" in result.stderr and "No space left on device" in result.stderr
+        assert "hint: free space on that filesystem" in result.stderr, result.stderr
+        assert leftovers(disk.path) == [] and not (disk.path / "bundle").exists()
+
+
+def test_an_out_whose_parent_is_not_writable(readable_key, release, tmp_path):
+    parent = tmp_path / "published"
+    parent.mkdir(mode=0o755)
+    result = as_nobody("make", "--release", release, "--key", readable_key, "--out", parent / "b", "--level", "3")
+    assert_os_error(result, parent, "Permission denied")
+    assert os.listdir(parent) == []
+
+
+@pytest.mark.parametrize("what", ["file", "folder"])
+def test_an_unreadable_part_of_the_release_tree(readable_key, release, tmp_path, what):
+    unreadable = release.parent / "platform" / ("usr/share/reels.txt" if what == "file" else "etc")
+    unreadable.chmod(0)
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    result = as_nobody("make", "--release", release, "--key", readable_key, "--out", out / "b", "--level", "3")
+    assert_os_error(result, unreadable, "Permission denied")
+    assert os.listdir(out) == []
+
+
+def test_a_component_path_that_is_a_symlink_loop(trust, release, tmp_path):
+    os.symlink("loop-b", tmp_path / "loop-a")
+    os.symlink("loop-a", tmp_path / "loop-b")
+    text = release.read_text().replace('path = "platform"', 'path = "../loop-a"')
+    release.write_text(text)
+    result = make(trust, release, tmp_path / "b")
+    assert_os_error(result, release.parent / "../loop-a", "Too many levels of symbolic links")
+    assert leftovers(tmp_path) == []
+
+
+@pytest.fixture
+def bundle(trust, release, tmp_path) -> Path:
+    made = make(trust, release, tmp_path / "b", "--key", trust.key("rel2"))
+    assert made.returncode == 0, made.stderr
+    subprocess.run(["chmod", "-R", "a+rX", str(tmp_path / "b"), str(trust.root.parent)], check=True)
+    trust.root.parent.chmod(0o755)
+    return tmp_path / "b"
+
+
+def test_verify_and_write_with_an_unreadable_volume(trust, bundle, tmp_path):
+    volume = next((bundle / "payload").iterdir())
+    volume.chmod(0)
+    verified = as_nobody("verify", bundle, "--root", trust.root)
+    assert_os_error(verified, volume, "Permission denied")
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    stick.chmod(0o777)
+    written = as_nobody("write", stick, bundle, "--root", trust.root)
+    assert_os_error(written, volume, "Permission denied")
+    assert os.listdir(stick) == []
+
+
+def test_partial_outputs_of_dead_processes_are_removed_by_the_next_run(trust, release, tmp_path):
+    out = tmp_path / "bundles"
+    out.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its id is free: nothing of it can still be writing
+    stale = out / f".old.partial-{dead.pid}"
+    (stale / "payload").mkdir(parents=True)
+    (stale / "payload/.current").write_bytes(b"half a volume")
+    running = out / f".other.partial-{os.getpid()}"  # a live process's (this one's): not ours to remove
+    running.mkdir()
+    assert make(trust, release, out / "new").returncode == 0
+    assert not stale.exists() and running.is_dir()
+    assert sorted(os.listdir(out)) == [running.name, "new"]

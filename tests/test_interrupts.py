@@ -118,3 +118,25 @@ def test_an_interrupted_install_is_undone_and_recorded(world, big_update, tmp_pa
     assert result["message"] == f"staging into env-2 failed: interrupted ({NAME[number]})", result
     audit = [json.loads(line) for line in (cabinet.dir / "state/audit.log").read_text().splitlines()]
     assert audit[-1]["event"] == "staging-failed" and audit[-1]["reason"].endswith(f"interrupted ({NAME[number]})")
+
+
+def test_ctrl_c_at_a_passphrase_prompt_is_an_interrupt(tmp_path):
+    """click turns Ctrl-C at a prompt into "Aborted!" and exit 1; it is an interrupt like any other."""
+    import pty
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: `bundle keys new` on a terminal, asking for the new key's passphrase
+        os.execve(str(BIN / "bundle"), ["bundle", "keys", "new", "k", "--dir", str(tmp_path / "keys")],
+                  {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
+    said = b""
+    while b"assphrase" not in said:
+        said += os.read(terminal, 1024)
+    os.write(terminal, b"\x03")  # the terminal's interrupt character: the kernel sends SIGINT
+    try:
+        while chunk := os.read(terminal, 1024):
+            said += chunk
+    except OSError:  # EIO once the child has gone
+        pass
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 130, said
+    assert b"interrupted (SIGINT)" in said and b"Aborted!" not in said
+    assert not (tmp_path / "keys" / "k.key").exists()

@@ -102,6 +102,20 @@ SUCCESSES: dict[str, tuple[str, int, Case]] = {
     "bundle root sign": ("sign.schema.json", 0, lambda s: run_cli(
         "bundle", "root", "sign", shutil.copy(s.world.root, s.dir / "root-copy.json"), "--key",
         s.world.keys / "root1.key", "--json")),
+    "bundle keys new": ("files.schema.json", 0, lambda s: run_cli(
+        "bundle", "keys", "new", "fresh", "--dir", s.dir / "new-keys", "--no-passphrase", "--json")),
+    "bundle keys sign": ("files.schema.json", 0, lambda s: run_cli(
+        "bundle", "keys", "sign", shutil.copy(s.file, s.dir / "to-sign.txt"), "--key", s.world.keys / "rel1.key",
+        "--json")),
+    "bundle keys passphrase": ("files.schema.json", 0, lambda s: run_cli(
+        "bundle", "keys", "passphrase", shutil.copy(s.world.keys / "rel3.key", s.dir / "rel3-copy.key"),
+        "--no-passphrase", "--json")),
+    "bundle root new": ("files.schema.json", 0, lambda s: run_cli(
+        "bundle", "root", "new", "--out", s.dir / "root-new.json", "--root-key", s.world.keys / "root1.pub",
+        "--signer", s.world.keys / "rel1.pub", "--json")),
+    "bundle root rotate": ("files.schema.json", 0, lambda s: run_cli(
+        "bundle", "root", "rotate", "--from", s.world.root, "--out", s.dir / "root-2.json", "--remove-signer",
+        s.world.keys / "rel2.pub", "--threshold", "1", "--json")),
     "bundle keys verify": ("keys-verify.schema.json", 0, lambda s: run_cli(
         "bundle", "keys", "verify", s.file, "--pub", s.world.keys / "rel1.pub", "--json")),
     "bundle root verify": ("root-verify.schema.json", 0, lambda s: run_cli(
@@ -140,6 +154,11 @@ FAILURES: dict[str, tuple[int, Case]] = {
         s.world.keys / "rel1.key", "--json")),
     "bundle root sign, not a root": (3, lambda s: run_cli(
         "bundle", "root", "sign", s.junk_root, "--key", s.world.keys / "root1.key", "--json")),
+    "bundle keys new, exists already": (1, lambda s: run_cli(
+        "bundle", "keys", "new", "rel1", "--dir", s.world.keys, "--no-passphrase", "--json")),
+    "bundle root new, a threshold above its keys": (3, lambda s: run_cli(
+        "bundle", "root", "new", "--out", s.dir / "root-bad.json", "--root-key", s.world.keys / "root1.pub",
+        "--signer", s.world.keys / "rel1.pub", "--threshold", "2", "--json")),
     "bundle keys verify, a changed file": (3, lambda s: run_cli(
         "bundle", "keys", "verify", s.forged, "--pub", s.world.keys / "rel1.pub", "--json")),
     "bundle root verify, not a root": (3, lambda s: run_cli("bundle", "root", "verify", s.junk_root, "--json")),

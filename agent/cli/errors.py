@@ -119,6 +119,13 @@ def _typed(call: Callable[[], object]) -> object:
         raise os_failure(error) from error
     except KeyboardInterrupt as signal:
         raise Interrupted(signal) from None
+    except click.exceptions.Abort as abort:
+        # click turns Ctrl-C and the end of standard input at a prompt (a passphrase) into Abort,
+        # which it would report as "Aborted!", exit 1; the cause tells which it was.
+        if isinstance(abort.__context__, KeyboardInterrupt):
+            raise Interrupted(abort.__context__) from None
+        raise Failed("standard input ended before the answer the prompt asked for",
+                     hint="give the answer in a file (--passphrase-file), or run on a terminal") from None
 
 
 class ErrorReportingGroup(click.Group):

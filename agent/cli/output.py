@@ -35,6 +35,15 @@ def print_json(value: dict) -> None:
     echo(json.dumps(printable_data({"ok": True, "version": JSON_VERSION, **value}), indent=2))
 
 
+def print_outcome(as_json: bool, message: str, **fields) -> None:
+    """What a command that writes files did: ``message`` for people, or with ``--json`` a
+    document holding it and ``fields`` (docs/json/files.schema.json)."""
+    if as_json:
+        print_json({"message": message, **fields})
+    else:
+        echo(message)
+
+
 def print_report(report: Report, as_json: bool) -> None:
     """An install's or a provisioning's report: refusals, skipped bundles, changes, the outcome."""
     if as_json:

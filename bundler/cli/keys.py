@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from agent.cli.output import json_option, print_json
+from agent.cli.output import json_option, print_json, print_outcome
 from bundler.cli.options import EXISTING_FILE
 from bundler.cli.passphrase import load_secret_key, obtain_passphrase, passphrase_file_option, read_secret_key_file
 from keys.errors import Failed
@@ -39,7 +39,9 @@ def keys_group() -> None:
 @click.option("--kdf-cost", type=click.Choice(list(KDF_COSTS)), default=DEFAULT_COST, show_default=True,
               help="scrypt cost of the passphrase: sensitive is minisign's own (1 GiB, a few seconds); "
                    "interactive (16 MiB) is for test keys.")
-def keys_new(name: str, directory: Path, no_passphrase: bool, passphrase_file: Path | None, kdf_cost: str) -> None:
+@json_option
+def keys_new(name: str, directory: Path, no_passphrase: bool, passphrase_file: Path | None, kdf_cost: str,
+             as_json: bool) -> None:
     """Create the minisign key pair DIR/NAME.key (secret, mode 0600) and DIR/NAME.pub."""
     if not _KEY_FILE_NAME.fullmatch(name):
         raise click.UsageError(f"key name {name!r}: use 1-64 letters, digits or ._@+-, starting with a "
@@ -62,7 +64,8 @@ def keys_new(name: str, directory: Path, no_passphrase: bool, passphrase_file: P
         secret_path.unlink(missing_ok=True)  # never leave half a key pair behind
         raise
     protection = "unencrypted" if passphrase is None else f"encrypted, scrypt {kdf_cost}"
-    click.echo(f"created {secret_path} ({protection}) and {public_path}, key id {secret.id}")
+    print_outcome(as_json, f"created {secret_path} ({protection}) and {public_path}, key id {secret.id}",
+                  files=[str(secret_path), str(public_path)], key_id=secret.id)
 
 
 @keys_group.command("sign")
@@ -71,7 +74,9 @@ def keys_new(name: str, directory: Path, no_passphrase: bool, passphrase_file: P
               help="Secret key (.key), made by `bundle keys new` or `minisign -G`.")
 @passphrase_file_option
 @click.option("--trusted-comment", help="Signed comment [default: file:NAME].")
-def keys_sign(file: Path, key_path: Path, passphrase_file: Path | None, trusted_comment: str | None) -> None:
+@json_option
+def keys_sign(file: Path, key_path: Path, passphrase_file: Path | None, trusted_comment: str | None,
+              as_json: bool) -> None:
     """Write FILE.minisig, which `minisign -V -p KEY.pub -m FILE` accepts."""
     secret = load_secret_key(key_path, passphrase_file)
     comment = trusted_comment if trusted_comment is not None else f"file:{file.name}"
@@ -80,7 +85,7 @@ def keys_sign(file: Path, key_path: Path, passphrase_file: Path | None, trusted_
     digest = prehash_file(file)
     out = file.with_name(file.name + ".minisig")
     write_atomic(out, sign_digest(secret, digest, comment).to_bytes())
-    click.echo(f"wrote {out} (key {secret.id})")
+    print_outcome(as_json, f"wrote {out} (key {secret.id})", files=[str(out)], key_id=secret.id)
 
 
 @keys_group.command("verify")
@@ -111,8 +116,9 @@ def keys_verify(file: Path, pub_path: Path, signature_path: Path | None, as_json
 @click.option("--no-passphrase", is_flag=True, help="Store the key unencrypted from now on (test keys only).")
 @click.option("--kdf-cost", type=click.Choice(list(KDF_COSTS)), default=DEFAULT_COST, show_default=True,
               help="scrypt cost of the new passphrase.")
+@json_option
 def keys_passphrase(key_path: Path, passphrase_file: Path | None, new_passphrase_file: Path | None,
-                    no_passphrase: bool, kdf_cost: str) -> None:
+                    no_passphrase: bool, kdf_cost: str, as_json: bool) -> None:
     """Change, add or remove KEY's passphrase. The key and its id stay the same; the file is
     replaced atomically, in minisign's format (an older bundle key file is converted)."""
     if no_passphrase and new_passphrase_file:
@@ -124,4 +130,5 @@ def keys_passphrase(key_path: Path, passphrase_file: Path | None, new_passphrase
     write_atomic(key_path, secret.to_bytes(passphrase, cost=kdf_cost), mode=0o600)
     protection = "unencrypted" if passphrase is None else f"encrypted, scrypt {kdf_cost}"
     converted = " (converted from the older bundle key format)" if before.format != "minisign" else ""
-    click.echo(f"rewrote {key_path} ({protection}), key id {secret.id}{converted}")
+    print_outcome(as_json, f"rewrote {key_path} ({protection}), key id {secret.id}{converted}",
+                  files=[str(key_path)], key_id=secret.id)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from agent.cli.output import json_option, print_json
+from agent.cli.output import json_option, print_json, print_outcome
 from agent.cli.root import verify_root
 from bundler.cli.options import EXISTING_FILE
 from bundler.cli.passphrase import load_secret_key, passphrase_file_option
@@ -62,8 +62,9 @@ def root_group() -> None:
               help="A release signer's .pub (repeat).")
 @click.option("--threshold", type=click.IntRange(min=1), default=1, show_default=True,
               help="Distinct release signers every bundle needs.")
+@json_option
 def root_new(out: Path, root_keys: tuple[Path, ...], root_threshold: int, signers: tuple[Path, ...],
-             threshold: int) -> None:
+             threshold: int, as_json: bool) -> None:
     """Create version 1 of a trust root (unsigned: each root key holder then runs `root sign`)."""
     try:
         root = TrustRoot(version=1, root_keys=Role(tuple(map(_named_key, root_keys)), root_threshold),
@@ -71,8 +72,9 @@ def root_new(out: Path, root_keys: tuple[Path, ...], root_threshold: int, signer
     except ValueError as error:
         raise Refused(f"cannot make the trust root: {error}") from None
     create_exclusive(out, root.to_bytes(), mode=0o644)
-    click.echo(f"created {out}: version 1, {root_threshold} of {len(root.root_keys.keys)} root keys, "
-               f"{threshold} of {len(root.release_signers.keys)} release signers; unsigned")
+    print_outcome(as_json, f"created {out}: version 1, {root_threshold} of {len(root.root_keys.keys)} root keys, "
+                           f"{threshold} of {len(root.release_signers.keys)} release signers; unsigned",
+                  files=[str(out)], root_version=1)
 
 
 @root_group.command("sign")
@@ -111,8 +113,9 @@ def root_sign(root_path: Path, key_path: Path, passphrase_file: Path | None, as_
 @click.option("--remove-signer", multiple=True, help=".pub file, key id or key name.")
 @click.option("--root-threshold", type=click.IntRange(min=1), help="[default: unchanged]")
 @click.option("--threshold", type=click.IntRange(min=1), help="[default: unchanged]")
+@json_option
 def root_rotate(from_path: Path, out: Path, add_root_key, remove_root_key, add_signer, remove_signer,
-                root_threshold: int | None, threshold: int | None) -> None:
+                root_threshold: int | None, threshold: int | None, as_json: bool) -> None:
     """Write the next version of the trust root. Removed keys are revoked for good.
 
     The new version must be signed by a threshold of the current root keys and a threshold of
@@ -127,11 +130,10 @@ def root_rotate(from_path: Path, out: Path, add_root_key, remove_root_key, add_s
         root_threshold=root_threshold, threshold=threshold)
     create_exclusive(out, new.to_bytes(), mode=0o644)
     revoked = {k.id for k in new.revoked_keys} - {k.id for k in root.revoked_keys}
-    click.echo(f"created {out}: version {new.version}, unsigned; it needs {root.root_keys.threshold} "
-               f"signature(s) from the root keys of version {root.version} and "
-               f"{new.root_keys.threshold} from its own")
-    for key_id in sorted(revoked):
-        click.echo(f"  revokes {new.all_keys()[key_id].label()}")
+    lines = [f"created {out}: version {new.version}, unsigned; it needs {root.root_keys.threshold} "
+             f"signature(s) from the root keys of version {root.version} and {new.root_keys.threshold} from its own"]
+    lines += [f"  revokes {new.all_keys()[key_id].label()}" for key_id in sorted(revoked)]
+    print_outcome(as_json, "\n".join(lines), files=[str(out)], root_version=new.version, revoked=sorted(revoked))
 
 
 root_group.add_command(verify_root)

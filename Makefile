@@ -19,22 +19,32 @@ demo: $(STAMP)
 # failing; under CI a test skipped for a missing tool fails the run (tests/conftest.py).
 TEST_TOOLS := minisign:minisign mkfs.vfat:dosfstools fsck.vfat:dosfstools fusefat:fusefat \
 	fusermount:fuse mkfs.ext4:e2fsprogs mkfs.btrfs:btrfs-progs mkfs.xfs:xfsprogs losetup:mount \
-	script:bsdutils setpriv:util-linux runuser:util-linux
+	script:bsdutils setpriv:util-linux runuser:util-linux mkfs.exfat:exfatprogs systemd-analyze:systemd \
+	grub-editenv:grub-common grub-mkstandalone:grub-common /usr/lib/grub/x86_64-efi/btrfs.mod:grub-efi-amd64-bin \
+	qemu-system-x86_64:qemu-system-x86 /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf mcopy:mtools
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout=600
 
-test-tools:
-	@missing=""; for pair in $(TEST_TOOLS); do \
-		PATH="$$PATH:/usr/sbin:/sbin" command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair#*:}"; \
+# $(call install_tools,TARGET,COMMAND:PACKAGE ...): installs, as root, the Debian packages whose
+# command (or file, for a package that installs no command) is missing, waiting for a dpkg lock
+# another apt holds instead of failing.
+define install_tools
+	@missing=""; for pair in $(2); do \
+		what="$${pair%%:*}"; \
+		[ -e "$$what" ] || PATH="$$PATH:/usr/sbin:/sbin" command -v "$$what" >/dev/null || missing="$$missing $${pair#*:}"; \
 	done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	missing=$$(echo $$missing | tr ' ' '\n' | sort -u | tr '\n' ' '); \
 	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
-		echo "make test: not installed:$$missing(needs root and apt-get; their tests will skip, or fail under CI)"; \
+		echo "make $(1): not installed: $$missing(needs root and apt-get)"; \
 		exit 0; \
 	fi; \
-	echo "make test: installing $$missing"; \
+	echo "make $(1): installing $$missing"; \
 	$(APT_GET) install $$missing >/dev/null || { $(APT_GET) update >/dev/null; $(APT_GET) install $$missing >/dev/null; } \
-		|| echo "make test: apt-get could not install$$missing"
+		|| echo "make $(1): apt-get could not install $$missing"
+endef
+
+test-tools:
+	$(call install_tools,test,$(TEST_TOOLS))
 
 test: $(STAMP) test-tools
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/python -m pytest -q
@@ -54,6 +64,31 @@ fuzz: $(STAMP)
 crash-test: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" BUNDLE_FULL_CRASH_SWEEP=1 $(VENV)/bin/python -m pytest -q \
 		tests/test_power_cuts.py tests/test_block_power_cuts.py
+
+# The reference cabinet's disk image (system/image/README.md): build/cabinet.img and build/image/.
+# As root: debootstrap, chroot, loop devices. Installs the Debian tools it needs first.
+IMAGE_TOOLS := debootstrap:debootstrap grub-mkstandalone:grub-efi-amd64-bin grub-editenv:grub-common \
+	mcopy:mtools mkfs.vfat:dosfstools mkfs.btrfs:btrfs-progs sfdisk:fdisk losetup:mount
+.PHONY: image
+image: $(STAMP)
+	$(call install_tools,image,$(IMAGE_TOOLS))
+	$(VENV)/bin/python system/image/build.py
+
+# The VM scenarios (tests/vm/, docs/DEVICE.md): build/cabinet.img booted in QEMU (TCG, OVMF) through a
+# qcow2 overlay per scenario, sticks hot-plugged over QMP, power cuts; prints the "vm:" summary line.
+# As root, after `make image`. VM_SELECT picks scenarios by pytest -k (VM_SELECT=smoke: insert,
+# trial, commit only). A file path in VM_TOOLS is a package that installs no command.
+VM_TOOLS := qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf \
+	grub-mkstandalone:grub-common grub-editenv:grub-common /usr/lib/grub/x86_64-efi/btrfs.mod:grub-efi-amd64-bin \
+	mcopy:mtools mkfs.vfat:dosfstools sfdisk:fdisk mkfs.exfat:exfatprogs mount.exfat-fuse:exfat-fuse \
+	fusermount:fuse mkfs.btrfs:btrfs-progs losetup:mount
+VM_SELECT ?=
+.PHONY: vm-test
+vm-test: $(STAMP)
+	$(call install_tools,vm-test,$(VM_TOOLS))
+	@test -f build/cabinet.img || { echo "make vm-test: build/cabinet.img is missing: run make image first"; exit 1; }
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH:/usr/sbin:/sbin" BUNDLE_VM_TESTS=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider \
+		tests/vm $(if $(VM_SELECT),-k "$(VM_SELECT)")
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

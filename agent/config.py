@@ -8,7 +8,7 @@
     [trust]
     root = "/etc/bundle-agent/root.json"     # provisioned at the factory, signatures beside it
     [boot]
-    backend = "dirs"                         # or "bectl"
+    backend = "dirs"                         # or "bectl", "grub-btrfs"
     root = "/opt/environments"               # dirs: where environments live
     [layout]
     platform = "platform"                    # where each component lives inside an environment

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent import system_log
 from agent.audit import AuditLog
@@ -22,6 +22,7 @@ class Device:
     store: StateStore
     audit: AuditLog
     state_dir: StateDir
+    reboot_command: list[str] | None = field(default=None, init=False)
 
     @classmethod
     def open(cls, config: AgentConfig) -> "Device":
@@ -39,13 +40,21 @@ class Device:
         return DeviceFacts(product=self.config.product, hardware=self.config.hardware, serial=self.config.serial)
 
     def apply_reboot_policy(self, why: str) -> str:
-        """Reboot as configured; returns what was done, in words."""
+        """Ask for the configured reboot; returns what will be done, in words. The reboot itself
+        is :meth:`reboot_if_asked`, run by the command line last."""
         policy = self.config.reboot
         if policy == "never":
             return f"reboot to {why} (reboot policy: never)"
         command = ["shutdown", "-r", "now"] if policy == "now" else list(policy)
-        self.audit.record("reboot", command=command, why=why)
         if shutil.which(command[0]) is None:
             return f"reboot command {command[0]!r} not found or not executable; reboot to {why}"
-        subprocess.run(command, check=False)
+        self.audit.record("reboot", command=command, why=why)
+        self.reboot_command = command
         return f"rebooting to {why}"
+
+    def reboot_if_asked(self) -> None:
+        """Run the reboot :meth:`apply_reboot_policy` asked for. Only once every write of the
+        command is done and its report printed: a reboot stops the system's services, the one
+        this agent runs in included, and the agent would be interrupted in the middle."""
+        if self.reboot_command is not None:
+            subprocess.run(self.reboot_command, check=False)

@@ -39,6 +39,7 @@ from agent.space import check_spool_space, check_staging_space
 from agent.staging import check_layout, stage
 from agent.state import AgentState
 from keys.errors import Failed, Refused, UpdateError
+from keys.files import sync_filesystem
 from keys.printable import echo
 
 
@@ -209,10 +210,13 @@ def _stage_and_arm(device: Device, state: AgentState, chosen: dict[str, list[Cho
         environment = device.backend.clone(state.environment, name)
         stage(device.config.layout, chosen, _sources(found), environment, running, set(state.components),
               device.state_dir.chain, progress)
+        sync_filesystem(environment)  # on the disk before a boot can be pointed at it
     state.pending = Pending(Phase.TRIAL, name, previous=state.environment,
                             components=_new_components(state, chosen), bundles=tuple(bundles_used(chosen)))
     device.store.save(state)
-    device.backend.activate_once(name)
+    with _undone_on_failure(device, state, name, f"arming {name} for its trial boot", "staging-failed",
+                            "the running one is unchanged", "then insert the stick again"):
+        device.backend.activate_once(name)
     for component_name, route in sorted(chosen.items()):
         before = state.components.get(component_name)
         after = route[-1].component
@@ -323,6 +327,7 @@ def _provision_into_new_environment(device: Device, state: AgentState, chosen: d
             environment = device.backend.clone(source, name)
         stage(device.config.layout, chosen, _sources(found), environment, None, set(), device.state_dir.chain,
               progress)
+        sync_filesystem(environment)
     device.backend.commit(name)  # the commit point
     state.provisioned(name, components)
     device.store.save(state)

@@ -65,3 +65,22 @@ def test_a_staged_update_exits_4_and_nothing_to_do_exits_0(cabinet, world, tmp_p
 def test_the_exit_codes_are_in_the_help(cli):
     text = " ".join(cli("bundle-agent", "--help").stdout.split())
     assert "4 install/on-insert staged an update: a reboot starts its trial" in text.replace("on- insert", "on-insert")
+
+
+@pytest.mark.parametrize("command", ["install", "on-insert"])
+def test_the_reboot_comes_last_once_everything_is_written(cabinet, world, tmp_path, command):
+    """A reboot stops the service the agent runs in: asked for in the middle, it would interrupt
+    the agent. The configured command runs after the report is printed and every file written."""
+    seen = tmp_path / "seen-at-reboot"
+    reboot = tmp_path / "reboot"
+    reboot.write_text(f"#!/bin/sh\n{{ tail -n 1 '{cabinet.dir}/state/audit.log'; ls -A '{cabinet.dir}/state/spool';"
+                      f" echo \"$@\"; }} > '{seen}' 2>/dev/null\n")
+    reboot.chmod(0o755)
+    config = cabinet.dir / "agent.toml"
+    config.write_text(config.read_text().replace('policy = "never"', f'policy = ["{reboot}", "--now"]'))
+    result = cabinet.agent(command, world.stick(tmp_path / "stick", "d12"))
+    assert result.returncode == STAGED, result.stdout + result.stderr
+    assert "rebooting to start the trial" in result.stdout + result.stderr
+    last_record, *spool, arguments = seen.read_text().splitlines()
+    assert json.loads(last_record)["event"] == "reboot"  # nothing is recorded after it
+    assert spool == [] and arguments == "--now"  # the spool already emptied; the command as configured

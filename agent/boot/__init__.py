@@ -11,8 +11,10 @@ from pathlib import Path
 from agent.boot.base import BootBackend, BootError, Environment
 from agent.boot.bectl import BectlBackend
 from agent.boot.dirs import DirsBackend
+from agent.boot.grub_btrfs import GrubBtrfsBackend
 
-BACKENDS: dict[str, type[BootBackend]] = {DirsBackend.name: DirsBackend, BectlBackend.name: BectlBackend}
+BACKENDS: dict[str, type[BootBackend]] = {
+    backend.name: backend for backend in (DirsBackend, BectlBackend, GrubBtrfsBackend)}
 
 
 def open_backend(name: str, settings: dict, system_root: Path = Path("/")) -> BootBackend:

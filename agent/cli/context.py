@@ -24,6 +24,12 @@ class DeviceContext:
             self._device = Device.open(load_config(self.config_path, system_root=self.root))
         return self._device
 
+    def close(self) -> None:
+        """When the command has finished (click's call_on_close), its report printed: the
+        reboot it asked for, if any."""
+        if self._device is not None:
+            self._device.reboot_if_asked()
+
     @property
     def device(self) -> Device:
         device = self.device_to_read

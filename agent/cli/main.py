@@ -81,6 +81,7 @@ def main(ctx: click.Context, config: Path, root: Path) -> None:
     --json (docs/json/).
     """
     ctx.obj = DeviceContext(config, root)
+    ctx.call_on_close(ctx.obj.close)
 
 
 for command in (install_command, on_insert_command, provision_command, boot_command, boot_check_command,

@@ -102,6 +102,12 @@ CONFIG_CASES = [
     ("bectl-with-root", BASE.replace('backend = "dirs"', 'backend = "bectl"'), False),
     ("bectl-bad-dataset", BASE.replace('backend = "dirs"\nroot = "/envs"', 'backend = "bectl"\nberoot = "zroot"'),
      False),
+    ("grub-btrfs", BASE.replace('backend = "dirs"\nroot = "/envs"', 'backend = "grub-btrfs"\npool = "/pool"\n'
+                                                                   'grubenv = "/efi/a/grubenv"'), True),
+    ("grub-btrfs-defaults", BASE.replace('backend = "dirs"\nroot = "/envs"', 'backend = "grub-btrfs"'), True),
+    ("grub-btrfs-relative-pool", BASE.replace('backend = "dirs"\nroot = "/envs"',
+                                              'backend = "grub-btrfs"\npool = "pool"'), False),
+    ("grub-btrfs-with-root", BASE.replace('backend = "dirs"', 'backend = "grub-btrfs"'), False),
     ("unknown-backend", BASE.replace('"dirs"', '"grub"'), False),
     ("hooks-string", BASE.replace('["/health"]', '"/health"'), False),
     ("hook-relative", BASE.replace('["/health"]', '["health"]'), False),

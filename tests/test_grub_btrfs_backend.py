@@ -80,7 +80,7 @@ def provisioned(world, tmp_path_factory) -> Path:
     made = subprocess.run(["mkfs.btrfs", "-q", str(image)], capture_output=True, text=True)
     assert made.returncode == 0, made.stderr
     with attached(image) as device:
-        cabinet = GrubCabinet(device, directory / "work", _trust(world))
+        cabinet = GrubCabinet.lay_out(device, directory / "work", _trust(world))
         result = cabinet.provision(world / "bundles/full-1")
         assert result.returncode == 0, result.stdout + result.stderr
     return directory
@@ -90,10 +90,7 @@ def provisioned(world, tmp_path_factory) -> Path:
 def cabinet_from(template: Path, directory: Path, world: Path):
     shutil.copytree(template, directory, symlinks=True)
     with attached(directory / "disk.img") as device:
-        cabinet = GrubCabinet.__new__(GrubCabinet)
-        cabinet.device, cabinet.work, cabinet.trust = device, directory / "work", _trust(world)
-        cabinet.esp, cabinet.running, cabinet.mounts, cabinet.booted = (
-            cabinet.work / "esp", cabinet.work / "running", [], None)
+        cabinet = GrubCabinet(device, directory / "work", _trust(world))
         try:
             yield cabinet
         finally:
@@ -126,7 +123,7 @@ def test_provisioned_environment_is_the_grub_default(cabinet):
     backend = GrubBtrfsBackend({"pool": "/pool", "grubenv": "/boot/efi/EFI/BOOT/env-a/grubenv",
                                 "grubenv_copy": "/boot/efi/EFI/BOOT/env-b/grubenv"}, cabinet.running)
     identity = backend.environments()[0].identity
-    assert f"UUID:" in uuid and identity in uuid  # the subvolume's own UUID
+    assert "UUID:" in uuid and identity in uuid  # the subvolume's own UUID
 
 
 def test_insert_trial_commit(cabinet, world):

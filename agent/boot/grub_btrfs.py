@@ -169,8 +169,8 @@ class GrubBtrfsBackend(BootBackend):
             return first
         return self._read_block(self.blocks[1]) or first or {}
 
-    def _write_record(self, default: str, trial: str) -> None:
-        record = self._record()
+    def _write_record(self, record: dict[str, str], default: str, trial: str) -> None:
+        """``record``: what the blocks hold now (:meth:`_record`), whose other variables are kept."""
         variables = {"default_env": default, "trial_env": trial,
                      **{k: v for k, v in record.items() if k not in ("default_env", "trial_env")}}
         try:
@@ -237,19 +237,21 @@ class GrubBtrfsBackend(BootBackend):
         if not self._usable(name):
             raise BootError(self.name, f"environment {name} has no boot/vmlinuz and boot/initrd.img; GRUB "
                                        "would not boot it", hint="the platform must ship its kernel and initramfs")
-        self._write_record(self._record().get("default_env", ""), name)
+        record = self._record()
+        self._write_record(record, record.get("default_env", ""), name)
 
     def cancel_once(self) -> None:
         record = self._record()
         if record.get("trial_env"):
-            self._write_record(record.get("default_env", ""), "")
+            self._write_record(record, record.get("default_env", ""), "")
 
     def commit(self, name: str) -> None:
         if not self._usable(name):
             raise BootError(self.name, f"environment {name} does not exist or has no kernel and initramfs",
                             hint="the platform must ship boot/vmlinuz and boot/initrd.img")
-        trial = self._record().get("trial_env", "")
-        self._write_record(name, "" if trial == name else trial)
+        record = self._record()
+        trial = record.get("trial_env", "")
+        self._write_record(record, name, "" if trial == name else trial)
 
     def destroy(self, name: str) -> None:
         path = self._path(name)

@@ -95,8 +95,7 @@ class GrubCabinet:
     files (root.json and its signatures)."""
 
     def __init__(self, device: str, work: Path, trust: list[Path]):
-        debian_tools("grub-common", "grub-editenv")
-        debian_tools("btrfs-progs", "btrfs")
+        """A cabinet on a disk already laid out (:meth:`lay_out`), its work folder as left."""
         self.device = device
         self.work = work
         self.trust = trust
@@ -104,8 +103,15 @@ class GrubCabinet:
         self.running = work / "running"
         self.mounts: list[Path] = []
         self.booted: str | None = None
+
+    @classmethod
+    def lay_out(cls, device: str, work: Path, trust: list[Path]) -> "GrubCabinet":
+        """A blank cabinet on the fresh btrfs ``device``: the ESP's two blocks, ``envs/``, ``var``."""
+        debian_tools("grub-common", "grub-editenv")
+        debian_tools("btrfs-progs", "btrfs")
+        cabinet = cls(device, work, trust)
         for block in BLOCKS:
-            path = self.esp / Path(block).relative_to("boot/efi")
+            path = cabinet.esp / Path(block).relative_to("boot/efi")
             path.parent.mkdir(parents=True)
             _run("grub-editenv", path, "create")
         top = work / "top"
@@ -117,6 +123,7 @@ class GrubCabinet:
         finally:
             _run("umount", top)
         top.rmdir()
+        return cabinet
 
     # --- mounting ----------------------------------------------------------------------------
 

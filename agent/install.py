@@ -208,7 +208,8 @@ def _stage_and_arm(device: Device, state: AgentState, chosen: dict[str, list[Cho
     with _undone_on_failure(device, state, name, f"staging into {name}", "staging-failed",
                             "the running one is unchanged", "then insert the stick again"):
         environment = device.backend.clone(state.environment, name)
-        stage(device.config.layout, chosen, _sources(found), environment, running, set(state.components),
+        stage(device.config.layout, chosen, _sources(found), environment, running,
+              {component: c.tree_digest for component, c in state.components.items()},
               device.state_dir.chain, progress)
         sync_filesystem(environment)  # on the disk before a boot can be pointed at it
     state.pending = Pending(Phase.TRIAL, name, previous=state.environment,
@@ -325,7 +326,7 @@ def _provision_into_new_environment(device: Device, state: AgentState, chosen: d
             environment = device.backend.create_empty(name)
         else:
             environment = device.backend.clone(source, name)
-        stage(device.config.layout, chosen, _sources(found), environment, None, set(), device.state_dir.chain,
+        stage(device.config.layout, chosen, _sources(found), environment, None, {}, device.state_dir.chain,
               progress)
         sync_filesystem(environment)
     device.backend.commit(name)  # the commit point

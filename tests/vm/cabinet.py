@@ -26,6 +26,7 @@ from typing import Callable
 
 from agent.format.bundle_dir import MANIFEST
 from agent.format.manifest import Manifest
+from tests.sim.summary import count_summary
 from tests.sim.tools import run_cli
 from tests.vm import sticks
 from tests.vm.esp import REPO, run
@@ -38,6 +39,7 @@ STAGED, REFUSED, NOTHING = 4, 3, 0  # the agent's exit codes (docs/AGENT.md)
 GUEST_CHECK = Path(__file__).with_name("guest_check.py")
 AGENT_PYTHON = "/opt/bundle-agent/bin/python"
 _EXITED = re.compile(r"bundle-agent on-insert \S+ exited (\d+)")
+TRACE = "BUNDLE_CRASH_TRACE=/dev/ttyS0"  # the agent's runs print their writes on the console (trace_agent_writes)
 # A line of keys/crashpoint.py's trace: the number of the durable write in this process, and its name.
 WRITE = re.compile(r"(?:^|\s)(\d+) ((?:write|fsync|fsync-dir|rename|sync|grubenv|clone|stage|audit|rotate) \S+)")
 REBOOTING_TEXT = re.compile(REBOOTING.pattern.decode())
@@ -48,6 +50,9 @@ INSERTION_END = re.compile(rf"{FOLLOWED}bundle-agent-insert: bundle-agent on-ins
                            rf"{REBOOTING_TEXT.pattern}")
 # Seconds measured by the scenarios, printed as "vm timing:" lines at the end (tests/vm/conftest.py).
 TIMINGS: dict[str, list[float]] = defaultdict(list)
+SUMMARY = "vm: {boots} boots, {insertions} insertions, {power_cuts} power cuts, {unbootable} unbootable, " \
+          "{lost} lost environments"
+GAME = "game/demo"
 
 
 @dataclass(frozen=True)
@@ -197,7 +202,6 @@ class Cabinet:
                                noise=f"^{FOLLOWED}")
         self.boot_seconds: list[float] = []  # power on (or reset) to a root shell, per boot
         self.unbootable = 0
-        self.trace_writes = False  # see _trace_agent_writes
         self.lost = 0  # checks that found the state's environment missing or not what was signed
         self.known: Callable[[], set[str]] = lambda: set()  # tree digests of every signed manifest made
         self._stick = 0
@@ -235,17 +239,21 @@ class Cabinet:
         # watched there, never by typing (keys typed just before an agent's reboot would reach
         # GRUB after the reset and stop it at its menu).
         self.sh(f"(journalctl -f -n0 -o cat -t bundle-agent-insert | sed -u 's/^/{FOLLOWED}/' > /dev/ttyS0 2>&1 &)")
-        if self.trace_writes:
-            self._trace_agent_writes()
         return self.machine.boots(since)[-1]
 
-    def _trace_agent_writes(self) -> None:
-        """Have the insert service's agent print each durable write on the serial console as it
-        comes to it (keys/crashpoint.py: BUNDLE_CRASH_TRACE), so a power cut can be timed to one.
-        A runtime drop-in in /run: it changes no environment and is gone after the next boot."""
+    def trace_agent_writes(self) -> None:
+        """From now on, have every run of the agent print each durable write on the serial console
+        as it comes to it (keys/crashpoint.py: BUNDLE_CRASH_TRACE), so a power cut can be timed to
+        one. In this boot by a runtime drop-in for the insert service (in /run: gone at the next
+        boot); in every later boot, boot-check's runs too, by ``systemd.setenv=`` on the kernel
+        command line, appended to the ``linux`` line of this machine's grub.cfg on its ESP (the
+        one change made to the script under test; an environment is left as it was signed)."""
         folder = "/run/systemd/system/bundle-agent-insert@.service.d"
-        self.sh(f"mkdir -p {folder} && printf '[Service]\\nEnvironment=BUNDLE_CRASH_TRACE=/dev/ttyS0\\n' "
+        self.sh(f"mkdir -p {folder} && printf '[Service]\\nEnvironment={TRACE}\\n' "
                 f"> {folder}/vm-trace.conf && systemctl daemon-reload")
+        script = "/boot/efi/EFI/BOOT/grub.cfg"
+        self.sh(f"sed -i 's|bundle\\.env=\\$boot_env |&systemd.setenv={TRACE} |' {script} && sync && "
+                f"grep -c 'systemd.setenv={TRACE}' {script}")
 
     def settle(self, since: int, timeout: float = JUDGE_SECONDS * 2) -> Boot:
         """Follow the machine from ``since`` until a boot whose boot-check has finished and after
@@ -274,6 +282,13 @@ class Cabinet:
     def close(self) -> None:
         self.machine.close()
 
+    def count(self, label: str, seconds: float) -> None:
+        """Add what this machine did to the summary line, and its timings (``label``: the scenario)."""
+        count_summary("vm", SUMMARY, boots=len(self.machine.boots()), insertions=self.machine.insertions,
+                      power_cuts=self.machine.power_cuts, unbootable=self.unbootable, lost=self.lost)
+        TIMINGS["a full boot (power on to a root shell)"].extend(self.boot_seconds)
+        TIMINGS[label].append(seconds)
+
     # --- looking at it ------------------------------------------------------------------------------
 
     def sh(self, command: str, timeout: float = 120) -> str:
@@ -282,7 +297,8 @@ class Cabinet:
 
     def status(self) -> dict:
         """``bundle-agent status --json`` (it must succeed: the state parses)."""
-        return json.loads(self.sh("bundle-agent status --json"))
+        # Without the write trace (trace_agent_writes): its lines would land in the output.
+        return json.loads(self.sh("env -u BUNDLE_CRASH_TRACE bundle-agent status --json"))
 
     def cmdline(self) -> str:
         return self.sh("cat /proc/cmdline")
@@ -322,6 +338,17 @@ class Cabinet:
             self.lost += 1
             raise AssertionError(f"{'; '.join(problems)}{where}: {report}")
         return report
+
+    def committed_to(self, env: str, components: dict[str, int]) -> None:
+        """The running kernel, the state and the environment itself all say ``env`` with these sequences."""
+        status = self.status()
+        assert f"bundle.env={env}" in self.cmdline().split()
+        assert status["committed_environment"] == env, status
+        assert status["pending"] is None, status
+        assert {n: c["sequence"] for n, c in status["components"].items()} == components, status
+        flags = next(e["flags"] for e in status["environments"] if e["name"] == env)
+        assert "N" in flags and "R" in flags, status
+        self.verify()
 
     # --- sticks -------------------------------------------------------------------------------------
 

@@ -10,6 +10,13 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+
+import pytest
+
+from tests.vm import debian
+from tests.vm.cabinet import Cabinet, Image, Releases
+from tests.vm.machine import Boot
 
 
 def pytest_collection_modifyitems(config, items):
@@ -27,3 +34,36 @@ def pytest_terminal_summary(terminalreporter):
         ordered = sorted(seconds)
         terminalreporter.write_line(f"vm timing: {what}: median {ordered[len(ordered) // 2]:.0f} s, "
                                     f"max {ordered[-1]:.0f} s ({len(ordered)} measured)")
+
+
+@pytest.fixture(scope="session")
+def image() -> Image:
+    if os.geteuid() != 0:
+        pytest.skip("the VM scenarios make stick images with loop devices: needs root")
+    debian.need(*debian.QEMU, *debian.GRUB, "exfatprogs", "exfat-fuse", "fuse")
+    return Image.load()
+
+
+@pytest.fixture(scope="session")
+def releases(image, tmp_path_factory) -> Releases:
+    return Releases(image, tmp_path_factory.mktemp("releases"))
+
+
+@pytest.fixture(scope="session")
+def game_2(releases):
+    """A delta of the demo game, release 1 -> 2 (the cheapest update)."""
+    return releases.bundle("game-2", releases.game("game-2", 2))
+
+
+@pytest.fixture
+def cabinet(image, releases, tmp_path, request):
+    """A cabinet at release 1, powered on, its shell answering; counted into the summary after."""
+    started = time.monotonic()
+    device = Cabinet(image, tmp_path / "cabinet")
+    device.known = releases.known_digests
+    try:
+        assert device.power_on() == Boot("env-1", trial=False)
+        yield device
+    finally:
+        device.count(request.node.name, time.monotonic() - started)
+        device.close()

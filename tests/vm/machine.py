@@ -267,9 +267,9 @@ class Machine:
         with self._changed:
             return len(self.log)
 
-    def text(self, since: int = 0) -> str:
+    def text(self, since: int = 0, until: int | None = None) -> str:
         with self._changed:
-            return clean(bytes(self.log[since:]))
+            return clean(bytes(self.log[since:until]))
 
     def tail(self, lines: int = TAIL_LINES) -> str:
         return "\n".join(self.text(max(0, len(self.log) - 64 * 1024)).splitlines()[-lines:])

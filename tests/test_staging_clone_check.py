@@ -1,0 +1,63 @@
+"""The components an update leaves alone must reach the new environment as they were.
+
+agent/staging.py checks each clone against the digest recorded when the component was installed,
+and reads the running tree only when that does not match (one scan of a whole platform instead of
+two in the usual case)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from agent import staging
+from agent.apply import StagingError
+from agent.format.tree import tree_digest
+from agent.layout import Layout
+from agent.scan import scan_tree
+
+
+@pytest.fixture
+def environments(tmp_path):
+    running = tmp_path / "running"
+    (running / "platform" / "bin").mkdir(parents=True)
+    (running / "platform" / "bin" / "game-server").write_bytes(b"\x7fELF server")
+    (running / "platform" / "motd").write_text("welcome\n")
+    (running / "games").mkdir()
+    installed = {"platform": tree_digest(scan_tree(running / "platform"))}
+    new = tmp_path / "new"
+    shutil.copytree(running, new, symlinks=True)
+    return running, new, installed, tmp_path / "chain"
+
+
+def check(running, new, installed, chain):
+    staging.stage(Layout(), {}, {}, new, running, installed, chain)
+
+
+def test_a_faithful_clone_passes_with_one_scan(environments, monkeypatch):
+    scanned = []
+    real_scan = staging.scan_tree
+    monkeypatch.setattr(staging, "scan_tree", lambda tree, **kw: scanned.append(tree) or real_scan(tree, **kw))
+    check(*environments)
+    assert len(scanned) == 1
+
+
+def test_a_clone_that_differs_from_the_running_tree_is_refused(environments):
+    running, new, installed, chain = environments
+    (new / "platform" / "bin" / "game-server").write_bytes(b"\x7fELF serveR")
+    with pytest.raises(StagingError, match="clone of platform differs"):
+        check(running, new, installed, chain)
+
+
+def test_a_clone_missing_a_file_is_refused(environments):
+    running, new, installed, chain = environments
+    (new / "platform" / "motd").unlink()
+    with pytest.raises(StagingError, match="clone of platform differs"):
+        check(running, new, installed, chain)
+
+
+def test_a_running_tree_that_drifted_since_install_still_lets_a_faithful_clone_through(environments):
+    running, new, installed, chain = environments
+    for tree in (running, new):
+        (tree / "platform" / "motd").write_text("edited by the vendor's own tool\n")
+    check(running, new, installed, chain)

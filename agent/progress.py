@@ -15,14 +15,17 @@ Progress = Callable[[str, int, int], None]
 
 def step_counter(progress: Progress | None, step: str, total: int) -> Callable[[int], None]:
     """``advance(count)`` for code that reports bytes as it handles them: adds them up and tells
-    ``progress`` how far ``step`` is (nothing without ``progress``)."""
+    ``progress`` how far ``step`` is (nothing without ``progress``). A ``total`` that was an
+    estimate and proves low grows with what was done, so a step never shows more than 100%
+    (staging a clone counts the files it keeps in place out of its total, and finds some it must
+    write after all: one hard-linked in the running tree is written again, agent/apply.py)."""
     done = 0
 
     def advance(count: int) -> None:
         nonlocal done
         done += count
         if progress is not None:
-            progress(step, done, total)
+            progress(step, done, max(total, done))
     return advance
 
 

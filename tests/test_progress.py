@@ -129,3 +129,14 @@ def test_on_insert_writes_its_progress_as_log_lines(cabinet, world, tmp_path):
     staging = [line for line in lines if line.startswith("on-insert: staging platform ")]
     assert staging and re.fullmatch(r"on-insert: staging platform 100% .* done in \d+ s", staging[-1]), lines
     assert any(line.startswith("on-insert: verifying ") for line in lines), lines
+
+
+def test_a_step_whose_estimated_total_proves_low_never_passes_100_percent():
+    """Staging a clone estimates what it will write; a hard-linked file it must write after all
+    made on-insert log ``staging platform 9517125% 3.6 MiB/40 B``."""
+    from agent.progress import step_counter
+    seen = []
+    advance = step_counter(lambda step, done, total: seen.append((done, total)), "staging platform", 40)
+    advance(30)
+    advance(3_800_000)
+    assert seen == [(30, 40), (3_800_030, 3_800_030)]

@@ -102,11 +102,15 @@ def kernel_version(root: Path) -> str:
 
 
 def check_initramfs(root: Path, version: str) -> None:
-    """The root is btrfs: without the btrfs module in the initramfs no environment boots."""
+    """The root is btrfs: without the btrfs module in the initramfs no environment boots. And no
+    USB storage driver may be there (files/initramfs-cabinet-hook, T-BOOT-STICK)."""
     listing = in_chroot(root, ["lsinitramfs", f"/boot/initrd.img-{version}"], capture=True)
-    for needed in ("btrfs.ko", "virtio_blk.ko", "usb-storage.ko"):
+    for needed in ("btrfs.ko", "virtio_blk.ko"):
         if needed not in listing:
             raise RuntimeError(f"the initramfs has no {needed}")
+    for banned in ("usb-storage.ko", "uas.ko"):
+        if banned in listing:
+            raise RuntimeError(f"the initramfs has {banned}: a stick could be taken for the root")
 
 
 def kernel_links(root: Path, version: str) -> None:

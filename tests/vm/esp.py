@@ -10,6 +10,7 @@ dosfstools and mtools.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -147,3 +148,31 @@ def read_blocks(image: Path) -> tuple[bytes, bytes]:
     """The raw bytes of both environment blocks (A, B) on an ESP image."""
     block_a, block_b = env_blocks()
     return fat_read(image, block_a), fat_read(image, block_b)
+
+
+def gpt_disk(path: Path, partitions: list[Path]) -> list[tuple[int, int]]:
+    """A GPT disk at ``path`` whose partitions hold the given images byte for byte, in order (an
+    ESP first, then a pool: the cabinet's layout). Returns each partition's (offset, size) in bytes."""
+    sizes = [Path(image).stat().st_size for image in partitions]
+    start = MiB
+    with open(path, "wb") as disk:
+        disk.truncate(start + sum(sizes) + MiB)  # room for the backup GPT at the end
+    script = "label: gpt\n" + "".join(f"size={size // 512}\n" for size in sizes)
+    run("sfdisk", "--quiet", path, input=script.encode())
+    layout = json.loads(run("sfdisk", "--json", path))["partitiontable"]["partitions"]
+    placed = [(entry["start"] * 512, entry["size"] * 512) for entry in layout]
+    with open(path, "r+b") as disk:
+        for image, (offset, _) in zip(partitions, placed):
+            with open(image, "rb") as source:
+                disk.seek(offset)
+                while chunk := source.read(4 * MiB):
+                    disk.write(chunk)
+    return placed
+
+
+def extract(disk: Path, offset: int, size: int, out: Path) -> Path:
+    """The bytes of one partition of ``disk`` as an image file at ``out``."""
+    with open(disk, "rb") as source, open(out, "wb") as target:
+        source.seek(offset)
+        target.write(source.read(size))
+    return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-import uuid
+import uuid as uuid_module
 from pathlib import Path
 
 from tests.vm.esp import MiB, run
@@ -22,11 +22,11 @@ WHOLE = (KERNEL, INITRD)
 
 
 def btrfs_pool(path: Path, envs: dict[str, tuple[str, ...]], *, symlinked: tuple[str, ...] = (),
-               size: int = 128 * MiB) -> str:
+               size: int = 128 * MiB, uuid: str | None = None) -> str:
     """A btrfs image at ``path`` with a subvolume ``envs/<name>`` holding the files ``envs[name]``
     names; in the environments listed in ``symlinked``, ``boot/vmlinuz`` is a relative symlink to a
-    versioned file, as Debian installs it. Returns the filesystem's UUID."""
-    pool_uuid = str(uuid.uuid4())
+    versioned file, as Debian installs it. Returns the filesystem's UUID (``uuid``, else a new one)."""
+    pool_uuid = uuid or str(uuid_module.uuid4())
     with open(path, "wb") as handle:
         handle.truncate(size)
     run("mkfs.btrfs", "-q", "-L", "CABINET", "-U", pool_uuid, path)

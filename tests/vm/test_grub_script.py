@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import pytest
 
@@ -27,13 +28,19 @@ BOOT_SECONDS = 60  # a boot takes ~4 s under TCG; generous for a loaded CI machi
 
 
 class GrubCabinet:
-    """A machine with the repository's ESP (blocks as given) and the shared pool; each
+    """A machine whose boot disk holds the repository's ESP (blocks as given) and the pool, as a
+    cabinet's does, after the disks in ``before`` (another disk GRUB finds first); each
     :meth:`boot` is a cold boot that ends as soon as grub.cfg announces its choice."""
 
-    def __init__(self, grub, directory, block_a: bytes, block_b: bytes):
-        self.esp = esp.cabinet_esp(directory / "esp.img", grub["uuid"], grub["bootx64"], (block_a, block_b))
-        self.machine = Machine(directory / "vm", [Drive(self.esp), Drive(grub["pool"], readonly=True)],
-                               memory=128, cpus=1)
+    def __init__(self, grub, directory, block_a: bytes, block_b: bytes, before: tuple[Path, ...] = ()):
+        directory.mkdir(parents=True, exist_ok=True)
+        partition = esp.cabinet_esp(directory / "esp.img", grub["uuid"], grub["bootx64"], (block_a, block_b))
+        self.disk = directory / "disk.img"
+        self.esp_at = esp.gpt_disk(self.disk, [partition, grub["pool"]])[0]
+        partition.unlink()
+        drives = [Drive(path, readonly=True) for path in before] + [Drive(self.disk)]
+        self.machine = Machine(directory / "vm", drives, memory=128, cpus=1)
+        self.work = directory
 
     def boot(self) -> Boot:
         since = self.machine.mark()
@@ -48,7 +55,8 @@ class GrubCabinet:
 
     def blocks(self) -> tuple[dict | None, dict | None]:
         """Both blocks as ``grub-editenv list`` reads them (None: it refuses the block)."""
-        return tuple(esp.parse_envblock(data) for data in esp.read_blocks(self.esp))  # type: ignore[return-value]
+        partition = esp.extract(self.disk, *self.esp_at, self.work / "esp-now.img")
+        return tuple(esp.parse_envblock(data) for data in esp.read_blocks(partition))  # type: ignore[return-value]
 
     def close(self) -> None:
         self.machine.close()
@@ -77,9 +85,9 @@ def grub(tmp_path_factory):
 def cabinet(grub, tmp_path):
     made = []
 
-    def make(block_a: bytes, block_b: bytes | None = None) -> GrubCabinet:
+    def make(block_a: bytes, block_b: bytes | None = None, before: tuple[Path, ...] = ()) -> GrubCabinet:
         made.append(GrubCabinet(grub, tmp_path / f"cabinet{len(made)}", block_a,
-                                block_a if block_b is None else block_b))
+                                block_a if block_b is None else block_b, before))
         return made[-1]
 
     yield make
@@ -139,3 +147,14 @@ def test_with_both_blocks_unusable_any_whole_environment_boots(cabinet):
     booted = device.boot()
     assert device.said("cabinet: no usable environment")
     assert booted in (Boot("env-1", False), Boot("env-2", False)), "env-3 has no initramfs: never chosen"
+
+
+def test_another_disk_with_the_pools_uuid_is_never_booted(cabinet, grub, tmp_path):
+    """T-BOOT-STICK: the pool's UUID is no secret (it is on the kernel command line). A stick or
+    disk carrying a filesystem with that UUID, found by GRUB before the boot disk, must not
+    offer its system: grub.cfg searches the boot disk first and stops there."""
+    decoy = tmp_path / "decoy.img"
+    btrfs_pool(decoy, {"env-decoy": WHOLE}, uuid=grub["uuid"])
+    device = cabinet(block(**COMMITTED), before=(decoy,))
+    assert device.boot() == Boot("env-1", trial=False)
+    assert not device.said("env-decoy")

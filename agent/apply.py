@@ -26,6 +26,7 @@ from agent.format.tree import DIR, FILE, HARDLINK, SYMLINK, Entry, Prefix
 from agent.payload import Payload
 from agent.reflink import reflink
 from agent.scan import READ_SIZE, scan_tree
+from agent.tree_audit import compare
 from keys.crashpoint import crashpoint
 from keys.errors import Refused
 from keys.files import write_all
@@ -327,24 +328,8 @@ def apply_component(component: Component, payload: Payload, target: Path | Benea
 def verify_staged(component: Component, target: Path | Beneath, *, check_owner: bool,
                   exclude: tuple[str, ...] = ()) -> None:
     """Check the built tree against the manifest, entry by entry (``exclude``: nested components,
-    machine-local paths), never following a symlink. Raises StagingError naming the first
-    difference, EscapingPath."""
-    actual = {e.path: e for e in scan_tree(target, exclude=exclude)}
-    for expected in component.entries:
-        if _within(expected.path, exclude):
-            continue
-        found = actual.pop(expected.path, None)
-        if found is None:
-            raise StagingError(f"{component.name}: {expected.path!r} is missing from the staged tree")
-        checks = [("type", expected.type, found.type), ("size", expected.size, found.size),
-                  ("content", expected.sha256, found.sha256), ("target", expected.target, found.target)]
-        if expected.type != HARDLINK and expected.type != SYMLINK:
-            checks.append(("mode", expected.mode, found.mode))
-        if check_owner and expected.type != HARDLINK:
-            checks.append(("owner", (expected.uid, expected.gid), (found.uid, found.gid)))
-        for what, want, got in checks:
-            if want != got:
-                raise StagingError(f"{component.name}: {expected.path!r} has the wrong {what} after staging")
-    unexpected = sorted(set(actual) - _ancestors(exclude))
-    if unexpected:
-        raise StagingError(f"{component.name}: the staged tree has unexpected {unexpected[0]!r}")
+    machine-local paths), never following a symlink (agent/tree_audit.py compare, as the audit of an
+    installed environment does). Raises StagingError naming the first difference, EscapingPath."""
+    result = compare(component.entries, scan_tree(target, exclude=exclude), exclude, check_owner=check_owner)
+    if not result.clean:
+        raise StagingError(f"{component.name}: {result.first} after staging")

@@ -29,7 +29,11 @@ from agent import system_log
 from agent.choice import Choice, choose
 from agent.device import Device
 from agent.other_products import other_products
+from agent.floors import rebuilt_floors
+from agent.identity import ensure_identity
+from agent.format.token import VerifiedToken
 from agent.journal import Pending, Phase
+from agent.kept import KeptDamaged, KeptRecord, environment_records, keep_environment
 from agent.offer import Found, bundles_used, read_offer
 from agent.payload import Payload
 from agent.progress import Progress, step_counter
@@ -38,6 +42,7 @@ from agent.resume import destroy_quietly, recover_interrupted, remove_failed_env
 from agent.space import check_spool_space, check_staging_space
 from agent.staging import check_layout, stage
 from agent.state import AgentState
+from agent.tokens import require_token, spend_token
 from keys.errors import Failed, Refused, UpdateError
 from keys.files import sync_filesystem
 from keys.printable import echo
@@ -108,6 +113,11 @@ def install(device: Device, medium: Path, progress: Progress | None = None) -> R
     state = recover_interrupted(device, device.store.load())
     if state.environment is None:
         system_log.log("install-refused", {"source": str(medium), "reason": "not provisioned"})
+        if _has_environments(device):
+            raise NotProvisioned(f"this machine has environments ({_environment_names(device)}) but no usable state",
+                                 hint="a technician provisions it again: bundle-agent provision STICK, with a "
+                                      "technician token allowing provision on the stick; the anti-rollback "
+                                      "floors are rebuilt from the kept signed manifests")
         raise NotProvisioned("this machine has not been provisioned",
                              hint="install a full bundle first: bundle-agent provision BUNDLE_OR_STICK")
     if state.pending:
@@ -119,12 +129,22 @@ def install(device: Device, medium: Path, progress: Progress | None = None) -> R
                            hint="reboot (bundle-agent boot, then boot-check) before installing another")
     remove_failed_environments(device, state)  # their space counts for the new environment
     medium = Path(medium)
-    _, found = read_offer(device, medium, report)
+    root, found = read_offer(device, medium, report)
     chosen, report.decisions = choose(device.facts, state.components, state.floors,
                                       {k: v.verified for k, v in found.items()})
     if not chosen:
         return _nothing(device, medium, report)
     _record_examined(device, "examined", medium, report)
+    return stage_for_trial(device, state, chosen, found, report, root.version, progress)
+
+
+def stage_for_trial(device: Device, state: AgentState, chosen: dict[str, list[Choice]], found: dict[str, Found],
+                    report: Report, root_version: int, progress: Progress | None = None) -> Report:
+    """Steps 3 to 5 for routes already chosen from verified bundles (``found``, verified under the
+    trust root of ``root_version``): check the layout and the space, spool, stage into a new
+    environment cloned from the committed one, keep the signed manifests, arm the trial. Shared by
+    install and the technician's repair. Raises Refused (a layout conflict, the machine running
+    another environment than the committed one), Failed, StagingFailed and any staging error."""
     _check_layout(device, chosen)
     booted = device.backend.booted()
     if booted is not None and booted.name != state.environment:
@@ -137,7 +157,7 @@ def install(device: Device, medium: Path, progress: Progress | None = None) -> R
     check_spool_space(device, chosen, found)
     try:
         found = _spool_or_fail(device, state, chosen, found, progress)
-        return _stage_and_arm(device, state, chosen, found, running_env.path, report, progress)
+        return _stage_and_arm(device, state, chosen, found, running_env.path, report, root_version, progress)
     finally:
         shutil.rmtree(device.state_dir.spool, ignore_errors=True)
 
@@ -198,8 +218,29 @@ def _undone_on_failure(device: Device, state: AgentState, name: str, what: str, 
         raise
 
 
+def _keep_manifests(device: Device, name: str, chosen: dict[str, list[Choice]], found: dict[str, Found],
+                    root_version: int, inherit_from: str | None = None) -> None:
+    """Keep the signed manifest of each chosen component's last step, and record them for ``name``
+    with the records of ``inherit_from`` (the running environment) for the components it did not
+    update (agent/kept.py). Before the environment is armed or committed: whatever is booted has
+    its record. A running environment without a usable record passes none on (those components
+    are audited as unverifiable)."""
+    inherited: dict[str, KeptRecord] = {}
+    if inherit_from is not None:
+        try:
+            inherited = {n: r for n, r in environment_records(device.state_dir, inherit_from).items()
+                         if n not in chosen}
+        except KeptDamaged as error:
+            device.audit.record("kept-record-damaged", environment=inherit_from, reason=error.message)
+    updated = {}
+    for component, route in chosen.items():
+        verified = found[route[-1].bundle].verified
+        updated[component] = (verified.manifest_bytes, verified.signature_files, root_version)
+    keep_environment(device.state_dir, name, updated, inherited)
+
+
 def _stage_and_arm(device: Device, state: AgentState, chosen: dict[str, list[Choice]], found: dict[str, Found],
-                   running: Path, report: Report, progress: Progress | None = None) -> Report:
+                   running: Path, report: Report, root_version: int, progress: Progress | None = None) -> Report:
     name = device.backend.new_name()
     state.pending = Pending(Phase.STAGING, name, previous=state.environment)
     device.store.save(state)
@@ -212,6 +253,7 @@ def _stage_and_arm(device: Device, state: AgentState, chosen: dict[str, list[Cho
               {component: c.tree_digest for component, c in state.components.items()},
               device.state_dir.chain, progress)
         sync_filesystem(environment)  # on the disk before a boot can be pointed at it
+        _keep_manifests(device, name, chosen, found, root_version, inherit_from=state.environment)
     state.pending = Pending(Phase.TRIAL, name, previous=state.environment,
                             components=_new_components(state, chosen), bundles=tuple(bundles_used(chosen)))
     device.store.save(state)
@@ -281,8 +323,15 @@ def provision(device: Device, medium: Path, progress: Progress | None = None) ->
     if state.environment is not None:
         raise Refused(f"this machine is already provisioned (environment {state.environment})",
                       hint="use bundle-agent install for updates")
-    _, found = read_offer(device, Path(medium), report)
-    chosen, report.decisions = choose(device.facts, {}, {}, {k: v.verified for k, v in found.items()})
+    token = None
+    if _has_environments(device):
+        # T-ROLLBACK: a machine that has environments but no state lost it (damaged, deleted).
+        # Provisioning it again is a technician's decision, and it never goes below the floors
+        # the kept signed manifests vouch for (agent/floors.py).
+        token = authorise_provision(device, Path(medium))
+        state.floors = rebuilt_floors(device, state.floors, excluded=state.failed_trials)
+    root, found = read_offer(device, Path(medium), report)
+    chosen, report.decisions = choose(device.facts, {}, state.floors, {k: v.verified for k, v in found.items()})
     if "platform" not in chosen:
         _record_examined(device, "refused-medium", Path(medium), report)
         reasons = [d.reason for d in report.decisions if d.verdict != "chosen"] + [r for _, r in report.refusals]
@@ -295,14 +344,47 @@ def provision(device: Device, medium: Path, progress: Progress | None = None) ->
     check_spool_space(device, chosen, found)
     try:
         found = _spool_or_fail(device, state, chosen, found, progress)
-        return _provision_into_new_environment(device, state, chosen, found, report, progress)
+        if token is not None:
+            _spend_provision_token(device, token)
+        return _provision_into_new_environment(device, state, chosen, found, report, root.version, progress)
     finally:
         shutil.rmtree(device.state_dir.spool, ignore_errors=True)
 
 
+def _has_environments(device: Device) -> bool:
+    """Whether the agent made environments on this machine before: then it was provisioned."""
+    return any(environment.made_by_agent for environment in device.backend.environments())
+
+
+class TokenNeeded(Refused):
+    """Provisioning a machine that already has environments needs a technician token."""
+
+
+def authorise_provision(device: Device, medium: Path) -> VerifiedToken:
+    """The technician token on ``medium`` allowing "provision" on this machine (agent/tokens.py,
+    docs/TRUST.md "Technician tokens"), verified but not yet spent: :func:`_spend_provision_token`
+    records it once everything has been checked, before anything is written. Never allows
+    without one. Raises TokenNeeded saying why this machine needs it and why no token does."""
+    try:
+        return require_token(device, medium, "provision")
+    except Refused as error:
+        raise TokenNeeded(f"this machine already has environments ({_environment_names(device)}) but no usable "
+                          f"state: provisioning it again needs a technician token allowing \"provision\"; "
+                          f"{error.message}", where=error.where, hint=error.hint) from error
+
+
+def _spend_provision_token(device: Device, token: VerifiedToken) -> None:
+    """Recorded as used before the new environment is made (agent/tokens.py spend_token)."""
+    spend_token(device, token, "provision")
+
+
+def _environment_names(device: Device) -> str:
+    return ", ".join(e.name for e in device.backend.environments() if e.made_by_agent)
+
+
 def _provision_into_new_environment(device: Device, state: AgentState, chosen: dict[str, list[Choice]],
-                                    found: dict[str, Found], report: Report, progress: Progress | None = None
-                                    ) -> Report:
+                                    found: dict[str, Found], report: Report, root_version: int,
+                                    progress: Progress | None = None) -> Report:
     name = device.backend.new_name()
     final = {n: route[-1].component for n, route in chosen.items()}
     components = {n: {"version": c.version, "sequence": c.sequence, "tree_digest": c.tree_digest}
@@ -329,6 +411,10 @@ def _provision_into_new_environment(device: Device, state: AgentState, chosen: d
         stage(device.config.layout, chosen, _sources(found), environment, None, {}, device.state_dir.chain,
               progress)
         sync_filesystem(environment)
+        _keep_manifests(device, name, chosen, found, root_version)
+    # The device's own key for signing its reports (agent/identity.py), before the commit point: a
+    # provisioned machine always has one (a machine that had one keeps it).
+    ensure_identity(device.state_dir, device.audit)
     device.backend.commit(name)  # the commit point
     state.provisioned(name, components)
     device.store.save(state)

@@ -17,6 +17,9 @@ class Phase(str, Enum):
     TRIAL = "trial"  # the new environment boots once; boot-check commits it or rolls back
     PROVISIONING = "provisioning"  # the first environment is being built (factory)
     ROLLBACK = "rollback"  # a technician's rollback to the previous committed environment
+    # A kept committed environment boots once for a trial (a technician's rollback or switch,
+    # agent/technician/switch.py); boot-check commits it or returns, and never destroys it.
+    SWITCH = "switch"
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,7 @@ class Pending:
     phase: Phase
     environment: str  # the environment the step makes, or (rollback) goes back to
     previous: str | None = None  # the committed environment when the step began
-    components: dict[str, dict] | None = None  # trial, provisioning: what becomes committed
+    components: dict[str, dict] | None = None  # trial, provisioning, switch: what becomes committed
     bundles: tuple[str, ...] | None = None  # trial: the bundles it was staged from
 
     def to_json(self) -> dict:
@@ -49,8 +52,8 @@ class Pending:
                 or not (bundles is None or isinstance(bundles, list) and all(isinstance(b, str) for b in bundles)):
             raise ValueError("pending has fields of the wrong type")
         pending = cls(Phase(phase), environment, previous, components, tuple(bundles) if bundles is not None else None)
-        if pending.phase in (Phase.TRIAL, Phase.PROVISIONING) and components is None:
+        if pending.phase in (Phase.TRIAL, Phase.PROVISIONING, Phase.SWITCH) and components is None:
             raise ValueError(f"a {phase} names no components")
-        if pending.phase in (Phase.STAGING, Phase.TRIAL, Phase.ROLLBACK) and previous is None:
+        if pending.phase in (Phase.STAGING, Phase.TRIAL, Phase.ROLLBACK, Phase.SWITCH) and previous is None:
             raise ValueError(f"a {phase} names no previous environment")
         return pending

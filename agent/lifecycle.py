@@ -23,6 +23,7 @@ from pathlib import Path
 from agent import system_log
 from agent.device import Device
 from agent.journal import Pending, Phase
+from agent.kept import forget_environment
 from agent.resume import recover_interrupted, remove_failed_environments
 from agent.state import AgentState
 from keys.errors import Refused, UpdateError
@@ -62,7 +63,11 @@ def _commit(device: Device, state: AgentState) -> str:
     pending = state.pending
     name = pending.environment
     device.backend.commit(name)  # the commit point: a crash after this boots the trial and repeats the check
-    state.committed_trial(device.backend.identity_of(state.environment))
+    previous_identity = device.backend.identity_of(state.environment)
+    if pending.phase is Phase.SWITCH:
+        state.switched_to(previous_identity)
+    else:
+        state.committed_trial(previous_identity)
     device.store.save(state)
     device.audit.record("committed", environment=name, components=pending.components)
     _prune(device, state)
@@ -83,6 +88,7 @@ def _prune(device: Device, state: AgentState) -> None:
     excess = len(environments) - device.config.keep
     for environment in removable[:max(0, excess)]:
         device.backend.destroy(environment.name)
+        forget_environment(device.state_dir, environment.name)
         device.audit.record("pruned", environment=environment.name)
 
 
@@ -92,22 +98,27 @@ def boot_check(device: Device) -> str:
     removed = remove_failed_environments(device, state)
     pending = state.pending
     booted = device.backend.booted()
-    if pending is None or pending.phase is not Phase.TRIAL:
+    if pending is None or pending.phase not in (Phase.TRIAL, Phase.SWITCH):
         running = booted.name if booted else "an unknown environment"
         message = f"no trial pending; running {running}"
         if state.environment is not None and running != state.environment:
             message += f", but {state.environment} is committed"
         return message + "".join(f"; removed the failed trial {name}" for name in removed)
     name = pending.environment
+    # A switch boots a kept committed environment: when its trial fails it stays as it was, for
+    # another look; a new environment that failed is removed.
+    switch = pending.phase is Phase.SWITCH
     if booted is None or booted.name != name:
         state.pending = None
-        state.failed_trials.append(name)
+        if not switch:
+            state.failed_trials.append(name)
         message = (f"the trial of {name} did not reach its health check (it crashed or was never booted); "
                    f"running {booted.name if booted else 'the default'}, which stays committed")
         state.last_result = {"outcome": "trial failed", "message": message}
         device.store.save(state)
-        device.audit.record("trial-failed", environment=name, booted=booted.name if booted else None)
-        if name in remove_failed_environments(device, state):  # its space is needed for the next attempt
+        device.audit.record("switch-failed" if switch else "trial-failed", environment=name,
+                            booted=booted.name if booted else None)
+        if not switch and name in remove_failed_environments(device, state):  # its space is needed next
             message += "; the failed environment was removed"
         return message
     healthy, detail = _run_hooks(device, booted.path)
@@ -116,11 +127,13 @@ def boot_check(device: Device) -> str:
         return _commit(device, state)
     device.backend.cancel_once()
     state.pending = None
-    state.failed_trials.append(name)  # removed by the next boot-check, which runs elsewhere
+    if not switch:
+        state.failed_trials.append(name)  # removed by the next boot-check, which runs elsewhere
     state.last_result = {"outcome": "rolled back", "message": f"{name} failed its health check ({detail}); back to "
                                                               f"{pending.previous}"}
     device.store.save(state)
-    device.audit.record("rolled-back", environment=name, to=pending.previous, reason=detail)
+    device.audit.record("switch-failed" if switch else "rolled-back", environment=name, to=pending.previous,
+                        reason=detail)
     raise Refused(state.last_result["message"] + "; " + device.apply_reboot_policy(f"return to {pending.previous}"))
 
 
@@ -128,7 +141,7 @@ def rollback(device: Device) -> str:
     """Cancel a pending trial, or make the previous environment the default again."""
     state = recover_interrupted(device, device.store.load())
     pending = state.pending
-    if pending is not None and pending.phase is Phase.TRIAL:
+    if pending is not None and pending.phase in (Phase.TRIAL, Phase.SWITCH):
         return _cancel_trial(device, state)
     existing = {e.name: e.identity for e in device.backend.environments()}
     replaced = []
@@ -156,14 +169,17 @@ def _cancel_trial(device: Device, state: AgentState) -> str:
     """The committed environment stays the default and the trial is removed - at once when it has
     not booted, after the return to the committed environment when it is running now."""
     name = state.pending.environment
+    switch = state.pending.phase is Phase.SWITCH
     device.backend.cancel_once()
     state.pending = None
-    state.failed_trials.append(name)
+    if not switch:  # a switch's environment is a kept committed one: it stays
+        state.failed_trials.append(name)
     state.last_result = {"outcome": "cancelled", "message": f"the trial of {name} was cancelled"}
     device.store.save(state)
     device.audit.record("trial-cancelled", environment=name)
-    if name in remove_failed_environments(device, state):
-        return state.last_result["message"]
+    booted = device.backend.booted()
+    if switch and (booted is None or booted.name != name) or name in remove_failed_environments(device, state):
+        return state.last_result["message"]  # not running the trial: nothing to return from
     return state.last_result["message"] + "; " + device.apply_reboot_policy(f"return to {state.environment}")
 
 
@@ -177,13 +193,14 @@ def status(device: Device) -> dict:
         "environments": [{"name": e.name, "identity": e.identity, "flags": e.flags,
                           "path": str(e.path) if e.path else None}
                          for e in device.backend.environments()],
-        "pending": _pending_summary(state.pending),
+        "pending": pending_summary(state.pending),
         "last_result": state.last_result,
         "history": [entry["environment"] for entry in state.history],
     }
 
 
-def _pending_summary(pending: Pending | None) -> dict | None:
+def pending_summary(pending: Pending | None) -> dict | None:
+    """The step in progress as status shows it (JSON-ready; also the technician's status)."""
     if pending is None:
         return None
     summary = pending.to_json()

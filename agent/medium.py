@@ -115,21 +115,27 @@ def complete_bundles(stick: Path, product: str) -> list[StickBundle]:
     a forged stick must not buy one read and one refusal per folder (T-LOG).
     Raises StickLayoutError, Failed.
     """
+    return bundle_folders(stick, product)[0]
+
+
+def bundle_folders(stick: Path, product: str) -> tuple[list[StickBundle], list[str]]:
+    """The complete bundle folders (:func:`complete_bundles`) and the names of the incomplete
+    ones, for a technician's look at a stick. Raises StickLayoutError, Failed."""
     relative = f"{product_folder(product)}/{BUNDLES}"
     named = [(name, kind) for name, kind in _entries(stick, relative) if is_bundle_folder_name(name)]
     if len(named) > MAX_BUNDLE_FOLDERS:
         raise StickLayoutError(f"{relative} holds {len(named)} bundle folders; a stick may carry at most "
                                f"{MAX_BUNDLE_FOLDERS} per product", where=stick,
                                hint="remove the bundles this machine does not need (docs/STICK.md, \"Limits\")")
-    found = []
+    complete, incomplete = [], []
     for name, kind in named:
-        if kind != "dir":
-            continue
-        marker = read_marker(stick, product, name)
+        marker = read_marker(stick, product, name) if kind == "dir" else None
         sha256 = None if marker is None else marked_sha256(marker, name)
         if sha256 is not None:
-            found.append(StickBundle(name, Path(stick) / relative / name, sha256))
-    return found
+            complete.append(StickBundle(name, Path(stick) / relative / name, sha256))
+        else:
+            incomplete.append(name)
+    return complete, incomplete
 
 
 class ManifestChanged(Refused):

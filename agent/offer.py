@@ -28,13 +28,16 @@ class Found:
     manifest_sha256: str  # of the manifest file as read: names the bundle's spool (never a medium path)
 
 
-def read_offer(device: Device, medium: Path, report: Report):
+def read_offer(device: Device, medium: Path, report: Report, *, look_only: bool = False):
     """Trust root (after the medium's rotations) and the verified bundles on a stick or bundle dir.
 
     Refusals of single bundles go to ``report.refusals`` and are logged once, with the outcome
     (agent/install.py): however many folders a stick holds, it costs the log one record (T-LOG).
+    ``look_only``: a technician's look at a stick, which changes nothing - no rotation is kept
+    and nothing is logged.
     Raises the medium's layout errors and a refused rotation (the whole medium is refused).
     """
+    record = (lambda *args, **kwargs: None) if look_only else device.audit.record
     accepted = device.state_dir.trust
     root = current_root(device.config.trust_root, accepted)
     try:
@@ -46,17 +49,17 @@ def read_offer(device: Device, medium: Path, report: Report):
             folders = [(b.id, b.path, b.manifest_sha256) for b in complete_bundles(medium, product)]
             offered_roots = stick_roots(medium, product, root.version)
     except UpdateError as error:  # the layout itself: too many folders (T-LOG), a symlink (T-SYMLINK-READ)...
-        device.audit.record("refused-medium" if isinstance(error, Refused) else "medium-unreadable",
-                            source=str(medium), reason=str(error))
+        record("refused-medium" if isinstance(error, Refused) else "medium-unreadable",
+               source=str(medium), reason=str(error))
         raise
     try:
-        newer = advance(root, offered_roots, accepted)
+        newer = advance(root, offered_roots, None if look_only else accepted)
     except UpdateError as error:  # T-ROOT-*: a bad rotation on the stick poisons the whole stick
         report.refusals.append((str(medium), f"trust root rotation refused: {error}"))
-        device.audit.record("refused", source=str(medium), reason=f"trust root rotation: {error}")
+        record("refused", source=str(medium), reason=f"trust root rotation: {error}")
         raise
     if newer.version != root.version:
-        device.audit.record("trust-root-rotated", from_version=root.version, to_version=newer.version)
+        record("trust-root-rotated", from_version=root.version, to_version=newer.version)
     report.trust_root_version = newer.version
     found: dict[str, Found] = {}
     held = _ManifestsHeld()

@@ -8,7 +8,9 @@
 * ``not-for-this-machine``: bundles, but every one for another product or hardware model;
 * ``up-to-date``: bundles for this machine, and it already has what they carry or newer;
 * ``no-applicable-update``: bundles for this machine with newer releases, none of which applies
-  to what is installed (a delta from another base, an update targeted at other serials).
+  to what is installed (a delta from another base, an update targeted at other serials);
+* ``nothing-to-repair``, ``state-rebuilt``: a technician's repair found every installed file as
+  signed, or rebuilt a lost state from the kept signed manifests (agent/technician/repair.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from agent.choice import Decision
 
 OUTCOMES = ("staged", "provisioned", "nothing-on-medium", "not-for-this-machine", "up-to-date",
-            "no-applicable-update")
+            "no-applicable-update", "nothing-to-repair", "state-rebuilt")
 
 
 @dataclass

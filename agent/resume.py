@@ -22,6 +22,7 @@ import shutil
 
 from agent.device import Device
 from agent.journal import Pending, Phase
+from agent.kept import clean_orphans, forget_environment
 from agent.state import AgentState
 from keys.errors import UpdateError
 from keys.files import remove_stale_temporaries
@@ -31,9 +32,25 @@ def recover_interrupted(device: Device, state: AgentState) -> AgentState:
     for scratch in device.state_dir.scratch:  # a crash while spooling or building a chain's steps
         shutil.rmtree(scratch, ignore_errors=True)
     remove_stale_temporaries(device.state_dir.root)  # a crash while writing a state file
-    if state.pending is not None and state.pending.phase is not Phase.TRIAL:  # a trial is boot-check's
+    # A trial, of a new environment or of a kept one (a switch), is boot-check's.
+    if state.pending is not None and state.pending.phase not in (Phase.TRIAL, Phase.SWITCH):
         _finish_or_undo(device, state, state.pending)
+    _clean_kept_orphans(device)
     return state
+
+
+def _clean_kept_orphans(device: Device) -> None:
+    """Records of environments the backend no longer has (destroyed by a crash's cleanup, by
+    hand, or a crash between a destroy and forgetting its record), and manifests no record names
+    (agent/kept.py). Only when the backend can list its environments: a listing that fails must
+    not make every record look orphaned."""
+    if not (device.state_dir.environments.exists() or device.state_dir.manifests.exists()):
+        return
+    try:
+        existing = {environment.name for environment in device.backend.environments()}
+    except UpdateError:
+        return
+    clean_orphans(device.state_dir, existing)
 
 
 _UNDONE = {Phase.STAGING: "an interrupted install into {} was cleaned up",
@@ -66,12 +83,12 @@ def destroy_quietly(device: Device, name: str) -> bool:
     """Destroy an environment that should not exist (half-built, a failed trial), if it does and
     may be: never the booted one or the default. False when it stays (pruning removes it later)."""
     try:
-        if device.backend.get(name) is None:
-            return True
-        device.backend.destroy(name)
-        return True
+        if device.backend.get(name) is not None:
+            device.backend.destroy(name)
     except UpdateError:
         return False
+    forget_environment(device.state_dir, name)  # a crash before this leaves an orphan, cleaned next run
+    return True
 
 
 def remove_failed_environments(device: Device, state: AgentState) -> list[str]:

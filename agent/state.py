@@ -21,7 +21,7 @@ from keys.files import write_atomic
 # the step in progress; result.json: the last outcome, for status (agent/state_dir.py).
 FORMAT = 1
 _PARTS = {
-    STATE_FILE: ("environment", "components", "floors", "history"),
+    STATE_FILE: ("environment", "components", "floors", "history", "commits", "committed_at"),
     JOURNAL_FILE: ("pending", "failed_trials"),  # together: a failed trial is never forgotten
     RESULT_FILE: ("last_result",),
 }
@@ -53,15 +53,26 @@ class AgentState:
     pending: Pending | None = None
     last_result: dict | None = None
     failed_trials: list[str] = field(default_factory=list)  # environments to remove once not running
+    # Commits so far (provisioning, trials, technicians' switches) and the number of the one that
+    # made the committed environment: when something was committed, counted without a clock.
+    # Each history entry keeps its own "committed_at".
+    commits: int = 0
+    committed_at: int | None = None
 
     # The transitions of the committed state. Pure: the caller journals the step before and saves
     # after, and the recovery after a crash (agent/resume.py) applies the same transition.
 
     def provisioned(self, environment: str, components: dict[str, dict]) -> None:
-        """The first environment is committed; the anti-rollback floors start at its sequences."""
+        """The first environment is committed; the anti-rollback floors start at its sequences, or
+        stay where they are when higher (a machine provisioned again after its state was lost
+        starts from the floors its kept manifests vouch for, agent/floors.py)."""
+        if self.environment != environment:  # a provisioning finished again after a crash counts once
+            self.commits += 1
+            self.committed_at = self.commits
         self.environment = environment
         self.components = {n: InstalledComponent(**c) for n, c in components.items()}
-        self.floors = {n: c.sequence for n, c in self.components.items()}
+        for name, installed in self.components.items():
+            self.floors[name] = max(self.floors.get(name, installed.sequence), installed.sequence)
         self.pending = None
         self.last_result = {"outcome": "provisioned", "message": f"provisioned {environment}"}
 
@@ -71,8 +82,7 @@ class AgentState:
         its backend reports for it now (it was the default until this moment: nothing replaced it)."""
         name = self.pending.environment
         if self.environment != name:  # a repeated check after a crash must not push it twice
-            self.history.append({"environment": self.environment, "identity": previous_identity,
-                                 "components": {n: c.__dict__ for n, c in self.components.items()}})
+            self._push_committed(previous_identity)
         self.environment = name
         self.components = {n: InstalledComponent(**c) for n, c in self.pending.components.items()}
         for component, installed in self.components.items():
@@ -82,6 +92,30 @@ class AgentState:
         self.last_result = {"outcome": "committed",
                             "message": f"{name} passed its health check and is committed: {versions}"}
 
+    def _push_committed(self, identity: str | None) -> None:
+        """The committed environment goes into the history; the next commit is counted."""
+        self.history.append({"environment": self.environment, "identity": identity,
+                             "components": {n: c.__dict__ for n, c in self.components.items()},
+                             "committed_at": self.committed_at})
+        self.commits += 1
+        self.committed_at = self.commits
+
+    def switched_to(self, previous_identity: str | None) -> None:
+        """A technician's rollback or switch (agent/technician/switch.py) passed its health check:
+        the pending environment, one of the history, is committed again with what it holds, and
+        the one committed until now goes into the history. The floors stay: the newer releases
+        may be installed again, older ones not (a switch below a floor needed a token)."""
+        name = self.pending.environment
+        if self.environment != name:  # a repeated check after a crash must not push it twice
+            self.history = [entry for entry in self.history if entry["environment"] != name]
+            self._push_committed(previous_identity)
+        self.environment = name
+        self.components = {n: InstalledComponent(**c) for n, c in self.pending.components.items()}
+        self.pending = None
+        versions = ", ".join(f"{n} {c.version}" for n, c in sorted(self.components.items()))
+        self.last_result = {"outcome": "committed",
+                            "message": f"{name} passed its health check and is committed again: {versions}"}
+
     def rolled_back_to(self, environment: str) -> None:
         """A manual rollback: ``environment``, the newest of the history, is committed again. The
         anti-rollback floors stay: a rollback is a local decision, and the newer release may be
@@ -89,6 +123,8 @@ class AgentState:
         if self.environment != environment:  # finished already when a crash repeats it
             entry = next(e for e in reversed(self.history) if e["environment"] == environment)
             self.history = self.history[:self.history.index(entry)]
+            self.commits += 1
+            self.committed_at = self.commits
             self.environment = environment
             self.components = {n: InstalledComponent(**c) for n, c in entry["components"].items()}
         self.pending = None
@@ -157,6 +193,9 @@ class StateStore:
             for component, floor in state.floors.items():
                 if not isinstance(floor, int) or isinstance(floor, bool):
                     raise ValueError(f"floor of {component} is not an integer")
+            for name, count in (("commits", state.commits), ("committed_at", state.committed_at or 0)):
+                if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+                    raise ValueError(f"{name} is not a count")
         except (ValueError, TypeError) as error:
             quarantine = self.quarantine(self.path)
             raise CorruptState(f"the agent state was inconsistent ({error}); it was moved to {quarantine.name}",

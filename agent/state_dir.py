@@ -8,6 +8,11 @@
     STATE/trust/          trust roots accepted after the provisioned one (agent/trust_store.py)
     STATE/spool/<SHA-256> a chosen bundle's verified bytes, while it is installed
     STATE/chain/          the intermediate trees of a chain of deltas, while it is staged
+    STATE/manifests/<SHA-256>/   the signed manifests (and signatures) of what is installed (agent/kept.py)
+    STATE/environments/<ENV>.json  which kept manifest each component of an environment came from
+    STATE/identity/       the device's own key pair, for signing reports (agent/identity.py)
+    STATE/report-counter  the number of the last report (agent/device_report.py)
+    STATE/tokens-used.json  technician tokens already used (agent/tokens.py)
 
 The spool and the chain folder exist only during an install; after a crash the next command
 removes them (agent/resume.py).
@@ -80,6 +85,26 @@ class StateDir:
     @property
     def chain(self) -> Path:
         return self.root / "chain"
+
+    @property
+    def manifests(self) -> Path:
+        return self.root / "manifests"
+
+    @property
+    def environments(self) -> Path:
+        return self.root / "environments"
+
+    @property
+    def identity(self) -> Path:
+        return self.root / "identity"
+
+    @property
+    def report_counter(self) -> Path:
+        return self.root / "report-counter"
+
+    @property
+    def tokens_used(self) -> Path:
+        return self.root / "tokens-used.json"
 
     @property
     def scratch(self) -> tuple[Path, ...]:

@@ -49,10 +49,11 @@ def current_root(provisioned: Path, accepted: Path) -> VerifiedRoot:
     return walk_chain(anchor, _stored(accepted))
 
 
-def advance(current: VerifiedRoot, offered: list[RootCandidate], accepted: Path) -> VerifiedRoot:
-    """Walk rotations offered by a stick; keep every newly accepted version. Raises rotation errors."""
+def advance(current: VerifiedRoot, offered: list[RootCandidate], accepted: Path | None) -> VerifiedRoot:
+    """Walk rotations offered by a stick; keep every newly accepted version in ``accepted``
+    (None: keep nothing, for a look at a stick that changes nothing). Raises rotation errors."""
     newest = walk_chain(current, offered)
-    if newest.version > current.version:
+    if newest.version > current.version and accepted is not None:
         directory = accepted
         directory.mkdir(parents=True, exist_ok=True)
         for candidate in offered:

@@ -20,6 +20,8 @@ class VerifiedBundle:
     manifest: Manifest
     manifest_bytes: bytes
     signatures: ThresholdResult
+    # The signature files as read, kept with the manifest bytes for the audit (agent/kept.py).
+    signature_files: tuple[Signature, ...] = ()
 
 
 def signer_report(manifest_bytes: bytes, signatures: Sequence[Signature], root: VerifiedRoot) -> ThresholdResult:
@@ -35,4 +37,4 @@ def verify_bundle(manifest_bytes: bytes, signatures: Sequence[Signature], root: 
     result = require_threshold(manifest_bytes, signatures, root.root.release_signers,
                                role_name="release signers", revoked=root.root.revoked_keys, where=where)
     return VerifiedBundle(manifest=Manifest.from_stored(manifest_bytes, where=where),
-                          manifest_bytes=manifest_bytes, signatures=result)
+                          manifest_bytes=manifest_bytes, signatures=result, signature_files=tuple(signatures))

@@ -60,7 +60,7 @@ def test_decisions_and_failures_reach_the_system_log(world, tmp_path, syslog_soc
     assert all(tag.startswith(("<30>bundle-agent[", "<28>bundle-agent[")) for tag in tags), lines
     messages = [line.split(": ", 1)[1] for line in lines]
     events = [message.split(" ", 1)[0] for message in messages]
-    assert events[:2] == ["examined", "provisioned"] and "booted" in events
+    assert events[:3] == ["examined", "identity-created", "provisioned"] and "booted" in events
     assert events[-6:] == ["examined", "staging", "trial-armed", "booted", "health-check", "rolled-back"], events
     rolled_back = lines[events.index("rolled-back")]
     assert rolled_back.startswith("<28>") and "reason=health hook" in rolled_back and "reels do not spin" in rolled_back
@@ -132,4 +132,4 @@ def test_the_log_command_shows_the_newest_records_first(world, cabinet):
     assert [r["event"] for r in document["records"]] == ["trial-armed", "staging"]
     assert document["records"][0]["environment"] == "env-2"
     everything = json.loads(cabinet.agent("log", "--json", "-n", "1000").stdout)["records"]
-    assert [r["event"] for r in everything][-2:] == ["provisioned", "examined"]
+    assert [r["event"] for r in everything][-3:] == ["provisioned", "identity-created", "examined"]

@@ -18,6 +18,7 @@ import jsonschema
 import pytest
 
 from tests.sim.device import Cabinet, World
+from tests.sim.reports import signed_report
 from tests.sim.tools import run_cli
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -61,6 +62,12 @@ class Scene:
         cabinet = Cabinet(self.world, self.dir / f"device-{self.devices}", healthy=healthy)
         if provisioned:
             cabinet.provision()
+        return cabinet
+
+    def committed(self) -> Cabinet:
+        """A device that installed d12 and committed it (env-2; env-1 the previous)."""
+        cabinet = self.trial(healthy=True)
+        cabinet.agent("boot-check", check=True)
         return cabinet
 
     def trial(self, *, healthy: bool) -> Cabinet:
@@ -120,6 +127,9 @@ SUCCESSES: dict[str, tuple[str, int, Case]] = {
         "bundle", "keys", "verify", s.file, "--pub", s.world.keys / "rel1.pub", "--json")),
     "bundle root verify": ("root-verify.schema.json", 0, lambda s: run_cli(
         "bundle", "root", "verify", s.world.root, "--json")),
+    "bundle token make": ("token.schema.json", 0, lambda s: run_cli(
+        "bundle", "token", "make", "--product", "demo-cabinet", "--serial", "SN0001", "--allow", "clear-state",
+        "--key", s.world.keys / "rel1.key", "--out", s.dir / "tokens", "--root", s.world.root, "--json")),
     "bundle-agent root verify": ("root-verify.schema.json", 0, lambda s: run_cli(
         "bundle-agent", "root", "verify", s.world.root, "--json")),
     "bundle-agent provision": ("report.schema.json", 0, lambda s: s.device(provisioned=False).agent(
@@ -135,6 +145,22 @@ SUCCESSES: dict[str, tuple[str, int, Case]] = {
     "bundle-agent config check": ("config-check.schema.json", 0, lambda s: s.device(provisioned=False).agent(
         "config", "check", "--json")),
     "bundle-agent log": ("log.schema.json", 0, lambda s: s.trial(healthy=True).agent("log", "-n", "5", "--json")),
+    "bundle-agent identity": ("identity.schema.json", 0, lambda s: s.device().agent("identity", "--create", "--json")),
+    "bundle report verify": ("report-verify.schema.json", 0, lambda s: run_cli(
+        "bundle", "report", "verify", signed_report(s.device(), s.dir / "report-stick", s.dir / "registry"),
+        "--devices", s.dir / "registry", "--json")),
+    "bundle report show": ("report-show.schema.json", 0, lambda s: run_cli(
+        "bundle", "report", "show", signed_report(s.device(), s.dir / "show-stick"), "--json")),
+    "bundle-agent technician status": ("technician-status.schema.json", 0, lambda s: s.device().agent(
+        "technician", "status", "--json")),
+    "bundle-agent technician stick": ("technician-stick.schema.json", 0, lambda s: s.device().agent(
+        "technician", "stick", s.stick, "--json")),
+    "bundle-agent technician audit": ("technician-audit.schema.json", 0, lambda s: s.device().agent(
+        "technician", "audit", "--json")),
+    "bundle-agent technician rollback": ("message.schema.json", 4, lambda s: s.committed().agent(
+        "technician", "rollback", "--json")),
+    "bundle-agent technician report": ("files.schema.json", 0, lambda s: s.device().agent(
+        "technician", "report", (s.dir / "report-out").mkdir(exist_ok=True) or s.dir / "report-out", "--json")),
 }
 
 # name -> (expected exit, the command): each prints error.schema.json
@@ -162,6 +188,8 @@ FAILURES: dict[str, tuple[int, Case]] = {
     "bundle keys verify, a changed file": (3, lambda s: run_cli(
         "bundle", "keys", "verify", s.forged, "--pub", s.world.keys / "rel1.pub", "--json")),
     "bundle root verify, not a root": (3, lambda s: run_cli("bundle", "root", "verify", s.junk_root, "--json")),
+    "bundle token sign, not a token": (3, lambda s: run_cli(
+        "bundle", "token", "sign", s.junk_root, "--key", s.world.keys / "rel1.key", "--json")),
     "bundle-agent root verify, not a root": (3, lambda s: run_cli(
         "bundle-agent", "root", "verify", s.junk_root, "--json")),
     "bundle-agent status, no configuration": (1, lambda s: run_cli(
@@ -174,6 +202,8 @@ FAILURES: dict[str, tuple[int, Case]] = {
     "bundle-agent provision, already provisioned": (3, lambda s: s.device().agent(
         "provision", s.world.bundles / "full-1", "--json")),
     "bundle-agent boot-check, rolled back": (3, lambda s: s.trial(healthy=False).agent("boot-check", "--json")),
+    "bundle-agent identity, no device key": (1, lambda s: s.device(provisioned=False).agent("identity", "--json")),
+    "bundle report show, not a report": (3, lambda s: run_cli("bundle", "report", "show", s.junk_root, "--json")),
 }
 
 

@@ -9,12 +9,14 @@ import click
 
 from agent.cli.context import DeviceContext
 from agent.cli.errors import ErrorReportingGroup
+from agent.cli.identity import identity_command
 from agent.cli.config import config_group
 from agent.cli.install import install_command, provision_command
 from agent.cli.lifecycle import boot_check_command, boot_command, rollback_command, status_command
 from agent.cli.log import log_command
 from agent.cli.on_insert import on_insert_command
 from agent.cli.root import root_group
+from agent.cli.technician import technician_group
 from agent.config import DEFAULT_CONFIG
 
 
@@ -85,5 +87,6 @@ def main(ctx: click.Context, config: Path, root: Path) -> None:
 
 
 for command in (install_command, on_insert_command, provision_command, boot_command, boot_check_command,
-                rollback_command, status_command, root_group, config_group, log_command):
+                rollback_command, status_command, root_group, config_group, log_command, identity_command,
+                technician_group):
     main.add_command(command)

@@ -25,6 +25,7 @@ from agent.cli.errors import error_lines, report_errors_with
 from agent.cli.install import exit_for
 from agent.cli.output import json_option, print_report
 from agent.cli.progress import ProgressDisplay
+from agent.device_report import report_requested, write_report
 from agent.install import install
 from keys.errors import UpdateError
 from keys.printable import echo, printable
@@ -63,10 +64,27 @@ def on_insert_command(context: DeviceContext, mountpoint: Path, as_json: bool) -
     _stdin_from_null()
     report_errors_with(log_error)
     log(f"examining {mountpoint}")
-    with ProgressDisplay("", line=log) as progress:  # lines, never a bar: the journal reads them
-        report = install(context.device, mountpoint, progress)
+    try:
+        with ProgressDisplay("", line=log) as progress:  # lines, never a bar: the journal reads them
+            report = install(context.device, mountpoint, progress)
+    except UpdateError:
+        _leave_a_report_if_asked(context, mountpoint)  # a refused install is worth a report too
+        raise
+    _leave_a_report_if_asked(context, mountpoint)
     print_report(report, as_json)
     if report.refusals:
         log(f"refused {len(report.refusals)} bundle(s) on the stick (reasons in the audit log)")
     log(f"done: {report.message}")
     exit_for(report)
+
+
+def _leave_a_report_if_asked(context: DeviceContext, mountpoint: Path) -> None:
+    """A stick carrying ``<product>/reports/REQUEST`` gets a signed report of this machine
+    (docs/STICK.md, "Reports"): after the install, so it says what the install did. A report
+    that cannot be written is logged and changes nothing of the install's outcome."""
+    device = context.device
+    try:
+        if report_requested(mountpoint, device.config.product):
+            log(f"the stick asks for a report: wrote {write_report(device, mountpoint)}")
+    except UpdateError as error:
+        log(f"the stick asks for a report, and none was written: {error}")

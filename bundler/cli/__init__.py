@@ -2,7 +2,8 @@
 
 ``main.py`` the group; ``keys.py`` key pairs and detached signatures; ``root.py`` the trust root;
 ``bundles.py`` make, sign, verify and inspect bundles; ``write.py`` write a stick;
-``passphrase.py`` secret keys and their passphrases; ``options.py`` shared parameter types.
+``token.py`` technician tokens; ``passphrase.py`` secret keys and their passphrases; ``options.py``
+shared parameter types.
 Errors become exit codes in agent/cli/errors.py, shared with ``bundle-agent``.
 """
 

@@ -9,7 +9,9 @@ import click
 from agent.cli.errors import ErrorReportingGroup
 from bundler.cli.bundles import inspect, make, sign_bundle, verify
 from bundler.cli.keys import keys_group
+from bundler.cli.report import report_group
 from bundler.cli.root import root_group
+from bundler.cli.token import token_group
 from bundler.cli.write import write
 
 
@@ -24,5 +26,5 @@ def main() -> None:
     """
 
 
-for command in (keys_group, root_group, make, sign_bundle, verify, inspect, write):
+for command in (keys_group, root_group, make, sign_bundle, verify, inspect, write, report_group, token_group):
     main.add_command(command)

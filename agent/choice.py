@@ -91,6 +91,37 @@ def choose(device: DeviceFacts, installed: dict[str, InstalledComponent], floors
     return chosen, final
 
 
+def choose_exact(device: DeviceFacts, installed: dict[str, InstalledComponent], wanted: dict[str, int],
+                 bundles: dict[str, VerifiedBundle]) -> tuple[dict[str, list[Choice]], list[Decision]]:
+    """A downgrade a technician token allows (agent/tokens.py): each component of ``wanted`` goes
+    to exactly that sequence, from a full update or a delta from what is installed, whatever
+    the floors say; nothing else is chosen. The product, hardware and targeting rules still
+    hold. Components with no such update on the medium are left out of the route."""
+    chosen: dict[str, list[Choice]] = {}
+    decisions: list[Decision] = []
+    for bundle_id, verified in sorted(bundles.items()):
+        manifest = verified.manifest
+        if manifest.product != device.product or device.hardware not in manifest.hardware:
+            decisions.append(Decision(bundle_id, None, "not-applicable", "bundle is for another product or hardware"))
+            continue
+        for component in manifest.components:
+            have = installed.get(component.name)
+            to = f"{component.name} {component.version} (sequence {component.sequence})"
+            if wanted.get(component.name) != component.sequence:
+                verdict, reason = "not-applicable", f"{to} is not the downgrade the token names"
+            elif component.targets and device.serial not in component.targets:
+                verdict, reason = "not-applicable", f"{to} is targeted at other machines"
+            elif component.is_delta and (have is None or not _base_matches(have, component)):
+                verdict, reason = "not-applicable", f"{to} is a delta from another base"
+            elif component.name in chosen and not chosen[component.name][0].component.is_delta:
+                verdict, reason = "not-applicable", f"{to}: another bundle brings it too"
+            else:
+                chosen[component.name] = [Choice(bundle_id, component)]
+                verdict, reason = "chosen", f"{to}: a downgrade a technician token allows"
+            decisions.append(Decision(bundle_id, component.name, verdict, reason))
+    return chosen, decisions
+
+
 def admissible(sequence: int, have: int | None, floor: int | None) -> bool:
     """T-ROLLBACK, the one rule: a step goes up from ``have`` (the installed sequence, or the
     previous step's) and never below ``floor``. The floor follows what was committed and stays

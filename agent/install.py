@@ -24,9 +24,10 @@ from __future__ import annotations
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 from agent import system_log
-from agent.choice import Choice, choose
+from agent.choice import Choice, choose, choose_exact
 from agent.device import Device
 from agent.other_products import other_products
 from agent.floors import rebuilt_floors
@@ -105,10 +106,15 @@ def _new_components(state: AgentState, chosen: dict[str, list[Choice]]) -> dict[
     return result
 
 
-def install(device: Device, medium: Path, progress: Progress | None = None) -> Report:
-    """``progress`` hears how far verifying and staging are (agent/progress.py).
+def install(device: Device, medium: Path, progress: Progress | None = None,
+            downgrade: dict[str, int] | None = None) -> Report:
+    """``progress`` hears how far verifying and staging are (agent/progress.py). ``downgrade``: a
+    technician's downgrade of these components to exactly these sequences, below the floors,
+    allowed only by a technician token on the medium (agent/tokens.py), spent once the update
+    is verified and copied, before anything is staged.
 
-    Raises NotProvisioned, TrialPending, NothingInstallable, and any verification or staging error."""
+    Raises NotProvisioned, TrialPending, NothingInstallable, NoToken and the token's refusals,
+    and any verification or staging error."""
     report = Report()
     state = recover_interrupted(device, device.store.load())
     if state.environment is None:
@@ -129,22 +135,35 @@ def install(device: Device, medium: Path, progress: Progress | None = None) -> R
                            hint="reboot (bundle-agent boot, then boot-check) before installing another")
     remove_failed_environments(device, state)  # their space counts for the new environment
     medium = Path(medium)
+    token = require_token(device, medium, "downgrade", downgrade) if downgrade else None
     root, found = read_offer(device, medium, report)
-    chosen, report.decisions = choose(device.facts, state.components, state.floors,
-                                      {k: v.verified for k, v in found.items()})
+    verified = {k: v.verified for k, v in found.items()}
+    if downgrade:
+        chosen, report.decisions = choose_exact(device.facts, state.components, downgrade, verified)
+        missing = sorted(set(downgrade) - set(chosen))
+        if missing:
+            raise NothingInstallable(f"the medium holds no update of {', '.join(missing)} to the sequence the "
+                                     "downgrade names (a full one, or a delta from what is installed)", where=medium,
+                                     hint="put the full bundle of that release on the stick")
+    else:
+        chosen, report.decisions = choose(device.facts, state.components, state.floors, verified)
     if not chosen:
         return _nothing(device, medium, report)
     _record_examined(device, "examined", medium, report)
-    return stage_for_trial(device, state, chosen, found, report, root.version, progress)
+    spend = (lambda: spend_token(device, token, "downgrade")) if token is not None else None
+    return stage_for_trial(device, state, chosen, found, report, root.version, progress, before_staging=spend)
 
 
 def stage_for_trial(device: Device, state: AgentState, chosen: dict[str, list[Choice]], found: dict[str, Found],
-                    report: Report, root_version: int, progress: Progress | None = None) -> Report:
+                    report: Report, root_version: int, progress: Progress | None = None,
+                    before_staging: Callable[[], None] | None = None) -> Report:
     """Steps 3 to 5 for routes already chosen from verified bundles (``found``, verified under the
     trust root of ``root_version``): check the layout and the space, spool, stage into a new
     environment cloned from the committed one, keep the signed manifests, arm the trial. Shared by
-    install and the technician's repair. Raises Refused (a layout conflict, the machine running
-    another environment than the committed one), Failed, StagingFailed and any staging error."""
+    install and the technician's repair; ``before_staging`` runs once the update is verified and
+    copied, before anything is written (a token is spent there). Raises Refused (a layout
+    conflict, the machine running another environment than the committed one), Failed,
+    StagingFailed and any staging error."""
     _check_layout(device, chosen)
     booted = device.backend.booted()
     if booted is not None and booted.name != state.environment:
@@ -157,6 +176,8 @@ def stage_for_trial(device: Device, state: AgentState, chosen: dict[str, list[Ch
     check_spool_space(device, chosen, found)
     try:
         found = _spool_or_fail(device, state, chosen, found, progress)
+        if before_staging is not None:
+            before_staging()
         return _stage_and_arm(device, state, chosen, found, running_env.path, report, root_version, progress)
     finally:
         shutil.rmtree(device.state_dir.spool, ignore_errors=True)

@@ -264,3 +264,22 @@ def test_a_damaged_state_is_shown_not_hidden(cabinet):
     result = tech(cabinet, "status", check=True)
     assert "problem: state: the agent state was unreadable" in result.stdout
     assert "floor 6" in result.stdout, "the floors the kept manifests vouch for"
+
+
+def test_a_downgrade_to_a_named_older_sequence_needs_a_token_and_installs_exactly_that(cabinet, world, tmp_path):
+    updated(cabinet, world, tmp_path)
+    stick = world.stick(tmp_path / "old-release", "full-1")
+    refused = tech(cabinet, "install", stick, "--downgrade", "platform=6")
+    assert refused.returncode == 3 and "downgrade" in refused.stderr
+    assert cabinet.agent("install", stick).returncode == 0, "without the option: below the floor, nothing to do"
+    token(world, tmp_path, stick, "downgrade", downgrade={"platform": 6})
+    wrong = tech(cabinet, "install", stick, "--downgrade", "platform=5")
+    assert wrong.returncode == 3, "the token names sequence 6, not 5"
+    staged = as_json(cabinet, "install", stick, "--downgrade", "platform=6", schema="report.schema.json",
+                     exit_code=STAGED)
+    assert [d["component"] for d in staged["decisions"] if d["verdict"] == "chosen"] == ["platform"]
+    assert reboot(cabinet).returncode == 0
+    installed = {n: c["sequence"] for n, c in cabinet.status()["components"].items()}
+    assert installed == {"platform": 6, "game/lucky-sevens": 3, "game/fortune-wheel": 1}
+    again = tech(cabinet, "install", stick, "--downgrade", "platform=6")
+    assert again.returncode == 3, "a token works once"

@@ -150,10 +150,20 @@ def _with_stick(then: Callable[[Path], None]) -> None:
 
 def _install(context: DeviceContext) -> None:
     stick = ask_stick()
-    if stick is None or not confirm(f"install the updates on {stick}?"):
+    if stick is None:
+        return
+    downgrade = {}
+    named = ask("a downgrade a token allows, as COMPONENT=SEQUENCE (Enter for none): ")
+    if named:
+        component, _, sequence = named.rpartition("=")
+        if not component or not sequence.isdigit():
+            echo(f"not COMPONENT=SEQUENCE: {printable(named)} (for example platform=6)")
+            return
+        downgrade[component] = int(sequence)
+    if not confirm(f"install from {stick}{' (downgrade ' + named + ')' if downgrade else ''}?"):
         return
     with ProgressDisplay("install") as progress:
-        report = install(context.device, stick, progress)
+        report = install(context.device, stick, progress, downgrade or None)
     print_report(report, False)
     _leave_if_armed(context, report.outcome == "staged")
 

@@ -74,16 +74,30 @@ def stick_command(context: DeviceContext, mount: Path, check_payload: bool, as_j
     _print(stick_contents(context.device_to_read, mount, check_payload=check_payload), as_json, stick_lines)
 
 
+def _downgrades(ctx: click.Context, _param, values: tuple[str, ...]) -> dict[str, int]:
+    """COMPONENT=SEQUENCE options as a mapping. Raises click.BadParameter."""
+    wanted = {}
+    for value in values:
+        name, _, sequence = value.rpartition("=")
+        if not name or not sequence.isdigit():
+            raise click.BadParameter(f"{value!r} is not COMPONENT=SEQUENCE (for example platform=6)", ctx)
+        wanted[name] = int(sequence)
+    return wanted
+
+
 @technician_group.command("install")
 @STICK
+@click.option("--downgrade", "downgrade", multiple=True, metavar="COMPONENT=SEQUENCE", callback=_downgrades,
+              help="Install exactly this older sequence of COMPONENT, below its floor (repeatable); needs a "
+                   "technician token on STICK that allows this downgrade.")
 @json_option
 @pass_device
-def install_command(context: DeviceContext, mount: Path, as_json: bool) -> None:
+def install_command(context: DeviceContext, mount: Path, downgrade: dict[str, int], as_json: bool) -> None:
     """Install from STICK with the unattended path's rules and checks, showing progress.
 
     Exit 4: an update was staged, a reboot starts its trial; 0: nothing to do."""
     with ProgressDisplay("install") as progress:
-        report = install(context.device, mount, progress)
+        report = install(context.device, mount, progress, downgrade or None)
     print_report(report, as_json)
     exit_for(report)
 

@@ -32,14 +32,14 @@ from typing import Mapping, Sequence
 from agent.format.bundle_dir import MANIFEST
 from agent.format.manifest import COMPONENT_NAME, MAX_STORED_MANIFEST_BYTES, Component, Manifest
 from agent.state_dir import StateDir
-from agent.trust_store import NoTrustRoot
+from agent.trust_store import anchor_root
 from agent.verify import verify_bundle
 from keys import strict_json
 from keys.detached import load_root_candidate, load_signatures, signature_path
 from keys.errors import Failed, UpdateError
 from keys.files import fsync_directory, read_capped, remove_stale_temporaries, write_atomic
 from keys.minisign import MAX_SIGNATURE_FILE_BYTES, Signature
-from keys.rotation import VerifiedRoot, accept_next, trust_anchor
+from keys.rotation import VerifiedRoot, accept_next
 from keys.trust_root import TrustRoot
 
 FORMAT = 1
@@ -315,14 +315,13 @@ def verified_kept(state_dir: StateDir, environment: str, roots: Mapping[int, Ver
 
 
 def device_roots(provisioned: Path, accepted: Path) -> dict[int, VerifiedRoot]:
-    """Every trust-root version this device holds, by version: the provisioned one and each one
-    accepted since (STATE/trust/, agent/trust_store.py), re-walked from the provisioned root so a
-    tampered store can only shorten the chain. Raises NoTrustRoot when the provisioned root fails."""
-    try:
-        anchor = trust_anchor(load_root_candidate(provisioned))
-    except Exception as error:  # as agent/trust_store.current_root: any failure means trust nothing
-        raise NoTrustRoot(f"the provisioned trust root cannot be used: {error}", where=provisioned,
-                          hint="re-provision the machine's trust root") from None
+    """Every trust-root version this device holds, by version: the anchor (the provisioned root,
+    or the one a technician token replaced it with: agent/trust_store.anchor_root) and each one
+    accepted since (STATE/trust/, agent/trust_store.py), re-walked from the anchor so a tampered
+    store can only shorten the chain. After a replacement the versions before it are not held:
+    their keys were given up, so a manifest kept under them no longer verifies (it is reported,
+    never trusted). Raises NoTrustRoot when the anchor fails."""
+    anchor = anchor_root(provisioned, accepted)
     roots = {anchor.version: anchor}
     candidates = {}
     for path in sorted(accepted.glob("root-*.json")) if accepted.is_dir() else ():

@@ -87,6 +87,15 @@ def root_files(stick: Path, product: str) -> list[StickRoot]:
     return sorted(found, key=lambda r: r.version)
 
 
+def irregular_root_files(stick: Path, product: str) -> list[str]:
+    """The names of entries in the trust folder named like a root file that are not regular
+    files (a symlink, a folder, a FIFO): :func:`root_files` never reads them; a caller that must
+    not quietly pass over one (agent/technician/trust.py) refuses the stick instead.
+    Raises StickLayoutError, Failed."""
+    relative = f"{product_folder(product)}/{TRUST}"
+    return [name for name, kind in _entries(stick, relative) if root_version(name) is not None and kind != "file"]
+
+
 def read_marker(stick: Path, product: str, folder: str) -> bytes | None:
     """The COMPLETE marker of ``bundles/<folder>``, or None if it is not a small regular file."""
     relative = f"{product_folder(product)}/{BUNDLES}/{folder}/{COMPLETE}"

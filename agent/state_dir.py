@@ -5,7 +5,9 @@
     STATE/result.json     the last outcome, for status
     STATE/audit.log       every decision with its reason (agent/audit.py), rotated to audit.log.1
     STATE/agent.lock      one agent at a time (agent/lock.py)
-    STATE/trust/          trust roots accepted after the provisioned one (agent/trust_store.py)
+    STATE/trust/          trust roots accepted since the anchor, provisioned or replaced (agent/trust_store.py)
+    STATE/trust-anchor/   a trust root installed in place of the provisioned one by a technician token
+                          (root-<N>.json and its signatures; agent/trust_store.py, agent/technician/trust.py)
     STATE/spool/<SHA-256> a chosen bundle's verified bytes, while it is installed
     STATE/chain/          the intermediate trees of a chain of deltas, while it is staged
     STATE/manifests/<SHA-256>/   the signed manifests (and signatures) of what is installed (agent/kept.py)
@@ -29,6 +31,7 @@ from keys.errors import Failed
 STATE_FILE = "state.json"
 JOURNAL_FILE = "journal.json"
 RESULT_FILE = "result.json"
+TRUST_ANCHOR_FOLDER = "trust-anchor"
 
 
 class StateUnusable(Failed):
@@ -73,6 +76,12 @@ class StateDir:
     @property
     def trust(self) -> Path:
         return self.root / "trust"
+
+    @property
+    def trust_anchor(self) -> Path:
+        """Next to ``trust``, always: agent/trust_store.py finds it from the ``trust`` folder it is
+        given, so no caller can forget the replaced anchor and fall back to the provisioned root."""
+        return self.root / TRUST_ANCHOR_FOLDER
 
     @property
     def spool(self) -> Path:

@@ -237,8 +237,8 @@ def _record_spent(device: "Device", token: VerifiedToken) -> None:
 # --- what the commands call ------------------------------------------------------------------------
 
 
-def _search(device: "Device", stick: Path, action: str,
-            detail: Mapping[str, int] | None) -> tuple[VerifiedToken | None, list[Refused]]:
+def _search(device: "Device", stick: Path, action: str, detail: Mapping[str, int] | None,
+            trust_root_sha256: str | None = None) -> tuple[VerifiedToken | None, list[Refused]]:
     """The first token on the stick (in name order) that allows ``action`` here, and why each one
     before it did not. Raises what :func:`stick_tokens` raises, NoTrustRoot, TokenRecordDamaged."""
     root = current_root(device.config.trust_root, device.state_dir.trust)
@@ -250,30 +250,31 @@ def _search(device: "Device", stick: Path, action: str,
             continue
         try:
             return verify_token(found.raw, found.signatures, root, device.facts, action, used, detail=detail,
-                                where=found.path), refusals
+                                trust_root_sha256=trust_root_sha256, where=found.path), refusals
         except Refused as refusal:
             refusals.append(refusal)
     return None, refusals
 
 
-def find_token(device: "Device", stick: Path, action: str, detail: Mapping[str, int] | None = None
-               ) -> VerifiedToken | None:
+def find_token(device: "Device", stick: Path, action: str, detail: Mapping[str, int] | None = None, *,
+               trust_root_sha256: str | None = None) -> VerifiedToken | None:
     """A verified token on the stick that allows ``action`` (for "downgrade", to exactly the
-    sequences ``detail`` names) on this machine and was not used here, or None. Changes nothing.
+    sequences ``detail`` names; for "replace-trust-root", to exactly the root whose SHA-256 is
+    ``trust_root_sha256``) on this machine and was not used here, or None. Changes nothing.
 
     Raises StickLayoutError (a symlinked tokens folder), TooManyTokens, NoTrustRoot,
     TokenRecordDamaged, Failed.
     """
-    return _search(device, Path(stick), action, detail)[0]
+    return _search(device, Path(stick), action, detail, trust_root_sha256)[0]
 
 
-def require_token(device: "Device", stick: Path, action: str, detail: Mapping[str, int] | None = None
-                  ) -> VerifiedToken:
+def require_token(device: "Device", stick: Path, action: str, detail: Mapping[str, int] | None = None, *,
+                  trust_root_sha256: str | None = None) -> VerifiedToken:
     """:func:`find_token`, raising when there is none: the one token's own refusal when the stick
     holds one (ThresholdNotMet, TokenNotForThisMachine, ActionNotAllowed, TokenAlreadyUsed,
     MalformedToken...), else NoToken naming every token's reason. A refusal is audit-logged (one
     record, whatever the stick holds: T-LOG). Spend the token with :func:`spend_token`."""
-    token, refusals = _search(device, Path(stick), action, detail)
+    token, refusals = _search(device, Path(stick), action, detail, trust_root_sha256)
     if token is not None:
         return token
     device.audit.record("token-refused", action=action, stick=str(stick), reasons=[str(r) for r in refusals])

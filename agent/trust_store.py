@@ -6,17 +6,27 @@ fail, never widen trust. The bundle never chooses the anchor (STYLE.md 5): no ro
 
 A stick's roots are read only from the next ROTATIONS_PER_INSERTION versions (docs/TRUST.md,
 "Rotations per insertion"): what one stick makes the device hold stays bounded (T-EXHAUST).
+
+When the root keys are lost, a technician token may replace the anchor (docs/TRUST.md, "Replacing
+the trust root"; agent/technician/trust.py decides): the new root is kept in
+``STATE/trust-anchor/root-<N>.json`` with its signatures, and from then on it - not the provisioned
+root - is where the chain is walked from, after passing its own root-key threshold again on every
+start. The anchor folder is always the sibling of the ``trust`` folder callers pass, so every
+caller of :func:`current_root` sees a replacement without being told about it.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from agent import medium
 from agent.format import stick
-from keys.detached import load_root_candidate, signature_path
-from keys.errors import Refused
-from keys.files import write_atomic
+from agent.state_dir import TRUST_ANCHOR_FOLDER
+from keys.crashpoint import crashpoint
+from keys.detached import SUFFIX, load_root_candidate, signature_path
+from keys.errors import Failed, Refused
+from keys.files import fsync_directory, write_atomic
 from keys.rotation import RootCandidate, VerifiedRoot, trust_anchor, walk_chain
 from keys.trust_root import TrustRoot
 
@@ -39,14 +49,112 @@ def _stored(directory: Path) -> list[RootCandidate]:
     return [load_root_candidate(p) for p in sorted(directory.glob("root-*.json"))]
 
 
-def current_root(provisioned: Path, accepted: Path) -> VerifiedRoot:
-    """Raises NoTrustRoot (wrapping the reason) when the provisioned root is missing or invalid."""
+def anchor_folder(accepted: Path) -> Path:
+    """``STATE/trust-anchor`` for ``accepted`` = ``STATE/trust`` (agent/state_dir.py)."""
+    return Path(accepted).parent / TRUST_ANCHOR_FOLDER
+
+
+def _anchor_files(folder: Path) -> list[tuple[int, Path]]:
+    """``(version, path)`` of the ``root-<N>.json`` files in the anchor folder, oldest first."""
     try:
-        anchor = trust_anchor(load_root_candidate(provisioned))
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    found = [(stick.root_version(name), folder / name) for name in names]
+    return sorted((version, path) for version, path in found if version is not None)
+
+
+def replaced_anchor(accepted: Path) -> Path | None:
+    """The replaced anchor's file, or None when the provisioned root is the anchor. The highest
+    version there is the one: writing its root file is the replacement's single commit point, and
+    anything older left there by a power cut during the clean-up is history (see replace_anchor).
+    Raises OSError."""
+    files = _anchor_files(anchor_folder(accepted))
+    return files[-1][1] if files else None
+
+
+def anchor_root(provisioned: Path, accepted: Path) -> VerifiedRoot:
+    """The root the chain starts from: the replaced anchor if there is one, else the provisioned
+    root; either must pass a threshold of its own root keys (keys/rotation.trust_anchor).
+    Raises NoTrustRoot (wrapping the reason) when it is missing or invalid."""
+    source, what = provisioned, "the provisioned trust root"
+    try:
+        if (replaced := replaced_anchor(accepted)) is not None:
+            source, what = replaced, "the replaced trust root"
+        anchor = trust_anchor(load_root_candidate(source))
+        if source is not provisioned and stick.root_name(anchor.version) != source.name:
+            raise ValueError(f"{source.name} holds version {anchor.version}")  # not written by the agent
     except Exception as error:  # any failure here means: trust nothing
-        raise NoTrustRoot(f"the provisioned trust root cannot be used: {error}", where=provisioned,
-                          hint="re-provision the machine's trust root") from None
-    return walk_chain(anchor, _stored(accepted))
+        hint = "re-provision the machine's trust root" if source is provisioned else \
+            "replace the trust root again with a technician token, or re-image the machine"
+        raise NoTrustRoot(f"{what} cannot be used: {error}", where=source, hint=hint) from None
+    return anchor
+
+
+def current_root(provisioned: Path, accepted: Path) -> VerifiedRoot:
+    """The anchor (the replaced one, else the provisioned one) advanced by the rotations kept in
+    ``accepted``. Rotations kept before a replacement are at or below the old root's version, so
+    below the new anchor's, and walk_chain never looks at them (they are also cleared).
+    Raises NoTrustRoot (wrapping the reason) when the anchor is missing or invalid."""
+    return walk_chain(anchor_root(provisioned, accepted), _stored(accepted))
+
+
+def replace_anchor(accepted: Path, candidate: RootCandidate, new: VerifiedRoot) -> None:
+    """Make ``candidate`` (already verified as ``new`` and authorised by the caller) the anchor and
+    forget the rotations accepted under the old one. Raises Failed.
+
+    Power cuts (T-POWER): the old trust (its anchor and STATE/trust chain) stays complete until
+    one rename makes the new anchor complete, and only then is anything old removed:
+
+    1. signature files ``root-<N>.json.<KEY ID>.minisig`` first (any left by an earlier attempt
+       removed), each with write_atomic. A cut here leaves no ``root-<N>.json``: signature files
+       alone are never read, and the old anchor (the provisioned root, or the highest root file
+       of an earlier replacement) and its chain are trusted unchanged. The token was spent
+       before this function is called: the vendor makes a new one.
+    2. ``root-<N>.json`` with write_atomic - temp file, fsync, rename, fsync of the folder. The
+       rename is the commit point: before it the old root is trusted, after it the new one,
+       never neither and never a torn file (its signatures are durable before it is). The
+       folder itself was made and its parent fsynced before step 1, so the rename cannot be
+       lost with a folder that vanished.
+    3. Clean-up: older anchor files, then the rotations in STATE/trust. Each is at or below the
+       old root's version, so below N: walk_chain ignores them and the highest anchor file wins,
+       so a cut in the middle of the clean-up leaves the new root trusted, the leftovers inert.
+       They are not removed *before* step 2 because the old chain's revocations (T-REVOKED) must
+       hold for as long as the old root is the one trusted.
+    """
+    folder = anchor_folder(accepted)
+    version_path = folder / stick.root_name(new.version)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fsync_directory(folder.parent)
+        # Signature files an earlier attempt at this version left (cut in step 1, or another
+        # document): root-<N>.json cannot exist yet (it would be the anchor, and N is above it),
+        # so they belong to nothing, and a stale one must not sit beside the new root.
+        for stale in folder.glob(version_path.name + ".*" + SUFFIX):
+            stale.unlink()
+        for signature in candidate.signatures:  # signatures first: an anchor is never unsigned
+            write_atomic(signature_path(version_path, signature.key_id_text), signature.to_bytes())
+        write_atomic(version_path, candidate.raw)  # the commit point
+        for version, path in _anchor_files(folder):
+            if version < new.version:
+                _remove_root_file(path)
+        for path in sorted(Path(accepted).glob("root-*.json")) if Path(accepted).is_dir() else ():
+            _remove_root_file(path)
+        if Path(accepted).is_dir():
+            fsync_directory(accepted)
+        fsync_directory(folder)
+    except OSError as error:
+        raise Failed(f"cannot install the new trust root: {error.strerror}", where=error.filename or folder,
+                     hint="check the state directory; the old root stays trusted until the new one is "
+                          "complete") from None
+
+
+def _remove_root_file(path: Path) -> None:
+    """The root file first, then its signatures: never a root without them. Raises OSError."""
+    crashpoint(f"remove {path.name}")
+    path.unlink(missing_ok=True)
+    for signature in path.parent.glob(path.name + ".*" + SUFFIX):
+        signature.unlink(missing_ok=True)
 
 
 def advance(current: VerifiedRoot, offered: list[RootCandidate], accepted: Path | None) -> VerifiedRoot:

@@ -18,6 +18,7 @@ import jsonschema
 import pytest
 
 from tests.sim.device import Cabinet, World
+from tests.sim.new_root import NewRoot, put_token
 from tests.sim.reports import signed_report
 from tests.sim.tools import run_cli
 
@@ -33,6 +34,16 @@ def validator(name: str) -> jsonschema.Draft202012Validator:
 
 def schema_errors(name: str, document) -> list[str]:
     return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator(name).iter_errors(document)]
+
+
+def replacement_stick(world: World, directory: Path) -> Path:
+    """A stick with a new trust root (version 2, its root keys made from scratch) and a token allowing
+    the machine's root to be replaced with exactly it."""
+    new_root = NewRoot.make(directory, 2)
+    stick = directory / "stick"
+    new_root.put(stick, 2)
+    put_token(world, directory, stick, "replace-trust-root", trust_root=new_root.root)
+    return stick
 
 
 class Scene:
@@ -159,6 +170,8 @@ SUCCESSES: dict[str, tuple[str, int, Case]] = {
         "technician", "audit", "--json")),
     "bundle-agent technician rollback": ("message.schema.json", 4, lambda s: s.committed().agent(
         "technician", "rollback", "--json")),
+    "bundle-agent technician replace-root": ("message.schema.json", 0, lambda s: s.device().agent(
+        "technician", "replace-root", replacement_stick(s.world, s.dir / "replace-root"), "--json")),
     "bundle-agent technician report": ("files.schema.json", 0, lambda s: s.device().agent(
         "technician", "report", (s.dir / "report-out").mkdir(exist_ok=True) or s.dir / "report-out", "--json")),
 }

@@ -245,8 +245,9 @@ def test_the_menu_works_on_a_dumb_terminal_and_runs_nothing_typed(cabinet, world
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "1  Status" in out and "9  Export a report to a stick" in out and "0  Leave" in out
+    assert "10  Replace the trust root (with a token)" in out
     assert "committed: env-1" in out  # item 1
-    assert out.count("type a number from 0 to 9") == 2  # "12" and the command are not choices
+    assert out.count("type a number from 0 to 10") == 2  # "12" and the command are not choices
     assert " provisioned " in out  # item 8, the log
     assert "\x1b" not in out and all(len(line) <= 80 for line in out.splitlines())
 

@@ -29,6 +29,7 @@ from agent.technician.repair import repair
 from agent.technician.status import technician_status
 from agent.technician.stick import stick_contents
 from agent.technician.switch import arm_switch, switch_targets
+from agent.technician.trust import replace_trust_root
 from agent.tree_audit import audit_environment
 from keys.errors import UpdateError
 from keys.printable import echo, printable
@@ -111,13 +112,14 @@ def run_menu(ctx: click.Context) -> None:
         ("Repair from a stick", lambda: _repair(context)),
         ("Log (newest first)", lambda: show(log_lines(context.device_to_read.audit.newest(200)))),
         ("Export a report to a stick", lambda: _report(context)),
+        ("Replace the trust root (with a token)", lambda: _replace_root(context)),
     ]
     facts = device.facts
     while True:
         echo("")
         echo(fit(f"bundle-agent technician - {facts.product} {facts.hardware} serial {facts.serial}"))
         for number, (label, _) in enumerate(items, 1):
-            echo(f"  {number}  {label}")
+            echo(f"{number:3}  {label}")
         echo("  0  Leave")
         answer = ask(f"choice [0-{len(items)}]: ")
         if answer is None or answer.lower() in ("0", "q", "quit", "exit"):
@@ -221,6 +223,13 @@ def _report(context: DeviceContext) -> None:
     booted = device.backend.booted()
     audit = audit_environment(device, booted.name) if booted is not None and confirm("include an audit?") else None
     echo(f"wrote {write_report(device, stick, audit)}")
+
+
+def _replace_root(context: DeviceContext) -> None:
+    stick = ask_stick()
+    if stick is None or not confirm(f"replace this machine's trust root with the one the token on {stick} names?"):
+        return
+    echo(replace_trust_root(context.device, stick))
 
 
 def _leave_if_armed(context: DeviceContext, armed: bool) -> None:

@@ -5,7 +5,7 @@ Without a subcommand it opens the menu for a serial console or a local keyboard
 and tests do exactly what a person at the menu does:
 
     status | stick MOUNT | install MOUNT | rollback | switch ENV | audit [ENV] | repair MOUNT
-    | log | report MOUNT
+    | log | report MOUNT | replace-root MOUNT
 
 Exit codes are the agent's (0 done, 1 could not complete, 3 refused - nothing changed, 4 an
 update or a switch was armed: a reboot starts its trial) and, for ``audit``, 5: the installed
@@ -30,6 +30,7 @@ from agent.technician.repair import repair
 from agent.technician.status import technician_status
 from agent.technician.stick import stick_contents
 from agent.technician.switch import arm_switch
+from agent.technician.trust import replace_trust_root
 from agent.tree_audit import audit_environment
 from keys.errors import Refused
 from keys.printable import echo
@@ -199,3 +200,15 @@ def report_command(context: DeviceContext, mount: Path, no_audit: bool, as_json:
         audit = audit_environment(device, booted.name)
     path = write_report(device, mount, audit)
     print_outcome(as_json, f"wrote {path}", files=[str(path)])
+
+
+@technician_group.command("replace-root")
+@STICK
+@json_option
+@pass_device
+def replace_root_command(context: DeviceContext, mount: Path, as_json: bool) -> None:
+    """Replace this machine's trust root with the one on STICK that a technician token there names
+    (when the root keys are lost and no rotation can be signed; docs/TRUST.md, "Replacing the trust
+    root"). Exit 3: refused, nothing changed."""
+    message = replace_trust_root(context.device, mount)
+    _print({"message": message}, as_json, lambda document: [document["message"]])

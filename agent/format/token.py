@@ -8,10 +8,12 @@ device's own trust root::
 
     {"type": "technician-token", "format": 1, "id": "<32 lowercase hex>", "product": "P",
      "serials": ["SN1", ...] or ["*"], "actions": ["downgrade", ...],
-     "downgrade": {"platform": 3}, "reason": "ticket 4711"}
+     "downgrade": {"platform": 3}, "trust_root": "<64 lowercase hex>", "reason": "ticket 4711"}
 
 ``downgrade`` is present exactly when the token allows "downgrade": it names the exact older
-sequence each component may be taken back to, nothing else. Parsing is strict: the document is
+sequence each component may be taken back to, nothing else. ``trust_root`` is present exactly when
+the token allows "replace-trust-root": the SHA-256 of the exact bytes of the one new root.json the
+machine may be moved to (docs/TRUST.md, "Replacing the trust root"), nothing else. Parsing is strict: the document is
 capped, unknown fields are refused, and the ``type`` field inside the signed bytes keeps a signed
 manifest or trust root from being taken for a token (T-TYPE).
 
@@ -59,7 +61,8 @@ _ID = re.compile(rf"[0-9a-f]{{{ID_DIGITS}}}")
 _FILE_NAME = re.compile(rf"([0-9a-f]{{{ID_DIGITS}}})\.json")
 # Printable text on one line: no C0/C1 control characters, no line or paragraph separators.
 _REASON = re.compile(r"[^\x00-\x1f\x7f-\x9f\u2028\u2029]*")
-_FIELDS = {"type", "format", "id", "product", "serials", "actions", "downgrade", "reason"}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_FIELDS = {"type", "format", "id", "product", "serials", "actions", "downgrade", "trust_root", "reason"}
 
 
 class MalformedToken(Refused):
@@ -75,7 +78,7 @@ class TokenNotForThisMachine(TokenRefused):
 
 
 class ActionNotAllowed(TokenRefused):
-    """The token does not allow the action, or not the exact downgrade asked for."""
+    """The token does not allow the action, or not the exact downgrade or trust root asked for."""
 
 
 class TokenAlreadyUsed(TokenRefused):
@@ -125,6 +128,7 @@ class TechnicianToken:
     actions: tuple[str, ...]
     downgrade: tuple[tuple[str, int], ...] = ()  # (component, the exact sequence allowed), sorted
     reason: str = ""
+    trust_root: str | None = None  # SHA-256 (lowercase hex) of the new root.json's exact bytes
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "serials", tuple(self.serials))
@@ -164,6 +168,14 @@ class TechnicianToken:
         if ("downgrade" in self.actions) != bool(self.downgrade):
             raise ValueError("downgrade must name COMPONENT: SEQUENCE exactly when the actions include "
                              "\"downgrade\"")
+        # Likewise "replace-trust-root" names the one root it allows, by the hash of its bytes: a
+        # token for "any root" would let whoever holds it pick the machine's new anchor (T-ANCHOR).
+        if self.trust_root is not None and (not isinstance(self.trust_root, str)
+                                            or not _SHA256.fullmatch(self.trust_root)):
+            raise ValueError("trust_root must be the 64 lowercase hex digits of a SHA-256")
+        if ("replace-trust-root" in self.actions) != (self.trust_root is not None):
+            raise ValueError("trust_root must name the new root's SHA-256 exactly when the actions include "
+                             "\"replace-trust-root\"")
         if not isinstance(self.reason, str) or len(self.reason) > MAX_REASON_CHARACTERS \
                 or not _REASON.fullmatch(self.reason):
             raise ValueError(f"reason must be one line of at most {MAX_REASON_CHARACTERS} printable characters")
@@ -188,6 +200,8 @@ class TechnicianToken:
                                     "reason": self.reason}
         if self.downgrade:
             document["downgrade"] = dict(self.downgrade)
+        if self.trust_root is not None:
+            document["trust_root"] = self.trust_root
         return document
 
     def to_bytes(self) -> bytes:
@@ -218,10 +232,11 @@ class TechnicianToken:
             downgrade = document.get("downgrade", {})
             if not isinstance(downgrade, dict) or "downgrade" in document and not downgrade:
                 raise JSONShapeError("downgrade must be a non-empty object of COMPONENT: SEQUENCE")
+            trust_root = field(document, "trust_root", str, context="token") if "trust_root" in document else None
             return cls(id=field(document, "id", str, context="token"),
                        product=field(document, "product", str, context="token"),
                        serials=tuple(serials), actions=tuple(actions), downgrade=tuple(downgrade.items()),
-                       reason=field(document, "reason", str, context="token"))
+                       reason=field(document, "reason", str, context="token"), trust_root=trust_root)
         except (JSONShapeError, ValueError) as error:
             raise MalformedToken(f"not a valid technician token: {error}", where=where,
                                  hint="make tokens with `bundle token make`") from None
@@ -250,18 +265,21 @@ def signer_report(data: bytes, signatures: Sequence[Signature], root: VerifiedRo
 
 def verify_token(data: bytes, signatures: Sequence[Signature], root: VerifiedRoot, facts: MachineFacts,
                  action: str, used_ids: Collection[str], *, detail: Mapping[str, int] | None = None,
-                 where=None) -> VerifiedToken:
+                 trust_root_sha256: str | None = None, where=None) -> VerifiedToken:
     """Whether the token in ``data`` allows ``action`` on the machine ``facts`` describes.
 
     ``detail`` is what a "downgrade" would install: ``{component: sequence}``; each must be a
-    sequence the token names for that component, exactly. ``used_ids``: the ids this machine
-    has already spent.
+    sequence the token names for that component, exactly. ``trust_root_sha256`` is what a
+    "replace-trust-root" would install: the SHA-256 (lowercase hex) of the offered root's exact
+    bytes, which must be the one the token names. ``used_ids``: the ids this machine has already spent.
 
     Raises ThresholdNotMet (too few release signers, revoked ones never count: T-THRESHOLD,
     T-REVOKED), MalformedToken, TokenNotForThisMachine, ActionNotAllowed, TokenAlreadyUsed.
     """
     assert action in ACTIONS, action
     assert (action == "downgrade") == (detail is not None), "a downgrade, and only it, names what it installs"
+    assert (action == "replace-trust-root") == (trust_root_sha256 is not None), \
+        "a trust-root replacement, and only it, names the root it installs"
     # Signatures first, over the exact stored bytes: an unsigned token is never parsed (T-UNSIGNED).
     result = require_threshold(data, signatures, root.root.release_signers, role_name="release signers",
                                revoked=root.root.revoked_keys, where=where)
@@ -285,6 +303,11 @@ def verify_token(data: bytes, signatures: Sequence[Signature], root: VerifiedRoo
                     else f"allows no downgrade of {component}"
                 raise ActionNotAllowed(f"token {token.id} {what}, not to sequence {sequence}", where=where,
                                        hint=f"put a token made with --downgrade {component}={sequence} on the stick")
+    if trust_root_sha256 is not None and token.trust_root != trust_root_sha256:  # T-ANCHOR
+        raise ActionNotAllowed(f"token {token.id} allows the trust root with SHA-256 {token.trust_root} only, not "
+                               f"the one offered ({trust_root_sha256})", where=where,
+                               hint="put the root.json the token was made for on the stick, or a token made with "
+                                    "--trust-root for this root")
     if token.id in used_ids:  # T-TOKEN-REPLAY: a token works once per machine
         raise TokenAlreadyUsed(f"token {token.id} was already used on this machine", where=where,
                                hint="each token works once: make a new one (bundle token make ...)")

@@ -62,19 +62,22 @@ def root_group() -> None:
               help="A release signer's .pub (repeat).")
 @click.option("--threshold", type=click.IntRange(min=1), default=1, show_default=True,
               help="Distinct release signers every bundle needs.")
+@click.option("--version", "version", type=click.IntRange(min=1), default=1, show_default=True,
+              help="The version: 1 for a new product; above the machines' version for a root that replaces "
+                   "theirs when the root keys are lost (docs/TRUST.md, \"Replacing the trust root\").")
 @json_option
 def root_new(out: Path, root_keys: tuple[Path, ...], root_threshold: int, signers: tuple[Path, ...],
-             threshold: int, as_json: bool) -> None:
-    """Create version 1 of a trust root (unsigned: each root key holder then runs `root sign`)."""
+             threshold: int, version: int, as_json: bool) -> None:
+    """Create a trust root, version 1 unless --version (unsigned: each root key holder then runs `root sign`)."""
     try:
-        root = TrustRoot(version=1, root_keys=Role(tuple(map(_named_key, root_keys)), root_threshold),
+        root = TrustRoot(version=version, root_keys=Role(tuple(map(_named_key, root_keys)), root_threshold),
                          release_signers=Role(tuple(map(_named_key, signers)), threshold))
     except ValueError as error:
         raise Refused(f"cannot make the trust root: {error}") from None
     create_exclusive(out, root.to_bytes(), mode=0o644)
-    print_outcome(as_json, f"created {out}: version 1, {root_threshold} of {len(root.root_keys.keys)} root keys, "
-                           f"{threshold} of {len(root.release_signers.keys)} release signers; unsigned",
-                  files=[str(out)], root_version=1)
+    print_outcome(as_json, f"created {out}: version {version}, {root_threshold} of {len(root.root_keys.keys)} "
+                           f"root keys, {threshold} of {len(root.release_signers.keys)} release signers; unsigned",
+                  files=[str(out)], root_version=version)
 
 
 @root_group.command("sign")

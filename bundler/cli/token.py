@@ -4,6 +4,7 @@ checks are agent/format/token.py, shared with the device."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import click
@@ -18,6 +19,7 @@ from keys.errors import Failed, Refused
 from keys.files import create_exclusive, read_capped, write_atomic
 from keys.rotation import accept_chain
 from keys.secret_key import SecretKey
+from keys.trust_root import MAX_ROOT_BYTES, TrustRoot
 from keys.signing import sign
 from keys.threshold import ThresholdResult
 
@@ -30,6 +32,16 @@ def _downgrades(values: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
             raise click.UsageError(f"--downgrade takes COMPONENT=SEQUENCE (one sequence), not {value!r}")
         result.append((name, int(sequence)))
     return tuple(result)
+
+
+def _trust_root_sha256(path: Path | None) -> str | None:
+    """The SHA-256 of the new root file's exact bytes - what the device compares with the root on
+    the stick. The file must be a trust root: a token never names garbage. Raises MalformedTrustRoot."""
+    if path is None:
+        return None
+    raw = read_capped(path, MAX_ROOT_BYTES, what="trust root")
+    TrustRoot.from_bytes(raw, where=path)
+    return hashlib.sha256(raw).hexdigest()
 
 
 def _sign(path: Path, raw: bytes, token: TechnicianToken, key: SecretKey) -> Path:
@@ -49,6 +61,8 @@ def _describe(token: TechnicianToken) -> str:
     allows = ", ".join(token.actions)
     if token.downgrade:
         allows += " (" + ", ".join(f"{c} to sequence {s}" for c, s in token.downgrade) + ")"
+    if token.trust_root:
+        allows += f" (to the trust root with SHA-256 {token.trust_root})"
     return f"token {token.id} for {token.product}, {serials}: allows {allows}"
 
 
@@ -66,6 +80,9 @@ def token_group() -> None:
 @click.option("--downgrade", "downgrades", multiple=True, metavar="COMPONENT=SEQUENCE",
               help="With --allow downgrade: the exact older sequence COMPONENT may be taken back to (repeat per "
                    "component).")
+@click.option("--trust-root", "trust_root_path", type=EXISTING_FILE, metavar="NEW_ROOT.json",
+              help="With --allow replace-trust-root: the new trust root (signed or not: the token names the SHA-256 "
+                   "of its exact bytes, so put exactly this file, with its signatures, on the stick).")
 @click.option("--reason", default="", help="Why, for the audit log (one line, at most 200 characters).")
 @click.option("--key", "key_paths", type=EXISTING_FILE, multiple=True, required=True,
               help="A release signer's secret key (repeat to co-sign; `bundle token sign` adds more later).")
@@ -75,18 +92,22 @@ def token_group() -> None:
                    "content to STICK/<product>/tokens/.")
 @root_chain_option("A trust root: report the signers against its release-signer threshold.")
 @json_option
-def token_make(product, serials, all_serials, actions, downgrades, reason, key_paths, passphrase_files, out,
-               root_paths, as_json):
+def token_make(product, serials, all_serials, actions, downgrades, trust_root_path, reason, key_paths,
+               passphrase_files, out, root_paths, as_json):
     """Make a technician token with a fresh id, signed by each --key."""
     if bool(serials) == all_serials:
         raise click.UsageError("give the machines' serials with --serial, or --all-serials for every machine")
     if ("downgrade" in actions) != bool(downgrades):
         raise click.UsageError("--allow downgrade needs --downgrade COMPONENT=SEQUENCE (the exact sequence allowed), "
                                "and --downgrade needs --allow downgrade")
+    if ("replace-trust-root" in actions) != (trust_root_path is not None):
+        raise click.UsageError("--allow replace-trust-root needs --trust-root NEW_ROOT.json (the one root allowed), "
+                               "and --trust-root needs --allow replace-trust-root")
+    trust_root = _trust_root_sha256(trust_root_path)
     try:
         token = TechnicianToken(id=new_id(), product=product, serials=(ALL_SERIALS,) if all_serials else serials,
                                 actions=tuple(dict.fromkeys(actions)), downgrade=_downgrades(downgrades),
-                                reason=reason)
+                                reason=reason, trust_root=trust_root)
     except ValueError as error:
         raise Refused(f"cannot make the token: {error}", hint="see `bundle token make --help`") from None
     keys = load_secret_keys(key_paths, passphrase_files)  # before anything is written: a wrong passphrase costs nothing

@@ -210,7 +210,22 @@ def cut_plan(count: int, calibration: Calibration) -> list[Moment]:
     moments += timed("stick in", max(calibration.to_reset - 15, 1), calibration.to_trial, in_reboot)
     moments += timed("trial GRUB line", 0, calibration.to_game, in_boot)
     moments += timed("game started", 0, calibration.to_commit + 2, max(count - len(moments), 0))
-    return moments
+    return interleaved(moments)
+
+
+def interleaved(moments: list[Moment]) -> list[Moment]:
+    """The moments taken from each phase in turn, so that a sweep cut short (or a quick look with
+    a small VM_POWER_CUTS) still reaches every phase; within a phase the order stays."""
+    phases: dict[str, list[Moment]] = {}
+    for moment in moments:
+        phases.setdefault(moment.phase, []).append(moment)
+    queues = list(phases.values())
+    ordered = []
+    while any(queues):
+        for queue in queues:
+            if queue:
+                ordered.append(queue.pop(0))
+    return ordered
 
 
 def cut_once(cabinet: Cabinet, stick: Path, moment: Moment) -> None:

@@ -10,6 +10,8 @@ import subprocess
 from importlib.metadata import version
 from pathlib import Path
 
+import pytest
+
 from tests.sim.device import STAGED, Cabinet
 from tests.sim.tools import BIN, run_cli
 from tests.test_json_output import schema_errors
@@ -284,3 +286,28 @@ def test_a_downgrade_to_a_named_older_sequence_needs_a_token_and_installs_exactl
     assert installed == {"platform": 6, "game/lucky-sevens": 3, "game/fortune-wheel": 1}
     again = tech(cabinet, "install", stick, "--downgrade", "platform=6")
     assert again.returncode == 3, "a token works once"
+
+
+@pytest.mark.parametrize("damage", ["deleted", "garbage"])
+def test_after_the_state_is_lost_no_command_without_a_token_installs_an_older_release(cabinet, world, tmp_path,
+                                                                                      damage):
+    """Release 2 (platform sequence 7) was committed; then state.json is lost. Every command a
+    stick or a person can run, with release 1 (sequence 6) on the stick and no token, must leave
+    the machine without release 1 committed, installed or armed."""
+    updated(cabinet, world, tmp_path)
+    state = cabinet.dir / "state/state.json"
+    state.unlink() if damage == "deleted" else state.write_text("{garbage")
+    old = world.stick(tmp_path / "release-1", "full-1")
+    attempts = [("install", old), ("on-insert", old), ("provision", old), ("provision", world.bundles / "full-1"),
+                ("technician", "install", old), ("technician", "install", old, "--downgrade", "platform=6"),
+                ("technician", "repair", old), ("technician", "rollback"), ("technician", "switch", "env-1"),
+                ("rollback",), ("boot-check",), ("install", old)]
+    for attempt in attempts:
+        result = cabinet.agent(*attempt)
+        assert result.returncode != STAGED, f"{attempt} armed something: {result.stdout}{result.stderr}"
+        cabinet.agent("boot", check=True)  # whatever it armed, boot it
+        cabinet.agent("boot-check")
+        booted = cabinet.agent("boot", check=True).stdout.strip()
+        assert booted.endswith("env-2"), f"after {attempt} the machine boots {booted}"
+        assert sorted(cabinet.environments()) == ["env-1", "env-2"], f"{attempt} made an environment"
+    assert as_json(cabinet, "status", schema="technician-status.schema.json")["floors"]["platform"] == 7

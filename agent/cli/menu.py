@@ -20,9 +20,9 @@ import click
 
 from agent.cli.context import DeviceContext
 from agent.cli.errors import error_lines
-from agent.cli.output import print_report
 from agent.cli.progress import ProgressDisplay
-from agent.cli.technician_text import WIDTH, audit_lines, fit, log_lines, status_lines, stick_lines
+from agent.cli.technician_text import (WIDTH, audit_lines, fit, log_lines, report_lines, status_lines,
+                                       stick_lines, wrapped)
 from agent.device_report import write_report
 from agent.install import install
 from agent.technician.repair import repair
@@ -164,9 +164,9 @@ def _install(context: DeviceContext) -> None:
         downgrade[component] = int(sequence)
     if not confirm(f"install from {stick}{' (downgrade ' + named + ')' if downgrade else ''}?"):
         return
-    with ProgressDisplay("install") as progress:
+    with _progress("install") as progress:
         report = install(context.device, stick, progress, downgrade or None)
-    print_report(report, False)
+    show(report_lines(report))
     _leave_if_armed(context, report.outcome == "staged")
 
 
@@ -188,7 +188,7 @@ def _switch(context: DeviceContext, choose: bool) -> None:
             stick = ask_stick()
     if not confirm(f"boot {target or 'the previous environment'} once for a trial now?"):
         return
-    echo(arm_switch(device, target, stick))
+    show(wrapped(arm_switch(device, target, stick)))
     _leave_if_armed(context, True)
 
 
@@ -209,9 +209,9 @@ def _repair(context: DeviceContext) -> None:
     stick = ask_stick()
     if stick is None or not confirm(f"repair from {stick}?"):
         return
-    with ProgressDisplay("repair") as progress:
+    with _progress("repair") as progress:
         report = repair(context.device, stick, set(), progress)
-    print_report(report, False)
+    show(report_lines(report))
     _leave_if_armed(context, report.outcome == "staged")
 
 
@@ -222,14 +222,20 @@ def _report(context: DeviceContext) -> None:
     device = context.device
     booted = device.backend.booted()
     audit = audit_environment(device, booted.name) if booted is not None and confirm("include an audit?") else None
-    echo(f"wrote {write_report(device, stick, audit)}")
+    show(wrapped(f"wrote {write_report(device, stick, audit)}"))
 
 
 def _replace_root(context: DeviceContext) -> None:
     stick = ask_stick()
     if stick is None or not confirm(f"replace this machine's trust root with the one the token on {stick} names?"):
         return
-    echo(replace_trust_root(context.device, stick))
+    show(wrapped(replace_trust_root(context.device, stick)))
+
+
+def _progress(name: str) -> ProgressDisplay:
+    """Progress as plain lines every few seconds: no bar, no carriage return, nothing a dumb
+    terminal or a serial console could garble."""
+    return ProgressDisplay(name, line=lambda text: echo(fit(text)))
 
 
 def _leave_if_armed(context: DeviceContext, armed: bool) -> None:

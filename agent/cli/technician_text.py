@@ -4,7 +4,10 @@ the menu print these lines (agent/cli/technician.py, agent/cli/menu.py)."""
 
 from __future__ import annotations
 
+import textwrap
+
 from agent.cli.log import one_line
+from agent.report import Report
 from keys.printable import printable
 
 WIDTH = 80
@@ -14,6 +17,24 @@ def fit(text: str, width: int = WIDTH) -> str:
     """One printable line of at most ``width`` columns, cut with ``...``."""
     text = printable(text).replace("\n", " ")
     return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def wrapped(text: str, width: int = WIDTH) -> list[str]:
+    """A message that must be read whole, wrapped to ``width`` columns (later lines indented)."""
+    return textwrap.wrap(printable(text).replace("\n", " "), width, subsequent_indent="  ") or [""]
+
+
+def report_lines(report: Report) -> list[str]:
+    """An install's or a repair's report (agent/cli/output.py print_report), wrapped, not cut."""
+    lines = []
+    for source, reason in report.refusals:
+        lines += wrapped(f"refused {source}: {reason}")
+    for decision in report.decisions:
+        if decision.verdict != "chosen":
+            lines += wrapped(f"skipped {decision.bundle} {decision.component or ''}: {decision.reason}")
+    for name, change in sorted(report.installed.items()):
+        lines += wrapped(f"{name}: {change}")
+    return lines + wrapped(report.message)
 
 
 def status_lines(status: dict) -> list[str]:
@@ -48,7 +69,7 @@ def status_lines(status: dict) -> list[str]:
 
 
 def stick_lines(contents: dict) -> list[str]:
-    lines = [f"stick {contents['stick']}: {contents['message']}"]
+    lines = [f"stick {contents['stick']}", contents["message"]]  # the message never cut by a long path
     if contents["would_install"]:
         lines.append("would install: " + ", ".join(f"{n} sequence {s}" for n, s in contents["would_install"].items()))
     for row in contents["bundles"]:

@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from agent.boot.base import Environment
-from agent.kept import KeptDamaged, device_roots, verified_kept
+from agent.trust_store import device_roots
+from agent.kept import KeptDamaged, verified_kept
 from agent.state_dir import StateDir
 from keys.rotation import VerifiedRoot
 

@@ -32,15 +32,13 @@ from typing import Mapping, Sequence
 from agent.format.bundle_dir import MANIFEST
 from agent.format.manifest import COMPONENT_NAME, MAX_STORED_MANIFEST_BYTES, Component, Manifest
 from agent.state_dir import StateDir
-from agent.trust_store import anchor_root
 from agent.verify import verify_bundle
 from keys import strict_json
-from keys.detached import load_root_candidate, load_signatures, signature_path
+from keys.detached import load_signatures, signature_path
 from keys.errors import Failed, UpdateError
 from keys.files import fsync_directory, read_capped, remove_stale_temporaries, write_atomic
 from keys.minisign import MAX_SIGNATURE_FILE_BYTES, Signature
-from keys.rotation import VerifiedRoot, accept_next
-from keys.trust_root import TrustRoot
+from keys.rotation import VerifiedRoot
 
 FORMAT = 1
 MAX_RECORD_BYTES = 1 << 20  # a record names a few components; anything larger is not ours
@@ -312,29 +310,3 @@ def verified_kept(state_dir: StateDir, environment: str, roots: Mapping[int, Ver
         else:
             result[name] = VerifiedKept(record.manifest_sha256, component)
     return result
-
-
-def device_roots(provisioned: Path, accepted: Path) -> dict[int, VerifiedRoot]:
-    """Every trust-root version this device holds, by version: the anchor (the provisioned root,
-    or the one a technician token replaced it with: agent/trust_store.anchor_root) and each one
-    accepted since (STATE/trust/, agent/trust_store.py), re-walked from the anchor so a tampered
-    store can only shorten the chain. After a replacement the versions before it are not held:
-    their keys were given up, so a manifest kept under them no longer verifies (it is reported,
-    never trusted). Raises NoTrustRoot when the anchor fails."""
-    anchor = anchor_root(provisioned, accepted)
-    roots = {anchor.version: anchor}
-    candidates = {}
-    for path in sorted(accepted.glob("root-*.json")) if accepted.is_dir() else ():
-        try:
-            candidate = load_root_candidate(path)
-            candidates.setdefault(TrustRoot.from_bytes(candidate.raw).version, candidate)
-        except UpdateError:
-            continue  # a damaged stored root ends the chain there: trust only what still verifies
-    trusted = anchor
-    while (candidate := candidates.get(trusted.version + 1)) is not None:
-        try:
-            trusted = accept_next(trusted, candidate)
-        except UpdateError:
-            break
-        roots[trusted.version] = trusted
-    return roots

@@ -18,7 +18,8 @@ from typing import Iterable
 
 from agent.format.paths import ancestors
 from agent.format.tree import HARDLINK, SYMLINK, Entry
-from agent.kept import KeptDamaged, VerifiedKept, device_roots, environment_records, verified_kept
+from agent.trust_store import device_roots
+from agent.kept import KeptDamaged, VerifiedKept, environment_records, verified_kept
 from agent.scan import scan_tree
 from keys.errors import Failed, Refused, UpdateError
 

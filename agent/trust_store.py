@@ -25,9 +25,9 @@ from agent.format import stick
 from agent.state_dir import TRUST_ANCHOR_FOLDER
 from keys.crashpoint import crashpoint
 from keys.detached import SUFFIX, load_root_candidate, signature_path
-from keys.errors import Failed, Refused
+from keys.errors import Failed, Refused, UpdateError
 from keys.files import fsync_directory, write_atomic
-from keys.rotation import RootCandidate, VerifiedRoot, trust_anchor, walk_chain
+from keys.rotation import RootCandidate, VerifiedRoot, accept_next, trust_anchor, walk_chain
 from keys.trust_root import TrustRoot
 
 
@@ -191,3 +191,29 @@ def stick_roots(mount: Path, product: str, trusted_version: int) -> list[RootCan
     """
     window = range(trusted_version + 1, trusted_version + 1 + ROTATIONS_PER_INSERTION)
     return [load_root_candidate(root.path) for root in medium.root_files(mount, product) if root.version in window]
+
+
+def device_roots(provisioned: Path, accepted: Path) -> dict[int, VerifiedRoot]:
+    """Every trust-root version this device holds, by version: the anchor (the provisioned root,
+    or the one a technician token replaced it with: agent/trust_store.anchor_root) and each one
+    accepted since (STATE/trust/, agent/trust_store.py), re-walked from the anchor so a tampered
+    store can only shorten the chain. After a replacement the versions before it are not held:
+    their keys were given up, so a manifest kept under them no longer verifies (it is reported,
+    never trusted). Raises NoTrustRoot when the anchor fails."""
+    anchor = anchor_root(provisioned, accepted)
+    roots = {anchor.version: anchor}
+    candidates = {}
+    for path in sorted(accepted.glob("root-*.json")) if accepted.is_dir() else ():
+        try:
+            candidate = load_root_candidate(path)
+            candidates.setdefault(TrustRoot.from_bytes(candidate.raw).version, candidate)
+        except UpdateError:
+            continue  # a damaged stored root ends the chain there: trust only what still verifies
+    trusted = anchor
+    while (candidate := candidates.get(trusted.version + 1)) is not None:
+        try:
+            trusted = accept_next(trusted, candidate)
+        except UpdateError:
+            break
+        roots[trusted.version] = trusted
+    return roots

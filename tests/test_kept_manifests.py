@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from agent.format.bundle_dir import MANIFEST
-from agent.kept import (KeptDamaged, KeptRecord, clean_orphans, device_roots, environment_records,
+from agent.trust_store import device_roots
+from agent.kept import (KeptDamaged, KeptRecord, clean_orphans, environment_records,
                         keep_environment, keep_manifest, verified_kept)
 from agent.medium import read_bundle
 from agent.state_dir import StateDir

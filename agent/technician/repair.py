@@ -20,7 +20,8 @@ from agent.choice import Choice, Decision
 from agent.device import Device
 from agent.floors import rebuilt_floors
 from agent.install import TrialPending, stage_for_trial
-from agent.kept import KeptDamaged, device_roots, verified_kept
+from agent.trust_store import device_roots
+from agent.kept import KeptDamaged, verified_kept
 from agent.offer import Found, read_offer
 from agent.progress import Progress
 from agent.report import Report

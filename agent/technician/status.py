@@ -10,7 +10,8 @@ from importlib.metadata import version
 
 from agent.device import Device
 from agent.floors import rebuilt_floors
-from agent.kept import KeptDamaged, device_roots, verified_kept
+from agent.trust_store import device_roots
+from agent.kept import KeptDamaged, verified_kept
 from agent.lifecycle import pending_summary
 from agent.state import AgentState, CorruptState
 from agent.trust_store import current_root
@@ -42,7 +43,11 @@ def technician_status(device: Device) -> dict:
     except UpdateError as error:
         root_version = None
         problems.append(f"trust root: {error.message}")
-    environments = [_environment(device, state, e) for e in device.backend.environments()]
+    try:
+        roots = device_roots(device.config.trust_root, device.state_dir.trust)  # once, for every environment
+    except UpdateError:
+        roots = {}  # said under "problems" above: nothing kept can be verified
+    environments = [_environment(device, state, e, roots) for e in device.backend.environments()]
     return {
         "device": {"product": device.config.product, "hardware": device.config.hardware,
                    "serial": device.config.serial},
@@ -61,7 +66,7 @@ def technician_status(device: Device) -> dict:
     }
 
 
-def _environment(device: Device, state: AgentState, environment) -> dict:
+def _environment(device: Device, state: AgentState, environment, roots: dict) -> dict:
     name = environment.name
     earlier = {entry["environment"]: entry for entry in state.history
                if entry.get("identity") in (None, environment.identity)}
@@ -76,9 +81,9 @@ def _environment(device: Device, state: AgentState, environment) -> dict:
         role = "previous" if newest else "earlier"
         holds, committed_at = _sequences(entry["components"]), entry.get("committed_at")
     elif name in state.failed_trials:
-        role, holds, committed_at = "failed trial", _kept(device, name), None
+        role, holds, committed_at = "failed trial", _kept(device, name, roots), None
     else:
-        role, holds, committed_at = "other", _kept(device, name), None
+        role, holds, committed_at = "other", _kept(device, name, roots), None
     return {"name": name, "flags": environment.flags, "identity": environment.identity,
             "path": str(environment.path) if environment.path else None, "role": role,
             "holds": holds, "committed_at": committed_at, "made_by_agent": environment.made_by_agent}
@@ -91,11 +96,11 @@ def _sequences(components: dict) -> dict:
             for name, c in sorted(components.items())}
 
 
-def _kept(device: Device, name: str) -> dict | None:
+def _kept(device: Device, name: str, roots: dict) -> dict | None:
     """What the kept signed manifests say ``name`` holds (None: no record, as for an environment
     another tool made)."""
     try:
-        kept = verified_kept(device.state_dir, name, device_roots(device.config.trust_root, device.state_dir.trust))
+        kept = verified_kept(device.state_dir, name, roots)
     except (KeptDamaged, UpdateError):
         return None
     return {component: {"version": k.component.version, "sequence": k.component.sequence}

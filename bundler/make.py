@@ -40,6 +40,7 @@ from agent.format.tree import FILE, SETUID_SETGID, Chunk, Entry, Prefix, tree_di
 from agent.progress import Progress
 from agent.scan import as_content, scan_tree
 from bundler import encoders
+from bundler.base_index import BaseIndex, Match
 from bundler.encoders import Source
 from bundler.release import Release, ReleaseComponent
 from keys.detached import signature_path
@@ -52,7 +53,9 @@ from bundler.volumes import VolumeWriter
 from bundler.partial import partial_path, remove_stale_partials
 from bundler.workers import Counter, Workers
 
-DEFAULT_CHUNK_BYTES = 16 << 20
+# 8 MiB: two workers each holding a chunk, its base region and their frames, and the results
+# waiting to be written in order, stay within 256 MiB of memory (docs/BENCHMARKS.md).
+DEFAULT_CHUNK_BYTES = 8 << 20
 # Prefix + chunk stay within 64 MiB: single-threaded level 19 loses long matches beyond that.
 PREFIX_BYTES = 48 << 20
 DEFAULT_VOLUME_BYTES = 2 << 30
@@ -122,21 +125,40 @@ def _digits_blind(path: str) -> str:
 
 
 def _chunk_jobs(size: int, source: Source, reference: Entry | None, reference_source: Source | None,
-                reference_size: int, chunk_size: int) -> list[_ChunkJob]:
+                reference_size: int, chunk_size: int, found: _Found | None = None) -> list[_ChunkJob]:
     jobs = []
-    for offset in range(0, size, chunk_size):
-        length = min(chunk_size, size - offset)
-        prefix = None
-        if reference is not None and reference_size > 0:
-            region = min(reference_size, PREFIX_BYTES)
+    if found is not None and found.matches:
+        cuts = found.index.cuts(found.matches, size, chunk_size, PREFIX_BYTES)
+    else:
+        cuts = [(offset, min(chunk_size, size - offset)) for offset in range(0, size, chunk_size)]
+    for offset, length in cuts:
+        prefix, prefix_source = None, reference_source
+        region = found.index.region(found.matches, offset, length, PREFIX_BYTES) if found is not None else None
+        # Pieces found by content place the region; a named pair that shares no piece with the
+        # chunk (a recompiled binary: similar, not equal) is still the better reference.
+        if region is not None and (reference is None or region.found >= length // 8):
+            prefix = Prefix(path=region.entry.path, sha256=region.entry.sha256, offset=region.offset,
+                            length=region.length)
+            prefix_source = Source(found.base_root / region.entry.path)
+        elif reference is not None and reference_size > 0:
+            region_size = min(reference_size, PREFIX_BYTES)
             # Map the chunk's position proportionally into the base file and centre the region on it.
             centre = (offset + length // 2) * reference_size // size
-            start = min(max(0, centre - region // 2), reference_size - region)
-            prefix = Prefix(path=reference.path, sha256=reference.sha256, offset=start, length=region,
+            start = min(max(0, centre - region_size // 2), reference_size - region_size)
+            prefix = Prefix(path=reference.path, sha256=reference.sha256, offset=start, length=region_size,
                             gunzip=reference_source.gunzip)
         jobs.append(_ChunkJob(source=source, offset=offset, size=length,
-                              reference=reference_source if prefix else None, prefix=prefix))
+                              reference=prefix_source if prefix else None, prefix=prefix))
     return jobs
+
+
+@dataclass(frozen=True)
+class _Found:
+    """The pieces of a new file found in the base tree at ``base_root`` (bundler/base_index.py)."""
+
+    index: BaseIndex
+    base_root: Path
+    matches: list[Match]
 
 
 def _encode(job: _ChunkJob, level: int, tick: encoders.Tick | None = None) -> tuple[str, bytes]:
@@ -199,6 +221,9 @@ def _plan_component(component: ReleaseComponent, base: ReleaseComponent | None, 
             by_content.setdefault(entry.sha256, entry)
             by_name.setdefault(posixpath.basename(entry.path), []).append(entry)
             by_blind_path.setdefault(_digits_blind(entry.path), []).append(entry)
+    if progress is not None:
+        progress(f"indexing the base of {component.name}", 0, 0)
+    index = BaseIndex(base.path, list(base_files.values()))
     plan_entries, jobs = [], {}
     carried = [e for e in entries if e.type == FILE and e.size and e.sha256 not in by_content]
     total, done = sum(e.size for e in carried), 0  # planning reads them: gzip recipes (encoders.py)
@@ -211,7 +236,7 @@ def _plan_component(component: ReleaseComponent, base: ReleaseComponent | None, 
                 entry = replace(entry, base_path=by_content[entry.sha256].path)
             else:
                 entry, jobs[entry.path] = _delta_jobs(entry, component, base, base_files, by_name, by_blind_path,
-                                                      options.chunk_size)
+                                                      index, options.chunk_size)
                 done += entry.size
                 if progress is not None:
                     progress(f"planning {component.name}", done, total)
@@ -222,7 +247,7 @@ def _plan_component(component: ReleaseComponent, base: ReleaseComponent | None, 
 
 
 def _delta_jobs(entry: Entry, component: ReleaseComponent, base: ReleaseComponent, base_files: dict[str, Entry],
-                by_name: dict[str, list[Entry]], by_blind_path: dict[str, list[Entry]],
+                by_name: dict[str, list[Entry]], by_blind_path: dict[str, list[Entry]], index: BaseIndex,
                 chunk_size: int) -> tuple[Entry, list[_ChunkJob]]:
     """Jobs for a changed or new file of a delta. A gzip file that re-deflates bit for bit is
     carried as its content (the gzip-recipe codec); only deltas do this, so a full bundle never
@@ -240,7 +265,8 @@ def _delta_jobs(entry: Entry, component: ReleaseComponent, base: ReleaseComponen
         gunzipped = encoders.GZIP_RECIPE.content_size(reference_source.path) if recipe is not None else None
         if gunzipped is not None:
             reference_source, reference_size = Source(reference_source.path, gunzip=True), gunzipped
-    return entry, _chunk_jobs(size, source, reference, reference_source, reference_size, chunk_size)
+    found = None if source.gunzip else _Found(index, base.path, index.matches(source.path, size))
+    return entry, _chunk_jobs(size, source, reference, reference_source, reference_size, chunk_size, found)
 
 
 def _select_components(release: Release, base: Release | None, options: MakeOptions) -> list[tuple]:

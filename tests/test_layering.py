@@ -16,6 +16,9 @@ LAYERS = ["keys", "agent.format", "agent", "bundler"]  # lowest first
 NO_FILE_SYSTEM_IN = "agent.format"
 # Path arithmetic (pathlib) is allowed there; opening, listing and reading files is not.
 FILE_SYSTEM_MODULES = {"os", "shutil", "tempfile", "glob", "io"}
+# Third-party packages only the vendor's bundler needs: a device never loads them (FreeBSD has
+# no wheels for them; the agent's dependencies are pynacl, zstandard, click and tqdm).
+VENDOR_ONLY = {"pyfastcdc"}
 FILE_SYSTEM_CALLS = {"open", "read_bytes", "read_text", "write_bytes", "write_text", "iterdir", "mkdir", "unlink"}
 
 
@@ -51,6 +54,8 @@ def violations(source: str, module: str) -> list[str]:
         target = layer(imported)
         if target is not None and own is not None and target > own:
             found.append(f"{module} imports {imported}, a layer above it")
+        if own is not None and own < LAYERS.index("bundler") and imported.split(".")[0] in VENDOR_ONLY:
+            found.append(f"{module} imports {imported}, which only the bundler needs")
         if module.startswith(NO_FILE_SYSTEM_IN) and imported.split(".")[0] in FILE_SYSTEM_MODULES:
             found.append(f"{module} imports {imported}: the wire format reads no files")
     if module.startswith(NO_FILE_SYSTEM_IN):
@@ -83,6 +88,7 @@ def test_no_module_imports_upward(module, path):
     ("agent.format.bundle_dir", "def read(path):\n    return path.read_bytes()\n", "the wire format reads no files"),
     ("agent.install", "import bundler.make\n", "a layer above it"),
     ("agent.format.tree", "from ..beneath import Beneath\n", "a layer above it"),
+    ("agent.apply", "from pyfastcdc import FastCDC\n", "which only the bundler needs"),
 ])
 def test_the_check_fails_on_an_upward_import(module, source, complaint):
     """The test can fail: each of these lines, added to that module, is reported."""

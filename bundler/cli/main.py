@@ -7,6 +7,7 @@ from importlib.metadata import version
 import click
 
 from agent.cli.errors import ErrorReportingGroup
+from bundler.malloc import return_large_buffers
 from bundler.cli.bundles import inspect, make, sign_bundle, verify
 from bundler.cli.keys import keys_group
 from bundler.cli.report import report_group
@@ -24,6 +25,7 @@ def main() -> None:
     --root always names a trust root (one per version of a chain); every reporting command
     takes --json (docs/json/).
     """
+    return_large_buffers()
 
 
 for command in (keys_group, root_group, make, sign_bundle, verify, inspect, write, report_group, token_group):

@@ -219,7 +219,13 @@ def _write_file(entry: Entry, fd: int, payload: Payload, base: BaseTree | None, 
     if rebuilder is not None:
         if content_digest.hexdigest() != entry.gzip.sha256:
             raise StagingError(f"{entry.path!r}: decoded gzip content does not match its SHA-256")
-        rebuilder.finish()
+        started = time.thread_time()
+        try:
+            rebuilder.finish()  # a shaped recipe (gzip-shape) does its work here
+        except ValueError as error:
+            raise StagingError(f"{entry.path!r}: its gzip recipe does not fit its content: {error}",
+                               hint="the bundle is not what the vendor's tools make; report it to the vendor") from None
+        budget.deflated(time.thread_time() - started, entry.path)
     if file_digest.hexdigest() != entry.sha256:
         if rebuilder is not None:
             raise StagingError(f"{entry.path!r}: re-deflating its content did not reproduce the signed file: "

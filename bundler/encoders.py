@@ -6,8 +6,8 @@ the bundle by name before reading its payload. Two kinds, as on the device:
 
 * object encoders (``raw``, ``zstd``, ``zstd-patch``): each chunk is stored as the smallest of
   them (docs/FORMAT.md, "How files are carried");
-* transforms (``gzip-recipe``): a gzip file that re-deflates bit for bit is carried as its
-  content and a recipe, in deltas only (docs/FORMAT.md, "gzip recipe").
+* transforms (``gzip-recipe``, ``gzip-shape``): a gzip file that re-deflates bit for bit is
+  carried as its content and a recipe, in deltas only (docs/FORMAT.md, "gzip recipe").
 
 A new codec is one encoder here, one decoder in agent/format/codec.py, and regenerated golden
 vectors (docs/ARCHITECTURE.md, "Where a new thing goes").
@@ -204,8 +204,8 @@ class Transform:
     content if its content can serve as a patch region, else None."""
 
     name: str
-    recipe: Callable[[Path, int], tuple[GzipRecipe, int] | None]
-    content_size: Callable[[Path], int | None]
+    recipe: Callable[[Path, int], tuple[GzipRecipe, int] | None] | None = None
+    content_size: Callable[[Path], int | None] | None = None
 
 
 def _gzip_recipe(path: Path, size: int) -> tuple[GzipRecipe, int] | None:
@@ -219,9 +219,9 @@ def _gzip_recipe(path: Path, size: int) -> tuple[GzipRecipe, int] | None:
     found = gzip_recipe.find_recipe(data, MAX_CHUNK_BYTES)
     if found is None:
         return None
-    header, level, content = found
-    return GzipRecipe(header=header, level=level, size=len(content),
-                      sha256=hashlib.sha256(content).hexdigest()), len(content)
+    header, level, content, shape = found
+    return GzipRecipe(header=header, level=level, size=len(content), sha256=hashlib.sha256(content).hexdigest(),
+                      shape=shape), len(content)
 
 
 def _gunzipped_size(path: Path) -> int | None:
@@ -238,6 +238,8 @@ def _gunzipped_size(path: Path) -> int | None:
 
 
 GZIP_RECIPE = Transform("gzip-recipe", recipe=_gzip_recipe, content_size=_gunzipped_size)
-TRANSFORMS: dict[str, Transform] = {t.name: t for t in (GZIP_RECIPE,)}
+# Recipes with a shape, which gzip-recipe's finds where zlib alone does not reproduce a file.
+GZIP_SHAPE = Transform("gzip-shape")
+TRANSFORMS: dict[str, Transform] = {t.name: t for t in (GZIP_RECIPE, GZIP_SHAPE)}
 # Every codec the bundler can write, sorted (a subset of agent.format.codec.CODECS).
 NAMES: tuple[str, ...] = tuple(sorted([*ENCODERS, *TRANSFORMS]))

@@ -399,6 +399,8 @@ def _encode_component(plan: _Plan, writer: VolumeWriter, options: MakeOptions, u
             entry = replace(entry, chunks=tuple(chunks))
         if entry.gzip is not None:  # a gzip file of empty content has a recipe but no chunks
             used.add(encoders.GZIP_RECIPE.name)
+            if entry.gzip.shape is not None:
+                used.add(encoders.GZIP_SHAPE.name)
         entries.append(entry)
     component = plan.component
     result = Component(

@@ -366,7 +366,7 @@ def gzip_members(draw, content=st.binary(max_size=300)):
 
 def _rebuilt(recipe: GzipRecipe, content: bytes) -> bytes:
     out = bytearray()
-    rebuilder = gzip_recipe.Rebuilder(recipe, out.extend)
+    rebuilder = (gzip_recipe.Rebuilder if recipe.shape is None else gzip_recipe.ShapedRebuilder)(recipe, out.extend)
     rebuilder.feed(content)
     rebuilder.finish()
     return bytes(out)
@@ -375,10 +375,10 @@ def _rebuilt(recipe: GzipRecipe, content: bytes) -> bytes:
 def _check_recipe(data: bytes, max_content: int):
     found = gzip_recipe.find_recipe(data, max_content)
     if found is not None:
-        header, level, content = found
+        header, level, content, shape = found
         assert len(content) <= max_content
         gzip_recipe.check_header(header)
-        recipe = GzipRecipe(header=header, level=level, size=len(content), sha256=_sha(content))
+        recipe = GzipRecipe(header=header, level=level, size=len(content), sha256=_sha(content), shape=shape)
         assert _rebuilt(recipe, content) == data  # a recipe always rebuilds the file bit for bit
     return found
 

@@ -6,8 +6,8 @@ it, before a byte of payload is read. Two kinds share the one list of names:
 
 * decoders (``raw``, ``zstd``, ``zstd-patch``): how a stored object becomes a chunk's bytes, named
   by the object's ``encoding``;
-* transforms (``gzip-recipe``): how a file is rebuilt from the content its chunks decode to, named
-  by a field of the entry (``gzip``).
+* transforms (``gzip-recipe``, and ``gzip-shape`` for a recipe with a shape): how a file is
+  rebuilt from the content its chunks decode to, named by a field of the entry (``gzip``).
 
 A new codec is one entry here and one encoder in bundler/encoders.py (docs/ARCHITECTURE.md).
 
@@ -173,12 +173,13 @@ class Transform:
     ``rebuilder(entry, write)``: the entry's Rebuilder, or None if the entry is not rebuilt by it.
     ``base_content(read_block, end)``: the first ``end`` bytes of a base file's content, read
     block by block, for a patch region of that content (``prefix.gunzip``); raises ValueError.
+    None for a transform whose content no region refers to.
     """
 
     name: str
     used_by: Callable[[Entry], bool]
     rebuilder: Callable[[Entry, Callable[[bytes], None]], Rebuilder | None]
-    base_content: Callable[[Callable[[], bytes], int], bytes]
+    base_content: Callable[[Callable[[], bytes], int], bytes] | None = None
 
 
 def _raw(stored: bytes, size: int, region: Region | None) -> bytes:
@@ -202,7 +203,15 @@ def _gzip_used_by(entry: Entry) -> bool:
 
 
 def _gzip_rebuilder(entry: Entry, write: Callable[[bytes], None]) -> Rebuilder | None:
-    return gzip_recipe.Rebuilder(entry.gzip, write) if entry.gzip is not None else None
+    return gzip_recipe.Rebuilder(entry.gzip, write) if entry.gzip is not None and entry.gzip.shape is None else None
+
+
+def _shape_used_by(entry: Entry) -> bool:
+    return entry.gzip is not None and entry.gzip.shape is not None
+
+
+def _shaped_rebuilder(entry: Entry, write: Callable[[bytes], None]) -> Rebuilder | None:
+    return gzip_recipe.ShapedRebuilder(entry.gzip, write) if _shape_used_by(entry) else None
 
 
 RAW = Decoder("raw", _raw, verbatim=True)
@@ -210,9 +219,11 @@ ZSTD = Decoder("zstd", _zstd)
 ZSTD_PATCH = Decoder("zstd-patch", _zstd_patch, patch=True)
 GZIP_RECIPE = Transform("gzip-recipe", used_by=_gzip_used_by, rebuilder=_gzip_rebuilder,
                         base_content=gzip_recipe.gunzip_prefix)
+# A recipe with a shape (GNU gzip's files): zlib's tokens re-coded in the original's blocks.
+GZIP_SHAPE = Transform("gzip-shape", used_by=_shape_used_by, rebuilder=_shaped_rebuilder)
 
 DECODERS: dict[str, Decoder] = {d.name: d for d in (RAW, ZSTD, ZSTD_PATCH)}
-TRANSFORMS: dict[str, Transform] = {t.name: t for t in (GZIP_RECIPE,)}
+TRANSFORMS: dict[str, Transform] = {t.name: t for t in (GZIP_RECIPE, GZIP_SHAPE)}
 # Every codec this agent has, sorted: what a manifest's ``codecs`` may name.
 CODECS: tuple[str, ...] = tuple(sorted([*DECODERS, *TRANSFORMS]))
 assert len(CODECS) == len(DECODERS) + len(TRANSFORMS), "a decoder and a transform share a name"

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from agent.format import codec, gzip_recipe, paths
+from agent.format import codec, deflate, gzip_recipe, paths
 from agent.format.tree import (DIR, EMPTY_SHA256, FILE, HARDLINK, SETUID_SETGID, SYMLINK, TYPES, Chunk, Entry,
                                GzipRecipe, Prefix, path_order, tree_digest)
 from keys import strict_json
@@ -347,6 +347,8 @@ def _entry_to_json(entry: Entry) -> dict[str, Any]:
         if entry.gzip is not None:
             result["gzip"] = {"header": entry.gzip.header.hex(), "level": entry.gzip.level,
                               "size": entry.gzip.size, "sha256": entry.gzip.sha256}
+            if entry.gzip.shape is not None:
+                result["gzip"]["shape"] = entry.gzip.shape.hex()
     return result
 
 
@@ -471,7 +473,7 @@ def _entry_from_json(value: Any, context: str, ids: dict[str, str]) -> Entry:
 
 
 def _gzip_from_json(value: dict, context: str) -> GzipRecipe:
-    _no_other_fields(value, {"header", "level", "size", "sha256"}, f"{context} gzip")
+    _no_other_fields(value, {"header", "level", "size", "sha256", "shape"}, f"{context} gzip")
     raw_header = field(value, "header", str, context=context)
     try:
         if not _HEX.fullmatch(raw_header):
@@ -486,8 +488,22 @@ def _gzip_from_json(value: dict, context: str) -> GzipRecipe:
     size = _count(field(value, "size", int, context=context), f"{context}: gzip size")
     if size > MAX_CHUNK_BYTES:  # the content is rebuilt in one pass; keep it bounded
         raise JSONShapeError(f"{context}: gzip content larger than {MAX_CHUNK_BYTES} bytes")
+    shape = None
+    if "shape" in value:
+        raw_shape = field(value, "shape", str, context=context)
+        try:
+            if not _HEX.fullmatch(raw_shape):
+                raise ValueError("not lower-case hex")
+            shape = bytes.fromhex(raw_shape)
+            deflate.shape_from_bytes(shape)
+        except ValueError as error:  # DeflateError is one
+            raise JSONShapeError(f"{context}: gzip shape must be the hex of a deflate block shape ({error})") from None
+        if size > gzip_recipe.MAX_SHAPED_CONTENT:  # gathered in memory and re-coded in Python
+            raise JSONShapeError(f"{context}: gzip content with a shape larger than "
+                                 f"{gzip_recipe.MAX_SHAPED_CONTENT} bytes")
     return GzipRecipe(header=header, level=level, size=size,
-                      sha256=_sha256(field(value, "sha256", str, context=context), f"{context}: gzip sha256"))
+                      sha256=_sha256(field(value, "sha256", str, context=context), f"{context}: gzip sha256"),
+                      shape=shape)
 
 
 def _no_other_fields(value: dict, allowed: set[str], context: str) -> None:

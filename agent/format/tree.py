@@ -38,12 +38,15 @@ class Prefix:
 class GzipRecipe:
     """How to rebuild a gzip file bit for bit from its content: chunks carry the content; the
     device deflates it at ``level`` (zlib, raw deflate, memLevel 8) between ``header`` and the
-    CRC-32/size trailer. Used only where the bundler reproduced the exact bytes (FORMAT.md)."""
+    CRC-32/size trailer. With a ``shape`` (agent/format/deflate.py, stored as its bytes), zlib's
+    tokens are re-coded in the original stream's blocks instead: how files GNU gzip made are
+    rebuilt. Used only where the bundler reproduced the exact bytes (FORMAT.md)."""
 
     header: bytes
     level: int
     size: int  # of the content
     sha256: str  # of the content
+    shape: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,8 @@ Every encoder here has the decoder of the same name there (tests/test_codecs.py)
 manifest lists the codecs it used (docs/FORMAT.md, "Codecs"), so a device that lacks one refuses
 the bundle by name before reading its payload. Two kinds, as on the device:
 
-* object encoders (``raw``, ``zstd``, ``zstd-patch``): each chunk is stored as the smallest of
-  them (docs/FORMAT.md, "How files are carried");
+* object encoders (``raw``, ``zstd``, ``zstd-patch``, ``bsdiff``): each chunk is stored as the
+  smallest of them (docs/FORMAT.md, "How files are carried");
 * transforms (``gzip-recipe``, ``gzip-shape``): a gzip file that re-deflates bit for bit is
   carried as its content and a recipe, in deltas only (docs/FORMAT.md, "gzip recipe").
 
@@ -15,13 +15,17 @@ vectors (docs/ARCHITECTURE.md, "Where a new thing goes").
 
 from __future__ import annotations
 
+import bz2
 import hashlib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from agent.format import codec, gzip_recipe
+import bsdiff4
+
+from agent.format import bsdiff, codec, gzip_recipe
 from agent.format.manifest import MAX_CHUNK_BYTES
 from agent.format.tree import GzipRecipe
 from keys.errors import Failed
@@ -33,6 +37,12 @@ Tick = Callable[[int], None]
 # Input fed to libzstd per call: progress and a stop request are seen at least this often
 # (0.1-0.3 s at level 19 here). The frame is the same as one call makes (tests/test_codecs.py).
 STREAM_PIECE = 256 << 10
+# bsdiff (agent/format/bsdiff.py) is tried on executables only, where suffix sorting beats
+# zstd's match finder (a third smaller on the platform pair's); it costs 17 bytes of memory per
+# region byte and ~0.5 s per MB, so regions up to 6 MiB, one at a time.
+EXECUTABLE_MAGIC = (b"\x7fELF", b"MZ", b"\xcf\xfa\xed\xfe")  # ELF, PE, 64-bit Mach-O
+BSDIFF_MAX_REGION = 6 << 20
+_ONE_BSDIFF_AT_A_TIME = threading.Lock()
 # The second, quick patch every patch chunk gets, and what incompressible data is encoded at.
 QUICK_PATCH_LEVEL = 9
 # The probe for incompressible data: a level-1 frame keeping more than this share of the bytes.
@@ -125,10 +135,48 @@ def _patch(data: bytes, level: int, region: bytes | None, tick: Tick | None = No
     return thorough if len(thorough) <= len(quick) else quick
 
 
+def _bsdiff(data: bytes, level: int, region: bytes | None, tick: Tick | None = None) -> bytes | None:
+    """A bsdiff patch (agent/format/bsdiff.py) of an executable against a region of at most
+    ``BSDIFF_MAX_REGION`` bytes, checked by applying it as a device does; else None."""
+    stored = None
+    if region is not None and len(region) <= BSDIFF_MAX_REGION and data.startswith(EXECUTABLE_MAGIC):
+        with _ONE_BSDIFF_AT_A_TIME:
+            patch = bsdiff4.diff(bytes(region), data)
+        packed = bsdiff.pack(*_from_bsdiff40(patch, len(data)))
+        if len(packed) <= min(bsdiff.max_patch_bytes(len(data)), codec.MAX_DECODED_BYTES):
+            stored = compress(packed, level)
+            try:  # bsdiff itself lets a patch read past the old file; a device refuses that
+                rebuilt = codec.decode(BSDIFF.name, stored, len(data), region)
+            except codec.CorruptObject:
+                rebuilt = None
+            if rebuilt != data:
+                stored = None
+    if tick is not None:
+        tick(len(data))
+    return stored
+
+
+def _from_bsdiff40(patch: bytes, size: int) -> tuple[list[tuple[int, int, int]], bytes, bytes]:
+    """Controls, diff and extra bytes of a BSDIFF40 patch (bsdiff4's output: bzip2 sections,
+    numbers in sign and magnitude)."""
+    def number(raw: bytes) -> int:
+        value = int.from_bytes(raw, "little") & ~(1 << 63)
+        return -value if raw[7] & 0x80 else value
+    control_bytes, diff_bytes, new_size = (number(patch[at:at + 8]) for at in (8, 16, 24))
+    assert patch[:8] == b"BSDIFF40" and new_size == size
+    controls_raw = bz2.decompress(patch[32:32 + control_bytes])
+    diff = bz2.decompress(patch[32 + control_bytes:32 + control_bytes + diff_bytes])
+    extra = bz2.decompress(patch[32 + control_bytes + diff_bytes:])
+    controls = [tuple(number(controls_raw[at + 8 * i:at + 8 * i + 8]) for i in range(3))
+                for at in range(0, len(controls_raw), 24)]
+    return controls, diff, extra
+
+
 RAW = Encoder("raw", lambda data, level, region, tick=None: data, compresses=False)
 ZSTD = Encoder("zstd", _zstd)
 ZSTD_PATCH = Encoder("zstd-patch", _patch, patch=True)
-ENCODERS: dict[str, Encoder] = {e.name: e for e in (RAW, ZSTD, ZSTD_PATCH)}
+BSDIFF = Encoder("bsdiff", _bsdiff, patch=True)
+ENCODERS: dict[str, Encoder] = {e.name: e for e in (RAW, ZSTD, ZSTD_PATCH, BSDIFF)}
 
 
 def ranked(data: bytes, level: int, region: bytes | None = None, tick: Tick | None = None,

@@ -18,7 +18,7 @@ NO_FILE_SYSTEM_IN = "agent.format"
 FILE_SYSTEM_MODULES = {"os", "shutil", "tempfile", "glob", "io"}
 # Third-party packages only the vendor's bundler needs: a device never loads them (FreeBSD has
 # no wheels for them; the agent's dependencies are pynacl, zstandard, click and tqdm).
-VENDOR_ONLY = {"pyfastcdc"}
+VENDOR_ONLY = {"pyfastcdc", "bsdiff4"}
 FILE_SYSTEM_CALLS = {"open", "read_bytes", "read_text", "write_bytes", "write_text", "iterdir", "mkdir", "unlink"}
 
 

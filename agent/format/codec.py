@@ -4,8 +4,8 @@ A manifest lists the codecs its bundle needs (``codecs``); the parser reads that
 anything else and refuses a bundle that needs a codec missing here with UnsupportedCodec, naming
 it, before a byte of payload is read. Two kinds share the one list of names:
 
-* decoders (``raw``, ``zstd``, ``zstd-patch``): how a stored object becomes a chunk's bytes, named
-  by the object's ``encoding``;
+* decoders (``raw``, ``zstd``, ``zstd-patch``, ``bsdiff``): how a stored object becomes a chunk's
+  bytes, named by the object's ``encoding``;
 * transforms (``gzip-recipe``, and ``gzip-shape`` for a recipe with a shape): how a file is
   rebuilt from the content its chunks decode to, named by a field of the entry (``gzip``).
 
@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Protocol
 import zstandard
 from zstandard import backend_cffi
 
-from agent.format import gzip_recipe
+from agent.format import bsdiff, gzip_recipe
 from agent.format.tree import Entry
 from keys.errors import Refused
 
@@ -103,12 +103,17 @@ def declared_size(stored: bytes) -> int:
     return _lib.ZSTD_getFrameContentSize(source, len(stored))
 
 
-def decompress(stored: bytes, size: int, prefix: bytes | memoryview | None = None) -> bytes:
-    """Decode one frame into exactly ``size`` bytes. Raises CorruptObject."""
+def decompress(stored: bytes, size: int, prefix: bytes | memoryview | None = None, *, at_most: bool = False) -> bytes:
+    """Decode one frame into exactly ``size`` bytes, or (``at_most``) into the size the frame
+    declares if that is at most ``size``. Raises CorruptObject."""
     assert 0 < size <= MAX_DECODED_BYTES
     declared = declared_size(stored)
     if declared >= CONTENTSIZE_UNKNOWN:
         raise CorruptObject("stored object does not declare its content size")
+    if at_most:
+        if not 0 < declared <= size:
+            raise CorruptObject(f"stored object declares {declared} bytes, more than the {size} allowed")
+        size = declared
     try:
         window = zstandard.get_frame_parameters(stored).window_size
     except zstandard.ZstdError as error:
@@ -214,15 +219,26 @@ def _shaped_rebuilder(entry: Entry, write: Callable[[bytes], None]) -> Rebuilder
     return gzip_recipe.ShapedRebuilder(entry.gzip, write) if _shape_used_by(entry) else None
 
 
+def _bsdiff(stored: bytes, size: int, region: Region | None) -> bytes:
+    if region is None:
+        raise CorruptObject("a patch object needs its base region")
+    patch = decompress(stored, min(bsdiff.max_patch_bytes(size), MAX_DECODED_BYTES), at_most=True)
+    try:
+        return bsdiff.apply(region, patch, size)
+    except bsdiff.PatchError as error:
+        raise CorruptObject(str(error)) from None
+
+
 RAW = Decoder("raw", _raw, verbatim=True)
 ZSTD = Decoder("zstd", _zstd)
 ZSTD_PATCH = Decoder("zstd-patch", _zstd_patch, patch=True)
+BSDIFF = Decoder("bsdiff", _bsdiff, patch=True)  # agent/format/bsdiff.py
 GZIP_RECIPE = Transform("gzip-recipe", used_by=_gzip_used_by, rebuilder=_gzip_rebuilder,
                         base_content=gzip_recipe.gunzip_prefix)
 # A recipe with a shape (GNU gzip's files): zlib's tokens re-coded in the original's blocks.
 GZIP_SHAPE = Transform("gzip-shape", used_by=_shape_used_by, rebuilder=_shaped_rebuilder)
 
-DECODERS: dict[str, Decoder] = {d.name: d for d in (RAW, ZSTD, ZSTD_PATCH)}
+DECODERS: dict[str, Decoder] = {d.name: d for d in (RAW, ZSTD, ZSTD_PATCH, BSDIFF)}
 TRANSFORMS: dict[str, Transform] = {t.name: t for t in (GZIP_RECIPE, GZIP_SHAPE)}
 # Every codec this agent has, sorted: what a manifest's ``codecs`` may name.
 CODECS: tuple[str, ...] = tuple(sorted([*DECODERS, *TRANSFORMS]))

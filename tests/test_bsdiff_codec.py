@@ -1,0 +1,90 @@
+"""The bsdiff codec (agent/format/bsdiff.py): made by bsdiff4 on executables, applied in Python
+by the device, and refused when a patch does not fit its region or its chunk."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from agent.format import bsdiff, codec
+from bundler import encoders
+
+
+def edited_executable() -> tuple[bytes, bytes]:
+    """A real executable and a rebuild of it in which code moved: a function grew by 64 bytes,
+    so every 32-bit address after it is 64 more (what suffix sorting plus byte differences
+    capture, and a match finder sees as thousands of one-byte changes)."""
+    old = Path(shutil.which("ls")).read_bytes()
+    rng = random.Random(9)
+    new = bytearray(old)
+    for _ in range(3000):
+        at = rng.randrange(len(new) // 2, len(new) - 4) & ~3
+        word = int.from_bytes(new[at:at + 4], "little")
+        new[at:at + 4] = ((word + 64) & 0xFFFFFFFF).to_bytes(4, "little")
+    new[len(new) // 2:len(new) // 2] = bytes(64)
+    return old, bytes(new)
+
+
+def test_an_executable_round_trips_and_beats_zstd(tmp_path):
+    old, new = edited_executable()
+    stored = encoders.BSDIFF.encode(new, 19, old)
+    assert stored is not None
+    assert codec.decode("bsdiff", stored, len(new), old) == new
+    assert len(stored) < len(encoders.ZSTD_PATCH.encode(new, 19, old))
+
+
+def test_only_executables_and_small_regions_are_tried():
+    old, new = edited_executable()
+    assert encoders.BSDIFF.encode(b"text " + new, 19, old) is None
+    assert encoders.BSDIFF.encode(new, 19, old + bytes(encoders.BSDIFF_MAX_REGION)) is None
+
+
+def _patch(controls, diff: bytes, extra: bytes) -> bytes:
+    return bsdiff.pack(controls, diff, extra)
+
+
+@pytest.mark.parametrize("patch, size, complaint", [
+    (_patch([(4, 0, 0)], b"\0" * 4, b""), 4, None),
+    (_patch([(4, 0, 0)], b"\0" * 4, b""), 5, "do not match"),
+    (_patch([(9, 0, 0)], b"\0" * 9, b""), 9, "outside its base region"),
+    (_patch([(2, 0, -5), (2, 0, 0)], b"\0" * 4, b""), 4, "outside its base region"),
+    (_patch([(2, 1, 0)], b"\0" * 2, b"x"), 3, None),
+    (_patch([(2, 1, 0)], b"\0" * 2, b"xy"), 3, "do not match"),
+    (b"\x85", 3, "truncated"),
+    (_patch([(1, 0, 0)] * 5, b"\0" * 5, b""), 4, "more controls"),
+])
+def test_a_patch_must_fit_its_region_and_its_chunk(patch, size, complaint):
+    region = b"ABCDEFGH"
+    if complaint is None:
+        assert len(bsdiff.apply(region, patch, size)) == size
+    else:
+        with pytest.raises(bsdiff.PatchError, match=complaint):
+            bsdiff.apply(region, patch, size)
+
+
+def test_bytes_are_added_modulo_256_without_carries():
+    region = bytes(range(256))
+    diff = bytes((7 * i + 200) % 256 for i in range(256))
+    out = bsdiff.apply(region, _patch([(256, 0, 0)], diff, b""), 256)
+    assert out == bytes((a + b) % 256 for a, b in zip(region, diff))
+
+
+def test_a_frame_declaring_more_than_a_patch_may_hold_is_refused():
+    region = b"ABCDEFGH"
+    stored = codec.compress(_patch([(4, 0, 0)], b"\0" * 4, b"") + bytes(100_000), 3)
+    with pytest.raises(codec.CorruptObject, match="more than the"):
+        codec.decode("bsdiff", stored, 4, region)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.binary(max_size=64), st.integers(1, 100))
+def test_applying_takes_any_bytes(patch, region, size):
+    try:
+        out = bsdiff.apply(region, patch, size)
+    except bsdiff.PatchError:
+        return
+    assert len(out) == size

@@ -49,9 +49,12 @@ test-tools:
 test: $(STAMP) test-tools
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/python -m pytest -q
 
-# docs/BENCHMARKS.md: our delta bundle next to peer tools on the platform pair (root; ~10-20 min).
+# docs/BENCHMARKS.md: our delta bundle next to peer tools (../shared/bench/peers.py), all in one run, on the
+# platform pair, the kernel pair and a 2 GiB synthetic game tree (bytes, make/apply wall time, peak RSS),
+# plus peak RSS on one 4 GiB file and the platform install floor. Builds missing pairs under $CORPUS first.
+# Ends with the "bench:" line. As root; about an hour on 2 cores (more the first time the pairs are built).
 bench: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" tests/benchmarks/platform_pair.sh
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/python tests/benchmarks/bench.py
 
 # Coverage-guided fuzzing of the stick parsers (tests/fuzz/fuzz_formats.py); a crash is saved as ./crash-*.
 FUZZ_SECONDS ?= 300

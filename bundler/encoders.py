@@ -195,6 +195,8 @@ def ranked(data: bytes, level: int, region: bytes | None = None, tick: Tick | No
     elif probe is not None:
         level = min(level, QUICK_PATCH_LEVEL)
     chosen = [e for e in ENCODERS.values() if e.name not in avoid and (region is not None or not e.patch)]
+    if ZSTD_PATCH in chosen:  # it does all a plain frame does, and refers to the region too
+        chosen.remove(ZSTD)  # (the platform pair: the same bundle, a third less CPU)
     passes = sum(1 for e in chosen if e.compresses and not (e is ZSTD and probe is not None))
     share = _shared(tick, passes) if tick is not None and passes else None
     candidates = []

@@ -41,6 +41,7 @@ from agent.progress import Progress
 from agent.scan import as_content, scan_tree
 from bundler import encoders
 from bundler.base_index import BaseIndex, Match
+from bundler.recipes import Found, find_recipes
 from bundler.encoders import Source
 from bundler.release import Release, ReleaseComponent
 from keys.detached import signature_path
@@ -224,9 +225,16 @@ def _plan_component(component: ReleaseComponent, base: ReleaseComponent | None, 
     if progress is not None:
         progress(f"indexing the base of {component.name}", 0, 0)
     index = BaseIndex(base.path, list(base_files.values()))
-    plan_entries, jobs = [], {}
     carried = [e for e in entries if e.type == FILE and e.size and e.sha256 not in by_content]
-    total, done = sum(e.size for e in carried), 0  # planning reads them: gzip recipes (encoders.py)
+    searched = 0
+
+    def read(size: int) -> None:  # planning reads the carried files: gzip recipes (bundler/recipes.py)
+        nonlocal searched
+        searched += size
+        if progress is not None:
+            progress(f"planning {component.name}", searched, sum(e.size for e in carried))
+    recipes = find_recipes([(component.path / e.path, e.size) for e in carried], options.threads, read)
+    plan_entries, jobs = [], {}
     for entry in entries:
         if entry.type == FILE and entry.size:
             same = base_files.get(entry.path)
@@ -235,26 +243,23 @@ def _plan_component(component: ReleaseComponent, base: ReleaseComponent | None, 
             elif entry.sha256 in by_content:
                 entry = replace(entry, base_path=by_content[entry.sha256].path)
             else:
-                entry, jobs[entry.path] = _delta_jobs(entry, component, base, base_files, by_name, by_blind_path,
-                                                      index, options.chunk_size)
-                done += entry.size
-                if progress is not None:
-                    progress(f"planning {component.name}", done, total)
+                entry, jobs[entry.path] = _delta_jobs(entry, recipes.get(component.path / entry.path), component,
+                                                      base, base_files, by_name, by_blind_path, index,
+                                                      options.chunk_size)
         plan_entries.append(entry)
     new_paths = {e.path for e in entries}
     removed = tuple(e.path for e in base_entries if e.path not in new_paths)  # already in listing order
     return _Plan(component, base, tree_digest(base_entries), plan_entries, jobs, removed)
 
 
-def _delta_jobs(entry: Entry, component: ReleaseComponent, base: ReleaseComponent, base_files: dict[str, Entry],
-                by_name: dict[str, list[Entry]], by_blind_path: dict[str, list[Entry]], index: BaseIndex,
-                chunk_size: int) -> tuple[Entry, list[_ChunkJob]]:
-    """Jobs for a changed or new file of a delta. A gzip file that re-deflates bit for bit is
-    carried as its content (the gzip-recipe codec); only deltas do this, so a full bundle never
-    depends on the device's zlib."""
+def _delta_jobs(entry: Entry, recipe: Found, component: ReleaseComponent, base: ReleaseComponent,
+                base_files: dict[str, Entry], by_name: dict[str, list[Entry]], by_blind_path: dict[str, list[Entry]],
+                index: BaseIndex, chunk_size: int) -> tuple[Entry, list[_ChunkJob]]:
+    """Jobs for a changed or new file of a delta. A gzip file with a ``recipe`` (it re-deflates
+    bit for bit) is carried as its content (the gzip-recipe codec); only deltas do this, so a
+    full bundle never depends on the device's zlib."""
     source = Source(component.path / entry.path)
     size = entry.size
-    recipe = encoders.GZIP_RECIPE.recipe(source.path, entry.size)
     if recipe is not None:
         entry = replace(entry, gzip=recipe[0])
         source, size = Source(source.path, gunzip=True), recipe[1]

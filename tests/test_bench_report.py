@@ -1,0 +1,116 @@
+"""The `make bench` report (tests/benchmarks/bench.py) on canned results: the `bench:` line, the ratio to
+the smallest peer that succeeded, and the goals, without measuring anything."""
+import importlib.util
+import json
+import os
+import re
+
+import pytest
+
+BENCH_PY = os.path.join(os.path.dirname(__file__), "benchmarks", "bench.py")
+LINE = re.compile(r"bench: platform \d+\.\d\d, kernel \d+\.\d\d, synthetic \d+\.\d\d of the smallest peer; "
+                  r"peak RSS \d+ MiB")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_runner", BENCH_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def step(wall, rss):
+    return {"wall_s": wall, "rss_mib": rss}
+
+
+def ours(total, make, apply):
+    return {"bytes_total": total, "bytes_payload": total - 300, "bytes_manifest": 250, "bytes_signatures": 50,
+            "bytes_other": 0, "manifest_raw_bytes": 2000, "manifest_entries": 12, "make": make, "apply": apply,
+            "make_load1": [1.0, 1.5], "work_fs": "ext4", "gz_stored": 0, "gz_recipe": 0,
+            "component": {"files": {"changed": {"files": 2, "bytes": 4096, "stored_bytes": total - 300}},
+                          "stored_bytes": total - 300,
+                          "largest_changes": [{"path": "usr/bin/tool", "kind": "changed", "size": 4096,
+                                               "stored_bytes": total - 300, "elf": True, "gzip_recipe": False}]},
+            "peers_dropped": {}}
+
+
+def peer(method, nbytes, make_s=10.0, error=None):
+    return {"method": method, "bytes": nbytes, "make_s": make_s, "make_rss_mb": 100, "make_load1": 1.2,
+            "apply_s": 1.0, "apply_rss_mb": 20, "detail": f"{method} detail", "error": error}
+
+
+def peers(pair, rows):
+    return {"pair": pair, "tree": {"old_bytes": 1 << 20, "old_files": 10, "new_bytes": 1 << 20, "new_files": 11,
+                                   "files_changed": 2, "files_added": 1, "files_removed": 0}, "rows": rows}
+
+
+def write_results(root):
+    results = {
+        "run.json": {"pairs": ["platform", "kernel", "synthetic"], "date": "2026-01-01 00:00 UTC",
+                     "peer_limit_s": None, "bundle_version": "0.1.0", "python_version": "Python 3.11.7",
+                     "zstandard": "0.25.0", "peer_versions": {"zstd": "1.5.4"},
+                     "machine": {"cpus": 2, "cpu_model": "test", "kernel": "6.1", "mem_gib": 24.0}},
+        # platform: 600 / 800 (file-bsdiff) = 0.75. tar-zstd-patch is smaller but its apply failed, ostree failed.
+        "ours-platform.json": ours(600, step(20.0, 200.4), step(8.0, 70.0)),
+        "peers-platform.json": peers("platform", [
+            peer("tar-zstd-patch", 500, error="apply: result differs from new"),
+            peer("file-zstd", 1000), peer("file-bsdiff", 800),
+            peer("ostree", None, make_s=None, error="timeout after 900s")]),
+        # kernel: 1234 / 2000 (file-zstd+renames) = 0.617 -> 0.62; ours is slower than ostree here.
+        "ours-kernel.json": ours(1234, step(30.0, 150.0), step(9.0, 60.0)),
+        "peers-kernel.json": peers("kernel", [peer("file-zstd", 90000), peer("file-zstd+renames", 2000),
+                                              peer("ostree", 5000, make_s=25.0)]),
+        # synthetic: 999 / 1000 = 0.999 -> 1.00
+        "ours-synthetic.json": ours(999, step(50.0, 240.0), step(20.0, 90.0)),
+        "peers-synthetic.json": peers("synthetic", [peer("tar-xdelta3-B", 1000), peer("ostree", 3000, make_s=60.0)]),
+        # the largest RSS of ours anywhere: the big file's apply step
+        "bigfile.json": {**ours(2_100_000, step(40.0, 180.0), step(15.0, 300.6)), "size": 4 << 30,
+                         "rewritten": 2 << 20},
+        "floor-platform.json": {"copied_files": 3, "copied_bytes": 8192, "copy_s": 1.0, "hashed_files": 11,
+                                "hashed_bytes": 1 << 20, "hash_s": 4.0, "floor_s": 5.0},
+    }
+    os.makedirs(root, exist_ok=True)
+    for name, data in results.items():
+        with open(os.path.join(root, name), "w") as f:
+            json.dump(data, f)
+
+
+def test_bench_line_and_ratios(bench, tmp_path, capsys):
+    write_results(tmp_path / "results")
+    out = tmp_path / "BENCHMARKS.md"
+    assert bench.main(["--report-only", str(tmp_path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1] == "bench: platform 0.75, kernel 0.62, synthetic 1.00 of the smallest peer; peak RSS 301 MiB"
+    assert LINE.fullmatch(printed[-1])
+    report = out.read_text()
+    assert printed[-1] in report
+
+
+def test_smallest_peer_skips_failed_rows(bench):
+    rows = [peer("a", 10, error="exit 1: boom"), peer("b", None, error="timeout after 900s"), peer("c", 30),
+            peer("d", 20)]
+    assert bench.smallest_peer(rows)["method"] == "d"
+    assert bench.smallest_peer([peer("a", None, error="timeout")]) is None
+    assert bench.ratio_to_smallest({"bytes_total": 5}, {"rows": rows}) == 0.25
+
+
+def test_goals_report_each_value(bench, tmp_path):
+    write_results(tmp_path)
+    goals = {goal: (measured, ok) for goal, measured, ok in bench.goal_rows(bench.load_results(str(tmp_path)))}
+    assert goals["platform: bytes <= 0.6x the smallest peer"] == ("0.75x (file-bsdiff)", False)
+    assert goals["kernel: bytes <= 0.8x the smallest peer"] == ("0.62x (file-zstd+renames)", True)
+    assert goals["4 GiB file: `bundle verify` (applies) peak RSS <= 256 MiB"] == ("301 MiB", False)
+    assert goals["synthetic: `bundle make` peak RSS <= 256 MiB"] == ("240 MiB", True)
+    assert goals["platform: `bundle make` wall <= `ostree static-delta generate`"][1] is None  # ostree failed
+    assert goals["kernel: `bundle make` wall <= `ostree static-delta generate`"] == ("30.0 s vs 25.0 s", False)
+    assert goals["synthetic: `bundle make` wall <= `ostree static-delta generate`"][1] is True
+    assert goals["platform: install <= 1.5x the floor"] == ("8.0 s vs floor 5.0 s = 1.60x", False)
+
+
+def test_pair_without_a_successful_peer(bench, tmp_path, capsys):
+    write_results(tmp_path)
+    with open(tmp_path / "peers-kernel.json", "w") as f:
+        json.dump(peers("kernel", [peer("ostree", None, error="exit 1")]), f)
+    assert bench.main(["--report-only", str(tmp_path), "--out", str(tmp_path / "r.md")]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("bench: platform 0.75, kernel -, synthetic 1.00")

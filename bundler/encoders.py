@@ -179,6 +179,19 @@ BSDIFF = Encoder("bsdiff", _bsdiff, patch=True)
 ENCODERS: dict[str, Encoder] = {e.name: e for e in (RAW, ZSTD, ZSTD_PATCH, BSDIFF)}
 
 
+def memory_needed(size: int, region: int, level: int) -> int:
+    """Bytes of memory an encoding of a ``size``-byte chunk against a ``region``-byte base region
+    may hold at its peak: the chunk, the region, their frames and the largest libzstd context
+    (its match tables: 81 MiB at level 19 past a few MiB, whatever the window), or a bsdiff's
+    suffix array, 17 bytes per region byte."""
+    lib = codec._lib
+    parameters = lib.ZSTD_getCParams(level, size, region)
+    parameters.windowLog = codec._window_log(size + region)
+    context = lib.ZSTD_estimateCCtxSize_usingCParams(parameters)
+    suffix_array = 17 * region if 0 < region <= BSDIFF_MAX_REGION else 0
+    return 2 * size + region + max(context, suffix_array)
+
+
 def ranked(data: bytes, level: int, region: bytes | None = None, tick: Tick | None = None,
            avoid: tuple[str, ...] = ()) -> list[tuple[str, bytes]]:
     """``(encoding, stored)`` for every encoder that applies and is not in ``avoid``, smallest

@@ -52,7 +52,7 @@ from keys.signing import sign
 from keys.strict_json import JSONShapeError
 from bundler.volumes import VolumeWriter
 from bundler.partial import partial_path, remove_stale_partials
-from bundler.workers import Counter, Workers
+from bundler.workers import Counter, MemoryBudget, Workers
 
 # 8 MiB: two workers each holding a chunk, its base region and their frames, and the results
 # waiting to be written in order, stay within 256 MiB of memory (docs/BENCHMARKS.md).
@@ -60,6 +60,10 @@ DEFAULT_CHUNK_BYTES = 8 << 20
 # Prefix + chunk stay within 64 MiB: single-threaded level 19 loses long matches beyond that.
 PREFIX_BYTES = 48 << 20
 DEFAULT_VOLUME_BYTES = 2 << 30
+# What the encodings in flight may hold together (bundler/encoders.py memory_needed): with the
+# process's own ~60 MiB (the release's listing, the results waiting to be written in order),
+# bundle make stays within 256 MiB at any file size (docs/BENCHMARKS.md).
+ENCODING_MEMORY_BYTES = 192 << 20
 DEFAULT_LEVEL = 19
 
 
@@ -162,11 +166,13 @@ class _Found:
     matches: list[Match]
 
 
-def _encode(job: _ChunkJob, level: int, tick: encoders.Tick | None = None) -> tuple[str, bytes]:
-    """Smallest of: patch against the base region, plain zstd, raw bytes (encoders.smallest)."""
-    data = job.source.read(job.offset, job.size)
-    region = job.reference.read(job.prefix.offset, job.prefix.length) if job.prefix is not None else None
-    return encoders.smallest(data, level, region, tick)
+def _encode(job: _ChunkJob, level: int, budget: MemoryBudget, tick: encoders.Tick | None = None) -> tuple[str, bytes]:
+    """The smallest encoding of the chunk (encoders.smallest), within the memory budget."""
+    region_size = job.prefix.length if job.prefix is not None else 0
+    with budget.held(encoders.memory_needed(job.size, region_size, level)):
+        data = job.source.read(job.offset, job.size)
+        region = job.reference.read(job.prefix.offset, job.prefix.length) if job.prefix is not None else None
+        return encoders.smallest(data, level, region, tick)
 
 
 def _store(writer: VolumeWriter, job: _ChunkJob, encoding: str, stored: bytes, level: int) -> tuple[str, str]:
@@ -389,7 +395,8 @@ def _encode_component(plan: _Plan, writer: VolumeWriter, options: MakeOptions, u
     """The component with its chunks stored by ``writer``; adds the codecs it used to ``used``."""
     all_jobs = [job for jobs in plan.jobs.values() for job in jobs]
     tick = Counter(progress, f"encoding {plan.component.name}", sum(job.size for job in all_jobs), workers)
-    results: Iterator[tuple[str, bytes]] = workers.ordered_map(lambda job: _encode(job, options.level, tick),
+    budget = MemoryBudget(ENCODING_MEMORY_BYTES, workers.check)
+    results: Iterator[tuple[str, bytes]] = workers.ordered_map(lambda job: _encode(job, options.level, budget, tick),
                                                                all_jobs)
     entries = []
     for entry in plan.entries:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import Future
 from typing import Callable, Iterable, Iterator
 
@@ -100,3 +101,29 @@ class Counter:
             with self._lock:
                 self._done += count
                 self._progress(self._step, self._done, self._total)
+
+
+class MemoryBudget:
+    """Encodings in flight hold at most ``limit`` bytes of estimated memory together; one that
+    needs more than the limit runs alone. Which thread encodes what changes only when, not what:
+    bundles stay byte-identical (the results are written in order)."""
+
+    def __init__(self, limit: int, check: Callable[[], None]):
+        self._limit, self._check = limit, check
+        self._used = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def held(self, amount: int) -> Iterator[None]:
+        """Waits until ``amount`` fits (raises Stopped if the workers close meanwhile)."""
+        with self._changed:
+            while self._used and self._used + amount > self._limit:
+                self._changed.wait(0.2)
+                self._check()
+            self._used += amount
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._used -= amount
+                self._changed.notify_all()

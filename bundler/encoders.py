@@ -18,7 +18,6 @@ from __future__ import annotations
 import bz2
 import hashlib
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -38,11 +37,10 @@ Tick = Callable[[int], None]
 # (0.1-0.3 s at level 19 here). The frame is the same as one call makes (tests/test_codecs.py).
 STREAM_PIECE = 256 << 10
 # bsdiff (agent/format/bsdiff.py) is tried on executables only, where suffix sorting beats
-# zstd's match finder (a third smaller on the platform pair's); it costs 17 bytes of memory per
-# region byte and ~0.5 s per MB, so regions up to 6 MiB, one at a time.
+# zstd's match finder (a fifth smaller on the platform pair's); it costs 17 bytes of memory per
+# region byte (memory_needed) and ~0.5 s per MB, so regions up to 6 MiB.
 EXECUTABLE_MAGIC = (b"\x7fELF", b"MZ", b"\xcf\xfa\xed\xfe")  # ELF, PE, 64-bit Mach-O
 BSDIFF_MAX_REGION = 6 << 20
-_ONE_BSDIFF_AT_A_TIME = threading.Lock()
 # The second, quick patch every patch chunk gets, and what incompressible data is encoded at.
 QUICK_PATCH_LEVEL = 9
 # The probe for incompressible data: a level-1 frame keeping more than this share of the bytes.
@@ -140,8 +138,7 @@ def _bsdiff(data: bytes, level: int, region: bytes | None, tick: Tick | None = N
     ``BSDIFF_MAX_REGION`` bytes, checked by applying it as a device does; else None."""
     stored = None
     if region is not None and len(region) <= BSDIFF_MAX_REGION and data.startswith(EXECUTABLE_MAGIC):
-        with _ONE_BSDIFF_AT_A_TIME:
-            patch = bsdiff4.diff(bytes(region), data)
+        patch = bsdiff4.diff(bytes(region), data)
         packed = bsdiff.pack(*_from_bsdiff40(patch, len(data)))
         if len(packed) <= min(bsdiff.max_patch_bytes(len(data)), codec.MAX_DECODED_BYTES):
             stored = compress(packed, level)

@@ -4,10 +4,12 @@ Per file of a changed component (docs/FORMAT.md, "How files are carried"):
 
 * same content somewhere in the base (unchanged, moved, renamed, duplicated) -> copied from
   the base on the device, no data in the bundle;
-* changed -> zstd patch chunks against the most similar base file (same path, else same name,
-  else same path with digits ignored), each chunk falling back to plain zstd or raw bytes when
-  that is smaller;
-* new -> plain zstd chunks (or raw bytes when compression does not help);
+* changed -> patch chunks against one region each of a base file: where the chunk's pieces are
+  found by content (bundler/base_index.py), else of the most similar base file (same path, else
+  same name, else same path with digits ignored); zstd patches, bsdiff ones for executables,
+  each chunk falling back to raw bytes when that is smaller;
+* new -> the same where its content is found in the base, else plain zstd chunks (or raw bytes
+  when compression does not help);
 * removed -> implied: the manifest lists the complete new tree.
 
 Files are cut into chunks of at most ``chunk_size`` bytes, each patched against a base region of
@@ -54,15 +56,15 @@ from bundler.volumes import VolumeWriter
 from bundler.partial import partial_path, remove_stale_partials
 from bundler.workers import Counter, MemoryBudget, Workers
 
-# 8 MiB: two workers each holding a chunk, its base region and their frames, and the results
-# waiting to be written in order, stay within 256 MiB of memory (docs/BENCHMARKS.md).
+# 8 MiB: the chunks in flight, their base regions and frames, and the results waiting to be
+# written in order fit 256 MiB of memory with two workers (16 MiB chunks: 267 MiB on one file).
 DEFAULT_CHUNK_BYTES = 8 << 20
 # Prefix + chunk stay within 64 MiB: single-threaded level 19 loses long matches beyond that.
 PREFIX_BYTES = 48 << 20
 DEFAULT_VOLUME_BYTES = 2 << 30
 # What the encodings in flight may hold together (bundler/encoders.py memory_needed): with the
 # process's own ~60 MiB (the release's listing, the results waiting to be written in order),
-# bundle make stays within 256 MiB at any file size (docs/BENCHMARKS.md).
+# bundle make stays within 256 MiB at any file size.
 ENCODING_MEMORY_BYTES = 192 << 20
 DEFAULT_LEVEL = 19
 
@@ -232,13 +234,13 @@ def _plan_component(component: ReleaseComponent, base: ReleaseComponent | None, 
         progress(f"indexing the base of {component.name}", 0, 0)
     index = BaseIndex(base.path, list(base_files.values()))
     carried = [e for e in entries if e.type == FILE and e.size and e.sha256 not in by_content]
-    searched = 0
+    searched, total = 0, sum(e.size for e in carried)
 
     def read(size: int) -> None:  # planning reads the carried files: gzip recipes (bundler/recipes.py)
         nonlocal searched
         searched += size
         if progress is not None:
-            progress(f"planning {component.name}", searched, sum(e.size for e in carried))
+            progress(f"planning {component.name}", searched, total)
     recipes = find_recipes([(component.path / e.path, e.size) for e in carried], options.threads, read)
     plan_entries, jobs = [], {}
     for entry in entries:

@@ -3,7 +3,7 @@
 bsdiff finds approximate matches between a base region and a chunk by suffix sorting and stores
 their bytewise differences, which are mostly zeros where recompiled code moved: on the platform
 pair's x86-64 executables it cut the changed ones' patches from 2.23 MB (zstd --patch-from) to
-1.81 MB, and to half on some libraries. The bundler makes it with ``bsdiff4``; a device only
+1.78 MB, and to half on some libraries. The bundler makes it with ``bsdiff4``; a device only
 applies it, here, with no native code of its own (FreeBSD has no wheel for ``bsdiff4``).
 
 A stored ``bsdiff`` object is one zstd frame (no prefix) of the patch, which is:

@@ -1,0 +1,66 @@
+"""bundle make's encodings share a memory budget (bundler/workers.py MemoryBudget): what it
+reserves per encoding, and that encodings whose reservations do not fit together never overlap."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from bundler import encoders
+from bundler.workers import MemoryBudget, Stopped
+
+MiB = 1 << 20
+
+
+def test_a_level_19_context_past_a_few_mib_and_a_bsdiff_suffix_array_are_counted():
+    assert encoders.memory_needed(8 * MiB, 0, 19) > 64 * MiB  # level 19's match tables
+    assert encoders.memory_needed(64 << 10, 64 << 10, 19) < 8 * MiB  # a small file's are small
+    region = encoders.BSDIFF_MAX_REGION
+    assert encoders.memory_needed(MiB, region, 9) >= 17 * region  # bsdiff's suffix array
+    assert encoders.memory_needed(MiB, region + 1, 9) < 17 * region  # no bsdiff beyond its limit
+
+
+def _overlaps(amounts: list[int], limit: int) -> int:
+    """The most reserved at once while threads hold ``amounts`` for 50 ms each."""
+    budget = MemoryBudget(limit, lambda: None)
+    held, most, lock = 0, 0, threading.Lock()
+
+    def work(amount: int) -> None:
+        nonlocal held, most
+        with budget.held(amount):
+            with lock:
+                held += amount
+                most = max(most, held)
+            time.sleep(0.05)
+            with lock:
+                held -= amount
+    threads = [threading.Thread(target=work, args=(amount,)) for amount in amounts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return most
+
+
+def test_encodings_that_do_not_fit_together_take_turns_and_one_too_large_runs_alone():
+    assert _overlaps([60, 60, 60], 100) == 60
+    assert _overlaps([40, 40, 40], 100) == 80
+    assert _overlaps([150, 10], 100) in (150, 10)  # never 160: the large one runs alone
+
+
+def test_a_wait_ends_when_the_workers_stop():
+    stop = threading.Event()
+
+    def check() -> None:
+        if stop.is_set():
+            raise Stopped()
+    budget = MemoryBudget(100, check)
+    with budget.held(80):
+        failure = []
+        waiter = threading.Thread(target=lambda: failure.append(pytest.raises(Stopped, budget.held(80).__enter__)))
+        waiter.start()
+        stop.set()
+        waiter.join(timeout=5)
+        assert not waiter.is_alive() and failure

@@ -99,3 +99,21 @@ def test_regenerating_gives_the_same_bytes(tmp_path):
     changed = regenerate.differences(VECTORS, tmp_path)
     assert not changed, ("the bundler no longer writes the golden vectors: if the format change is intended, "
                          f"run tests/vectors/regenerate.py and review the diff; changed: {changed}")
+
+
+def test_the_delta_verifies_and_takes_the_first_release_to_the_second(tmp_path):
+    """The delta vector uses every patch codec and the gzip shape; applied to the release the
+    full vector holds, it gives exactly the next release."""
+    delta = VECTORS / "delta"
+    verified, outcome = check_bundle(delta, _trusted_root(), {}, apply=False)
+    assert verified.manifest.codecs == ("bsdiff", "gzip-recipe", "gzip-shape", "zstd-patch")
+    regenerate._write_release(tmp_path / "first")
+    [component] = verified.manifest.components
+    with Payload(delta, verified.manifest) as payload:
+        apply_component(component, payload, tmp_path / "tree", base=tmp_path / "first/vector", set_owner=False)
+    for path, (kind, content, mode) in regenerate.RELEASE_2.items():
+        target = tmp_path / "tree" / path
+        if kind == "file":
+            assert target.read_bytes() == content, path
+        if mode is not None:
+            assert target.stat().st_mode & 0o7777 == mode, path

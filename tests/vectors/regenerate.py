@@ -15,7 +15,11 @@ exact files, and - with the libzstd recorded here - still writes them byte for b
     stick/demo-vector/trust/root-2.json (+ signatures)    version 2: rotates to root-b and revokes root-a
     stick/demo-vector/bundles/<ID>/                       the bundle (manifest, 2 signatures, 1 volume), COMPLETE
     manifest.json                                         its stored manifest, decompressed, for readable diffs
-    libzstd-version                                       the libzstd that compressed it
+    delta/                                                a delta from that release to the next (bsdiff,
+                                                          gzip-recipe, gzip-shape and zstd-patch)
+    delta-manifest.json                                   its stored manifest, decompressed
+    libzstd-version                                       the libzstd that compressed them
+    inputs/                                               GNU gzip files the releases hold (not rebuilt)
 
 The keys' seeds are in this file: no device may ever trust them.
 """
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -47,10 +52,26 @@ from keys.secret_key import SEED_BYTES, SecretKey  # noqa: E402
 from keys.signing import sign_digest  # noqa: E402
 from keys.trust_root import NamedKey, Role, TrustRoot  # noqa: E402
 
+# Made once by GNU gzip 1.12 (`gzip -9n`) from changelog-like text of 250,000 and 254,000 bytes:
+# kept as they are, since another gzip may write other bytes for the same text.
+INPUTS = VECTORS / "inputs"
 PRODUCT = "demo-vector"
 HARDWARE = ("cab-v1", "cab-v2")
 COMPONENT = "game/vector"
 MTIME = 1_700_000_000
+
+
+def _engine(shift: int) -> bytes:
+    """An executable-like file: instructions with 32-bit addresses. With ``shift``, 64 bytes are
+    inserted halfway and every address past them moves by ``shift``, as a rebuild moves code."""
+    rng = random.Random(7)
+    code = bytearray(b"\x7fELF\x02\x01\x01" + bytes(57))
+    for number in range(12_000):
+        address = 0x400000 + 7 * number + (shift if number >= 6_000 else 0)
+        if shift and number == 6_000:
+            code += bytes(64)
+        code += bytes([0xE8, rng.randrange(4), 0x48]) + address.to_bytes(4, "little")
+    return bytes(code)
 # The release tree: path -> (kind, content or link target, mode). Small, but every entry type, a
 # stored-raw file and a zstd-compressed one.
 RELEASE = {
@@ -63,8 +84,19 @@ RELEASE = {
     "data/table.bin": ("file", bytes(range(256)) * 4 + b"0123456789abcdef" * 64, 0o644),
     "data/table-copy.bin": ("hardlink", "data/table.bin", None),
     "latest": ("symlink", "data/table.bin", None),
+    "bin/engine": ("file", _engine(0), 0o755),
+    "share": ("dir", None, 0o755),
+    "share/changes.gz": ("file", (INPUTS / "changes-1.gz").read_bytes(), 0o644),
 }
-OUTPUTS = ("stick", "manifest.json", "libzstd-version")
+# The next release, which the delta vector takes the first to: an executable rebuilt with its
+# code moved (bsdiff), a GNU gzip file with an entry added on top (gzip-shape), a changed script.
+RELEASE_2 = {
+    **RELEASE,
+    "bin/start": ("file", b"#!/bin/sh\necho vector 2\n", 0o755),
+    "bin/engine": ("file", _engine(64), 0o755),
+    "share/changes.gz": ("file", (INPUTS / "changes-2.gz").read_bytes(), 0o644),
+}
+OUTPUTS = ("stick", "manifest.json", "delta", "delta-manifest.json", "libzstd-version")
 
 
 def secret(name: str) -> SecretKey:
@@ -83,9 +115,9 @@ def libzstd_version() -> str:
     return f"{number // 10000}.{number // 100 % 100}.{number % 100}\n"
 
 
-def _write_release(directory: Path) -> Path:
+def _write_release(directory: Path, release: dict = RELEASE, version: int = 1) -> Path:
     tree = directory / "vector"
-    for path, (kind, content, mode) in RELEASE.items():
+    for path, (kind, content, mode) in release.items():
         target = tree / path
         if kind == "dir":
             target.mkdir(parents=True, exist_ok=True)
@@ -96,14 +128,15 @@ def _write_release(directory: Path) -> Path:
         else:
             target.symlink_to(content)
     # Modes and times last, deepest first: creating an entry changes its directory's mtime.
-    for path in sorted(RELEASE, key=lambda p: (p.count("/"), p), reverse=True):
-        kind, _, mode = RELEASE[path]
+    for path in sorted(release, key=lambda p: (p.count("/"), p), reverse=True):
+        kind, _, mode = release[path]
         if mode is not None:
             os.chmod(tree / path, mode)
         os.utime(tree / path, (MTIME, MTIME), follow_symlinks=False)
     release = directory / "release.toml"
     release.write_text(f'product = "{PRODUCT}"\nhardware = {list(HARDWARE)!r}\n'.replace("'", '"')
-                       + f'[components."{COMPONENT}"]\npath = "vector"\nversion = "1.0"\nsequence = 1\n')
+                       + f'[components."{COMPONENT}"]\npath = "vector"\nversion = "{version}.0"\n'
+                       + f"sequence = {version}\n")
     return release
 
 
@@ -138,6 +171,11 @@ def build(out: Path) -> None:
         write_stick(out / "stick", [bundle], _write_roots(work))
         stored = (bundle / "manifest.json.zst").read_bytes()
         (out / "manifest.json").write_bytes(codec.decompress(stored, codec.declared_size(stored)))
+        second = load_release(_write_release(work / "second", RELEASE_2, 2))
+        delta = out / "delta"
+        make_bundle(second, release, [secret("rel1"), secret("rel2")], delta, MakeOptions(threads=1))
+        stored = (delta / "manifest.json.zst").read_bytes()
+        (out / "delta-manifest.json").write_bytes(codec.decompress(stored, codec.declared_size(stored)))
         (out / "libzstd-version").write_text(libzstd_version())
 
 

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from pyfastcdc import FastCDC
-
 from agent.format.tree import Entry
+from bundler.vendor_only import vendor_module
 
 SMALLEST_AVERAGE = 32 << 10
 LARGEST_AVERAGE = 4 << 20  # pyfastcdc's limit
@@ -71,7 +70,7 @@ def _runs(matches: list[Match], budget: int) -> Iterator[list[Match]]:
         yield run
 
 
-def _pieces(path: Path, chunker: FastCDC) -> Iterator[tuple[int, int, int]]:
+def _pieces(path: Path, chunker) -> Iterator[tuple[int, int, int]]:
     """``(offset, length, key)`` of each content-defined piece of the file at ``path``."""
     with open(path, "rb", buffering=0) as stream:
         for piece in chunker.cut_stream(stream):
@@ -89,7 +88,7 @@ class BaseIndex:
         while total // average > MAX_PIECES and average < LARGEST_AVERAGE:
             average *= 2
         self.average = average
-        self._chunker = FastCDC(average)
+        self._chunker = vendor_module("pyfastcdc").FastCDC(average)
         self._files = indexed
         self._locations: dict[int, int] = {}
         for number, entry in enumerate(indexed):

@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import bsdiff4
-
 from agent.format import bsdiff, codec, gzip_recipe
 from agent.format.manifest import MAX_CHUNK_BYTES
 from agent.format.tree import GzipRecipe
+from bundler.vendor_only import vendor_module
 from keys.errors import Failed
 
 
@@ -138,7 +137,7 @@ def _bsdiff(data: bytes, level: int, region: bytes | None, tick: Tick | None = N
     ``BSDIFF_MAX_REGION`` bytes, checked by applying it as a device does; else None."""
     stored = None
     if region is not None and len(region) <= BSDIFF_MAX_REGION and data.startswith(EXECUTABLE_MAGIC):
-        patch = bsdiff4.diff(bytes(region), data)
+        patch = vendor_module("bsdiff4").diff(bytes(region), data)
         packed = bsdiff.pack(*_from_bsdiff40(patch, len(data)))
         if len(packed) <= min(bsdiff.max_patch_bytes(len(data)), codec.MAX_DECODED_BYTES):
             stored = compress(packed, level)

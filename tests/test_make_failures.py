@@ -220,3 +220,22 @@ def test_partial_outputs_of_dead_processes_are_removed_by_the_next_run(trust, re
     assert make(trust, release, out / "new").returncode == 0
     assert not stale.exists() and running.is_dir()
     assert sorted(os.listdir(out)) == [running.name, "new"]
+
+
+def test_a_delta_without_the_bundlers_extras_says_what_to_install(trust, release, tmp_path):
+    """A device's install lacks pyfastcdc and bsdiff4 (pyproject's bundler extra): making a delta
+    there is refused with what to install, and leaves nothing."""
+    second = write_release(tmp_path / "second", {"platform": ("2.0", 2)})
+    put(tmp_path / "second/platform", "etc/motd", "welcome back")
+    put(tmp_path / "second/platform", "usr/share/reels.txt", TEXT + b"one more reel\n")
+    blocked = tmp_path / "blocked"
+    put(blocked, "pyfastcdc/__init__.py", "raise ImportError('not installed')\n")
+    environment = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(blocked)}
+    result = subprocess.run([str(BIN / "bundle"), "make", "--release", str(second), "--base", str(release),
+                             "--key", str(trust.key("rel1")), "--out", str(tmp_path / "delta")],
+                            capture_output=True, text=True, env=environment, timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "needs the Python package pyfastcdc" in result.stderr
+    assert "pip install 'offline-bundle[bundler]'" in result.stderr
+    assert not (tmp_path / "delta").exists() and not list(tmp_path.glob(".delta*"))

@@ -283,6 +283,15 @@ def where_the_bytes_go(pair, ours):
     return lines
 
 
+def missing_pairs_note(results):
+    """A line naming the pairs of `make bench` this run left out (a `--pairs` run), if any."""
+    missing = [pair for pair in PAIRS if pair not in results["pairs"]]
+    if not missing:
+        return []
+    return [f"**This run measured only: {', '.join(p for p in PAIRS if p in results['pairs'])}.** Not measured: "
+            f"{', '.join(missing)} (a `--pairs` run; `make bench` measures all three).", ""]
+
+
 def render_report(results):
     """The Markdown of docs/BENCHMARKS.md."""
     run = results["run"]
@@ -291,10 +300,11 @@ def render_report(results):
     lines = [
         "# Benchmarks",
         "",
-        "Delta bundles for three real updates, next to the tools people already use for the job, all measured in",
+        "Delta bundles for real updates, next to the tools people already use for the job, all measured in",
         "one run on one machine. Produced by `tests/benchmarks/bench.py` (`make bench`); do not edit the numbers",
         "by hand, rerun it.",
         "",
+        *missing_pairs_note(results),
         f"- Date: {run['date']}",
         f"- Machine: {m['cpus']} cores, {m['cpu_model']}, {m['mem_gib']:.1f} GiB RAM, Linux {m['kernel']}",
         f"- bundle {run['bundle_version']}, {run['python_version']}, zstandard {run['zstandard']}",

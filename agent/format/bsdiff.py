@@ -20,9 +20,12 @@ build exactly the chunk's size (docs/FORMAT.md, "Codecs").
 
 from __future__ import annotations
 
+from agent.format import varint
+
 # A patch's controls and bytes: at most the chunk's size in bytes plus this much per chunk byte.
 MAX_CONTROL_BYTES_PER_BYTE = 1
 MAX_CONTROL_BYTES = 1 << 16
+MAX_NUMBER = (1 << 63) - 1  # of a control: offsets and lengths are 64-bit in bsdiff
 
 
 class PatchError(ValueError):
@@ -34,20 +37,11 @@ def max_patch_bytes(size: int) -> int:
     return size + MAX_CONTROL_BYTES_PER_BYTE * size + MAX_CONTROL_BYTES
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 def pack(controls: list[tuple[int, int, int]], diff: bytes, extra: bytes) -> bytes:
     """The patch of ``controls`` (add, copy, seek) and their bytes."""
-    out = bytearray(_varint(len(controls)))
+    out = bytearray(varint.encode(len(controls)))
     for add, copy, seek in controls:
-        out += _varint(add) + _varint(copy) + _varint(seek << 1 if seek >= 0 else (-seek << 1) - 1)
+        out += varint.encode(add) + varint.encode(copy) + varint.encode(varint.zigzag(seek))
     return bytes(out) + diff + extra
 
 
@@ -64,36 +58,22 @@ def _add(old: bytes, diff: bytes) -> bytes:
 
 def apply(region: bytes | memoryview, patch: bytes, size: int) -> bytes:
     """The chunk: ``patch`` applied to ``region``. Raises PatchError."""
-    position = 0
-
-    def varint() -> int:
-        nonlocal position
-        value = shift = 0
-        while True:
-            if position >= len(patch) or shift > 56:
-                raise PatchError("a bsdiff patch is truncated or has an oversized number")
-            byte = patch[position]
-            position += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return value
-
-    count = varint()
+    numbers = varint.Reader(patch, PatchError, "a bsdiff patch")
+    count = numbers.number(MAX_NUMBER)
     if count > size:
         raise PatchError("a bsdiff patch has more controls than its chunk has bytes")
     controls = []
     total_add = total_copy = 0
     for _ in range(count):
-        add, copy, seek = varint(), varint(), varint()
-        controls.append((add, copy, -(seek >> 1) - 1 if seek & 1 else seek >> 1))
+        add, copy, seek = numbers.number(MAX_NUMBER), numbers.number(MAX_NUMBER), numbers.number(MAX_NUMBER)
+        controls.append((add, copy, varint.unzigzag(seek)))
         total_add += add
         total_copy += copy
         if total_add + total_copy > size:
             raise PatchError("a bsdiff patch builds more than its chunk's size")
-    if total_add + total_copy != size or position + size != len(patch):
+    if total_add + total_copy != size or numbers.position + size != len(patch):
         raise PatchError("a bsdiff patch's controls do not match its bytes and its chunk's size")
-    diff_at, extra_at = position, position + total_add
+    diff_at, extra_at = numbers.position, numbers.position + total_add
     out = bytearray()
     old = 0
     for add, copy, seek in controls:

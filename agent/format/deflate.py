@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from itertools import chain, islice
 from typing import Callable, Iterator
 
+from agent.format import varint
+
 STORED, FIXED, DYNAMIC = 0, 1, 2
 LENGTH_BASE = (3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115,
                131, 163, 195, 227, 258)
@@ -478,25 +480,16 @@ def _bits_bytes(value: int, bits: int) -> bytes:
 # --- the shape as bytes (a gzip recipe's ``blocks``) -------------------------------------------
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
 def shape_to_bytes(shape: Shape) -> bytes:
-    out = bytearray(_varint(len(shape.blocks)))
+    out = bytearray(varint.encode(len(shape.blocks)))
     for block in shape.blocks:
         out.append(block.kind | block.final << 2)
-        out += _varint(block.count)
+        out += varint.encode(block.count)
         if block.kind == DYNAMIC:
-            out += _varint(block.header_bits) + _bits_bytes(block.header, block.header_bits)
-    out += _varint(len(shape.tail))
+            out += varint.encode(block.header_bits) + _bits_bytes(block.header, block.header_bits)
+    out += varint.encode(len(shape.tail))
     for token in shape.tail:
-        out += _varint(token)
+        out += varint.encode(token)
     return bytes(out)
 
 
@@ -504,39 +497,23 @@ def shape_from_bytes(data: bytes) -> Shape:
     """Parses and checks a shape: known block types, only the last one final, dynamic headers
     that decode to valid code lengths and use exactly their bits, valid tail tokens, no bytes
     after. Raises DeflateError."""
-    position = 0
-
-    def varint(limit: int) -> int:
-        nonlocal position
-        value = shift = 0
-        while True:
-            if position >= len(data) or shift > 28:
-                raise DeflateError("a block shape is truncated or has an oversized number")
-            byte = data[position]
-            position += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                if value > limit or (byte == 0 and shift > 7):
-                    raise DeflateError("a block shape has an out-of-range or padded number")
-                return value
-
+    numbers = varint.Reader(data, DeflateError, "a block shape")
     blocks: list[Block] = []
-    for _ in range(varint(MAX_BLOCKS)):
-        flags = data[position] if position < len(data) else 0xFF
-        position += 1
+    for _ in range(numbers.number(MAX_BLOCKS)):
+        flags = data[numbers.position] if numbers.position < len(data) else 0xFF
+        numbers.position += 1
         kind, final = flags & 3, bool(flags & 4)
         if flags & ~7 or kind == 3:
             raise DeflateError("a block shape is truncated or has an unknown block type")
-        count = varint(0xFFFF if kind == STORED else 1 << 24)
+        count = numbers.number(0xFFFF if kind == STORED else 1 << 24)
         header = header_bits = 0
         if kind == DYNAMIC:
-            header_bits = varint(MAX_HEADER_BITS)
+            header_bits = numbers.number(MAX_HEADER_BITS)
             size = (header_bits + 7) // 8
-            if position + size > len(data):
+            if numbers.position + size > len(data):
                 raise DeflateError("a block shape is truncated")
-            header = int.from_bytes(data[position:position + size], "little")
-            position += size
+            header = int.from_bytes(data[numbers.position:numbers.position + size], "little")
+            numbers.position += size
             if header >> header_bits:
                 raise DeflateError("a dynamic header has bits beyond its length")
             reader = _Bits(_bits_bytes(header, header_bits))
@@ -547,11 +524,11 @@ def shape_from_bytes(data: bytes) -> Shape:
     if not blocks or [b.final for b in blocks] != [False] * (len(blocks) - 1) + [True]:
         raise DeflateError("a block shape must end with its final block, and only there")
     tail = []
-    for _ in range(varint(MAX_TAIL_TOKENS)):
-        token = varint(258 << 15 | 0x7FFF)
+    for _ in range(numbers.number(MAX_TAIL_TOKENS)):
+        token = numbers.number(258 << 15 | 0x7FFF)
         if token >= 256 and not 3 <= token >> 15 <= 258:
             raise DeflateError("a tail token is neither a byte nor a match")
         tail.append(token)
-    if position != len(data):
+    if numbers.position != len(data):
         raise DeflateError("bytes follow a block shape")
     return Shape(tuple(blocks), tuple(tail))

@@ -474,14 +474,8 @@ def _entry_from_json(value: Any, context: str, ids: dict[str, str]) -> Entry:
 
 def _gzip_from_json(value: dict, context: str) -> GzipRecipe:
     _no_other_fields(value, {"header", "level", "size", "sha256", "shape"}, f"{context} gzip")
-    raw_header = field(value, "header", str, context=context)
-    try:
-        if not _HEX.fullmatch(raw_header):
-            raise ValueError("not lower-case hex")
-        header = bytes.fromhex(raw_header)
-        gzip_recipe.check_header(header)
-    except ValueError:
-        raise JSONShapeError(f"{context}: gzip header must be the hex of one well-formed gzip header") from None
+    header = _hex_field(value, "header", gzip_recipe.check_header, context,
+                        "gzip header must be the hex of one well-formed gzip header")
     level = field(value, "level", int, context=context)
     if not 1 <= level <= 9:
         raise JSONShapeError(f"{context}: gzip level must be 1..9")
@@ -490,20 +484,27 @@ def _gzip_from_json(value: dict, context: str) -> GzipRecipe:
         raise JSONShapeError(f"{context}: gzip content larger than {MAX_CHUNK_BYTES} bytes")
     shape = None
     if "shape" in value:
-        raw_shape = field(value, "shape", str, context=context)
-        try:
-            if not _HEX.fullmatch(raw_shape):
-                raise ValueError("not lower-case hex")
-            shape = bytes.fromhex(raw_shape)
-            deflate.shape_from_bytes(shape)
-        except ValueError as error:  # DeflateError is one
-            raise JSONShapeError(f"{context}: gzip shape must be the hex of a deflate block shape ({error})") from None
+        shape = _hex_field(value, "shape", deflate.shape_from_bytes, context,
+                           "gzip shape must be the hex of a deflate block shape")
         if size > gzip_recipe.MAX_SHAPED_CONTENT:  # gathered in memory and re-coded in Python
             raise JSONShapeError(f"{context}: gzip content with a shape larger than "
                                  f"{gzip_recipe.MAX_SHAPED_CONTENT} bytes")
     return GzipRecipe(header=header, level=level, size=size,
                       sha256=_sha256(field(value, "sha256", str, context=context), f"{context}: gzip sha256"),
                       shape=shape)
+
+
+def _hex_field(value: dict, name: str, check: Callable[[bytes], object], context: str, complaint: str) -> bytes:
+    """The bytes of field ``name``, lower-case hex that ``check`` accepts (it raises ValueError)."""
+    raw = field(value, name, str, context=context)
+    try:
+        if not _HEX.fullmatch(raw):
+            raise ValueError("not lower-case hex")
+        data = bytes.fromhex(raw)
+        check(data)
+    except ValueError as error:
+        raise JSONShapeError(f"{context}: {complaint} ({error})") from None
+    return data
 
 
 def _no_other_fields(value: dict, allowed: set[str], context: str) -> None:

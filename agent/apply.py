@@ -47,9 +47,10 @@ class WorkBudget:
     """What one install may cost the device relative to what it writes (T-WORK).
 
     A signed bundle can make a few KiB of objects cost hours: thousands of patch chunks that each
-    read a 128 MiB base region, or gzip recipes whose content deflates at level 9 at 0.4 MB/s
-    (measured here on a two-letter random text; text deflates at 20-60 MB/s). Bytes read from
-    base trees and inflated are counted, and may reach ``BYTES_PER_BYTE_WRITTEN`` times the bytes
+    read a 128 MiB base region, files that take turns between two blocks so that each decodes a
+    16 MiB block again, or gzip recipes whose content deflates at level 9 at 0.4 MB/s (measured
+    here on a two-letter random text; text deflates at 20-60 MB/s). Bytes read from base trees,
+    inflated and decoded from blocks are counted, and may reach ``BYTES_PER_BYTE_WRITTEN`` times the bytes
     written plus ``FREE_BYTES``; deflating cannot be judged by bytes (its speed varies 300-fold
     with the content), so its CPU time is measured and may reach ``FREE_DEFLATE_SECONDS`` plus
     ``DEFLATE_SECONDS_PER_MIB`` per MiB written. A legitimate delta stays far below both
@@ -70,11 +71,12 @@ class WorkBudget:
         self.written += count
 
     def read(self, count: int, path: str) -> None:
-        """Charge ``count`` bytes read or inflated from the base tree for ``path``."""
+        """Charge ``count`` bytes read or inflated from the base tree, or decoded from a block, for ``path``."""
         self.processed += count
         allowed = self.BYTES_PER_BYTE_WRITTEN * self.written + self.FREE_BYTES
         if self.processed > allowed:
-            raise WorkExceeded(f"{path!r}: the bundle makes the device read {self.processed} bytes of base files to "
+            raise WorkExceeded(f"{path!r}: the bundle makes the device read {self.processed} bytes of base files and "
+                               f"blocks to "
                                f"write {self.written}; at most {self.BYTES_PER_BYTE_WRITTEN} per byte written (and "
                                f"{self.FREE_BYTES >> 20} MiB) are allowed - refused as a resource attack",
                                hint="the bundle is not what the vendor's tools make; report it to the vendor")
@@ -207,7 +209,8 @@ def _write_file(entry: Entry, fd: int, payload: Payload, base: BaseTree | None, 
         if chunk.prefix is not None:
             assert base is not None, "the manifest parser refuses patches in full updates"
             prefix = base.region(chunk.prefix)
-        data = codec.decode(stored.encoding, payload.read_object(stored), chunk.size, prefix)
+        data = codec.decode(stored.encoding, payload.read_object(stored, lambda size: budget.read(size, entry.path)),
+                            chunk.size, prefix)
         content_digest.update(data)
         if rebuilder is not None:
             for start in range(0, len(data), DEFLATE_SLICE):  # the budget is checked while it is spent

@@ -64,7 +64,7 @@ def choose(device: DeviceFacts, installed: dict[str, InstalledComponent], floors
                                       f"bundle is for hardware {', '.join(manifest.hardware)}, this machine is "
                                       f"{device.hardware}"))
             continue
-        sizes = {o.id: o.size for o in manifest.objects}
+        sizes = manifest.stored_costs()
         for component in manifest.components:
             verdict, reason = _judge(device, installed.get(component.name), floors.get(component.name), component)
             decisions.append(Decision(bundle_id, component.name, verdict, reason))

@@ -18,7 +18,8 @@ from typing import Callable
 
 from agent.beneath import NotRegularFile, open_beneath
 from agent.format.bundle_dir import PAYLOAD, volume_path
-from agent.format.manifest import Manifest, StoredObject
+from agent.format import codec
+from agent.format.manifest import Manifest, StoredObject, block_sizes
 from keys.errors import Failed, Refused
 from keys.files import write_all
 
@@ -39,6 +40,8 @@ class Payload:
         self.bundle = Path(bundle)
         self.manifest = manifest
         self.objects = manifest.object_index()  # once: a file's chunks look their objects up here
+        self._block_sizes = block_sizes(manifest.objects)
+        self._block: tuple[str, bytes] | None = None  # the last block decoded: its members are read in turn
         self._starts: list[int] = []
         position = 0
         for volume in manifest.volumes:
@@ -128,11 +131,38 @@ class Payload:
                               where=self.bundle,
                               hint="the bundle is damaged or was altered; copy it again")
 
-    def read_object(self, stored: StoredObject) -> bytes:
-        """The object's bytes, after checking their SHA-256. Raises CorruptPayload."""
+    def read_object(self, stored: StoredObject, decoding: Callable[[int], None] | None = None) -> bytes:
+        """The object's bytes, after checking their SHA-256. Raises CorruptPayload.
+
+        ``decoding(size)`` hears of a block about to be decoded for a member (a work budget): a
+        listing that takes turns between blocks makes the device decode each again."""
+        if stored.block is not None:
+            return self._read_member(stored, decoding)
         data = self.read_range(stored.offset, stored.size)
         if hashlib.sha256(data).hexdigest() != stored.id:
             raise self._object_mismatch(stored)
+        return data
+
+    def _read_member(self, stored: StoredObject, decoding: Callable[[int], None] | None) -> bytes:
+        """A member's bytes, from its block decoded once for all the members read in turn (the
+        bundler fills blocks in the order files are staged)."""
+        if self._block is None or self._block[0] != stored.block:
+            self._block = None  # one decoded block in memory at a time
+            block = self.objects[stored.block]
+            if decoding is not None:
+                decoding(self._block_sizes[block.id])
+            try:
+                content = codec.decode(block.encoding, self.read_object(block), self._block_sizes[block.id])
+            except codec.CorruptObject as error:
+                raise CorruptPayload(f"block {block.id[:16]} does not decode: {error.message}", where=self.bundle,
+                                     hint="the bundle is not what the vendor's tools make; report it to the "
+                                          "vendor") from None
+            self._block = (block.id, content)
+        data = self._block[1][stored.offset:stored.offset + stored.size]
+        if hashlib.sha256(data).hexdigest() != stored.id:
+            raise CorruptPayload(f"object {stored.id[:16]} (in block {stored.block[:16]}) does not match its hash",
+                                 where=self.bundle, hint="the bundle is not what the vendor's tools make; report it "
+                                                         "to the vendor")
         return data
 
     def verify_all(self, progress: Callable[[int], None] | None = None, copy_to: Path | None = None) -> None:
@@ -169,6 +199,8 @@ class Payload:
 
         try:
             for stored in self.manifest.objects:
+                if stored.block is not None:  # in its block's bytes, read there
+                    continue
                 data = self.read_range(stored.offset, stored.size, sink)
                 if hashlib.sha256(data).hexdigest() != stored.id:
                     raise self._object_mismatch(stored)

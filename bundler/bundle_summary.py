@@ -74,7 +74,7 @@ def summary(manifest: Manifest, signers: ThresholdResult | None, signature_ids: 
             bundle_id: str | None = None, base_paths: dict[str, frozenset[str]] | None = None) -> dict[str, Any]:
     """What the bundle does. ``bundle_id``: the folder name it has on a stick, which the agent
     prints; ``base_paths``: per component, the paths of the tree it replaces, when known."""
-    object_sizes = {o.id: o.size for o in manifest.objects}
+    object_sizes = manifest.stored_costs()
     base_paths = base_paths or {}
     result: dict[str, Any] = {
         "bundle_id": bundle_id,

@@ -54,12 +54,15 @@ PROBE_FROM = 1 << 20
 class Encoder:
     """An object encoding. ``encode(data, level, region, tick)`` is the stored object, or None where
     the encoding does not apply; ``patch``: it refers to a base region, which the chunk then names;
-    ``compresses``: it feeds the data through libzstd, telling ``tick`` as it goes."""
+    ``compresses``: it feeds the data through libzstd, telling ``tick`` as it goes; ``in_block``:
+    its stored bytes are uncompressed and go into a block (bundler/blocks.py), so it is ranked by
+    the size of a frame of them alone, which its block's frame does not exceed in practice."""
 
     name: str
     encode: Callable[[bytes, int, bytes | None, Tick | None], bytes | None]
     patch: bool = False
     compresses: bool = True
+    in_block: bool = False
 
 
 def compress(data: bytes, level: int, prefix: bytes | None = None, tick: Tick | None = None) -> bytes:
@@ -139,14 +142,12 @@ def _bsdiff(data: bytes, level: int, region: bytes | None, tick: Tick | None = N
     if region is not None and len(region) <= BSDIFF_MAX_REGION and data.startswith(EXECUTABLE_MAGIC):
         patch = vendor_module("bsdiff4").diff(bytes(region), data)
         packed = bsdiff.pack(*_from_bsdiff40(patch, len(data)))
-        if len(packed) <= min(bsdiff.max_patch_bytes(len(data)), codec.MAX_DECODED_BYTES):
-            stored = compress(packed, level)
+        if len(packed) <= codec.MAX_BLOCK_BYTES:
             try:  # bsdiff itself lets a patch read past the old file; a device refuses that
-                rebuilt = codec.decode(BSDIFF.name, stored, len(data), region)
+                rebuilt = codec.decode(BSDIFF.name, packed, len(data), region)
             except codec.CorruptObject:
                 rebuilt = None
-            if rebuilt != data:
-                stored = None
+            stored = packed if rebuilt == data else None
     if tick is not None:
         tick(len(data))
     return stored
@@ -171,7 +172,7 @@ def _from_bsdiff40(patch: bytes, size: int) -> tuple[list[tuple[int, int, int]],
 RAW = Encoder("raw", lambda data, level, region, tick=None: data, compresses=False)
 ZSTD = Encoder("zstd", _zstd)
 ZSTD_PATCH = Encoder("zstd-patch", _patch, patch=True)
-BSDIFF = Encoder("bsdiff", _bsdiff, patch=True)
+BSDIFF = Encoder("bsdiff", _bsdiff, patch=True, in_block=True)
 ENCODERS: dict[str, Encoder] = {e.name: e for e in (RAW, ZSTD, ZSTD_PATCH, BSDIFF)}
 
 
@@ -191,8 +192,8 @@ def memory_needed(size: int, region: int, level: int) -> int:
 def ranked(data: bytes, level: int, region: bytes | None = None, tick: Tick | None = None,
            avoid: tuple[str, ...] = ()) -> list[tuple[str, bytes]]:
     """``(encoding, stored)`` for every encoder that applies and is not in ``avoid``, smallest
-    first, ties going to ``raw``: already compressed data is stored as it is, costs no decoding
-    and never grows. ``tick`` hears of ``len(data)`` bytes in all, however many encoders ran.
+    first (an ``in_block`` one by the frame of its bytes alone), ties going to ``raw``: already
+    compressed data is stored as it is, costs no decoding and never grows. ``tick`` hears of ``len(data)`` bytes in all, however many encoders ran.
 
     A chunk of ``PROBE_FROM`` bytes or more that a quick level-1 frame (the probe) leaves
     almost its size is incompressible (media, packed archives): a higher level cannot shrink
@@ -212,10 +213,11 @@ def ranked(data: bytes, level: int, region: bytes | None = None, tick: Tick | No
     for encoder in chosen:
         stored = probe if encoder is ZSTD and probe is not None else encoder.encode(data, level, region, share)
         if stored is not None:
-            candidates.append((encoder.name, stored))
+            cost = len(compress(stored, level)) if encoder.in_block else len(stored)
+            candidates.append((cost, encoder.name != RAW.name, encoder.name, stored))
     if tick is not None and not passes:
         tick(len(data))
-    return sorted(candidates, key=lambda c: (len(c[1]), c[0] != RAW.name))
+    return [(name, stored) for _, _, name, stored in sorted(candidates, key=lambda c: c[:2])]
 
 
 def smallest(data: bytes, level: int, region: bytes | None = None, tick: Tick | None = None) -> tuple[str, bytes]:
@@ -300,5 +302,6 @@ GZIP_RECIPE = Transform("gzip-recipe", recipe=_gzip_recipe, content_size=_gunzip
 # Recipes with a shape, which gzip-recipe's finds where zlib alone does not reproduce a file.
 GZIP_SHAPE = Transform("gzip-shape")
 TRANSFORMS: dict[str, Transform] = {t.name: t for t in (GZIP_RECIPE, GZIP_SHAPE)}
-# Every codec the bundler can write, sorted (a subset of agent.format.codec.CODECS).
-NAMES: tuple[str, ...] = tuple(sorted([*ENCODERS, *TRANSFORMS]))
+# Every codec the bundler can write, sorted (a subset of agent.format.codec.CODECS); blocks are
+# filled by bundler/blocks.py.
+NAMES: tuple[str, ...] = tuple(sorted([*ENCODERS, *TRANSFORMS, codec.BLOCK.name]))

@@ -32,9 +32,9 @@ import re
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
-from agent.format import bundle_dir
+from agent.format import bundle_dir, codec
 from agent.format.manifest import (MAX_CHUNK_BYTES, MAX_ENTRIES, MAX_MANIFEST_BYTES, Base, Component, Manifest,
                                    MalformedManifest, check_component, signature_comment)
 from agent.format.paths import PathError
@@ -43,6 +43,7 @@ from agent.progress import Progress
 from agent.scan import as_content, scan_tree
 from bundler import encoders
 from bundler.base_index import BaseIndex, Match
+from bundler.blocks import BlockPacker
 from bundler.recipes import Found, find_recipes
 from bundler.encoders import Source
 from bundler.release import Release, ReleaseComponent
@@ -67,6 +68,9 @@ DEFAULT_VOLUME_BYTES = 2 << 30
 # bundle make stays within 256 MiB at any file size.
 ENCODING_MEMORY_BYTES = 192 << 20
 DEFAULT_LEVEL = 19
+# New content up to this size that compresses goes into a block as it is (bundler/blocks.py):
+# small files share one frame's context, as in a tar.zst. Bigger ones fill their own frame.
+SOLID_CONTENT_BYTES = 1 << 20
 
 
 class MakeRefused(Refused):
@@ -168,26 +172,44 @@ class _Found:
     matches: list[Match]
 
 
-def _encode(job: _ChunkJob, level: int, budget: MemoryBudget, tick: encoders.Tick | None = None) -> tuple[str, bytes]:
-    """The smallest encoding of the chunk (encoders.smallest), within the memory budget."""
+def _encode(job: _ChunkJob, level: int, budget: MemoryBudget,
+            tick: encoders.Tick | None = None) -> tuple[str, bytes, bool]:
+    """``(encoding, stored, in a block)``: the smallest encoding of the chunk (encoders.smallest),
+    within the memory budget; a small chunk that compresses is stored as it is, in a block
+    (``SOLID_CONTENT_BYTES``)."""
     region_size = job.prefix.length if job.prefix is not None else 0
     with budget.held(encoders.memory_needed(job.size, region_size, level)):
         data = job.source.read(job.offset, job.size)
         region = job.reference.read(job.prefix.offset, job.prefix.length) if job.prefix is not None else None
-        return encoders.smallest(data, level, region, tick)
+        encoding, stored = encoders.smallest(data, level, region, tick)
+        if encoding == encoders.ZSTD.name and job.size <= SOLID_CONTENT_BYTES:
+            return encoders.RAW.name, data, True
+        return encoding, stored, encoders.ENCODERS[encoding].in_block
 
 
-def _store(writer: VolumeWriter, job: _ChunkJob, encoding: str, stored: bytes, level: int) -> tuple[str, str]:
-    """``(encoding, object id)`` of the chunk once ``writer`` holds it. Bytes already stored under
-    another encoding (a file that is the zstd frame stored for another file, stored raw) cannot
-    be listed twice, so the chunk is stored its next-best way instead: objects stay one per id."""
-    object_id = writer.add(stored, encoding)
+def _block_frame(level: int, budget: MemoryBudget) -> Callable[[bytes], bytes]:
+    def frame(content: bytes) -> bytes:
+        with budget.held(encoders.memory_needed(len(content), 0, level)):
+            return encoders.compress(content, level)
+    return frame
+
+
+def _store(writer: VolumeWriter, blocks: BlockPacker, job: _ChunkJob, encoding: str, stored: bytes,
+           in_block: bool, level: int) -> tuple[str, str]:
+    """``(encoding, object id)`` of the chunk once ``writer`` or ``blocks`` holds it. Bytes already
+    stored under another encoding (a file that is the zstd frame stored for another file, stored
+    raw) cannot be listed twice, so the chunk is stored its next-best way instead: objects stay
+    one per id."""
+    def add(encoding: str, stored: bytes, in_block: bool) -> str | None:
+        return blocks.add(stored, encoding) if in_block else writer.add(stored, encoding)
+
+    object_id = add(encoding, stored, in_block)
     if object_id is not None:
         return encoding, object_id
     data = job.source.read(job.offset, job.size)
     region = job.reference.read(job.prefix.offset, job.prefix.length) if job.prefix is not None else None
     for other, stored in encoders.ranked(data, level, region, avoid=(encoding,)):
-        object_id = writer.add(stored, other)
+        object_id = add(other, stored, encoders.ENCODERS[other].in_block)
         if object_id is not None:
             return other, object_id
     raise Failed("every encoding of a chunk collides with bytes stored under another encoding",
@@ -398,15 +420,16 @@ def _encode_component(plan: _Plan, writer: VolumeWriter, options: MakeOptions, u
     all_jobs = [job for jobs in plan.jobs.values() for job in jobs]
     tick = Counter(progress, f"encoding {plan.component.name}", sum(job.size for job in all_jobs), workers)
     budget = MemoryBudget(ENCODING_MEMORY_BYTES, workers.check)
-    results: Iterator[tuple[str, bytes]] = workers.ordered_map(lambda job: _encode(job, options.level, budget, tick),
-                                                               all_jobs)
+    results: Iterator[tuple[str, bytes, bool]] = workers.ordered_map(
+        lambda job: _encode(job, options.level, budget, tick), all_jobs)
+    blocks = BlockPacker(writer, lambda content: workers.submit(_block_frame(options.level, budget), content))
     entries = []
     for entry in plan.entries:
         jobs = plan.jobs.get(entry.path)
         if jobs:
             chunks = []
             for job in jobs:
-                encoding, object_id = _store(writer, job, *next(results), options.level)
+                encoding, object_id = _store(writer, blocks, job, *next(results), options.level)
                 used.add(encoding)
                 chunks.append(Chunk(object=object_id, size=job.size,
                                     prefix=job.prefix if encoders.ENCODERS[encoding].patch else None))
@@ -416,6 +439,9 @@ def _encode_component(plan: _Plan, writer: VolumeWriter, options: MakeOptions, u
             if entry.gzip.shape is not None:
                 used.add(encoders.GZIP_SHAPE.name)
         entries.append(entry)
+    blocks.flush()
+    if any(o.block is not None for o in writer.objects):
+        used.add(codec.BLOCK.name)
     component = plan.component
     result = Component(
         name=component.name, version=component.version, sequence=component.sequence, policy=component.policy,

@@ -50,6 +50,12 @@ class Workers:
         if self.stop.is_set():
             raise Stopped()
 
+    def submit(self, function: Callable, item) -> Future:
+        """``function(item)``, run after the work queued before it."""
+        future: Future = Future()
+        self._jobs.put((future, function, item))
+        return future
+
     def ordered_map(self, function: Callable, items: Iterable) -> Iterator:
         """``function(item)`` for each item, in order, with at most two per thread in memory at once."""
         pending: deque[Future] = deque()
@@ -57,9 +63,7 @@ class Workers:
 
         def submit_next() -> None:
             for item in remaining:
-                future: Future = Future()
-                self._jobs.put((future, function, item))
-                pending.append(future)
+                pending.append(self.submit(function, item))
                 return
 
         for _ in range(2 * len(self._threads)):

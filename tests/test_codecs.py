@@ -29,7 +29,7 @@ from keys.signing import sign
 from tests.sim.stick import StickSim
 from tests.vectors import regenerate
 
-HAS = "bsdiff, gzip-recipe, gzip-shape, raw, zstd, zstd-patch"
+HAS = "block, bsdiff, gzip-recipe, gzip-shape, raw, zstd, zstd-patch"
 LACKS_XZ = f"this bundle needs codec xz; this agent has {HAS}"
 VECTORS = Path(regenerate.__file__).parent
 
@@ -38,7 +38,7 @@ VECTORS = Path(regenerate.__file__).parent
 
 
 def test_every_encoder_has_the_decoder_of_its_name_and_kind():
-    assert set(encoders.ENCODERS) == set(codec.DECODERS)
+    assert set(encoders.ENCODERS) | {"block"} == set(codec.DECODERS)  # blocks: bundler/blocks.py
     assert set(encoders.TRANSFORMS) == set(codec.TRANSFORMS)
     assert encoders.NAMES == codec.CODECS == tuple(HAS.split(", "))
     for name, encoder in encoders.ENCODERS.items():
@@ -139,7 +139,7 @@ def test_a_file_that_does_not_re_deflate_gets_no_recipe(tmp_path):
 
 
 def vector_document() -> dict:
-    """The golden vectors' manifest: a real one, made by `bundle make` (codecs raw and zstd)."""
+    """The golden vectors' manifest: a real one, made by `bundle make` (codecs block, raw and zstd)."""
     return json.loads((VECTORS / "manifest.json").read_bytes())
 
 
@@ -152,7 +152,7 @@ def needing_xz(document: dict) -> dict:
 
 def test_the_vectors_list_the_codecs_they_use():
     document = vector_document()
-    assert document["codecs"] == ["raw", "zstd"] == sorted({o["encoding"] for o in document["objects"]})
+    assert document["codecs"] == ["block", "raw", "zstd"] == sorted({o["encoding"] for o in document["objects"]})
 
 
 OTHERWISE = {
@@ -195,13 +195,15 @@ def test_the_type_and_format_version_are_checked_before_the_codecs():
 
 
 LIES = {
-    "omits a codec an object uses": (lambda d: d.update(codecs=["raw"]),
+    "omits a codec an object uses": (lambda d: d.update(codecs=["block", "raw"]),
                                      "the bundle uses codec 'zstd', which its codecs list does not name"),
-    "names a codec nothing uses": (lambda d: d.update(codecs=["raw", "zstd", "zstd-patch"]),
+    "omits the block codec": (lambda d: d.update(codecs=["raw", "zstd"]),
+                              "the bundle uses codec 'block', which its codecs list does not name"),
+    "names a codec nothing uses": (lambda d: d.update(codecs=["block", "raw", "zstd", "zstd-patch"]),
                                    "codecs lists 'zstd-patch', which nothing in the bundle uses"),
-    "names a transform nothing uses": (lambda d: d.update(codecs=["gzip-recipe", "raw", "zstd"]),
+    "names a transform nothing uses": (lambda d: d.update(codecs=["block", "gzip-recipe", "raw", "zstd"]),
                                        "codecs lists 'gzip-recipe', which nothing in the bundle uses"),
-    "is empty": (lambda d: d.update(codecs=[]), "the bundle uses codec 'raw', which its codecs list does not name"),
+    "is empty": (lambda d: d.update(codecs=[]), "the bundle uses codec 'block', which its codecs list does not name"),
 }
 
 

@@ -408,6 +408,54 @@ def reframe(frame: bytes, *, content_size: int | None, window_log: int) -> bytes
     return frame[:4] + header + (content_size.to_bytes(8, "little") if content_size is not None else b"") + blocks
 
 
+def block_members(model: BundleModel) -> tuple[StoredObject, list[StoredObject]]:
+    """The first block of a bundle and its members."""
+    block = next(o for o in model.manifest.objects if o.encoding == "block")
+    return block, [o for o in model.manifest.objects if o.block == block.id]
+
+
+def first_block(model: BundleModel) -> tuple[StoredObject, list[StoredObject], bytes]:
+    """The first block of a bundle, its members and its content."""
+    block, members = block_members(model)
+    return block, members, codec.decompress(dict(model.objects())[block], sum(m.size for m in members))
+
+
+def store_block(sim: StickSim, content_of: Callable[[bytes], bytes]) -> None:
+    """An insider stores another frame as full-2's first block (small files of release 2
+    compressed together; hashed and signed): of the content ``content_of`` makes from the real
+    one; the members keep their ids and places."""
+    model = only(sim, "full-2")
+    block, _, content = first_block(model)
+    model.replace_object(block.id, codec.compress(content_of(content), 3))
+
+
+def block_member_error(sim: StickSim) -> str:
+    block, members = block_members(sim.bundle("full-2"))
+    return f"object {members[0].id[:16]} (in block {block.id[:16]}) does not match its hash"
+
+
+def blocks_taken_in_turn(sim: StickSim) -> None:
+    """An insider's full-2 with two full blocks and 200 one-byte files that take turns between
+    them: without a charge, each file would make the device decode 16 MiB again."""
+    model = only(sim, "full-2")
+    frames, members, files = [], [], []
+    for number, letter in enumerate((b"x", b"y")):
+        filler = bytes([number]) * (codec.MAX_BLOCK_BYTES - 1)
+        frame = codec.compress(filler + letter, 1)
+        block = StoredObject(id=hashlib.sha256(frame).hexdigest(), offset=0, size=len(frame), encoding="block")
+        frames.append((block, frame))
+        members += [StoredObject(id=hashlib.sha256(filler).hexdigest(), offset=0, size=len(filler), encoding="raw",
+                                 block=block.id),
+                    StoredObject(id=hashlib.sha256(letter).hexdigest(), offset=len(filler), size=1, encoding="raw",
+                                 block=block.id)]
+    model.manifest = replace(model.manifest, objects=model.manifest.objects + tuple(members))
+    model.repack([*model.objects(), *frames])
+    for number in range(200):
+        letter = (b"x", b"y")[number % 2]
+        files.append(file_entry(f"turn-{number:03}", letter, chunks=(Chunk(hashlib.sha256(letter).hexdigest(), 1),)))
+    model.edit(WHEEL, add=files)
+
+
 def store_wheel(sim: StickSim, stored: bytes, *, size: int | None = None) -> None:
     """An insider stores ``stored`` as wheel.dat's object (a zstd object, hashed and signed), and may
     make the listing claim the file is the first ``size`` bytes of the real one."""
@@ -899,6 +947,18 @@ CASES: list[Case] = [
     Case("bomb-huge-window", "T-BOMB",
          lambda s: store_wheel(s, reframe(codec.compress(wheel_data(s), 3), content_size=50_000, window_log=31)),
          "stored object's zstd window is 2147483648 bytes (limit 268435456)", staged=True),
+    # A block (small files compressed together): its frame is hashed, decoded within the signed
+    # sizes of its members, and each member hashed again in the decoded bytes.
+    Case("block-member-not-its-hash", "T-CONTENT",
+         lambda s: store_block(s, lambda content: bytes([content[0] ^ 1]) + content[1:]),
+         block_member_error, staged=True),
+    Case("block-frame-declares-more-than-its-members", "T-BOMB",
+         lambda s: store_block(s, lambda content: content + b"more"),
+         lambda s: f"declares {sum(m.size for m in block_members(s.bundle('full-2'))[1]) + 4} bytes, the manifest says",
+         staged=True),
+    Case("block-bomb-declares-1-gib", "T-BOMB",
+         lambda s: only(s, "full-2").replace_object(block_members(s.bundle("full-2"))[0].id, bomb(1 << 30)),
+         "stored object declares 1073741824 bytes", staged=True),
     Case("bomb-chunk-of-1-gib", "T-BOMB", lambda s: store_wheel(s, bomb(1 << 30), size=1 << 30),
          "chunk size must be 1..67108864"),
     Case("manifest-over-32-mib", "T-EXHAUST", lambda s: setattr(d12(s), "stored", os.urandom((32 << 20) + 1)),
@@ -1052,6 +1112,8 @@ CASES: list[Case] = [
     # --- work that does not pay for itself ---------------------------------------------------------------
     Case("gzip-recipe-cpu-bomb", "T-WORK", gzip_recipe_cpu_bomb,
          "re-deflating gzip content took", staged=True, timeout=60),
+    Case("files-take-turns-between-blocks", "T-WORK", blocks_taken_in_turn,
+         "bytes of base files and blocks to write", staged=True, timeout=120),
     # --- games other local processes could change -------------------------------------------------------
     Case("world-writable-game-file", "T-POLICY", change(WHEEL, "wheel.dat", mode=0o666),
          "'wheel.dat' is writable by every user"),

@@ -69,6 +69,55 @@ def add(document: dict, *entries: dict) -> None:
     listing.sort(key=lambda e: (e["path"] != ".", e["path"].encode()))
 
 
+MEMBER = hashlib.sha256(b"the file").hexdigest()  # raw: the file's own bytes, in a block
+
+
+def blocked(document: dict) -> dict:
+    """The file's chunk stored raw in a block (the block's frame is the stored object's bytes)."""
+    document["objects"] = [{**document["objects"][0], "encoding": "block"},
+                           {"id": MEMBER, "offset": 0, "size": 8, "encoding": "raw", "block": OBJECT}]
+    entry(document, "bin/tool")["chunks"][0]["object"] = MEMBER
+    document["codecs"] = ["block", "raw"]
+    return document
+
+
+def test_a_block_and_its_member_parse_and_the_member_bears_the_block_s_stored_bytes():
+    manifest = Manifest.from_bytes(json.dumps(blocked(valid_document())).encode())
+    assert manifest.codecs == ("block", "raw")
+    assert manifest.object_index()[MEMBER].block == OBJECT
+    assert manifest.stored_costs() == {OBJECT: 0, MEMBER: len(DATA)}
+
+
+def _second_block(document: dict) -> None:
+    document["objects"].append({"id": "e" * 64, "offset": len(DATA), "size": 1, "encoding": "block"})
+    document["volumes"][0]["size"] += 1
+
+
+BLOCK_CASES = {
+    "member of an unlisted block": (lambda d: d["objects"][1].update(block="e" * 64), "not a block listed before it"),
+    "member listed before its block": (lambda d: d["objects"].reverse(), "not a block listed before it"),
+    "member of an object that is not a block": (lambda d: d["objects"][0].update(encoding="zstd"),
+                                                "not a block listed before it"),
+    "block inside a block": (lambda d: d["objects"][1].update(encoding="block"), "inside another block"),
+    "member not where the last one ended": (lambda d: d["objects"][1].update(offset=1), "of its block, expected 0"),
+    "block over its limit": (lambda d: d["objects"][1].update(size=(16 << 20) + 1), "holds more than 16777216"),
+    "block with no members": (_second_block, "a block has no members"),
+    "chunk naming a block": (lambda d: entry(d, "bin/tool")["chunks"][0].update(object=OBJECT),
+                             "as a chunk's object"),
+    "member with a block that is not an id": (lambda d: d["objects"][1].update(block="../x"), "object block"),
+}
+
+
+@pytest.mark.parametrize("case", BLOCK_CASES)
+def test_block_rule(case):
+    mutate, message = BLOCK_CASES[case]
+    document = blocked(valid_document())
+    mutate(document)
+    with pytest.raises(MalformedManifest) as raised:
+        Manifest.from_bytes(json.dumps(document).encode())
+    assert message in str(raised.value), str(raised.value)
+
+
 FILE = {"type": "file", "mode": "0644", "uid": 0, "gid": 0, "mtime": 0, "size": 0,
         "sha256": hashlib.sha256(b"").hexdigest()}
 LINK = {"type": "symlink", "uid": 0, "gid": 0, "mtime": 0}

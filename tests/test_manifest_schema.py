@@ -139,7 +139,7 @@ def test_full_bundles_carry_no_base_data_and_no_gzip_recipe(manifests):
     entries = [e for c in full["components"] for e in c["entries"]]
     assert not any("base" in e or "gzip" in e for e in entries)
     assert not any("prefix" in chunk for e in entries for chunk in e.get("chunks", ()))
-    assert {o["encoding"] for o in full["objects"]} <= {"raw", "zstd"}
+    assert {o["encoding"] for o in full["objects"]} <= {"block", "raw", "zstd"}
     assert full["codecs"] == sorted({o["encoding"] for o in full["objects"]})
 
 

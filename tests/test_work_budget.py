@@ -23,7 +23,7 @@ def test_base_regions_read_again_and_again_are_stopped(tmp_path, monkeypatch):
     with Beneath.open_root(tmp_path) as root:
         base = BaseTree(root, budget)
         with pytest.raises(WorkExceeded, match="'big.dat': the bundle makes the device read .* bytes of base files "
-                                               "to write 0; at most 16 per byte written"):
+                                               "and blocks to write 0; at most 16 per byte written"):
             for _ in range(100):
                 base.region(prefix)
     assert budget.processed <= 32 * MiB + 8 * MiB

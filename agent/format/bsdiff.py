@@ -6,7 +6,8 @@ pair's x86-64 executables it cut the changed ones' patches from 2.23 MB (zstd --
 1.78 MB, and to half on some libraries. The bundler makes it with ``bsdiff4``; a device only
 applies it, here, with no native code of its own (FreeBSD has no wheel for ``bsdiff4``).
 
-A stored ``bsdiff`` object is one zstd frame (no prefix) of the patch, which is:
+A stored ``bsdiff`` object is the patch itself, uncompressed: the bundler puts it in a block
+(docs/FORMAT.md, "Blocks"), where it is compressed with the patches of similar files. The patch is:
 
 * the number of controls, then per control ``add``, ``copy`` and ``seek`` as LEB128 varints
   (``seek`` zig-zag coded: it may be negative);

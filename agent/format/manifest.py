@@ -22,7 +22,7 @@ import itertools
 import posixpath
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from agent.format import codec, deflate, gzip_recipe, paths
 from agent.format.tree import (DIR, EMPTY_SHA256, FILE, HARDLINK, SETUID_SETGID, SYMLINK, TYPES, Chunk, Entry,
@@ -100,12 +100,15 @@ class Component:
 
 @dataclass(frozen=True, slots=True)
 class StoredObject:
-    """Bytes at ``offset`` in the payload (all volumes end to end); ``id`` is their SHA-256."""
+    """Bytes at ``offset`` in the payload (all volumes end to end), or in the content of the block
+    ``block`` (the id of an object of encoding ``block``) for a member of one; ``id`` is their
+    SHA-256."""
 
     id: str
     offset: int
     size: int
     encoding: str
+    block: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +136,15 @@ class Manifest:
     def object_index(self) -> dict[str, StoredObject]:
         return {o.id: o for o in self.objects}
 
+    def stored_costs(self) -> dict[str, int]:
+        """Payload bytes per object id: its size, or for a member of a block its share of the
+        block's stored size (by its part of the block's content); 0 for a block itself."""
+        content = block_sizes(self.objects)
+        stored = {o.id: o.size for o in self.objects if o.id in content}
+        return {o.id: 0 if o.id in content else
+                o.size if o.block is None else o.size * stored[o.block] // content[o.block]
+                for o in self.objects}
+
     @property
     def codecs(self) -> tuple[str, ...]:
         """The codecs its objects and entries use, sorted: the manifest's ``codecs`` list.
@@ -153,8 +165,7 @@ class Manifest:
             "product": self.product,
             "hardware": list(self.hardware),
             "components": [_component_to_json(c) for c in self.components],
-            "objects": [{"id": o.id, "offset": o.offset, "size": o.size, "encoding": o.encoding}
-                        for o in self.objects],
+            "objects": [_object_to_json(o) for o in self.objects],
             "volumes": [{"name": v.name, "size": v.size, "sha256": v.sha256} for v in self.volumes],
         })
 
@@ -178,6 +189,22 @@ class Manifest:
     def from_bytes(cls, data: bytes, *, where=None) -> "Manifest":
         """Parse and validate. Raises MalformedManifest naming the broken rule, codec.UnsupportedCodec."""
         return _parse(lambda: data, where)
+
+
+def block_sizes(objects: Iterable[StoredObject]) -> dict[str, int]:
+    """Content size of each block, by its id: its members' sizes added up."""
+    sizes: dict[str, int] = {o.id: 0 for o in objects if o.encoding == codec.BLOCK.name}
+    for stored in objects:
+        if stored.block is not None and stored.block in sizes:
+            sizes[stored.block] += stored.size
+    return sizes
+
+
+def _object_to_json(stored: StoredObject) -> dict[str, Any]:
+    value = {"id": stored.id, "offset": stored.offset, "size": stored.size, "encoding": stored.encoding}
+    if stored.block is not None:
+        value["block"] = stored.block
+    return value
 
 
 def signature_comment(product: str) -> str:
@@ -548,16 +575,19 @@ def _chunk_from_json(value: Any, context: str, ids: dict[str, str]) -> Chunk:
 def _object_from_json(value: Any) -> StoredObject:
     if not isinstance(value, dict):
         raise JSONShapeError("each object must be an object")
-    _no_other_fields(value, {"id", "offset", "size", "encoding"}, "object")
+    _no_other_fields(value, {"id", "offset", "size", "encoding", "block"}, "object")
     encoding = _ENCODINGS.get(field(value, "encoding", str, context="object"))
     if encoding is None:
         raise JSONShapeError(f"object encoding must be one of {ENCODINGS}")
     size = _count(field(value, "size", int, context="object"), "object size")
     if not 0 < size <= MAX_CHUNK_BYTES + (MAX_CHUNK_BYTES >> 4):
         raise JSONShapeError("object size is out of range")
+    block = value.get("block")
     return StoredObject(id=_sha256(field(value, "id", str, context="object"), "object id"),
                         offset=_count(field(value, "offset", int, context="object"), "object offset"),
-                        size=size, encoding=encoding)
+                        size=size, encoding=encoding,
+                        block=None if block is None else _sha256(field(value, "block", str, context="object"),
+                                                                 "object block"))
 
 
 def _volume_from_json(value: Any) -> Volume:
@@ -589,10 +619,28 @@ def _check_manifest(manifest: Manifest, codecs: tuple[str, ...]) -> None:
     if len(objects) != len(manifest.objects):
         raise JSONShapeError("an object is listed twice")
     position = 0
-    for stored in manifest.objects:  # T-OVERLAP: objects tile the payload exactly, in order
-        if stored.offset != position:
-            raise JSONShapeError(f"object {stored.id[:16]} is at offset {stored.offset}, expected {position}")
-        position += stored.size
+    filled: dict[str, int] = {}  # content bytes of each block listed so far, by its id
+    for stored in manifest.objects:  # T-OVERLAP: objects tile the payload exactly, in order,
+        if stored.block is None:      # and the members of a block tile its content, in order
+            if stored.offset != position:
+                raise JSONShapeError(f"object {stored.id[:16]} is at offset {stored.offset}, expected {position}")
+            position += stored.size
+            if stored.encoding == codec.BLOCK.name:
+                filled[stored.id] = 0
+            continue
+        if stored.block not in filled:
+            raise JSONShapeError(f"object {stored.id[:16]} is in block {stored.block[:16]}, which is not a block "
+                                 "listed before it")
+        if stored.encoding == codec.BLOCK.name:
+            raise JSONShapeError(f"block {stored.id[:16]} is inside another block")
+        if stored.offset != filled[stored.block]:
+            raise JSONShapeError(f"object {stored.id[:16]} is at offset {stored.offset} of its block, expected "
+                                 f"{filled[stored.block]}")
+        filled[stored.block] += stored.size
+        if filled[stored.block] > codec.MAX_BLOCK_BYTES:
+            raise JSONShapeError(f"block {stored.block[:16]} holds more than {codec.MAX_BLOCK_BYTES} bytes")
+    if not all(filled.values()):
+        raise JSONShapeError("a block has no members")
     if position != manifest.payload_size:
         raise JSONShapeError(f"objects cover {position} bytes but the volumes hold {manifest.payload_size}")
     if len({v.name for v in manifest.volumes}) != len(manifest.volumes):
@@ -716,6 +764,8 @@ def _check_entry(entry: Entry, component: Component, objects: dict[str, StoredOb
             if stored is None:
                 raise JSONShapeError(f"{context}: {entry.path!r} uses object {chunk.object[:16]} which is not stored")
             decoder = codec.DECODERS[stored.encoding]
+            if decoder.container:
+                raise JSONShapeError(f"{context}: {entry.path!r} uses block {chunk.object[:16]} as a chunk's object")
             if decoder.verbatim and stored.size != chunk.size:
                 raise JSONShapeError(f"{context}: {entry.path!r}: a {stored.encoding} object must be exactly its "
                                      "chunk's size")

@@ -156,8 +156,9 @@ class BundleModel:
         return b"".join(v for v in self.volume_bytes[:len(self.manifest.volumes)] if v is not None)
 
     def objects(self) -> list[tuple[StoredObject, bytes]]:
+        """The objects of the payload and their bytes (a block's members stay with their block)."""
         payload = self.payload()
-        return [(o, payload[o.offset:o.offset + o.size]) for o in self.manifest.objects]
+        return [(o, payload[o.offset:o.offset + o.size]) for o in self.manifest.objects if o.block is None]
 
     def repack(self, objects: Iterable[tuple[StoredObject, bytes]] | None = None,
                volume_size: int | None = None) -> "BundleModel":
@@ -168,9 +169,11 @@ class BundleModel:
         if volume_size is None and len(self.manifest.volumes) > 1:
             volume_size = self.manifest.volumes[0].size
         objects = list(self.objects() if objects is None else objects)
+        members = [o for o in self.manifest.objects if o.block is not None]
         placed, offset = [], 0
         for stored, data in objects:
             placed.append(replace(stored, offset=offset, size=len(data)))
+            placed += [m for m in members if m.block == stored.id]  # listed right after their block
             offset += len(data)
         payload = b"".join(data for _, data in objects)
         size = volume_size or max(len(payload), 1)
@@ -189,11 +192,14 @@ class BundleModel:
 
     def replace_object(self, object_id: str, data: bytes, *, encoding: str | None = None,
                        keep_id: bool = False) -> str:
-        """Store ``data`` in place of an object (its id becomes their SHA-256 unless ``keep_id``),
-        point every chunk that used it at the new id, and repack. Returns the new id."""
+        """Store ``data`` in place of an object of the payload (its id becomes their SHA-256 unless
+        ``keep_id``), point every chunk (or member of the block) that used it at the new id, and
+        repack. Returns the new id."""
         new_id = object_id if keep_id else hashlib.sha256(data).hexdigest()
         objects = [(replace(o, id=new_id, encoding=encoding or o.encoding), data) if o.id == object_id else (o, d)
                    for o, d in self.objects()]
+        self.manifest = replace(self.manifest, objects=tuple(  # a block's members follow it
+            replace(o, block=new_id) if o.block == object_id else o for o in self.manifest.objects))
         components = []
         for component in self.manifest.components:
             entries = tuple(replace(e, chunks=tuple(replace(c, object=new_id) if c.object == object_id else c

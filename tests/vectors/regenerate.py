@@ -73,7 +73,8 @@ def _engine(shift: int) -> bytes:
         code += bytes([0xE8, rng.randrange(4), 0x48]) + address.to_bytes(4, "little")
     return bytes(code)
 # The release tree: path -> (kind, content or link target, mode). Small, but every entry type, a
-# stored-raw file and a zstd-compressed one.
+# stored-raw file, small files compressed together in a block and a file over 1 MiB in its own
+# zstd frame.
 RELEASE = {
     ".": ("dir", None, 0o755),
     "README": ("file", b"golden vector bundle\n", 0o644),
@@ -83,6 +84,7 @@ RELEASE = {
     "data/empty": ("file", b"", 0o644),
     "data/table.bin": ("file", bytes(range(256)) * 4 + b"0123456789abcdef" * 64, 0o644),
     "data/table-copy.bin": ("hardlink", "data/table.bin", None),
+    "data/log.txt": ("file", b"coin accepted\n" * 80_000, 0o644),
     "latest": ("symlink", "data/table.bin", None),
     "bin/engine": ("file", _engine(0), 0o755),
     "share": ("dir", None, 0o755),

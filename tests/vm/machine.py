@@ -278,6 +278,17 @@ class Machine:
         path = self.dir / "qemu.stderr"
         return path.read_text(errors="replace")[-2000:] if path.exists() else ""
 
+    def cpu_state(self) -> str:
+        """Where a silent machine's CPU is (QEMU's state and the first CPU's instruction pointer and
+        mode), for a hang in the firmware or in GRUB, which print nothing more."""
+        try:
+            status = self.hmp("info status").strip()
+            registers = self.hmp("info registers").splitlines()
+        except (QMPError, OSError) as error:
+            return f"(no CPU state: {error})"
+        wanted = [line for line in registers if line.startswith(("RAX=", "RIP=", "CS =", "CR0="))]
+        return "--- CPU 0 ---\n" + "\n".join([status, *wanted])
+
     def error(self, message: str) -> MachineError:
         return MachineError(f"{message}\n--- last {TAIL_LINES} lines of the serial console "
                             f"({self.dir / 'serial.log'}) ---\n{self.tail()}")
@@ -299,7 +310,8 @@ class Machine:
                     raise self.error(f"QEMU exited while waiting for {regex.pattern!r}\n{self.stderr()}")
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise self.error(f"{regex.pattern!r} did not appear on the console within {timeout:.0f} s")
+                    raise self.error(f"{regex.pattern!r} did not appear on the console within {timeout:.0f} s\n"
+                                     f"{self.cpu_state()}")
                 self._changed.wait(min(left, 0.5))
 
     def boots(self, since: int = 0) -> list[Boot]:

@@ -67,7 +67,8 @@ TAIL_LINES = 40
 BOOTING = re.compile(r"cabinet: booting ([A-Za-z0-9_.+-]+?)( bundle\.trial=1)? *(?=\n|cabinet:)")
 FIRMWARE_BOOT = re.compile(r"BdsDxe: (?:loading|starting) Boot")  # OVMF, once per firmware boot
 # The kernel's last words before a reset, or the firmware already starting the next boot.
-REBOOTING = re.compile(rb"reboot: (?:Restarting system|Power down)|Kernel panic|BdsDxe: |--- vm: power cut")
+REBOOTING = re.compile(rb"reboot: (?:Restarting system|Power down)|Kernel panic|BdsDxe: "
+                       rb"|--- vm: (?:power cut|reset)")
 _ESCAPES = re.compile(rb"\x1b(?:\[[0-9;?=]*[ -/]*[@-~]|[()][A-Za-z0-9]|[=>78cDEHM])")
 # Console lines that are not a command's output: kernel messages and systemd's status lines.
 _NOISE = re.compile(r"^(\[\s*\d+\.\d+\]|\[\s*(OK|FAILED|DEPEND|TIME|\*+)\s*\]|\s+(Starting|Stopping|Mounting|"
@@ -133,6 +134,7 @@ class Machine:
         self.log = bytearray()  # the whole console, across restarts
         self.log_file = open(self.dir / "serial.log", "ab")
         self._changed = threading.Condition()
+        self._last_output = time.monotonic()
         self._process: subprocess.Popen | None = None
         self._serial: socket.socket | None = None
         self._reader: threading.Thread | None = None
@@ -249,6 +251,7 @@ class Machine:
                 return
             with self._changed:
                 self.log += chunk
+                self._last_output = time.monotonic()
                 self.log_file.write(chunk)
                 self.log_file.flush()
                 self._changed.notify_all()
@@ -277,6 +280,33 @@ class Machine:
     def stderr(self) -> str:
         path = self.dir / "qemu.stderr"
         return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+
+    def firmware_spinning(self, samples: int = 3, every: float = 5.0) -> bool:
+        """Whether CPU 0 sits with interrupts off in every one of ``samples`` looks ``every`` s
+        apart: how OVMF hangs at a reset now and then under TCG with a stick on the xHCI bus
+        (a spin at a high task priority, before the kernel). GRUB and Linux never keep
+        interrupts off that long; a hang of theirs is not this."""
+        for sample in range(samples):
+            if sample:
+                time.sleep(every)
+            try:
+                registers = self.hmp("info registers")
+            except (QMPError, OSError):
+                return False
+            flags = re.search(r"RFL=([0-9a-f]+)", registers)
+            if flags is None or int(flags.group(1), 16) & 0x200:  # IF, the interrupt flag
+                return False
+        return True
+
+    def silent_seconds(self) -> float:
+        """Seconds since the console last printed anything."""
+        with self._changed:
+            return time.monotonic() - self._last_output
+
+    def reset(self) -> None:
+        """Press the reset button (QEMU's system_reset): what a board's watchdog does."""
+        self.qmp.execute("system_reset")
+        self._note("\n--- vm: reset ---\n")
 
     def cpu_state(self) -> str:
         """Where a silent machine's CPU is (QEMU's state and the first CPU's instruction pointer and

@@ -148,7 +148,7 @@ def calibrate(cabinet: Cabinet, stick: Path) -> Calibration:
     name = cabinet.plug(stick)
     machine.wait_for(REBOOTING_TEXT, 900, since=since)
     to_reset = time.monotonic() - plugged
-    assert machine.wait_boot(900, since=since) == Boot("env-2", True)
+    assert cabinet.wait_boot(since, 900) == Boot("env-2", True)
     to_trial = time.monotonic() - plugged
     trial = machine.mark()
     machine.pull_stick(name)
@@ -235,7 +235,7 @@ def cut_once(cabinet: Cabinet, stick: Path, moment: Moment) -> None:
     since = machine.mark()
     name = cabinet.plug(stick)
     if moment.phase != "staging" and moment.phase != "stick in":
-        machine.wait_boot(900, since=since)  # the trial's GRUB line
+        cabinet.wait_boot(since, 900)  # the trial's GRUB line
         since = machine.mark()
         machine.pull_stick(name)
         if moment.phase == "game started":

@@ -193,7 +193,8 @@ def ranked(data: bytes, level: int, region: bytes | None = None, tick: Tick | No
            avoid: tuple[str, ...] = ()) -> list[tuple[str, bytes]]:
     """``(encoding, stored)`` for every encoder that applies and is not in ``avoid``, smallest
     first (an ``in_block`` one by the frame of its bytes alone), ties going to ``raw``: already
-    compressed data is stored as it is, costs no decoding and never grows. ``tick`` hears of ``len(data)`` bytes in all, however many encoders ran.
+    compressed data is stored as it is, costs no decoding and never grows. ``tick`` hears of
+    ``len(data)`` bytes in all, however many encoders ran.
 
     A chunk of ``PROBE_FROM`` bytes or more that a quick level-1 frame (the probe) leaves
     almost its size is incompressible (media, packed archives): a higher level cannot shrink

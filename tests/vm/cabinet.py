@@ -255,21 +255,22 @@ class Cabinet:
 
     def wait_boot(self, since: int, timeout: float) -> Boot:
         """The next boot GRUB announces after ``since`` (an install before the reset included,
-        within ``timeout`` s). A console silent for ``GRUB_SECONDS`` after a reset, with the
-        firmware spinning, is an OVMF hang (FIRMWARE_HANG): reset, as a board's watchdog would."""
+        within ``timeout`` s). A console silent for ``GRUB_SECONDS`` after a reset, with the CPU
+        spinning with interrupts off, is an OVMF hang (FIRMWARE_HANG): reset, as a board's
+        watchdog would, and waited for again."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 return self.machine.wait_boot(max(1.0, min(30.0, deadline - time.monotonic())), since=since)
             except MachineError:
                 reset = self.machine.rebooting()
-                hung = reset is not None and reset >= since and self.machine.silent_seconds() >= GRUB_SECONDS
-                if hung and not self.machine.firmware_spinning():
-                    raise  # silent, and not in the firmware's spin: a hang of GRUB's or ours
-                if not hung:
+                silent = reset is not None and reset >= since and self.machine.silent_seconds() >= GRUB_SECONDS
+                if not (silent and self.machine.firmware_spinning()):
+                    # Installing, booting, or stalled with interrupts on: GRUB has been seen to sit
+                    # 4 minutes after "Welcome to GRUB!" with a stick in, then boot. Wait on.
                     if time.monotonic() >= deadline:
                         raise
-                    continue  # still installing, or booting: wait on
+                    continue
                 self.firmware_hangs += 1
                 since = self.machine.mark()
                 self.machine.reset()

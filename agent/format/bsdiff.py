@@ -23,19 +23,11 @@ from __future__ import annotations
 
 from agent.format import varint
 
-# A patch's controls and bytes: at most the chunk's size in bytes plus this much per chunk byte.
-MAX_CONTROL_BYTES_PER_BYTE = 1
-MAX_CONTROL_BYTES = 1 << 16
 MAX_NUMBER = (1 << 63) - 1  # of a control: offsets and lengths are 64-bit in bsdiff
 
 
 class PatchError(ValueError):
     """The patch is malformed or does not fit the region and the chunk's size."""
-
-
-def max_patch_bytes(size: int) -> int:
-    """The most bytes the patch of a ``size``-byte chunk may decode to (T-BOMB)."""
-    return size + MAX_CONTROL_BYTES_PER_BYTE * size + MAX_CONTROL_BYTES
 
 
 def pack(controls: list[tuple[int, int, int]], diff: bytes, extra: bytes) -> bytes:

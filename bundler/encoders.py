@@ -6,7 +6,7 @@ the bundle by name before reading its payload. Two kinds, as on the device:
 
 * object encoders (``raw``, ``zstd``, ``zstd-patch``, ``bsdiff``): each chunk is stored as the
   smallest of them (docs/FORMAT.md, "How files are carried");
-* transforms (``gzip-recipe``, ``gzip-shape``): a gzip file that re-deflates bit for bit is
+* transforms (``gzip-recipe``, ``gzip-blocks``, ``gzip-shape``): a gzip file that re-deflates bit for bit is
   carried as its content and a recipe, in deltas only (docs/FORMAT.md, "gzip recipe").
 
 A new codec is one encoder here, one decoder in agent/format/codec.py, and regenerated golden
@@ -16,7 +16,6 @@ vectors (docs/ARCHITECTURE.md, "Where a new thing goes").
 from __future__ import annotations
 
 import bz2
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,11 +278,7 @@ def _gzip_recipe(path: Path, size: int) -> tuple[GzipRecipe, int] | None:
             return None
         data = gzip_recipe.MAGIC + handle.read()
     found = gzip_recipe.find_recipe(data, MAX_CHUNK_BYTES)
-    if found is None:
-        return None
-    header, level, content, shape = found
-    return GzipRecipe(header=header, level=level, size=len(content), sha256=hashlib.sha256(content).hexdigest(),
-                      shape=shape), len(content)
+    return None if found is None else (found[0], len(found[1]))
 
 
 def _gunzipped_size(path: Path) -> int | None:
@@ -300,9 +295,11 @@ def _gunzipped_size(path: Path) -> int | None:
 
 
 GZIP_RECIPE = Transform("gzip-recipe", recipe=_gzip_recipe, content_size=_gunzipped_size)
-# Recipes with a shape, which gzip-recipe's finds where zlib alone does not reproduce a file.
+# Recipes with block ends or a shape, which gzip-recipe's finds where zlib alone does not
+# reproduce a file.
+GZIP_BLOCKS = Transform("gzip-blocks")
 GZIP_SHAPE = Transform("gzip-shape")
-TRANSFORMS: dict[str, Transform] = {t.name: t for t in (GZIP_RECIPE, GZIP_SHAPE)}
+TRANSFORMS: dict[str, Transform] = {t.name: t for t in (GZIP_RECIPE, GZIP_BLOCKS, GZIP_SHAPE)}
 # Every codec the bundler can write, sorted (a subset of agent.format.codec.CODECS); blocks are
 # filled by bundler/blocks.py.
 NAMES: tuple[str, ...] = tuple(sorted([*ENCODERS, *TRANSFORMS, codec.BLOCK.name]))

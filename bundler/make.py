@@ -438,6 +438,8 @@ def _encode_component(plan: _Plan, writer: VolumeWriter, options: MakeOptions, u
             used.add(encoders.GZIP_RECIPE.name)
             if entry.gzip.shape is not None:
                 used.add(encoders.GZIP_SHAPE.name)
+            if entry.gzip.block_ends is not None:
+                used.add(encoders.GZIP_BLOCKS.name)
         entries.append(entry)
     blocks.flush()
     if any(o.block is not None for o in writer.objects):

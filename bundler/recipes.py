@@ -1,8 +1,9 @@
 """The gzip recipes of a delta's carried files, found on every core.
 
-Finding a recipe is Python work (agent/format/deflate.py re-codes a file's tokens to prove a
-shape rebuilds it: ~1 MB/s of content here), so threads would take turns on one core: on the
-platform pair it was a third of `bundle make`'s time, on one core while the other waited.
+Finding a recipe is Python work (agent/format/deflate.py reads where a file's blocks end, and
+re-codes its tokens to prove a shape rebuilds it: ~1 MB/s of content here), so threads would
+take turns on one core: on the platform pair it was a third of `bundle make`'s time, on one core
+while the other waited.
 Processes share it out. They ignore SIGINT: an interrupt reaches the bundler, which drops the
 pool (a running search ends on its own within seconds) and removes its partial output.
 """

@@ -251,7 +251,7 @@ entries_json = st.fixed_dictionaries(
                                                                                      gunzip=st.booleans())}),
                                  max_size=3),
               "gzip": _optional(header=mostly(st.just("1f8b0800000000000003")), level=small_ints, size=small_ints,
-                                sha256=hexes)})
+                                sha256=hexes, block_ends=st.lists(small_ints, max_size=3), mem_level=small_ints)})
 documents = st.fixed_dictionaries({
     "type": mostly(st.just(DOCUMENT_TYPE)),
     "format": mostly(st.just(FORMAT)),
@@ -378,10 +378,9 @@ def _rebuilt(recipe: GzipRecipe, content: bytes) -> bytes:
 def _check_recipe(data: bytes, max_content: int):
     found = gzip_recipe.find_recipe(data, max_content)
     if found is not None:
-        header, level, content, shape = found
-        assert len(content) <= max_content
-        gzip_recipe.check_header(header)
-        recipe = GzipRecipe(header=header, level=level, size=len(content), sha256=_sha(content), shape=shape)
+        recipe, content = found
+        assert len(content) <= max_content and recipe.size == len(content) and recipe.sha256 == _sha(content)
+        gzip_recipe.check_header(recipe.header)
         assert _rebuilt(recipe, content) == data  # a recipe always rebuilds the file bit for bit
     return found
 

@@ -209,6 +209,18 @@ def _gzip_in_a_full_component(document):
     data["gzip"] = {**_gzip_recipe(document), "size": data["size"], "sha256": data["sha256"]}
 
 
+def _gzip_blocks(**changes):
+    """The recipe of share/changes.gz with block ends (and other ``changes``; None deletes a field)."""
+    def mutate(document):
+        document["codecs"] = sorted(document["codecs"] + ["gzip-blocks"])
+        recipe = _gzip_recipe(document)
+        recipe.update(block_ends=[recipe["size"] // 2], mem_level=9)
+        recipe.update(changes)
+        for name in [name for name, value in changes.items() if value is None]:
+            del recipe[name]
+    return mutate
+
+
 def _prefix_of_the_root(document):
     entry(document, "platform", "bin/tool")["chunks"][0]["prefix"]["path"] = "."
 
@@ -253,6 +265,12 @@ BROKEN = {
     "gzip recipe on an empty file": _gzip_on_empty_file,
     "gzip header in upper case": _gzip_header_in_upper_case,
     "gzip recipe in a full component": _gzip_in_a_full_component,
+    "gzip block ends and a shape": _gzip_blocks(shape="01050000"),  # the shape of one empty fixed block
+    "gzip block end at 0": _gzip_blocks(block_ends=[0]),
+    "gzip block end a boolean": _gzip_blocks(block_ends=[True]),
+    "gzip block ends without mem_level": _gzip_blocks(mem_level=None),
+    "gzip mem_level without block ends": _gzip_blocks(block_ends=None),
+    "gzip mem_level 7": _gzip_blocks(mem_level=7),
     "base copy of the root": _set("etc/issue", "base", "."),
     "prefix of the root": _prefix_of_the_root,
     "downgrade_from repeats a sequence": _downgrade_from_twice,
@@ -335,6 +353,13 @@ PARSER_ONLY = {
                                             "a gunzip prefix must end within 134217728 bytes"),
     "raw object larger than its chunk": (_raw_object_larger_than_its_chunk,
                                          "a raw object must be exactly its chunk's size"),
+    "gzip block ends out of order": (_gzip_blocks(block_ends=[40, 30]), "block ends must increase"),
+    "gzip block end repeated": (_gzip_blocks(block_ends=[30, 30]), "block ends must increase"),
+    "gzip block end at the content's end": (lambda d: _gzip_blocks(block_ends=[_gzip_recipe(d)["size"]])(d),
+                                            "block ends must increase and lie inside the content"),
+    "gzip block ends without their codec": (lambda d: (_gzip_blocks()(d), d["codecs"].remove("gzip-blocks")),
+                                            "the bundle uses codec 'gzip-blocks', which its codecs list does not "
+                                            "name"),
 }
 
 
@@ -346,6 +371,15 @@ def test_rules_beyond_the_schema_are_refused_by_the_parser(validator, manifests,
     assert schema_errors(validator, document) == []
     with pytest.raises(MalformedManifest, match=re.escape(message)):
         Manifest.from_bytes(json.dumps(document).encode("utf-8"))
+
+
+def test_a_gzip_recipe_may_have_block_ends(validator, manifests):
+    document = copy.deepcopy(manifests["delta"])
+    _gzip_blocks(block_ends=[1, 2, 30])(document)
+    assert schema_errors(validator, document) == []
+    recipe = next(e.gzip for c in Manifest.from_bytes(json.dumps(document).encode("utf-8")).components
+                  for e in c.entries if e.path == "share/changes.gz")
+    assert (recipe.block_ends, recipe.mem_level) == ((1, 2, 30), 9)
 
 
 def test_a_gunzip_prefix_may_end_at_128_mib(manifests):

@@ -7,8 +7,9 @@ it, before a byte of payload is read. Two kinds share the one list of names:
 * decoders (``raw``, ``zstd``, ``zstd-patch``, ``bsdiff``): how a stored object becomes a chunk's
   bytes, named by the object's ``encoding``; and ``block``, one zstd frame of several objects
   together (their *members*), which no chunk names directly;
-* transforms (``gzip-recipe``, and ``gzip-shape`` for a recipe with a shape): how a file is
-  rebuilt from the content its chunks decode to, named by a field of the entry (``gzip``).
+* transforms (``gzip-recipe``; ``gzip-blocks`` or ``gzip-shape`` for a recipe with block ends
+  or a shape): how a file is rebuilt from the content its chunks decode to, named by a field of
+  the entry (``gzip``).
 
 A new codec is one entry here and one encoder in bundler/encoders.py (docs/ARCHITECTURE.md).
 
@@ -208,7 +209,16 @@ def _gzip_used_by(entry: Entry) -> bool:
 
 
 def _gzip_rebuilder(entry: Entry, write: Callable[[bytes], None]) -> Rebuilder | None:
-    return gzip_recipe.Rebuilder(entry.gzip, write) if entry.gzip is not None and entry.gzip.shape is None else None
+    plain = entry.gzip is not None and entry.gzip.shape is None and entry.gzip.block_ends is None
+    return gzip_recipe.Rebuilder(entry.gzip, write) if plain else None
+
+
+def _blocks_used_by(entry: Entry) -> bool:
+    return entry.gzip is not None and entry.gzip.block_ends is not None
+
+
+def _blocks_rebuilder(entry: Entry, write: Callable[[bytes], None]) -> Rebuilder | None:
+    return gzip_recipe.Rebuilder(entry.gzip, write) if _blocks_used_by(entry) else None
 
 
 def _shape_used_by(entry: Entry) -> bool:
@@ -237,11 +247,13 @@ BSDIFF = Decoder("bsdiff", _bsdiff, patch=True)  # agent/format/bsdiff.py
 BLOCK = Decoder("block", _zstd, container=True)
 GZIP_RECIPE = Transform("gzip-recipe", used_by=_gzip_used_by, rebuilder=_gzip_rebuilder,
                         base_content=gzip_recipe.gunzip_prefix)
-# A recipe with a shape (GNU gzip's files): zlib's tokens re-coded in the original's blocks.
+# A recipe with block ends (GNU gzip's files): zlib told to end a block where the original's end.
+GZIP_BLOCKS = Transform("gzip-blocks", used_by=_blocks_used_by, rebuilder=_blocks_rebuilder)
+# A recipe with a shape (what block ends miss): zlib's tokens re-coded in the original's blocks.
 GZIP_SHAPE = Transform("gzip-shape", used_by=_shape_used_by, rebuilder=_shaped_rebuilder)
 
 DECODERS: dict[str, Decoder] = {d.name: d for d in (RAW, ZSTD, ZSTD_PATCH, BSDIFF, BLOCK)}
-TRANSFORMS: dict[str, Transform] = {t.name: t for t in (GZIP_RECIPE, GZIP_SHAPE)}
+TRANSFORMS: dict[str, Transform] = {t.name: t for t in (GZIP_RECIPE, GZIP_BLOCKS, GZIP_SHAPE)}
 # Every codec this agent has, sorted: what a manifest's ``codecs`` may name.
 CODECS: tuple[str, ...] = tuple(sorted([*DECODERS, *TRANSFORMS]))
 assert len(CODECS) == len(DECODERS) + len(TRANSFORMS), "a decoder and a transform share a name"

@@ -304,6 +304,16 @@ def blocks_of(stream: bytes) -> tuple[Block, ...]:
     return tuple(blocks)
 
 
+def block_ends(stream: bytes) -> tuple[int, ...]:
+    """Where the blocks of a whole raw deflate stream end, in bytes of its content: every block's
+    but the last's. Raises DeflateError."""
+    reader = _Bits(stream)
+    ends: list[int] = []
+    for _ in _walk(reader, lambda block: ends.append(reader.covered)):
+        pass
+    return tuple(ends[:-1])
+
+
 def tokens(stream: bytes, on_block: Callable[[Block], None] = lambda block: None) -> Iterator[int]:
     """The tokens of a whole raw deflate stream, in order, telling ``on_block`` each block's
     shape once it is read. Raises DeflateError."""

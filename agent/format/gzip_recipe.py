@@ -8,12 +8,17 @@ the file exactly, and the device checks the rebuilt file against its SHA-256 - a
 zlib deflates differently fails verification instead of installing wrong bytes.
 
 zlib reproduces most small files; GNU gzip's files of more than ~15 KB of content end their
-blocks elsewhere than zlib does, so those carry a shape (agent/format/deflate.py): on the
-platform pair, 73 changed files that cost 1.3 MB as patches of their compressed bytes.
+blocks elsewhere than zlib does (on the platform pair, 73 changed files that cost 1.3 MB as
+patches of their compressed bytes). Their tokens are zlib's, so zlib rebuilds them when told
+to end a block (``Z_BLOCK``) wherever the original's blocks end: the recipe carries those
+content offsets (``block_ends``; all 73, and 313 of the 324 such files of the platform and
+kernel pairs' new trees). What that misses carries a shape (agent/format/deflate.py), re-coded
+in Python, ~10 times slower.
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import zlib
 from typing import Callable
@@ -26,7 +31,13 @@ MAX_HEADER_BYTES = 1024
 _FTEXT, _FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 1, 2, 4, 8, 16
 # The order levels are tried in: Debian's gzip -9n first, then zlib's default.
 _LEVELS = (9, 6, 1, 2, 3, 4, 5, 7, 8)
-_MEM_LEVEL = 8
+DEFAULT_MEM_LEVEL = 8
+# With block ends, the memory levels tried: 9 is zlib's largest buffer, which holds the 32 Ki
+# tokens a GNU gzip block may have (8's holds 16 Ki: zlib would end such a block early by
+# itself); 8 has gzip's own hash table, whose collisions decide matches where the search for
+# one is short (gzip -6). Platform and kernel pairs: 313 files rebuilt at 9, 2 more at 8 only.
+BLOCKS_MEM_LEVELS = (9, 8)
+MAX_BLOCK_ENDS = 1 << 16
 # With a shape: Debian's gzip -9n, then gzip's default -6 (their tokens are zlib's at that level).
 _SHAPED_LEVELS = (9, 6)
 # A shaped rebuild gathers the content and re-codes it in Python at ~4-5 MB/s here: 16 MiB of
@@ -63,10 +74,20 @@ def check_header(header: bytes) -> None:
         raise ValueError("not a well-formed gzip header")
 
 
-def find_recipe(data: bytes, max_content: int) -> tuple[bytes, int, bytes, bytes | None] | None:
-    """``(header, level, content, shape)`` if deflating ``content`` at ``level`` rebuilds ``data``
-    exactly: with zlib alone (``shape`` None), else by re-coding zlib's tokens in the blocks of
-    ``shape`` (agent/format/deflate.py; content of at most ``MAX_SHAPED_CONTENT`` bytes)."""
+def check_block_ends(ends: tuple[int, ...], size: int) -> None:
+    """Raises ValueError unless ``ends`` are at most ``MAX_BLOCK_ENDS`` offsets strictly inside
+    content of ``size`` bytes, each after the one before."""
+    if len(ends) > MAX_BLOCK_ENDS:
+        raise ValueError(f"more than {MAX_BLOCK_ENDS} block ends")
+    if any(not 0 < end < size for end in ends) or any(a >= b for a, b in zip(ends, ends[1:])):
+        raise ValueError("block ends must increase and lie inside the content")
+
+
+def find_recipe(data: bytes, max_content: int) -> tuple[GzipRecipe, bytes] | None:
+    """The recipe that rebuilds ``data`` exactly from its content, and the content: zlib alone,
+    else zlib ending a block at each of the original's block ends, else zlib's tokens re-coded
+    in the blocks of a shape (agent/format/deflate.py; content of at most ``MAX_SHAPED_CONTENT``
+    bytes)."""
     start = header_length(data)
     if start is None:
         return None
@@ -81,9 +102,37 @@ def find_recipe(data: bytes, max_content: int) -> tuple[bytes, int, bytes, bytes
     if crc != zlib.crc32(content) or size != len(content) & 0xFFFFFFFF:
         return None
     deflated = data[start:-8]
+
+    def recipe(level: int, **how) -> tuple[GzipRecipe, bytes]:
+        return GzipRecipe(header=data[:start], level=level, size=len(content),
+                          sha256=hashlib.sha256(content).hexdigest(), **how), content
+
     for level in _LEVELS:
         if _zlib_reproduces(content, level, deflated):
-            return data[:start], level, content, None
+            return recipe(level)
+    blocks = find_block_ends(content, deflated)
+    if blocks is not None:
+        return recipe(blocks[0], mem_level=blocks[1], block_ends=blocks[2])
+    shaped = find_shape(content, deflated)
+    return None if shaped is None else recipe(shaped[0], shape=shaped[1])
+
+
+def find_block_ends(content: bytes, deflated: bytes) -> tuple[int, int, tuple[int, ...]] | None:
+    """``(level, memory level, block ends)`` with which zlib deflates ``content`` to ``deflated``, or None."""
+    try:
+        ends = deflate.block_ends(deflated)
+        check_block_ends(ends, len(content))
+    except ValueError:  # a DeflateError, or an empty block
+        return None
+    for level in _SHAPED_LEVELS:
+        for mem_level in BLOCKS_MEM_LEVELS:
+            if _deflate_in_blocks(content, level, mem_level, ends) == deflated:
+                return level, mem_level, ends
+    return None
+
+
+def find_shape(content: bytes, deflated: bytes) -> tuple[int, bytes] | None:
+    """``(level, shape)`` with which zlib's tokens of ``content`` re-code to ``deflated``, or None."""
     if len(content) > MAX_SHAPED_CONTENT:
         return None
     for level in _SHAPED_LEVELS:
@@ -95,7 +144,7 @@ def find_recipe(data: bytes, max_content: int) -> tuple[bytes, int, bytes, bytes
                 continue
             shape = deflate.Shape(tuple(blocks), tail)
             if b"".join(deflate.rebuild(shape, _zlib_deflate(content, level), content)) == deflated:
-                return data[:start], level, content, deflate.shape_to_bytes(shape)
+                return level, deflate.shape_to_bytes(shape)
         except deflate.DeflateError:
             continue
     return None
@@ -104,7 +153,7 @@ def find_recipe(data: bytes, max_content: int) -> tuple[bytes, int, bytes, bytes
 def _zlib_reproduces(content: bytes, level: int, deflated: bytes) -> bool:
     """Whether zlib at ``level`` deflates ``content`` to ``deflated``; stops at the first block
     that differs (a file GNU gzip made differs within its first ~100 KB)."""
-    deflater = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, _MEM_LEVEL)
+    deflater = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, DEFAULT_MEM_LEVEL)
     done = 0
     for start in range(0, len(content), 1 << 16):
         piece = deflater.compress(content[start:start + (1 << 16)])
@@ -114,8 +163,17 @@ def _zlib_reproduces(content: bytes, level: int, deflated: bytes) -> bool:
     return deflated[done:] == deflater.flush()
 
 
+def _deflate_in_blocks(content: bytes, level: int, mem_level: int, ends: tuple[int, ...]) -> bytes:
+    out = []
+    rebuilder = Rebuilder(GzipRecipe(header=b"", level=level, size=len(content), sha256="", mem_level=mem_level,
+                                     block_ends=ends), out.append)
+    rebuilder.feed(content)
+    rebuilder.finish()
+    return b"".join(out)[:-8]
+
+
 def _zlib_deflate(content: bytes, level: int) -> bytes:
-    deflater = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, _MEM_LEVEL)
+    deflater = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS, DEFAULT_MEM_LEVEL)
     return deflater.compress(content) + deflater.flush()
 
 
@@ -145,16 +203,28 @@ class ShapedRebuilder:
 
 
 class Rebuilder:
-    """Streams a gzip file from its content pieces: ``header``, deflate, trailer."""
+    """Streams a gzip file from its content pieces: ``header``, deflate, trailer; with block
+    ends, the deflater ends a block at each."""
 
     def __init__(self, recipe: GzipRecipe, write: Callable[[bytes], None]):
+        assert recipe.shape is None
         self._write = write
-        self._deflater = zlib.compressobj(recipe.level, zlib.DEFLATED, -zlib.MAX_WBITS, _MEM_LEVEL)
+        self._deflater = zlib.compressobj(recipe.level, zlib.DEFLATED, -zlib.MAX_WBITS, recipe.mem_level)
+        self._ends = list(reversed(recipe.block_ends or ()))  # the next one last
         self._crc = 0
         self._size = 0
         write(recipe.header)
 
     def feed(self, content: bytes) -> None:
+        view = memoryview(content)
+        while self._ends and self._size + len(view) >= self._ends[-1]:
+            take = self._ends.pop() - self._size
+            self._deflate(view[:take])
+            self._write(self._deflater.flush(zlib.Z_BLOCK))
+            view = view[take:]
+        self._deflate(view)
+
+    def _deflate(self, content: memoryview) -> None:
         self._crc = zlib.crc32(content, self._crc)
         self._size += len(content)
         self._write(self._deflater.compress(content))

@@ -376,6 +376,8 @@ def _entry_to_json(entry: Entry) -> dict[str, Any]:
                               "size": entry.gzip.size, "sha256": entry.gzip.sha256}
             if entry.gzip.shape is not None:
                 result["gzip"]["shape"] = entry.gzip.shape.hex()
+            if entry.gzip.block_ends is not None:
+                result["gzip"].update(block_ends=list(entry.gzip.block_ends), mem_level=entry.gzip.mem_level)
     return result
 
 
@@ -500,7 +502,7 @@ def _entry_from_json(value: Any, context: str, ids: dict[str, str]) -> Entry:
 
 
 def _gzip_from_json(value: dict, context: str) -> GzipRecipe:
-    _no_other_fields(value, {"header", "level", "size", "sha256", "shape"}, f"{context} gzip")
+    _no_other_fields(value, {"header", "level", "size", "sha256", "shape", "block_ends", "mem_level"}, f"{context} gzip")
     header = _hex_field(value, "header", gzip_recipe.check_header, context,
                         "gzip header must be the hex of one well-formed gzip header")
     level = field(value, "level", int, context=context)
@@ -516,9 +518,26 @@ def _gzip_from_json(value: dict, context: str) -> GzipRecipe:
         if size > gzip_recipe.MAX_SHAPED_CONTENT:  # gathered in memory and re-coded in Python
             raise JSONShapeError(f"{context}: gzip content with a shape larger than "
                                  f"{gzip_recipe.MAX_SHAPED_CONTENT} bytes")
+    block_ends, mem_level = None, gzip_recipe.DEFAULT_MEM_LEVEL
+    if "mem_level" in value and "block_ends" not in value:
+        raise JSONShapeError(f"{context}: a gzip mem_level comes only with block_ends")
+    if "block_ends" in value:
+        if shape is not None:
+            raise JSONShapeError(f"{context}: a gzip recipe has block ends or a shape, not both")
+        ends = field(value, "block_ends", list, context=context)
+        _bounded(ends, gzip_recipe.MAX_BLOCK_ENDS, f"gzip block ends ({context})")
+        block_ends = tuple(_count(end, f"{context}: a gzip block end") for end in ends)
+        try:
+            gzip_recipe.check_block_ends(block_ends, size)
+        except ValueError as error:
+            raise JSONShapeError(f"{context}: gzip block_ends: {error}") from None
+        mem_level = field(value, "mem_level", int, context=context)
+        if mem_level not in gzip_recipe.BLOCKS_MEM_LEVELS:
+            raise JSONShapeError(f"{context}: gzip mem_level must be one of "
+                                 f"{', '.join(map(str, gzip_recipe.BLOCKS_MEM_LEVELS))}")
     return GzipRecipe(header=header, level=level, size=size,
                       sha256=_sha256(field(value, "sha256", str, context=context), f"{context}: gzip sha256"),
-                      shape=shape)
+                      shape=shape, block_ends=block_ends, mem_level=mem_level)
 
 
 def _hex_field(value: dict, name: str, check: Callable[[bytes], object], context: str, complaint: str) -> bytes:

@@ -38,15 +38,19 @@ class Prefix:
 class GzipRecipe:
     """How to rebuild a gzip file bit for bit from its content: chunks carry the content; the
     device deflates it at ``level`` (zlib, raw deflate, memLevel 8) between ``header`` and the
-    CRC-32/size trailer. With a ``shape`` (agent/format/deflate.py, stored as its bytes), zlib's
-    tokens are re-coded in the original stream's blocks instead: how files GNU gzip made are
-    rebuilt. Used only where the bundler reproduced the exact bytes (FORMAT.md)."""
+    CRC-32/size trailer. How files GNU gzip made are rebuilt: with ``block_ends`` (content
+    offsets), zlib (at ``mem_level``) ends a block at each of them, where the original's blocks
+    end; else with a ``shape`` (agent/format/deflate.py, stored as its bytes), zlib's tokens are
+    re-coded in the original stream's blocks in Python. Used only where the bundler reproduced
+    the exact bytes (FORMAT.md)."""
 
     header: bytes
     level: int
     size: int  # of the content
     sha256: str  # of the content
     shape: bytes | None = None
+    block_ends: tuple[int, ...] | None = None
+    mem_level: int = 8  # only with block_ends may it be another
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ exact files, and - with the libzstd recorded here - still writes them byte for b
     stick/demo-vector/bundles/<ID>/                       the bundle (manifest, 2 signatures, 1 volume), COMPLETE
     manifest.json                                         its stored manifest, decompressed, for readable diffs
     delta/                                                a delta from that release to the next (bsdiff,
-                                                          gzip-recipe, gzip-shape and zstd-patch)
+                                                          gzip-blocks, gzip-recipe, gzip-shape, zstd-patch)
     delta-manifest.json                                   its stored manifest, decompressed
     libzstd-version                                       the libzstd that compressed them
     inputs/                                               GNU gzip files the releases hold (not rebuilt)
@@ -52,7 +52,8 @@ from keys.secret_key import SEED_BYTES, SecretKey  # noqa: E402
 from keys.signing import sign_digest  # noqa: E402
 from keys.trust_root import NamedKey, Role, TrustRoot  # noqa: E402
 
-# Made once by GNU gzip 1.12 (`gzip -9n`) from changelog-like text of 250,000 and 254,000 bytes:
+# Made once by GNU gzip 1.12 (`gzip -9n`) from changelog-like text of 250,000 and 254,000 bytes,
+# and news-level6.gz by `gzip -6n` from 250,000 bytes (tests/test_gzip_shape.py changelog(6, 250_000)):
 # kept as they are, since another gzip may write other bytes for the same text.
 INPUTS = VECTORS / "inputs"
 PRODUCT = "demo-vector"
@@ -91,12 +92,14 @@ RELEASE = {
     "share/changes.gz": ("file", (INPUTS / "changes-1.gz").read_bytes(), 0o644),
 }
 # The next release, which the delta vector takes the first to: an executable rebuilt with its
-# code moved (bsdiff), a GNU gzip file with an entry added on top (gzip-shape), a changed script.
+# code moved (bsdiff), a GNU gzip file with an entry added on top (gzip-blocks), a new one that
+# gzip -6 made in a block zlib cannot end where gzip did (gzip-shape), a changed script.
 RELEASE_2 = {
     **RELEASE,
     "bin/start": ("file", b"#!/bin/sh\necho vector 2\n", 0o755),
     "bin/engine": ("file", _engine(64), 0o755),
     "share/changes.gz": ("file", (INPUTS / "changes-2.gz").read_bytes(), 0o644),
+    "share/news.gz": ("file", (INPUTS / "news-level6.gz").read_bytes(), 0o644),
 }
 OUTPUTS = ("stick", "manifest.json", "delta", "delta-manifest.json", "libzstd-version")
 

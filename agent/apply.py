@@ -241,6 +241,12 @@ def _owner(entry: Entry, set_owner: bool) -> tuple[int, int] | None:
     return (entry.uid, entry.gid) if set_owner else None
 
 
+def _metadata_differs(have: Entry, entry: Entry, set_owner: bool) -> bool:
+    """Whether a path already in the tree (as scanned) needs ``entry``'s mode, mtime or owner set."""
+    return (have.mode, have.mtime) != (entry.mode, entry.mtime) or (
+        set_owner and (have.uid, have.gid) != (entry.uid, entry.gid))
+
+
 def _within(path: str, roots: tuple[str, ...]) -> bool:
     return any(path == root or path.startswith(root + "/") for root in roots)
 
@@ -306,12 +312,13 @@ def apply_component(component: Component, payload: Payload, target: Path | Benea
                 have = None
             if have is None:
                 target.mkdir(entry.path, 0o700)  # final mode after the children exist: it may be read-only
-            directories.append(entry)
+            directories.append(entry)  # its mtime changes with its children: set again, at the end
             continue
         if target_is_clone_of_base and entry.type == FILE and have is not None and have.type == FILE \
                 and entry.base_path == entry.path and target.lstat(entry.path).st_nlink == 1:
             # unchanged and already there (checked at the end)
-            target.set_metadata(entry.path, mode=entry.mode, owner=_owner(entry, set_owner), mtime=entry.mtime)
+            if _metadata_differs(have, entry, set_owner):
+                target.set_metadata(entry.path, mode=entry.mode, owner=_owner(entry, set_owner), mtime=entry.mtime)
             continue
         temporary = _temporary(entry.path)
         if entry.type == FILE:

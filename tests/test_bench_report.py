@@ -24,9 +24,10 @@ def step(wall, rss):
     return {"wall_s": wall, "rss_mib": rss}
 
 
-def ours(total, make, apply):
+def ours(total, make, apply, install):
     return {"bytes_total": total, "bytes_payload": total - 300, "bytes_manifest": 250, "bytes_signatures": 50,
             "bytes_other": 0, "manifest_raw_bytes": 2000, "manifest_entries": 12, "make": make, "apply": apply,
+            "install": install,
             "make_load1": [1.0, 1.5], "work_fs": "ext4", "gz_stored": 0, "gz_recipe": 0,
             "component": {"files": {"changed": {"files": 2, "bytes": 4096, "stored_bytes": total - 300}},
                           "stored_bytes": total - 300,
@@ -52,20 +53,20 @@ def write_results(root):
                      "zstandard": "0.25.0", "peer_versions": {"zstd": "1.5.4"},
                      "machine": {"cpus": 2, "cpu_model": "test", "kernel": "6.1", "mem_gib": 24.0}},
         # platform: 600 / 800 (file-bsdiff) = 0.75. tar-zstd-patch is smaller but its apply failed, ostree failed.
-        "ours-platform.json": ours(600, step(20.0, 200.4), step(8.0, 70.0)),
+        "ours-platform.json": ours(600, step(20.0, 200.4), step(8.0, 70.0), step(7.0, 60.0)),
         "peers-platform.json": peers("platform", [
             peer("tar-zstd-patch", 500, error="apply: result differs from new"),
             peer("file-zstd", 1000), peer("file-bsdiff", 800),
             peer("ostree", None, make_s=None, error="timeout after 900s")]),
         # kernel: 1234 / 2000 (file-zstd+renames) = 0.617 -> 0.62; ours is slower than ostree here.
-        "ours-kernel.json": ours(1234, step(30.0, 150.0), step(9.0, 60.0)),
+        "ours-kernel.json": ours(1234, step(30.0, 150.0), step(9.0, 60.0), step(6.0, 50.0)),
         "peers-kernel.json": peers("kernel", [peer("file-zstd", 90000), peer("file-zstd+renames", 2000),
                                               peer("ostree", 5000, make_s=25.0)]),
         # synthetic: 999 / 1000 = 0.999 -> 1.00
-        "ours-synthetic.json": ours(999, step(50.0, 240.0), step(20.0, 90.0)),
+        "ours-synthetic.json": ours(999, step(50.0, 240.0), step(20.0, 90.0), step(15.0, 257.0)),
         "peers-synthetic.json": peers("synthetic", [peer("tar-xdelta3-B", 1000), peer("ostree", 3000, make_s=60.0)]),
         # the largest RSS of ours anywhere: the big file's apply step
-        "bigfile.json": {**ours(2_100_000, step(40.0, 180.0), step(15.0, 300.6)), "size": 4 << 30,
+        "bigfile.json": {**ours(2_100_000, step(40.0, 180.0), step(15.0, 300.6), step(30.0, 120.0)), "size": 4 << 30,
                          "rewritten": 2 << 20},
         "floor-platform.json": {"copied_files": 3, "copied_bytes": 8192, "copy_s": 1.0, "hashed_files": 11,
                                 "hashed_bytes": 1 << 20, "hash_s": 4.0, "floor_s": 5.0},
@@ -105,7 +106,9 @@ def test_goals_report_each_value(bench, tmp_path):
     assert goals["platform: `bundle make` wall <= `ostree static-delta generate`"][1] is None  # ostree failed
     assert goals["kernel: `bundle make` wall <= `ostree static-delta generate`"] == ("30.0 s vs 25.0 s", False)
     assert goals["synthetic: `bundle make` wall <= `ostree static-delta generate`"][1] is True
-    assert goals["platform: install <= 1.5x the floor"] == ("8.0 s vs floor 5.0 s = 1.60x", False)
+    assert goals["synthetic: the device's install (`bundle-agent on-insert`) peak RSS <= 256 MiB"] == ("257 MiB", False)
+    # the device's install is held against the floor, not `bundle verify`, which builds the whole tree
+    assert goals["platform: install <= 1.5x the floor"] == ("7.0 s vs floor 5.0 s = 1.40x", True)
 
 
 def test_pair_without_a_successful_peer(bench, tmp_path, capsys):

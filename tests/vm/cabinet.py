@@ -34,6 +34,7 @@ from tests.vm.machine import REBOOTING, Boot, Machine, MachineError, overlay
 
 # GRUB announces the environment ~10-30 s after a reset; silence far beyond that is a hang.
 GRUB_SECONDS = 240
+FIRMWARE_RESETS = 3  # in one wait for a boot: a firmware that hangs after each is broken, not unlucky
 BOOT_SECONDS = 600  # a full systemd boot takes ~60 s under TCG here; a loaded CI machine is slower
 INSTALL_SECONDS = 900  # an insertion, from plugging in to the helper's exit or the reboot
 JUDGE_SECONDS = 600  # boot-check: the health hooks (60 s timeout each) and the commit
@@ -259,19 +260,22 @@ class Cabinet:
         spinning with interrupts off, is an OVMF hang (FIRMWARE_HANG): reset, as a board's
         watchdog would, and waited for again."""
         deadline = time.monotonic() + timeout
+        resets = 0  # of ours in this wait: the firmware may hang again right after one
         while True:
             try:
                 return self.machine.wait_boot(max(1.0, min(30.0, deadline - time.monotonic())), since=since)
             except MachineError:
                 reset = self.machine.rebooting()
-                silent = reset is not None and reset >= since and self.machine.silent_seconds() >= GRUB_SECONDS
-                if not (silent and self.machine.firmware_spinning()):
+                after_reset = resets > 0 or (reset is not None and reset >= since)
+                silent = after_reset and self.machine.silent_seconds() >= GRUB_SECONDS
+                if resets >= FIRMWARE_RESETS or not (silent and self.machine.firmware_spinning()):
                     # Installing, booting, or stalled with interrupts on: GRUB has been seen to sit
                     # 4 minutes after "Welcome to GRUB!" with a stick in, then boot. Wait on.
                     if time.monotonic() >= deadline:
                         raise
                     continue
                 self.firmware_hangs += 1
+                resets += 1
                 since = self.machine.mark()
                 self.machine.reset()
                 deadline = time.monotonic() + timeout

@@ -307,6 +307,8 @@ class Machine:
         """Press the reset button (QEMU's system_reset): what a board's watchdog does."""
         self.qmp.execute("system_reset")
         self._note("\n--- vm: reset ---\n")
+        with self._changed:
+            self._last_output = time.monotonic()  # a silence after a reset is counted from it
 
     def cpu_state(self) -> str:
         """Where a silent machine's CPU is (QEMU's state and the first CPU's instruction pointer and

@@ -320,6 +320,12 @@ def apply_component(component: Component, payload: Payload, target: Path | Benea
             if _metadata_differs(have, entry, set_owner):
                 target.set_metadata(entry.path, mode=entry.mode, owner=_owner(entry, set_owner), mtime=entry.mtime)
             continue
+        if target_is_clone_of_base and entry.type == SYMLINK and have is not None and have.type == SYMLINK \
+                and have.target == entry.target:
+            # the same link, already there: most of a platform's links (checked at the end)
+            if _metadata_differs(have, entry, set_owner):
+                target.set_metadata(entry.path, mode=None, owner=_owner(entry, set_owner), mtime=entry.mtime)
+            continue
         temporary = _temporary(entry.path)
         if entry.type == FILE:
             fd = target.create(temporary)

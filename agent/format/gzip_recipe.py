@@ -11,7 +11,7 @@ zlib reproduces most small files; GNU gzip's files of more than ~15 KB of conten
 blocks elsewhere than zlib does (on the platform pair, 73 changed files that cost 1.3 MB as
 patches of their compressed bytes). Their tokens are zlib's, so zlib rebuilds them when told
 to end a block (``Z_BLOCK``) wherever the original's blocks end: the recipe carries those
-content offsets (``block_ends``; all 73, and 313 of the 324 such files of the platform and
+content offsets (``block_ends``; all 73, and 315 of the 324 such files of the platform and
 kernel pairs' new trees). What that misses carries a shape (agent/format/deflate.py), re-coded
 in Python, ~10 times slower.
 """
@@ -38,7 +38,8 @@ DEFAULT_MEM_LEVEL = 8
 # one is short (gzip -6). Platform and kernel pairs: 313 files rebuilt at 9, 2 more at 8 only.
 BLOCKS_MEM_LEVELS = (9, 8)
 MAX_BLOCK_ENDS = 1 << 16
-# With a shape: Debian's gzip -9n, then gzip's default -6 (their tokens are zlib's at that level).
+# With block ends or a shape: Debian's gzip -9n, then gzip's default -6 (their tokens are
+# zlib's at that level).
 _SHAPED_LEVELS = (9, 6)
 # A shaped rebuild gathers the content and re-codes it in Python at ~4-5 MB/s here: 16 MiB of
 # content bounds both the memory and the seconds one file costs a device.

@@ -13,6 +13,7 @@ what a cabinet's platform has beside them (``STUBS``), and the delta is made aga
 the same changes as the measured delta, plus a few unchanged stand-in files.
 """
 import contextlib
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -55,7 +56,7 @@ def _overlay(lower: list[Path], target: Path):
 
 def _release(path: Path, tree: Path, sequence: int) -> Path:
     path.write_text(f'product = "{PRODUCT}"\nhardware = ["{HARDWARE}"]\n\n[components.platform]\n'
-                    f'path = "{tree}"\nversion = "{sequence}"\nsequence = {sequence}\n')
+                    f'path = {json.dumps(str(tree))}\nversion = "{sequence}"\nsequence = {sequence}\n')
     return path
 
 

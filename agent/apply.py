@@ -241,6 +241,15 @@ def _owner(entry: Entry, set_owner: bool) -> tuple[int, int] | None:
     return (entry.uid, entry.gid) if set_owner else None
 
 
+def _already_there(entry: Entry, have: Entry, target: Beneath) -> bool:
+    """Whether the clone holds ``entry`` as it is (checked at the end with the whole tree): an
+    unchanged file kept at its path, not hard-linked (setting its metadata would change another
+    path's), or the same symlink - most of a platform's files and links."""
+    if entry.type == FILE and have.type == FILE:
+        return entry.base_path == entry.path and target.lstat(entry.path).st_nlink == 1
+    return entry.type == SYMLINK and have.type == SYMLINK and have.target == entry.target
+
+
 def _metadata_differs(have: Entry, entry: Entry, set_owner: bool) -> bool:
     """Whether a path already in the tree (as scanned) needs ``entry``'s mode, mtime or owner set."""
     return (have.mode, have.mtime) != (entry.mode, entry.mtime) or (
@@ -314,17 +323,9 @@ def apply_component(component: Component, payload: Payload, target: Path | Benea
                 target.mkdir(entry.path, 0o700)  # final mode after the children exist: it may be read-only
             directories.append(entry)  # its mtime changes with its children: set again, at the end
             continue
-        if target_is_clone_of_base and entry.type == FILE and have is not None and have.type == FILE \
-                and entry.base_path == entry.path and target.lstat(entry.path).st_nlink == 1:
-            # unchanged and already there (checked at the end)
-            if _metadata_differs(have, entry, set_owner):
+        if target_is_clone_of_base and have is not None and _already_there(entry, have, target):
+            if _metadata_differs(have, entry, set_owner):  # a link has no mode: entry.mode is None
                 target.set_metadata(entry.path, mode=entry.mode, owner=_owner(entry, set_owner), mtime=entry.mtime)
-            continue
-        if target_is_clone_of_base and entry.type == SYMLINK and have is not None and have.type == SYMLINK \
-                and have.target == entry.target:
-            # the same link, already there: most of a platform's links (checked at the end)
-            if _metadata_differs(have, entry, set_owner):
-                target.set_metadata(entry.path, mode=None, owner=_owner(entry, set_owner), mtime=entry.mtime)
             continue
         temporary = _temporary(entry.path)
         if entry.type == FILE:

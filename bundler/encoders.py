@@ -6,8 +6,9 @@ the bundle by name before reading its payload. Two kinds, as on the device:
 
 * object encoders (``raw``, ``zstd``, ``zstd-patch``, ``bsdiff``): each chunk is stored as the
   smallest of them (docs/FORMAT.md, "How files are carried");
-* transforms (``gzip-recipe``, ``gzip-blocks``, ``gzip-shape``): a gzip file that re-deflates bit for bit is
-  carried as its content and a recipe, in deltas only (docs/FORMAT.md, "gzip recipe").
+* transforms (``gzip-recipe``, ``gzip-blocks``, ``gzip-shape``): a gzip file that re-deflates
+  bit for bit is carried as its content and a recipe, in deltas only (docs/FORMAT.md, "gzip
+  recipe").
 
 A new codec is one encoder here, one decoder in agent/format/codec.py, and regenerated golden
 vectors (docs/ARCHITECTURE.md, "Where a new thing goes").

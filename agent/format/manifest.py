@@ -502,7 +502,8 @@ def _entry_from_json(value: Any, context: str, ids: dict[str, str]) -> Entry:
 
 
 def _gzip_from_json(value: dict, context: str) -> GzipRecipe:
-    _no_other_fields(value, {"header", "level", "size", "sha256", "shape", "block_ends", "mem_level"}, f"{context} gzip")
+    _no_other_fields(value, {"header", "level", "size", "sha256", "shape", "block_ends", "mem_level"},
+                     f"{context} gzip")
     header = _hex_field(value, "header", gzip_recipe.check_header, context,
                         "gzip header must be the hex of one well-formed gzip header")
     level = field(value, "level", int, context=context)

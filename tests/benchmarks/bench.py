@@ -177,7 +177,7 @@ def peer_label(method):
 def pair_table(ours, peers):
     rows = [("**`bundle make` delta (this repository)**", ours["bytes_total"], ours["make"], ours["apply"], None),
             ("&nbsp;&nbsp;of which payload (`payload/*.vol`)", ours["bytes_payload"], None, None, None),
-        ("&nbsp;&nbsp;installed on a cabinet (`bundle-agent on-insert`)", None, None, ours["install"], None)]
+            ("&nbsp;&nbsp;installed on a cabinet (`bundle-agent on-insert`)", None, None, ours["install"], None)]
     mine = len(rows)
     for r in peers["rows"]:
         make = {"wall_s": r.get("make_s"), "rss_mib": r.get("make_rss_mb")}

@@ -39,6 +39,17 @@ def test_an_executable_round_trips_and_beats_zstd(tmp_path):
     assert [name for name, _ in encoders.ranked(new, 19, old)][0] == "bsdiff"
 
 
+def test_an_executable_bsdiff_patched_gets_only_the_quick_zstd_patch():
+    old, new = edited_executable()
+    candidates = dict(encoders.ranked(new, 19, old))
+    assert "bsdiff" in candidates
+    assert candidates["zstd-patch"] == encoders.compress(new, encoders.QUICK_PATCH_LEVEL, old)
+    # Where bsdiff does not apply (not an executable), both patch levels are still tried.
+    text = b"text " + new
+    thorough = min(encoders.compress(text, level, old) for level in (19, encoders.QUICK_PATCH_LEVEL))
+    assert dict(encoders.ranked(text, 19, old))["zstd-patch"] == thorough
+
+
 def test_only_executables_and_small_regions_are_tried():
     old, new = edited_executable()
     assert encoders.BSDIFF.encode(b"text " + new, 19, old) is None

@@ -56,7 +56,9 @@ class Encoder:
     the encoding does not apply; ``patch``: it refers to a base region, which the chunk then names;
     ``compresses``: it feeds the data through libzstd, telling ``tick`` as it goes; ``in_block``:
     its stored bytes are uncompressed and go into a block (bundler/blocks.py), so it is ranked by
-    the size of a frame of them alone, which its block's frame does not exceed in practice."""
+    the size of a level-9 frame of them alone, which its block's frame does not exceed in practice
+    (level 19 took 2.5 CPU-seconds of the platform pair's make, was larger for two thirds of its
+    bsdiff patches, and ranked them into a bundle 1.8 KB larger)."""
 
     name: str
     encode: Callable[[bytes, int, bytes | None, Tick | None], bytes | None]
@@ -192,7 +194,7 @@ def memory_needed(size: int, region: int, level: int) -> int:
 def ranked(data: bytes, level: int, region: bytes | None = None, tick: Tick | None = None,
            avoid: tuple[str, ...] = ()) -> list[tuple[str, bytes]]:
     """``(encoding, stored)`` for every encoder that applies and is not in ``avoid``, smallest
-    first (an ``in_block`` one by the frame of its bytes alone), ties going to ``raw``: already
+    first (an ``in_block`` one by a level-9 frame of its bytes alone), ties going to ``raw``: already
     compressed data is stored as it is, costs no decoding and never grows. ``tick`` hears of
     ``len(data)`` bytes in all, however many encoders ran.
 
@@ -222,7 +224,7 @@ def ranked(data: bytes, level: int, region: bytes | None = None, tick: Tick | No
             encode_level = min(level, QUICK_PATCH_LEVEL)
         stored = probe if encoder is ZSTD and probe is not None else encoder.encode(data, encode_level, region, share)
         if stored is not None:
-            cost = len(compress(stored, level)) if encoder.in_block else len(stored)
+            cost = len(compress(stored, min(level, QUICK_PATCH_LEVEL))) if encoder.in_block else len(stored)
             candidates.append((cost, encoder.name != RAW.name, encoder.name, stored))
     if tick is not None and not passes:
         tick(len(data))

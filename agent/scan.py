@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from dataclasses import replace
@@ -19,14 +21,18 @@ from agent.format.tree import DIR, EMPTY_SHA256, FILE, HARDLINK, SYMLINK, Entry,
 from keys.errors import Refused, UpdateError
 
 READ_SIZE = 1 << 20
+# Reading and SHA-256 release the GIL, so a scan hashes on two threads while it walks: checking a
+# staged platform (~250 MB) is most of an install's time, and a cabinet has more than one core.
+HASH_THREADS = 2
+HASHES_AHEAD = 64  # files opened and not yet hashed: bounds descriptors and queued work
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class UnsupportedFile(Refused):
     """A tree contains something a component cannot carry."""
 
 
-def hash_file(path: Path | str, *, dir_fd: int | None = None) -> str:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+def _hash_and_close(fd: int) -> str:
     digest = hashlib.sha256()
     with os.fdopen(fd, "rb", buffering=0) as handle:
         while block := handle.read(READ_SIZE):
@@ -76,10 +82,13 @@ def _relative_paths(tree: Beneath, exclude: frozenset[str]) -> Iterator[tuple[st
                     stack.append(relative)
 
 
-def scan_tree(root: Path | Beneath, *, with_hashes: bool = True, exclude: tuple[str, ...] = ()) -> list[Entry]:
+def scan_tree(root: Path | Beneath, *, with_hashes: bool = True, exclude: tuple[str, ...] = (),
+              hard_linked: set[str] | None = None) -> list[Entry]:
     """Entries of the tree at ``root`` in listing order. Hard-linked files become one FILE entry
-    (the first path in listing order) and HARDLINK entries pointing to it. ``exclude`` names
-    subtrees to leave out (other components nested inside this one). No symlink is followed: a
+    (the first path in listing order) and HARDLINK entries pointing to it; ``hard_linked``, if
+    given, receives the path of each FILE entry whose file has more than one link, wherever the
+    others are (outside ``exclude`` or not).
+    ``exclude`` names subtrees to leave out (other components nested inside this one). No symlink is followed: a
     :class:`Beneath` is scanned strictly beneath itself; a path (a vendor's release tree) may
     itself be reached through symlinks, nothing inside it is.
 
@@ -87,14 +96,26 @@ def scan_tree(root: Path | Beneath, *, with_hashes: bool = True, exclude: tuple[
     """
     if not isinstance(root, Beneath):
         with Beneath.open_root(Path(root), follow_root=True) as tree:
-            return scan_tree(tree, with_hashes=with_hashes, exclude=exclude)
-    found = []
-    for relative, info, target, directory_fd in _relative_paths(root, frozenset(exclude)):
-        digest = None
-        if stat.S_ISREG(info.st_mode) and with_hashes and info.st_size:
-            with _named(root, relative):
-                digest = hash_file(relative.rsplit("/", 1)[-1], dir_fd=directory_fd)
-        found.append((relative, info, target, digest))
+            return scan_tree(tree, with_hashes=with_hashes, exclude=exclude, hard_linked=hard_linked)
+    found: list[list] = []  # [path, status, link target, SHA-256]
+    hashing: deque[tuple[list, Future]] = deque()
+
+    def take_hash() -> None:
+        item, digest = hashing.popleft()
+        with _named(root, item[0]):
+            item[3] = digest.result()
+
+    with ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="scan-hash") as pool:
+        for relative, info, target, directory_fd in _relative_paths(root, frozenset(exclude)):
+            found.append([relative, info, target, None])
+            if stat.S_ISREG(info.st_mode) and with_hashes and info.st_size:
+                with _named(root, relative):  # opened here: the directory's descriptor is valid only now
+                    fd = os.open(relative.rsplit("/", 1)[-1], _FILE_FLAGS, dir_fd=directory_fd)
+                hashing.append((found[-1], pool.submit(_hash_and_close, fd)))
+                if len(hashing) > HASHES_AHEAD:
+                    take_hash()
+        while hashing:
+            take_hash()
     found.sort(key=lambda item: path_order(item[0]))
     first_link: dict[tuple[int, int], str] = {}
     entries = []
@@ -112,6 +133,8 @@ def scan_tree(root: Path | Beneath, *, with_hashes: bool = True, exclude: tuple[
                 continue
             if info.st_nlink > 1:
                 first_link[inode] = relative
+                if hard_linked is not None:
+                    hard_linked.add(relative)
             if info.st_size == 0:
                 digest = EMPTY_SHA256
             entries.append(Entry(type=FILE, mode=mode, size=info.st_size, sha256=digest, **common))

@@ -241,13 +241,20 @@ def _owner(entry: Entry, set_owner: bool) -> tuple[int, int] | None:
     return (entry.uid, entry.gid) if set_owner else None
 
 
-def _already_there(entry: Entry, have: Entry, target: Beneath) -> bool:
+def _already_there(entry: Entry, have: Entry, hard_linked: set[str]) -> bool:
     """Whether the clone holds ``entry`` as it is (checked at the end with the whole tree): an
     unchanged file kept at its path, not hard-linked (setting its metadata would change another
     path's), or the same symlink - most of a platform's files and links."""
     if entry.type == FILE and have.type == FILE:
-        return entry.base_path == entry.path and target.lstat(entry.path).st_nlink == 1
+        return entry.base_path == entry.path and entry.path not in hard_linked
     return entry.type == SYMLINK and have.type == SYMLINK and have.target == entry.target
+
+
+def _status_matches(found: os.stat_result, entry: Entry, set_owner: bool) -> bool:
+    """Whether a directory's status already is what ``entry`` says (as a scan reads it)."""
+    return (stat.S_ISDIR(found.st_mode) and stat.S_IMODE(found.st_mode) == entry.mode
+            and int(found.st_mtime) == entry.mtime
+            and (not set_owner or (found.st_uid, found.st_gid) == (entry.uid, entry.gid)))
 
 
 def _metadata_differs(have: Entry, entry: Entry, set_owner: bool) -> bool:
@@ -306,7 +313,8 @@ def apply_component(component: Component, payload: Payload, target: Path | Benea
                                    budget=budget)
     budget = budget or WorkBudget()
     base_tree = BaseTree(base, budget) if base is not None else None
-    existing = {e.path: e for e in scan_tree(target, with_hashes=False, exclude=exclude)}
+    hard_linked: set[str] = set()
+    existing = {e.path: e for e in scan_tree(target, with_hashes=False, exclude=exclude, hard_linked=hard_linked)}
     keep = {e.path for e in component.entries} | _ancestors(exclude)
     for path in sorted((p for p in existing if p not in keep), key=lambda p: p.count("/"), reverse=True):
         target.remove(path)
@@ -323,7 +331,7 @@ def apply_component(component: Component, payload: Payload, target: Path | Benea
                 target.mkdir(entry.path, 0o700)  # final mode after the children exist: it may be read-only
             directories.append(entry)  # its mtime changes with its children: set again, at the end
             continue
-        if target_is_clone_of_base and have is not None and _already_there(entry, have, target):
+        if target_is_clone_of_base and have is not None and _already_there(entry, have, hard_linked):
             if _metadata_differs(have, entry, set_owner):  # a link has no mode: entry.mode is None
                 target.set_metadata(entry.path, mode=entry.mode, owner=_owner(entry, set_owner), mtime=entry.mtime)
             continue
@@ -345,7 +353,9 @@ def apply_component(component: Component, payload: Payload, target: Path | Benea
         crashpoint(f"stage {entry.path}")
         target.replace(temporary, entry.path)
     for entry in reversed(directories):
-        target.set_metadata(entry.path, mode=entry.mode, owner=_owner(entry, set_owner), mtime=entry.mtime)
+        found = target.lstat(entry.path)
+        if found is None or not _status_matches(found, entry, set_owner):  # most of a clone's are as they were
+            target.set_metadata(entry.path, mode=entry.mode, owner=_owner(entry, set_owner), mtime=entry.mtime)
 
 
 def verify_staged(component: Component, target: Path | Beneath, *, check_owner: bool,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -371,6 +372,23 @@ def test_machine_local_paths_are_preserved_and_strays_removed(world, tmp_path):
     cabinet.agent("boot", check=True)
     cabinet.agent("boot-check", check=True)
     assert cabinet.status()["components"]["platform"]["sequence"] == 7
+
+
+def test_an_unchanged_file_hard_linked_to_a_preserved_one_is_fixed_without_touching_it(world, tmp_path):
+    """Staging in place keeps an unchanged file where it is and only fixes its metadata - but not
+    one that shares its inode with a path outside the listing: setting the setuid mode the release
+    gives usr/bin/sudo must not make the machine's own file setuid too."""
+    cabinet = Cabinet(world, tmp_path / "dev", layout={"platform": ".", "games": "opt/games"})
+    config = cabinet.dir / "agent.toml"
+    config.write_text(config.read_text() + 'preserve = ["etc/rc.conf.local"]\n')
+    cabinet.provision()
+    env1 = cabinet.dir / "envs/env-1"
+    (env1 / "usr/bin/sudo").chmod(0o755)  # drifted on the machine; the release says 4755
+    os.link(env1 / "usr/bin/sudo", env1 / "etc/rc.conf.local")
+    cabinet.agent("install", world.bundles / "d12", check=True)
+    env2 = cabinet.dir / "envs/env-2"
+    assert stat.S_IMODE((env2 / "usr/bin/sudo").stat().st_mode) == 0o4755
+    assert stat.S_IMODE((env2 / "etc/rc.conf.local").stat().st_mode) == 0o755
 
 
 def test_preserve_must_name_paths_inside_the_platform(world, tmp_path):

@@ -42,7 +42,11 @@ STAGED, REFUSED, NOTHING = 4, 3, 0  # the agent's exit codes (docs/AGENT.md)
 GUEST_CHECK = Path(__file__).with_name("guest_check.py")
 AGENT_PYTHON = "/opt/bundle-agent/bin/python"
 _EXITED = re.compile(r"bundle-agent on-insert \S+ exited (\d+)")
-TRACE = "BUNDLE_CRASH_TRACE=/dev/ttyS0"  # the agent's runs print their writes on the console (trace_agent_writes)
+# The agent's runs print their writes on the console (trace_agent_writes). Through /dev/console,
+# not /dev/ttyS0: the serial getty hangs ttyS0 up as it starts (vhangup), and a later write by a
+# process that opened ttyS0 fails with EIO - boot-check, tracing its commit while the getty
+# started, failed between two of its writes; the kernel never hangs up a /dev/console opener.
+TRACE = "BUNDLE_CRASH_TRACE=/dev/console"
 # A line of keys/crashpoint.py's trace: the number of the durable write in this process, and its name.
 WRITE = re.compile(r"(?:^|\s)(\d+) ((?:write|fsync|fsync-dir|rename|sync|grubenv|clone|stage|audit|rotate) \S+)")
 REBOOTING_TEXT = re.compile(REBOOTING.pattern.decode())

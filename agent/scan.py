@@ -97,10 +97,10 @@ def scan_tree(root: Path | Beneath, *, with_hashes: bool = True, exclude: tuple[
     """Entries of the tree at ``root`` in listing order. Hard-linked files become one FILE entry
     (the first path in listing order) and HARDLINK entries pointing to it; ``hard_linked``, if
     given, receives the path of each FILE entry whose file has more than one link, wherever the
-    others are (outside ``exclude`` or not).
-    ``exclude`` names subtrees to leave out (other components nested inside this one). No symlink is followed: a
-    :class:`Beneath` is scanned strictly beneath itself; a path (a vendor's release tree) may
-    itself be reached through symlinks, nothing inside it is.
+    others are (outside ``exclude`` or not). ``exclude`` names subtrees to leave out (other
+    components nested inside this one). No symlink is followed: a :class:`Beneath` is scanned
+    strictly beneath itself; a path (a vendor's release tree) may itself be reached through
+    symlinks, nothing inside it is.
 
     Raises UnsupportedFile, EscapingPath, OSError from the filesystem.
     """

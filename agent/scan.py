@@ -26,6 +26,9 @@ READ_SIZE = 1 << 20
 # staged platform (~250 MB) is most of an install's time, and a cabinet has more than one core.
 HASH_THREADS = 2
 HASHES_AHEAD = 64  # files opened and not yet hashed: bounds descriptors and queued work
+# Smaller files are hashed by the walk itself: handing one to a thread costs more than hashing
+# it (a platform's 9,200 files: 0.39 s to scan, 0.27 s with this).
+INLINE_HASH_BYTES = 64 << 10
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _read_buffers = threading.local()
 
@@ -121,6 +124,9 @@ def scan_tree(root: Path | Beneath, *, with_hashes: bool = True, exclude: tuple[
             if stat.S_ISREG(info.st_mode) and with_hashes and info.st_size:
                 with _named(root, relative):  # opened here: the directory's descriptor is valid only now
                     fd = os.open(relative.rsplit("/", 1)[-1], _FILE_FLAGS, dir_fd=directory_fd)
+                    if info.st_size <= INLINE_HASH_BYTES:
+                        found[-1][3] = _hash_and_close(fd)
+                        continue
                 hashing.append((found[-1], pool.submit(_hash_and_close, fd)))
                 if len(hashing) > HASHES_AHEAD:
                     take_hash()

@@ -23,6 +23,7 @@ from agent.format import codec
 from agent.format.manifest import Component
 from agent.format.paths import ancestors
 from agent.format.tree import DIR, FILE, HARDLINK, SYMLINK, Entry, Prefix
+from agent.known_hashes import KnownHashes
 from agent.payload import Payload
 from agent.reflink import reflink
 from agent.scan import READ_SIZE, scan_tree
@@ -160,11 +161,13 @@ class BaseTree:
             raise StagingError(f"base file {path!r} is shorter than the region the delta refers to")
         return data
 
-    def copy_to(self, path: str, sha256: str, out_fd: int, progress: Progress | None) -> None:
+    def copy_to(self, path: str, sha256: str, out_fd: int, progress: Progress | None) -> bool:
         """Copy a base file (unchanged or moved) and check it is the one the manifest names.
 
         A reflink (FICLONE: btrfs, xfs) shares the blocks instead of writing them; the base is
         still read once to check its hash. Elsewhere the bytes are copied while being hashed.
+        Returns whether the bytes hashed are the ones written (not so for a reflink: the base
+        could change between the clone and the read).
         """
         digest = hashlib.sha256()
         fd = self._open(path)
@@ -183,15 +186,17 @@ class BaseTree:
             raise StagingError(f"base file {path!r} differs from the one this delta was made against",
                                where=self.root.where, hint="this delta needs the exact base release; use a full bundle")
         self._verified[path] = sha256
+        return not cloned
 
 
 def _write_file(entry: Entry, fd: int, payload: Payload, base: BaseTree | None, budget: WorkBudget,
-                progress: Progress | None) -> None:
+                progress: Progress | None) -> bool:
+    """Write the file's bytes to ``fd``; raises StagingError unless their SHA-256 is the
+    manifest's. Returns whether those are the bytes hashed (see BaseTree.copy_to)."""
     objects = payload.objects
     if entry.base_path is not None:
         assert base is not None, "the manifest parser refuses base copies in full updates"
-        base.copy_to(entry.base_path, entry.sha256, fd, progress)
-        return
+        return base.copy_to(entry.base_path, entry.sha256, fd, progress)
     file_digest = hashlib.sha256()
 
     def write(data: bytes) -> None:
@@ -235,6 +240,7 @@ def _write_file(entry: Entry, fd: int, payload: Payload, base: BaseTree | None, 
                                "this system's zlib deflates differently from the bundler's, or the bundle's "
                                "recipe is wrong", hint="install a full bundle, or use a stock zlib")
         raise StagingError(f"{entry.path!r} decoded to content that does not match its SHA-256")
+    return True
 
 
 def _owner(entry: Entry, set_owner: bool) -> tuple[int, int] | None:
@@ -255,6 +261,19 @@ def _status_matches(found: os.stat_result, entry: Entry, set_owner: bool) -> boo
     return (stat.S_ISDIR(found.st_mode) and stat.S_IMODE(found.st_mode) == entry.mode
             and int(found.st_mtime) == entry.mtime
             and (not set_owner or (found.st_uid, found.st_gid) == (entry.uid, entry.gid)))
+
+
+def _kept_as_they_are(component: Component, existing: dict[str, Entry], hard_linked: set[str],
+                      exclude: tuple[str, ...], set_owner: bool) -> list[str]:
+    """The clone's files that apply leaves untouched (neither written nor given new metadata,
+    which would move their ctime), in path order."""
+    kept = []
+    for entry in component.entries:
+        have = existing.get(entry.path)
+        if (entry.type == FILE and have is not None and _already_there(entry, have, hard_linked)
+                and not _metadata_differs(have, entry, set_owner) and not _within(entry.path, exclude)):
+            kept.append(entry.path)
+    return kept
 
 
 def _metadata_differs(have: Entry, entry: Entry, set_owner: bool) -> bool:
@@ -280,7 +299,8 @@ def _temporary(path: str) -> str:
 
 def apply_component(component: Component, payload: Payload, target: Path | Beneath, *, base: Path | Beneath | None,
                     set_owner: bool, progress: Progress | None = None, exclude: tuple[str, ...] = (),
-                    target_is_clone_of_base: bool = False, budget: WorkBudget | None = None) -> None:
+                    target_is_clone_of_base: bool = False, budget: WorkBudget | None = None,
+                    known: KnownHashes | None = None) -> None:
     """Make ``target`` hold the component's new tree.
 
     ``target`` may be empty or missing (the tree is built from scratch) or may hold an older
@@ -292,7 +312,9 @@ def apply_component(component: Component, payload: Payload, target: Path | Benea
     anything but directories (agent/layout.py). Reads come from ``base`` - the running
     environment, never written - so the order of changes in ``target`` cannot corrupt a source.
     Every write, removal and metadata change stays beneath ``target`` and follows no symlink
-    (agent/beneath.py, T-STAGE-BENEATH); ``budget`` bounds the work (T-WORK).
+    (agent/beneath.py, T-STAGE-BENEATH); ``budget`` bounds the work (T-WORK). ``known`` receives
+    the SHA-256 of the files written, and of the files kept from a clone (hashed on other
+    threads meanwhile), for verify_staged.
 
     ``set_owner`` applies numeric ownership (root only).
     Raises StagingError, EscapingPath, CorruptPayload, CorruptObject (the caller discards
@@ -305,12 +327,13 @@ def apply_component(component: Component, payload: Payload, target: Path | Benea
         Path(target).mkdir(mode=0o700, exist_ok=True)
         with Beneath.open_root(Path(target)) as tree:
             return apply_component(component, payload, tree, base=base, set_owner=set_owner, progress=progress,
-                                   exclude=exclude, target_is_clone_of_base=target_is_clone_of_base, budget=budget)
+                                   exclude=exclude, target_is_clone_of_base=target_is_clone_of_base, budget=budget,
+                                   known=known)
     if base is not None and not isinstance(base, Beneath):
         with Beneath.open_root(Path(base)) as base_tree:
             return apply_component(component, payload, target, base=base_tree, set_owner=set_owner,
                                    progress=progress, exclude=exclude, target_is_clone_of_base=target_is_clone_of_base,
-                                   budget=budget)
+                                   budget=budget, known=known)
     budget = budget or WorkBudget()
     base_tree = BaseTree(base, budget) if base is not None else None
     hard_linked: set[str] = set()
@@ -318,6 +341,8 @@ def apply_component(component: Component, payload: Payload, target: Path | Benea
     keep = {e.path for e in component.entries} | _ancestors(exclude)
     for path in sorted((p for p in existing if p not in keep), key=lambda p: p.count("/"), reverse=True):
         target.remove(path)
+    if known is not None and target_is_clone_of_base:
+        known.hash_in_background(target, _kept_as_they_are(component, existing, hard_linked, exclude, set_owner))
     directories = []
     for entry in component.entries:
         if _within(entry.path, exclude):
@@ -336,10 +361,11 @@ def apply_component(component: Component, payload: Payload, target: Path | Benea
                 target.set_metadata(entry.path, mode=entry.mode, owner=_owner(entry, set_owner), mtime=entry.mtime)
             continue
         temporary = _temporary(entry.path)
+        hashed = False
         if entry.type == FILE:
             fd = target.create(temporary)
             try:
-                _write_file(entry, fd, payload, base_tree, budget, progress)
+                hashed = _write_file(entry, fd, payload, base_tree, budget, progress)
                 Beneath.set_metadata_fd(fd, mode=entry.mode, owner=_owner(entry, set_owner), mtime=entry.mtime)
             finally:
                 os.close(fd)
@@ -352,17 +378,24 @@ def apply_component(component: Component, payload: Payload, target: Path | Benea
             target.remove(entry.path)
         crashpoint(f"stage {entry.path}")
         target.replace(temporary, entry.path)
+        if hashed and known is not None:
+            known.record(entry.path, target.lstat(entry.path), entry.sha256)  # after the rename: it moves ctime
     for entry in reversed(directories):
         found = target.lstat(entry.path)
         if found is None or not _status_matches(found, entry, set_owner):  # most of a clone's are as they were
             target.set_metadata(entry.path, mode=entry.mode, owner=_owner(entry, set_owner), mtime=entry.mtime)
+    if known is not None:
+        known.wait()
 
 
 def verify_staged(component: Component, target: Path | Beneath, *, check_owner: bool,
-                  exclude: tuple[str, ...] = ()) -> None:
+                  exclude: tuple[str, ...] = (), known: KnownHashes | None = None) -> None:
     """Check the built tree against the manifest, entry by entry (``exclude``: nested components,
     machine-local paths), never following a symlink (agent/tree_audit.py compare, as the audit of an
-    installed environment does). Raises StagingError naming the first difference, EscapingPath."""
-    result = compare(component.entries, scan_tree(target, exclude=exclude), exclude, check_owner=check_owner)
+    installed environment does). A file whose hash ``known`` holds from staging, unchanged since,
+    is not read again (agent/known_hashes.py). Raises StagingError naming the first difference,
+    EscapingPath."""
+    result = compare(component.entries, scan_tree(target, exclude=exclude, known=known), exclude,
+                     check_owner=check_owner)
     if not result.clean:
         raise StagingError(f"{component.name}: {result.first} after staging")

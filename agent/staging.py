@@ -20,6 +20,7 @@ from agent.beneath import Beneath
 from agent.format.manifest import Component, Manifest
 from agent.format.paths import ROOT
 from agent.format.tree import FILE, tree_digest
+from agent.known_hashes import KnownHashes
 from agent.layout import Layout
 from agent.payload import Payload
 from agent.progress import Progress, step_counter
@@ -105,13 +106,15 @@ def _stage_component(layout: Layout, route: list[Choice], bundles: dict[str, tup
             label = f"staging {name}" + (f" (step {number} of {len(route)})" if len(route) > 1 else "")
             total = _bytes_written(step.component, in_place)
             advance = step_counter(progress, label, total)
-            with Payload(directory, manifest) as payload:
-                apply_component(step.component, payload, into, base=base if step.component.is_delta else None,
-                                set_owner=as_root, exclude=left_alone if last else (), progress=advance,
-                                target_is_clone_of_base=in_place, budget=budget)
-            if progress is not None:
-                progress(label, total, total)  # files kept in place were not counted as they went
-            verify_staged(step.component, into, check_owner=as_root, exclude=left_alone if last else ())
+            with KnownHashes() as known:
+                with Payload(directory, manifest) as payload:
+                    apply_component(step.component, payload, into, base=base if step.component.is_delta else None,
+                                    set_owner=as_root, exclude=left_alone if last else (), progress=advance,
+                                    target_is_clone_of_base=in_place, budget=budget, known=known)
+                if progress is not None:
+                    progress(label, total, total)  # files kept in place were not counted as they went
+                verify_staged(step.component, into, check_owner=as_root, exclude=left_alone if last else (),
+                              known=known)
             shutil.rmtree(chain / str(number - 1), ignore_errors=True)  # it was only the base of this step
             base = into
     finally:

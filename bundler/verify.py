@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from agent.apply import apply_component, verify_staged
+from agent.known_hashes import KnownHashes
 from agent.format.bundle_dir import manifest_path
 from agent.format.tree import FILE, tree_digest
 from agent.medium import read_bundle
@@ -71,9 +72,10 @@ def check_bundle(bundle: Path, root: VerifiedRoot, bases: dict[str, Path], *, ap
             try:
                 target = scratch / "tree"
                 written = sum(e.size for e in component.entries if e.type == FILE)
-                apply_component(component, payload, target, base=base, set_owner=as_root,
-                                progress=step_counter(progress, f"applying {component.name}", written))
-                verify_staged(component, target, check_owner=as_root)
+                with KnownHashes() as known:
+                    apply_component(component, payload, target, base=base, set_owner=as_root, known=known,
+                                    progress=step_counter(progress, f"applying {component.name}", written))
+                    verify_staged(component, target, check_owner=as_root, known=known)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
             outcome[component.name] = (f"applied{' onto ' + str(base) if base else ''}: every file matches "

@@ -28,6 +28,12 @@ NAME = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
 BOUND = 5.0  # seconds; measured here: well under one
 
 
+def interruptible() -> None:
+    """In the child, before it runs: SIGINT as a terminal's processes have it. A job a shell
+    started in the background inherits it ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_for(condition, timeout: float, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -67,7 +73,7 @@ def test_bundle_make_stops_at_once_and_leaves_nothing(slow_release, tmp_path, nu
     out.mkdir()
     process = subprocess.Popen([str(BIN / "bundle"), "make", "--release", str(release), "--key", str(key),
                                 "--out", str(out / "bundle"), "--level", "19", "--threads", "2"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     wait_for(lambda: any((out / name / "payload").exists() for name in os.listdir(out)), 60, process)
     time.sleep(1.0)  # the workers are deep inside level-19 chunks
     seconds, _, err = interrupt(process, number)
@@ -103,7 +109,7 @@ def test_an_interrupted_install_is_undone_and_recorded(world, big_update, tmp_pa
     cabinet.provision()
     before = cabinet.snapshot()
     process = subprocess.Popen(cabinet.command("install", big_update), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, preexec_fn=interruptible)
     staged = cabinet.environments_dir / "env-2"
     wait_for(lambda: (staged / cabinet.config.layout.component_path("platform") / "usr").is_dir(), 120, process)
     seconds, _, err = interrupt(process, number)
@@ -125,6 +131,7 @@ def test_ctrl_c_at_a_passphrase_prompt_is_an_interrupt(tmp_path):
     import pty
     pid, terminal = pty.fork()
     if pid == 0:  # the child: `bundle keys new` on a terminal, asking for the new key's passphrase
+        interruptible()
         os.execve(str(BIN / "bundle"), ["bundle", "keys", "new", "k", "--dir", str(tmp_path / "keys")],
                   {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
     said = b""

@@ -15,9 +15,9 @@ from __future__ import annotations
 import errno
 import os
 import re
-from importlib.metadata import version
 from pathlib import Path
 
+from agent import agent_version
 from agent.beneath import Beneath, EscapingPath, NotRegularFile, open_beneath
 from agent.device import Device
 from agent.format import device_report as fmt
@@ -104,7 +104,7 @@ def make_report(device: Device, counter: int, audit: dict | None = None,
     records, more = _events(device, events)
     facts = device.facts
     return fmt.build_report(serial=facts.serial, product=facts.product, hardware=facts.hardware, status=summary,
-                            audit=audit, trust_root_version=root_version, agent_version=version("offline-bundle"),
+                            audit=audit, trust_root_version=root_version, agent_version=agent_version(),
                             events=records, counter=counter, problems=problems + more)
 
 

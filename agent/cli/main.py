@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from importlib.metadata import version
 from pathlib import Path
 
 import click
@@ -69,7 +68,7 @@ def _take_device_options_after_the_name(command: click.Command) -> None:
 
 
 @click.group(cls=AgentGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(version("offline-bundle"), prog_name="bundle-agent", help="Show the version and exit.")
+@click.version_option(package_name="offline-bundle", prog_name="bundle-agent", help="Show the version and exit.")
 @click.option("--config", type=_CONFIG_TYPE, envvar=CONFIG_VARIABLE, default=DEFAULT_CONFIG, help=_CONFIG_HELP)
 @click.option("--sysroot", "root", type=_SYSROOT_TYPE, default=Path("/"), help=_SYSROOT_HELP)
 @click.option("--root", "old_root", hidden=True, expose_value=False, callback=_old_root, is_eager=True)

@@ -20,7 +20,6 @@ import threading
 import time
 from typing import Callable, TextIO
 
-from tqdm import tqdm
 
 LINE_INTERVAL = 5.0  # seconds between two lines off a terminal (the issue asks for at most 10)
 # A bar is redrawn at least this often, its elapsed time moving, even while a step reports
@@ -73,7 +72,7 @@ class ProgressDisplay:
         self._interval = interval if interval is not None else line_interval()
         self._lock = threading.Lock()
         self._step: str | None = None
-        self._bar: tqdm | None = None
+        self._bar = None  # a tqdm bar
         self._done = self._total = 0
         self._started = self._last_line = self._last_report = 0.0
         self._lines = 0  # lines written for the current step
@@ -103,6 +102,7 @@ class ProgressDisplay:
             self._ticker = threading.Thread(target=self._tick, name="progress", daemon=True)
             self._ticker.start()
         if self._bars:
+            from tqdm import tqdm  # here: on-insert, run by a service, draws no bar and so never pays its import
             self._bar = tqdm(total=total if total > 0 else None, desc=f"{self._name}: {step}" if self._name else step, unit="B",
                              unit_scale=True, unit_divisor=1024, file=self._stream, mininterval=0.2, leave=True,
                              **self._size())

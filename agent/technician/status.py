@@ -6,8 +6,8 @@ agent versions, and the last outcomes from the audit log.
 
 from __future__ import annotations
 
-from importlib.metadata import version
 
+from agent import agent_version
 from agent.device import Device
 from agent.floors import rebuilt_floors
 from agent.trust_store import device_roots
@@ -51,7 +51,7 @@ def technician_status(device: Device) -> dict:
     return {
         "device": {"product": device.config.product, "hardware": device.config.hardware,
                    "serial": device.config.serial},
-        "agent_version": version("offline-bundle"),
+        "agent_version": agent_version(),
         "trust_root_version": root_version,
         "committed_environment": state.environment,
         "commits": state.commits,

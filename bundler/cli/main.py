@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from importlib.metadata import version
 
 import click
 
@@ -17,7 +16,7 @@ from bundler.cli.write import write
 
 
 @click.group(cls=ErrorReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(version("offline-bundle"), prog_name="bundle", help="Show the version and exit.")
+@click.version_option(package_name="offline-bundle", prog_name="bundle", help="Show the version and exit.")
 def main() -> None:
     """Make, sign and check offline update bundles and the trust root devices verify them with.
 

@@ -292,8 +292,9 @@ def _ancestors(paths: tuple[str, ...]) -> set[str]:
 
 
 def _temporary(path: str) -> str:
+    """Where a path is written before it is renamed in: at most 255 bytes (not characters) long."""
     head, _, name = path.rpartition("/")
-    temporary = f".bundle-new-{os.getpid()}-{name}"[:255]
+    temporary = f".bundle-new-{os.getpid()}-{name}".encode()[:255].decode(errors="ignore")
     return f"{head}/{temporary}" if head else temporary
 
 

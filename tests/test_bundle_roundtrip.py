@@ -239,3 +239,21 @@ def test_missing_and_swapped_volumes(cli, releases, trust, tmp_path):
     result = cli("bundle", "verify", tmp_path / "a", "--root", trust.root)
     assert result.returncode == 3 and "does not match its hash" in result.stderr
     assert full[1].name in result.stderr
+
+
+def test_files_with_the_longest_names_are_staged(trust, tmp_path):
+    """Names of up to 255 bytes, multibyte ones included: each is written under a temporary name
+    of at most 255 bytes before it is renamed in (agent/apply.py)."""
+    from tests.sim.tools import run_cli
+    release = write_release(tmp_path / "r", {"platform": ("1.0", 1)})
+    names = ["ж" * 127 + "a", "ж" * 127 + "b", "x" * 254 + "c", "é" * 120]
+    for number, name in enumerate(names):
+        put(tmp_path / "r/platform", f"long/{name}", f"file {number}\n" * 1000)
+    bundle = tmp_path / "full"
+    run_cli("bundle", "make", "--release", release, "--key", trust.key("rel1"), "--key", trust.key("rel2"),
+            "--out", bundle, "--level", "1", check=True)
+    manifest = Manifest.from_stored(manifest_path(bundle).read_bytes())
+    with Payload(bundle, manifest) as payload:
+        apply_component(manifest.component("platform"), payload, tmp_path / "out", base=None, set_owner=True)
+    assert sorted(os.listdir(tmp_path / "out/long")) == sorted(names)
+    assert (tmp_path / "out/long" / names[1]).read_text() == "file 1\n" * 1000

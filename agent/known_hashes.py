@@ -2,9 +2,9 @@
 
 The check of a staged environment (agent/apply.py verify_staged) compares every file with the
 manifest, and hashing them all again was a quarter of an install: a platform update writes
-1,600 files and keeps 7,600 from the clone. So the files apply writes are hashed as they are written, the kept
-ones are hashed on other threads while apply writes, and the check hashes again only what it
-cannot reuse.
+1,600 files and keeps 7,600 from the clone. So the files apply writes are hashed as they are
+written, the kept ones are hashed on other threads while apply writes, and the check hashes
+again only what it cannot reuse.
 
 A hash is reused only while the path still names the same inode (device and inode number) with
 the same size and the same ctime as when the bytes were read. The kernel sets ctime to the

@@ -209,6 +209,16 @@ class Machine:
         self.sticks.clear()  # a stick is plugged in again by the scenario, as a technician would
         self.start()
 
+    def power_cycle(self) -> None:
+        """Switch off and on again, not counted as a power cut: for a firmware hung before the
+        kernel (FIRMWARE_HANG), when nothing of the guest's is in flight. No stick is in after it."""
+        self._kill()
+        self._note("\n--- vm: power cycle ---\n")
+        self.sticks.clear()
+        self.start()
+        with self._changed:
+            self._last_output = time.monotonic()  # a silence after it is counted from it
+
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 

@@ -4,8 +4,8 @@ One engine for both sides: ``bundle verify --base`` runs it into a temporary dir
 agent runs it into the inactive boot environment. Memory stays bounded whatever the file sizes:
 a file is produced one chunk at a time (at most MAX_CHUNK_BYTES of output, its stored object,
 and its base region). Every byte is checked: stored objects against their hashes before use,
-base files against the hashes the manifest names before they are used as a source, each written
-file against its SHA-256, and finally the whole tree against the manifest (verify_staged).
+base files copied whole against the hashes the manifest names, each written file against its
+SHA-256, and finally the whole tree against the manifest (verify_staged).
 """
 
 from __future__ import annotations
@@ -95,8 +95,10 @@ class WorkBudget:
 
 @dataclass
 class BaseTree:
-    """The installed tree a delta applies to, read strictly beneath its root. Every base file is
-    hashed before it is used."""
+    """The installed tree a delta applies to, read strictly beneath its root. A file copied from
+    it is hashed as it is copied. A patch region is not: the file rebuilt from it is checked
+    against its own SHA-256, which no other base bytes could pass, and only when that fails is
+    the base file hashed, to name it as the cause (T-BASE)."""
 
     root: Beneath
     budget: WorkBudget = field(default_factory=WorkBudget)
@@ -120,25 +122,28 @@ class BaseTree:
             raise StagingError(f"base path {path!r} is not a regular file", where=self.root.where)
         return fd
 
-    def check(self, path: str, sha256: str) -> None:
-        if self._verified.get(path) == sha256:
-            return
-        digest = hashlib.sha256()
-        fd = self._open(path)
-        try:
-            while block := os.read(fd, READ_SIZE):
-                self.budget.read(len(block), path)
-                digest.update(block)
-        finally:
-            os.close(fd)
-        if digest.hexdigest() != sha256:  # T-BASE: the base differs from the manifest's base
-            raise StagingError(f"base file {path!r} differs from the one this delta was made against",
-                               where=self.root.where, hint="this delta needs the exact base release; use a full bundle")
-        self._verified[path] = sha256
+    def name_differing_base(self, entry: Entry) -> None:
+        """After ``entry`` failed to rebuild, raise StagingError naming a base file it patches that
+        is not the one the delta was made against, if there is one: that is the cause, not the
+        bundle. Each is read once; not charged to the budget, as the install stops either way."""
+        for path, sha256 in sorted({(c.prefix.path, c.prefix.sha256) for c in entry.chunks if c.prefix is not None}):
+            if self._verified.get(path) == sha256:
+                continue
+            digest = hashlib.sha256()
+            fd = self._open(path)
+            try:
+                while block := os.read(fd, READ_SIZE):
+                    digest.update(block)
+            finally:
+                os.close(fd)
+            if digest.hexdigest() != sha256:  # T-BASE: the base differs from the manifest's base
+                raise StagingError(f"base file {path!r} differs from the one this delta was made against",
+                                   where=self.root.where,
+                                   hint="this delta needs the exact base release; use a full bundle")
+            self._verified[path] = sha256
 
     def region(self, prefix: Prefix) -> bytes:
         """The base bytes a patch chunk refers to (of the gunzipped content if it says so)."""
-        self.check(prefix.path, prefix.sha256)
         fd = self._open(prefix.path)
         try:
             if prefix.gunzip:
@@ -193,7 +198,6 @@ def _write_file(entry: Entry, fd: int, payload: Payload, base: BaseTree | None, 
                 progress: Progress | None) -> bool:
     """Write the file's bytes to ``fd``; raises StagingError unless their SHA-256 is the
     manifest's. Returns whether those are the bytes hashed (see BaseTree.copy_to)."""
-    objects = payload.objects
     if entry.base_path is not None:
         assert base is not None, "the manifest parser refuses base copies in full updates"
         return base.copy_to(entry.base_path, entry.sha256, fd, progress)
@@ -206,6 +210,22 @@ def _write_file(entry: Entry, fd: int, payload: Payload, base: BaseTree | None, 
         if progress:
             progress(len(data))
 
+    try:
+        _rebuild(entry, payload, base, budget, write, file_digest)
+    except WorkExceeded:
+        raise
+    except (StagingError, codec.CorruptObject):
+        if base is not None:
+            base.name_differing_base(entry)
+        raise
+    return True
+
+
+def _rebuild(entry: Entry, payload: Payload, base: BaseTree | None, budget: WorkBudget,
+             write: Callable[[bytes], None], file_digest) -> None:
+    """Decode the file's chunks (patching base regions) and ``write`` them; raises StagingError
+    unless ``file_digest``, fed by ``write``, ends as the manifest's SHA-256."""
+    objects = payload.objects
     rebuilder = codec.rebuilder(entry, write)  # a transform codec (gzip-recipe) rebuilds the file from its content
     content_digest = hashlib.sha256()
     for chunk in entry.chunks:
@@ -240,7 +260,6 @@ def _write_file(entry: Entry, fd: int, payload: Payload, base: BaseTree | None, 
                                "this system's zlib deflates differently from the bundler's, or the bundle's "
                                "recipe is wrong", hint="install a full bundle, or use a stock zlib")
         raise StagingError(f"{entry.path!r} decoded to content that does not match its SHA-256")
-    return True
 
 
 def _owner(entry: Entry, set_owner: bool) -> tuple[int, int] | None:
@@ -291,13 +310,6 @@ def _ancestors(paths: tuple[str, ...]) -> set[str]:
     return {directory for path in paths for directory in ancestors(path)}
 
 
-def _temporary(path: str) -> str:
-    """Where a path is written before it is renamed in: at most 255 bytes (not characters) long."""
-    head, _, name = path.rpartition("/")
-    temporary = f".bundle-new-{os.getpid()}-{name}".encode()[:255].decode(errors="ignore")
-    return f"{head}/{temporary}" if head else temporary
-
-
 def apply_component(component: Component, payload: Payload, target: Path | Beneath, *, base: Path | Beneath | None,
                     set_owner: bool, progress: Progress | None = None, exclude: tuple[str, ...] = (),
                     target_is_clone_of_base: bool = False, budget: WorkBudget | None = None,
@@ -305,8 +317,9 @@ def apply_component(component: Component, payload: Payload, target: Path | Benea
     """Make ``target`` hold the component's new tree.
 
     ``target`` may be empty or missing (the tree is built from scratch) or may hold an older
-    tree: then everything is written beside its final name and renamed into place, and paths the
-    new tree no longer has are removed. When ``target`` is a clone of ``base`` (a cloned
+    tree: then each changed path is removed and written again, and paths the new tree no longer
+    has are removed. ``target`` is scratch until the apply and the check after it succeed: the
+    caller discards it on any error. When ``target`` is a clone of ``base`` (a cloned
     environment), files the manifest copies unchanged from the same path are kept as they are.
     ``exclude`` names subtrees (other components nested inside this one, machine-local paths)
     that are left alone; the caller has refused listings that claim them or make their ancestors
@@ -361,26 +374,27 @@ def apply_component(component: Component, payload: Payload, target: Path | Benea
             if _metadata_differs(have, entry, set_owner):  # a link has no mode: entry.mode is None
                 target.set_metadata(entry.path, mode=entry.mode, owner=_owner(entry, set_owner), mtime=entry.mtime)
             continue
-        temporary = _temporary(entry.path)
-        hashed = False
+        # Written at its own name, what was there removed first: no rename, which on btrfs costs
+        # more than the write of a small file. A target is discarded whole when an apply fails
+        # (a staged environment is destroyed, a scratch tree removed), so no step needs to be atomic.
+        crashpoint(f"stage {entry.path}")
         if entry.type == FILE:
-            fd = target.create(temporary)
+            fd = target.create(entry.path, replacing=have is not None)
             try:
                 hashed = _write_file(entry, fd, payload, base_tree, budget, progress)
                 Beneath.set_metadata_fd(fd, mode=entry.mode, owner=_owner(entry, set_owner), mtime=entry.mtime)
+                if hashed and known is not None:
+                    known.record(entry.path, os.fstat(fd), entry.sha256)  # its ctime is final: nothing follows
             finally:
                 os.close(fd)
-        elif entry.type == SYMLINK:
-            target.symlink(entry.target, temporary)
-            target.set_metadata(temporary, mode=None, owner=_owner(entry, set_owner), mtime=entry.mtime)
-        elif entry.type == HARDLINK:
-            target.link(entry.target, temporary)
-        if have is not None and have.type == DIR:
+            continue
+        if have is not None:
             target.remove(entry.path)
-        crashpoint(f"stage {entry.path}")
-        target.replace(temporary, entry.path)
-        if hashed and known is not None:
-            known.record(entry.path, target.lstat(entry.path), entry.sha256)  # after the rename: it moves ctime
+        if entry.type == SYMLINK:
+            target.symlink(entry.target, entry.path)
+            target.set_metadata(entry.path, mode=None, owner=_owner(entry, set_owner), mtime=entry.mtime)
+        elif entry.type == HARDLINK:
+            target.link(entry.target, entry.path)
     for entry in reversed(directories):
         found = target.lstat(entry.path)
         if found is None or not _status_matches(found, entry, set_owner):  # most of a clone's are as they were

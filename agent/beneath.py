@@ -123,6 +123,20 @@ def open_directory_at(dir_fd: int, relative: str, *, where=None) -> int:
     return fd if fd is not None else _walk(dir_fd, parts, relative, where)
 
 
+def _remove_at(dir_fd: int, name: str) -> bool:
+    """Remove the file, link or whole directory tree ``name`` in ``dir_fd``, never following a
+    symlink; whether there was one."""
+    try:
+        found = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISDIR(found.st_mode):
+        shutil.rmtree(name, dir_fd=dir_fd)  # walks by descriptor on Linux and FreeBSD
+    else:
+        os.unlink(name, dir_fd=dir_fd)
+    return True
+
+
 # --- one-shot opens (sticks, bundle folders) ---------------------------------------------------------
 
 
@@ -227,9 +241,14 @@ class Beneath:
                     raise EscapingPath(f"{relative!r} is a symlink", where=self.where) from None
                 raise
 
-    def create(self, relative: str) -> int:
-        """A new regular file, write-only, mode 0600 until its metadata is set."""
-        return self.open(relative, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    def create(self, relative: str, *, replacing: bool = False) -> int:
+        """A new regular file, write-only, mode 0600 until its metadata is set. ``replacing``:
+        whatever is at the path first is removed (see :meth:`remove`), in the same resolution."""
+        if not replacing:
+            return self.open(relative, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with self.parent(relative) as (fd, name):
+            _remove_at(fd, name)
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
 
     def mkdir(self, relative: str, mode: int = 0o700) -> None:
         with self.parent(relative) as (fd, name):
@@ -248,19 +267,12 @@ class Beneath:
         with self.parent(existing) as (source_fd, source), self.parent(relative) as (fd, name):
             os.link(source, name, src_dir_fd=source_fd, dst_dir_fd=fd, follow_symlinks=False)
 
-    def replace(self, source: str, relative: str) -> None:
-        """Rename ``source`` over ``relative`` atomically."""
-        with self.parent(source) as (source_fd, old), self.parent(relative) as (fd, name):
-            os.replace(old, name, src_dir_fd=source_fd, dst_dir_fd=fd)
-
     def remove(self, relative: str) -> None:
-        """Remove a file, link or whole directory tree; a symlink is removed, never followed
-        (shutil.rmtree with ``dir_fd`` walks by descriptor on Linux and FreeBSD)."""
+        """Remove a file, link or whole directory tree; a symlink is removed, never followed.
+        Raises FileNotFoundError when there is nothing to remove."""
         with self.parent(relative) as (fd, name):
-            if stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
-                shutil.rmtree(name, dir_fd=fd)
-            else:
-                os.unlink(name, dir_fd=fd)
+            if not _remove_at(fd, name):
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self._where(relative))
 
     def set_metadata(self, relative: str, *, mode: int | None, owner: tuple[int, int] | None, mtime: int) -> None:
         """Owner (first: chown clears setuid bits), mode and modification time of a path.

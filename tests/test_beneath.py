@@ -41,7 +41,7 @@ WRITES = [
     ("create", lambda t, p: os.close(t.create(f"{p}/new"))),
     ("symlink", lambda t, p: t.symlink("x", f"{p}/new")),
     ("link", lambda t, p: t.link("a/b/file", f"{p}/new")),
-    ("replace", lambda t, p: t.replace("a/b/file", f"{p}/victim")),
+    ("create-replacing", lambda t, p: os.close(t.create(f"{p}/victim", replacing=True))),
     ("remove", lambda t, p: t.remove(f"{p}/victim")),
     ("set_metadata", lambda t, p: t.set_metadata(f"{p}/victim", mode=0o777, owner=None, mtime=0)),
     ("directory", lambda t, p: t.directory(f"{p}/deeper", create=True)),
@@ -68,8 +68,10 @@ def test_the_last_name_is_never_followed(resolver, tree):
             handle.open("link")
         handle.set_metadata("link", mode=0o700, owner=None, mtime=7)  # the link's own time, not the target's
         assert os.lstat(root / "link").st_mtime == 7 and os.stat(outside).st_mtime != 7
+        os.close(handle.create("abs", replacing=True))  # a file in place of the link, none through it
         handle.remove("link")  # removes the link, not what it points to
-    assert not os.path.lexists(root / "link") and (outside / "victim").exists()
+    assert not os.path.lexists(root / "link") and (outside / "victim").read_bytes() == b"outside"
+    assert (root / "abs").is_file() and not (root / "abs").is_symlink()
 
 
 def test_operations_beneath_work(resolver, tree):
@@ -80,13 +82,20 @@ def test_operations_beneath_work(resolver, tree):
             os.write(fd, b"data")
             Beneath.set_metadata_fd(fd, mode=0o640, owner=None, mtime=5)
             os.close(fd)
-        handle.replace("x/y/z/f", "a/b/g")
+        handle.mkdir("a/b/g")
+        handle.mkdir("a/b/g/sub")
+        for replaced in ("a/b/g", "a/b/file"):  # a whole directory, a file
+            fd = handle.create(replaced, replacing=True)
+            os.write(fd, b"data")
+            Beneath.set_metadata_fd(fd, mode=0o640, owner=None, mtime=5)
+            os.close(fd)
         handle.link("a/b/g", "a/b/h")
         handle.symlink("g", "a/b/s")
         assert handle.readlink("a/b/s") == "g"
         assert handle.lstat("a/b/h").st_nlink == 2 and handle.lstat("missing") is None
         handle.remove("x")
     assert (root / "a/b/g").read_bytes() == b"data" and oct((root / "a/b/g").stat().st_mode)[-3:] == "640"
+    assert (root / "a/b/file").read_bytes() == b"data"
     assert not (root / "x").exists()
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.apply import apply_component
+from agent.apply import StagingError, apply_component
 from agent.format.bundle_dir import manifest_path
 from agent.format.manifest import Manifest
 from agent.format.tree import tree_digest
@@ -257,3 +257,20 @@ def test_files_with_the_longest_names_are_staged(trust, tmp_path):
         apply_component(manifest.component("platform"), payload, tmp_path / "out", base=None, set_owner=True)
     assert sorted(os.listdir(tmp_path / "out/long")) == sorted(names)
     assert (tmp_path / "out/long" / names[1]).read_text() == "file 1\n" * 1000
+
+
+@pytest.mark.parametrize("path", ["etc/appended", "usr/share/doc/changelog.gz", "usr/bin/tool"])
+def test_a_base_file_unlike_the_deltas_base_is_named(releases, bundles, tmp_path, path):
+    """A patch region is not hashed before use (the rebuilt file's own SHA-256 is the check), so
+    when a base file differs, the failure must still name it rather than blame the bundle."""
+    r1, _ = releases
+    _, delta = bundles
+    base = tmp_path / "base"
+    shutil.copytree(r1.parent / "platform", base, symlinks=True)
+    data = bytearray((base / path).read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    (base / path).write_bytes(bytes(data))
+    manifest = Manifest.from_stored(manifest_path(delta).read_bytes())
+    with Payload(delta, manifest) as payload, pytest.raises(StagingError) as refused:
+        apply_component(manifest.component("platform"), payload, tmp_path / "out", base=base, set_owner=True)
+    assert refused.value.message == f"base file {path!r} differs from the one this delta was made against"

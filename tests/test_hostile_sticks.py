@@ -357,10 +357,12 @@ def gzip_content_mismatch(sim: StickSim) -> None:
 
 
 def patch_base_mismatch(sim: StickSim) -> None:
-    """reels.dat's patch names a base file hash that the installed reels.dat does not have."""
+    """reels.dat's patch was made against another reels.dat: it names that file's hash, and its
+    region is not the bytes it expects. (A false hash alone is harmless: the file rebuilt from the
+    right base passes its own SHA-256, and is exactly what was signed.)"""
     chunk = d12(sim).entry(LUCKY, "reels.dat").chunks[0]
-    d12(sim).edit(LUCKY, change={"reels.dat": dict(chunks=(replace(chunk, prefix=replace(chunk.prefix,
-                                                                                          sha256="0" * 64)),))})
+    other = replace(chunk.prefix, sha256="0" * 64, offset=chunk.prefix.offset + 1, length=chunk.prefix.length - 1)
+    d12(sim).edit(LUCKY, change={"reels.dat": dict(chunks=(replace(chunk, prefix=other),))})
 
 
 def patch_region_beyond_2_63(sim: StickSim) -> None:

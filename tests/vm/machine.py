@@ -205,7 +205,7 @@ class Machine:
         """Pull the plug: SIGKILL QEMU (no flush of anything it holds), then power on again."""
         self._kill()
         self.power_cuts += 1
-        self._note(f"\n--- vm: power cut {self.power_cuts} ---\n")
+        self.note(f"\n--- vm: power cut {self.power_cuts} ---\n")
         self.sticks.clear()  # a stick is plugged in again by the scenario, as a technician would
         self.start()
 
@@ -213,7 +213,7 @@ class Machine:
         """Switch off and on again, not counted as a power cut: for a firmware hung before the
         kernel (FIRMWARE_HANG), when nothing of the guest's is in flight. No stick is in after it."""
         self._kill()
-        self._note("\n--- vm: power cycle ---\n")
+        self.note("\n--- vm: power cycle ---\n")
         self.sticks.clear()
         self.start()
         with self._changed:
@@ -266,7 +266,7 @@ class Machine:
                 self.log_file.flush()
                 self._changed.notify_all()
 
-    def _note(self, text: str) -> None:
+    def note(self, text: str) -> None:
         """A line of the harness's own in the console log (marks power cuts for a reader)."""
         with self._changed:
             self.log += text.encode()
@@ -291,23 +291,6 @@ class Machine:
         path = self.dir / "qemu.stderr"
         return path.read_text(errors="replace")[-2000:] if path.exists() else ""
 
-    def firmware_spinning(self, samples: int = 3, every: float = 5.0) -> bool:
-        """Whether CPU 0 sits with interrupts off in every one of ``samples`` looks ``every`` s
-        apart: how OVMF hangs at a reset now and then under TCG with a stick on the xHCI bus
-        (a spin at a high task priority, before the kernel). GRUB and Linux never keep
-        interrupts off that long; a hang of theirs is not this."""
-        for sample in range(samples):
-            if sample:
-                time.sleep(every)
-            try:
-                registers = self.hmp("info registers")
-            except (QMPError, OSError):
-                return False
-            flags = re.search(r"RFL=([0-9a-f]+)", registers)
-            if flags is None or int(flags.group(1), 16) & 0x200:  # IF, the interrupt flag
-                return False
-        return True
-
     def silent_seconds(self) -> float:
         """Seconds since the console last printed anything."""
         with self._changed:
@@ -316,7 +299,7 @@ class Machine:
     def reset(self) -> None:
         """Press the reset button (QEMU's system_reset): what a board's watchdog does."""
         self.qmp.execute("system_reset")
-        self._note("\n--- vm: reset ---\n")
+        self.note("\n--- vm: reset ---\n")
         with self._changed:
             self._last_output = time.monotonic()  # a silence after a reset is counted from it
 
@@ -453,7 +436,7 @@ class Machine:
             raise self.error(f"cannot insert stick {image}: {error}") from error
         self.sticks[name] = Path(image)
         self.insertions += 1
-        self._note(f"\n--- vm: stick {name} inserted ---\n")
+        self.note(f"\n--- vm: stick {name} inserted ---\n")
 
     def pull_stick(self, name: str = "stick") -> None:
         """Pull the stick out: unplug the device, then drop its disk once QEMU says it is gone.
@@ -467,7 +450,7 @@ class Machine:
         except QMPError as error:
             raise self.error(f"cannot pull stick {name}: {error}") from error
         self.sticks.pop(name, None)
-        self._note(f"\n--- vm: stick {name} pulled ---\n")
+        self.note(f"\n--- vm: stick {name} pulled ---\n")
 
     def hmp(self, command: str) -> str:
         """A human-monitor command (e.g. ``qemu-io disk0 "write 0 64k"``), through QMP."""

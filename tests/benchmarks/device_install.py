@@ -24,6 +24,9 @@ STAGED = 4  # on-insert's exit when it staged an update (agent/cli/install.py)
 STUBS = {"boot/vmlinuz": b"stand-in kernel\n", "boot/initrd.img": b"stand-in initramfs\n",
          "usr/libexec/cabinet-health": HEALTH.encode()}
 MOUNT_POINTS = ("pool", "var", "boot/efi")  # the cabinet's fstab (docs/DEVICE.md)
+# Where provisioning puts the agent's configuration (tests/sim/grub_cabinet.py): a kernel pair's
+# trees have no etc/ of their own.
+FOLDERS = (*MOUNT_POINTS, "etc")
 
 
 def _run(*command) -> str:
@@ -38,7 +41,7 @@ def _stubs(folder: Path) -> Path:
         (folder / relative).parent.mkdir(parents=True, exist_ok=True)
         (folder / relative).write_bytes(data)
     (folder / "usr/libexec/cabinet-health").chmod(0o755)
-    for relative in MOUNT_POINTS:
+    for relative in FOLDERS:
         (folder / relative).mkdir(parents=True, exist_ok=True)
     return folder
 

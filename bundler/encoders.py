@@ -191,8 +191,19 @@ def memory_needed(size: int, region: int, level: int) -> int:
     return 2 * size + region + max(context, suffix_array)
 
 
+def probe_chunk(data: bytes, level: int) -> tuple[int, bytes | None]:
+    """``(level, probe frame)``: the level a chunk is encoded at, and for incompressible data
+    the quick frame that told so (see :func:`ranked`)."""
+    if level <= PROBE_LEVEL or len(data) < PROBE_FROM:
+        return level, None
+    frame = compress(data, PROBE_LEVEL)
+    if len(frame) <= INCOMPRESSIBLE_SHARE * len(data):
+        return level, None
+    return min(level, QUICK_PATCH_LEVEL), frame
+
+
 def ranked(data: bytes, level: int, region: bytes | None = None, tick: Tick | None = None,
-           avoid: tuple[str, ...] = ()) -> list[tuple[str, bytes]]:
+           avoid: tuple[str, ...] = (), probed: tuple[int, bytes | None] | None = None) -> list[tuple[str, bytes]]:
     """``(encoding, stored)`` for every encoder that applies and is not in ``avoid``, smallest
     first (an ``in_block`` one by a level-9 frame of its bytes alone), ties going to ``raw``: already
     compressed data is stored as it is, costs no decoding and never grows. ``tick`` hears of
@@ -205,12 +216,9 @@ def ranked(data: bytes, level: int, region: bytes | None = None, tick: Tick | No
 
     An executable that bsdiff patched gets its zstd patch at ``QUICK_PATCH_LEVEL`` too: a level-19
     one is rarely smaller than both, and it was most of ``bundle make``'s time (the platform
-    pair: 8 of the patches' 13.5 CPU-seconds less, and 7 KB smaller, bsdiff winning more chunks)."""
-    probe = compress(data, PROBE_LEVEL) if level > PROBE_LEVEL and len(data) >= PROBE_FROM else None
-    if probe is not None and len(probe) <= INCOMPRESSIBLE_SHARE * len(data):
-        probe = None
-    elif probe is not None:
-        level = min(level, QUICK_PATCH_LEVEL)
+    pair: 8 of the patches' 13.5 CPU-seconds less, and 7 KB smaller, bsdiff winning more chunks).
+    ``probed``: what :func:`probe_chunk` said of ``data`` at ``level``, when the caller asked it first."""
+    level, probe = probed if probed is not None else probe_chunk(data, level)
     chosen = [e for e in ENCODERS.values() if e.name not in avoid and (region is not None or not e.patch)]
     if ZSTD_PATCH in chosen:  # it does all a plain frame does, and refers to the region too
         chosen.remove(ZSTD)  # (the platform pair: the same bundle, a third less CPU)
@@ -231,9 +239,10 @@ def ranked(data: bytes, level: int, region: bytes | None = None, tick: Tick | No
     return [(name, stored) for _, _, name, stored in sorted(candidates, key=lambda c: c[:2])]
 
 
-def smallest(data: bytes, level: int, region: bytes | None = None, tick: Tick | None = None) -> tuple[str, bytes]:
+def smallest(data: bytes, level: int, region: bytes | None = None, tick: Tick | None = None,
+             probed: tuple[int, bytes | None] | None = None) -> tuple[str, bytes]:
     """``(encoding, stored)``: the first of :func:`ranked`."""
-    return ranked(data, level, region, tick)[0]
+    return ranked(data, level, region, tick, probed=probed)[0]
 
 
 def _shared(tick: Tick, passes: int) -> Tick:

@@ -178,10 +178,17 @@ def _encode(job: _ChunkJob, level: int, budget: MemoryBudget,
     within the memory budget; a small chunk that compresses is stored as it is, in a block
     (``SOLID_CONTENT_BYTES``)."""
     region_size = job.prefix.length if job.prefix is not None else 0
-    with budget.held(encoders.memory_needed(job.size, region_size, level)):
+    # First the probe, for what it alone holds: incompressible data is then encoded at a quick
+    # level, whose tables are a fraction of level 19's, so two such chunks of a big asset
+    # against 48 MiB regions fit the budget together (76 MiB each instead of 145; the synthetic
+    # game tree was encoded on one core). The chunk read is held while the next reservation
+    # waits: at most a chunk per thread beyond the budget.
+    with budget.held(encoders.memory_needed(job.size, 0, encoders.PROBE_LEVEL)):
         data = job.source.read(job.offset, job.size)
+        probed = encoders.probe_chunk(data, level)
+    with budget.held(encoders.memory_needed(job.size, region_size, probed[0])):
         region = job.reference.read(job.prefix.offset, job.prefix.length) if job.prefix is not None else None
-        encoding, stored = encoders.smallest(data, level, region, tick)
+        encoding, stored = encoders.smallest(data, level, region, tick, probed=probed)
         if encoding == encoders.ZSTD.name and job.size <= SOLID_CONTENT_BYTES:
             return encoders.RAW.name, data, True
         return encoding, stored, encoders.ENCODERS[encoding].in_block
@@ -421,7 +428,8 @@ def _encode_component(plan: _Plan, writer: VolumeWriter, options: MakeOptions, u
     tick = Counter(progress, f"encoding {plan.component.name}", sum(job.size for job in all_jobs), workers)
     budget = MemoryBudget(ENCODING_MEMORY_BYTES, workers.check)
     results: Iterator[tuple[str, bytes, bool]] = workers.ordered_map(
-        lambda job: _encode(job, options.level, budget, tick), all_jobs)
+        lambda job: _encode(job, options.level, budget, tick), all_jobs, size=lambda job: job.size,
+        ahead_bytes=2 * options.threads * DEFAULT_CHUNK_BYTES)  # what two chunks per thread could hold
     blocks = BlockPacker(writer, lambda content: workers.submit(_block_frame(options.level, budget), content))
     entries = []
     for entry in plan.entries:

@@ -64,3 +64,51 @@ def test_a_wait_ends_when_the_workers_stop():
         stop.set()
         waiter.join(timeout=5)
         assert not waiter.is_alive() and failure
+
+
+def test_small_items_run_past_a_long_one_at_the_head_and_results_keep_their_order():
+    """One long encoding at the head must not leave the other thread idle after the few items
+    behind it (bundle make ran at 114% CPU on two cores): the 40 small items behind it all run
+    before it finishes, yet the results come back in order."""
+    from bundler.workers import Workers
+    behind_done = threading.Event()
+    finished: list[int] = []
+
+    def work(item: int) -> int:
+        if item == 0:
+            assert behind_done.wait(10), "the items behind the head waited for it"
+        else:
+            finished.append(item)
+            if len(finished) == 40:
+                behind_done.set()
+        return item * item
+
+    with Workers(2) as workers:
+        sizes = [8 * MiB] + [100 << 10] * 40
+        results = list(workers.ordered_map(work, range(41), size=lambda item: sizes[item], ahead_bytes=32 * MiB))
+    assert results == [item * item for item in range(41)]
+
+
+def test_what_runs_ahead_of_the_head_is_bounded_by_bytes():
+    from bundler.workers import Workers
+    started: list[int] = []
+    release = threading.Event()
+
+    def work(item: int) -> int:
+        started.append(item)
+        if item == 0:
+            release.wait(10)
+        return item
+
+    with Workers(2) as workers:
+        results = workers.ordered_map(work, range(100), size=lambda item: MiB, ahead_bytes=10 * MiB)
+        first = threading.Thread(target=lambda: next(results))
+        first.start()
+        deadline = time.monotonic() + 5
+        while len(started) < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert sorted(started) == list(range(10))  # 10 MiB in flight, the head included
+        release.set()
+        first.join()
+        assert list(results) == list(range(1, 100))

@@ -222,7 +222,7 @@ class Cabinet:
                                noise=f"^{FOLLOWED}")
         self.boot_seconds: list[float] = []  # power on (or reset) to a root shell, per boot
         self.unbootable = 0
-        self.firmware_hangs = 0  # resets of an OVMF hung before the kernel (FIRMWARE_HANG)
+        self.firmware_hangs = 0  # resets of a firmware or GRUB hung before the kernel (FIRMWARE_HANG)
         self.power_cycles_at_hangs = 0  # of those, the ones that switched it off and on (QEMU restarted)
         self.lost = 0  # checks that found the state's environment missing or not what was signed
         self.known: Callable[[], set[str]] = lambda: set()  # tree digests of every signed manifest made

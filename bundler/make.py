@@ -428,8 +428,7 @@ def _encode_component(plan: _Plan, writer: VolumeWriter, options: MakeOptions, u
     tick = Counter(progress, f"encoding {plan.component.name}", sum(job.size for job in all_jobs), workers)
     budget = MemoryBudget(ENCODING_MEMORY_BYTES, workers.check)
     results: Iterator[tuple[str, bytes, bool]] = workers.ordered_map(
-        lambda job: _encode(job, options.level, budget, tick), all_jobs, size=lambda job: job.size,
-        ahead_bytes=2 * options.threads * DEFAULT_CHUNK_BYTES)  # what two chunks per thread could hold
+        lambda job: _encode(job, options.level, budget, tick), all_jobs)
     blocks = BlockPacker(writer, lambda content: workers.submit(_block_frame(options.level, budget), content))
     entries = []
     for entry in plan.entries:

@@ -56,42 +56,25 @@ class Workers:
         self._jobs.put((future, function, item))
         return future
 
-    def ordered_map(self, function: Callable, items: Iterable, *, size: Callable[[object], int] | None = None,
-                    ahead_bytes: int = 0) -> Iterator:
-        """``function(item)`` for each item, in order. Two per thread are in flight at least; with
-        ``size``, more while the items in flight add up to at most ``ahead_bytes``: a result
-        waits for those before it, and one long encoding at the head would otherwise leave the
-        other threads idle once the few items behind it are done (bundle make ran at 114% CPU
-        on two cores). What waits is bounded as before: ``ahead_bytes`` of items' results."""
-        pending: deque[tuple[Future, int]] = deque()
+    def ordered_map(self, function: Callable, items: Iterable) -> Iterator:
+        """``function(item)`` for each item, in order, with at most two per thread in memory at once."""
+        pending: deque[Future] = deque()
         remaining = iter(items)
-        done = following = object()  # ``following``: the next item, not yet submitted
-        in_flight = 0
 
-        def submit_more() -> None:
-            nonlocal following, in_flight
-            while True:
-                if following is done:
-                    following = next(remaining, done)
-                    if following is done:
-                        return
-                cost = size(following) if size is not None else 0
-                if len(pending) >= 2 * len(self._threads) and (size is None or in_flight + cost > ahead_bytes):
-                    return
-                pending.append((self.submit(function, following), cost))
-                in_flight += cost
-                following = done
+        def submit_next() -> None:
+            for item in remaining:
+                pending.append(self.submit(function, item))
+                return
 
-        submit_more()
+        for _ in range(2 * len(self._threads)):
+            submit_next()
         try:
             while pending:
-                future, cost = pending.popleft()
-                result = future.result()
-                in_flight -= cost
-                submit_more()
+                result = pending.popleft().result()
+                submit_next()
                 yield result
         finally:
-            for future, _ in pending:
+            for future in pending:
                 future.cancel()
 
     def close(self) -> None:

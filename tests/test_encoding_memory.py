@@ -64,4 +64,3 @@ def test_a_wait_ends_when_the_workers_stop():
         stop.set()
         waiter.join(timeout=5)
         assert not waiter.is_alive() and failure
-

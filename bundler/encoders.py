@@ -51,6 +51,7 @@ INCOMPRESSIBLE_SHARE = 0.95
 # Below this a chunk is encoded at the level asked whatever its data: it takes little time, and
 # level 19 still finds a few more matches in a small incompressible file (a .gz) than level 9.
 PROBE_FROM = 1 << 20
+LDM_ENTRY_BYTES = 8  # sizeof(ldmEntry_t) in libzstd
 
 
 @dataclass(frozen=True)
@@ -87,19 +88,14 @@ def compress(data: bytes, level: int, prefix: bytes | None = None, tick: Tick | 
             tick(len(data))
         return stored
     lib, ffi = codec._lib, codec._ffi
-    cctx = lib.ZSTD_createCCtx()
-    if cctx == ffi.NULL:
-        raise MemoryError("libzstd could not allocate a compression context")
+    cctx, _ = codec.compression_context(level, len(data))
     try:
-        window = codec._window_log(len(data))
-        for parameter, value in ((lib.ZSTD_c_compressionLevel, level), (lib.ZSTD_c_windowLog, window),
-                                 (lib.ZSTD_c_enableLongDistanceMatching, 0),
-                                 (lib.ZSTD_c_contentSizeFlag, 1), (lib.ZSTD_c_checksumFlag, 0),
-                                 (lib.ZSTD_c_nbWorkers, 0)):
-            codec._check(lib.ZSTD_CCtx_setParameter(cctx, parameter, value), "zstd parameter")
         codec._check(lib.ZSTD_CCtx_setPledgedSrcSize(cctx, len(data)), "zstd size")
+        # The data stays where it is while it is fed: libzstd reads it there instead of copying
+        # it into a window buffer of its own (as large as the data). The frame is the same.
+        codec._check(lib.ZSTD_CCtx_setParameter(cctx, lib.ZSTD_c_stableInBuffer, 1), "zstd parameter")
         capacity = lib.ZSTD_compressBound(len(data))
-        out = ffi.new("char[]", capacity)
+        out = codec.output_buffer(capacity)
         output = ffi.new("ZSTD_outBuffer *")
         output.dst, output.size, output.pos = out, capacity, 0
         source = ffi.from_buffer(data)
@@ -189,20 +185,28 @@ ENCODERS: dict[str, Encoder] = {e.name: e for e in (RAW, ZSTD, ZSTD_PATCH, BSDIF
 def memory_needed(size: int, region: int, level: int) -> int:
     """Bytes of memory an encoding of a ``size``-byte chunk against a ``region``-byte base region
     may hold at its peak: the chunk, the region, their frames and the largest libzstd context
-    (its match tables: 81 MiB at level 19 past a few MiB, whatever the window), or a bsdiff's
+    (its match tables: 81 MiB at level 19 past a few MiB, whatever the window; a patch's
+    long-distance matcher adds its own, agent/format/codec.py ldm_hash_log), or a bsdiff's
     suffix array, 17 bytes per region byte."""
     lib = codec._lib
     parameters = lib.ZSTD_getCParams(level, size, region)
     parameters.windowLog = codec._window_log(size + region)
-    context = lib.ZSTD_estimateCCtxSize_usingCParams(parameters)
+    context = lib.ZSTD_estimateCCtxSize_usingCParams(parameters)  # leaves long-distance matching out
+    if region:
+        context += LDM_ENTRY_BYTES << codec.ldm_hash_log(level, size, region)
     suffix_array = 17 * region if 0 < region <= BSDIFF_MAX_REGION else 0
     return 2 * size + region + max(context, suffix_array)
+
+
+def probes(size: int, level: int) -> bool:
+    """Whether :func:`probe_chunk` compresses a chunk of ``size`` bytes to be encoded at ``level``."""
+    return level > PROBE_LEVEL and size >= PROBE_FROM
 
 
 def probe_chunk(data: bytes, level: int) -> tuple[int, bytes | None]:
     """``(level, probe frame)``: the level a chunk is encoded at, and for incompressible data
     the quick frame that told so (see :func:`ranked`)."""
-    if level <= PROBE_LEVEL or len(data) < PROBE_FROM:
+    if not probes(len(data), level):
         return level, None
     frame = compress(data, PROBE_LEVEL)
     if len(frame) <= INCOMPRESSIBLE_SHARE * len(data):

@@ -180,13 +180,15 @@ def _encode(job: _ChunkJob, level: int, budget: MemoryBudget,
     region_size = job.prefix.length if job.prefix is not None else 0
     # First the probe, for what it alone holds: incompressible data is then encoded at a quick
     # level, whose tables are a fraction of level 19's, so two such chunks of a big asset
-    # against 48 MiB regions fit the budget together (76 MiB each instead of 145; the synthetic
-    # game tree was encoded on one core). The chunk read is held while the next reservation
-    # waits: at most a chunk per thread beyond the budget.
-    with budget.held(encoders.memory_needed(job.size, 0, encoders.PROBE_LEVEL)):
-        data = job.source.read(job.offset, job.size)
-        probed = encoders.probe_chunk(data, level)
+    # against 48 MiB regions fit the budget together (84 MiB each instead of 153; the synthetic
+    # game tree was encoded on one core). While the next reservation waits, only the probe's
+    # answer is held (its frame, for incompressible data): the chunk is read again after.
+    probed: tuple[int, bytes | None] = (level, None)
+    if encoders.probes(job.size, level):
+        with budget.held(encoders.memory_needed(job.size, 0, encoders.PROBE_LEVEL)):
+            probed = encoders.probe_chunk(job.source.read(job.offset, job.size), level)
     with budget.held(encoders.memory_needed(job.size, region_size, probed[0])):
+        data = job.source.read(job.offset, job.size)
         region = job.reference.read(job.prefix.offset, job.prefix.length) if job.prefix is not None else None
         encoding, stored = encoders.smallest(data, level, region, tick, probed=probed)
         if encoding == encoders.ZSTD.name and job.size <= SOLID_CONTENT_BYTES:

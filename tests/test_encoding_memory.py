@@ -3,11 +3,13 @@ reserves per encoding, and that encodings whose reservations do not fit together
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
 import pytest
 
+from agent.format import codec
 from bundler import encoders
 from bundler.workers import MemoryBudget, Stopped
 
@@ -20,6 +22,23 @@ def test_a_level_19_context_past_a_few_mib_and_a_bsdiff_suffix_array_are_counted
     region = encoders.BSDIFF_MAX_REGION
     assert encoders.memory_needed(MiB, region, 9) >= 17 * region  # bsdiff's suffix array
     assert encoders.memory_needed(MiB, region + 1, 9) < 17 * region  # no bsdiff beyond its limit
+
+
+@pytest.mark.parametrize("level", [encoders.QUICK_PATCH_LEVEL, 19])
+def test_a_patch_reservation_covers_what_libzstd_allocates_for_it(level):
+    """A big chunk's patch against a 48 MiB region, as bundle make encodes it: libzstd's context
+    (with the long-distance matcher's table, which its estimate leaves out), the chunk, the
+    region and the frame fit the reservation."""
+    data, region = os.urandom(64 << 10) * 128, bytes(48 * MiB)  # quick to encode, window 64 MiB
+    context, _ = codec.compression_context(level, len(data), region)
+    try:
+        capacity = codec._lib.ZSTD_compressBound(len(data))
+        frame = codec._check(codec._lib.ZSTD_compress2(context, codec.output_buffer(capacity), capacity,
+                                                       codec._ffi.from_buffer(data), len(data)), "compress")
+        allocated = codec._lib.ZSTD_sizeof_CCtx(context)
+    finally:
+        codec._lib.ZSTD_freeCCtx(context)
+    assert allocated + len(data) + len(region) + frame <= encoders.memory_needed(len(data), len(region), level)
 
 
 def _overlaps(amounts: list[int], limit: int) -> int:

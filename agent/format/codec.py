@@ -45,6 +45,8 @@ MAX_DECODED_BYTES = 64 << 20
 MAX_BLOCK_BYTES = 16 << 20
 CONTENTSIZE_UNKNOWN = (1 << 64) - 2  # ZSTD_CONTENTSIZE_UNKNOWN; ZSTD_CONTENTSIZE_ERROR is 2**64 - 1
 DECODER_WINDOW_LOG_MAX = 28
+LDM_HASH_LOG_MIN, LDM_HASH_LOG_MAX = 6, 20  # see ldm_hash_log; the first is ZSTD_LDM_HASHLOG_MIN
+_new_uncleared = _ffi.new_allocator(should_clear_after_alloc=False)
 
 
 class CorruptObject(Refused):
@@ -68,28 +70,69 @@ def _window_log(total: int) -> int:
     return log
 
 
+def ldm_hash_log(level: int, size: int, prefix_size: int) -> int:
+    """The long-distance matcher's hash table of a patch's encoder: 2**this entries of 8 bytes.
+
+    libzstd 1.5.7 sizes it by strategy, one entry per 2**(7 - strategy // 3) bytes of window:
+    32 MiB at level 19 with a 64 MiB window, which took bundle make past its memory goal. Here
+    it is that, at most ``LDM_HASH_LOG_MAX`` (8 MiB: level 9's at 64 MiB), and set explicitly, so
+    the bytes of a bundle do not move with the defaults of the libzstd it was made with."""
+    parameters = _lib.ZSTD_getCParams(level, size, prefix_size)
+    window = _window_log(size + prefix_size)
+    return max(LDM_HASH_LOG_MIN, min(window - (7 - parameters.strategy // 3), LDM_HASH_LOG_MAX))
+
+
+def compression_parameters(level: int, size: int, prefix_size: int = 0) -> tuple[tuple[int, int], ...]:
+    """``(parameter, value)`` of every frame the bundler makes: content size in the header, no
+    checksum (objects are hashed), a window that covers prefix + data, and for a patch long-distance
+    matching with the table of :func:`ldm_hash_log`."""
+    window = _window_log(size + prefix_size)
+    patch = prefix_size > 0
+    parameters = [(_lib.ZSTD_c_compressionLevel, level), (_lib.ZSTD_c_windowLog, window),
+                  (_lib.ZSTD_c_enableLongDistanceMatching, 1 if patch else 0),
+                  (_lib.ZSTD_c_contentSizeFlag, 1), (_lib.ZSTD_c_checksumFlag, 0), (_lib.ZSTD_c_nbWorkers, 0)]
+    if patch:
+        parameters.append((_lib.ZSTD_c_ldmHashLog, ldm_hash_log(level, size, prefix_size)))
+    return tuple(parameters)
+
+
+def compression_context(level: int, size: int, prefix: bytes | memoryview | None = None):
+    """A libzstd compression context set with :func:`compression_parameters` and referring to
+    ``prefix``, and the cffi buffer of the prefix, which must stay alive as long as the context.
+    Free the context with ``ZSTD_freeCCtx``."""
+    cctx = _lib.ZSTD_createCCtx()
+    if cctx == _ffi.NULL:
+        raise MemoryError("libzstd could not allocate a compression context")
+    try:
+        for parameter, value in compression_parameters(level, size, len(prefix) if prefix is not None else 0):
+            _check(_lib.ZSTD_CCtx_setParameter(cctx, parameter, value), "zstd parameter")
+        prefix_buffer = None
+        if prefix is not None and len(prefix):
+            prefix_buffer = _ffi.from_buffer(prefix)
+            _check(_lib.ZSTD_CCtx_refPrefix(cctx, prefix_buffer, len(prefix)), "zstd prefix")
+    except BaseException:
+        _lib.ZSTD_freeCCtx(cctx)
+        raise
+    return cctx, prefix_buffer
+
+
+def output_buffer(capacity: int):
+    """An uninitialised buffer: a frame's bound is about its input's size, and pages a frame
+    does not fill are never touched - a zero-filled one is all resident (bundler memory)."""
+    return _new_uncleared("char[]", capacity)
+
+
 def compress(data: bytes | memoryview, level: int, prefix: bytes | memoryview | None = None) -> bytes:
-    """One zstd frame of ``data`` (content size in the header, no checksum: objects are hashed).
+    """One zstd frame of ``data`` (:func:`compression_parameters`).
 
     With ``prefix`` the frame may refer back into it and needs the same prefix to decode.
     """
     assert 0 < len(data) <= MAX_DECODED_BYTES
-    cctx = _lib.ZSTD_createCCtx()
-    assert cctx != _ffi.NULL
+    cctx, prefix_buffer = compression_context(level, len(data), prefix)  # noqa: F841 (kept alive)
     try:
-        window = _window_log(len(data) + (len(prefix) if prefix is not None else 0))
-        for parameter, value in ((_lib.ZSTD_c_compressionLevel, level), (_lib.ZSTD_c_windowLog, window),
-                                 (_lib.ZSTD_c_enableLongDistanceMatching, 1 if prefix is not None else 0),
-                                 (_lib.ZSTD_c_contentSizeFlag, 1), (_lib.ZSTD_c_checksumFlag, 0),
-                                 (_lib.ZSTD_c_nbWorkers, 0)):
-            _check(_lib.ZSTD_CCtx_setParameter(cctx, parameter, value), "zstd parameter")
-        prefix_buffer = None  # referenced by the context until it is freed: keep it alive
-        if prefix is not None and len(prefix):
-            prefix_buffer = _ffi.from_buffer(prefix)
-            _check(_lib.ZSTD_CCtx_refPrefix(cctx, prefix_buffer, len(prefix)), "zstd prefix")
         source = _ffi.from_buffer(data)
         capacity = _lib.ZSTD_compressBound(len(data))
-        out = _ffi.new("char[]", capacity)
+        out = output_buffer(capacity)
         written = _check(_lib.ZSTD_compress2(cctx, out, capacity, source, len(data)), "zstd compress")
         return _ffi.buffer(out, written)[:]
     finally:

@@ -242,8 +242,7 @@ def test_missing_and_swapped_volumes(cli, releases, trust, tmp_path):
 
 
 def test_files_with_the_longest_names_are_staged(trust, tmp_path):
-    """Names of up to 255 bytes, multibyte ones included: each is written under a temporary name
-    of at most 255 bytes before it is renamed in (agent/apply.py)."""
+    """Names of up to 255 bytes (the most a name may have), multibyte ones included."""
     from tests.sim.tools import run_cli
     release = write_release(tmp_path / "r", {"platform": ("1.0", 1)})
     names = ["ж" * 127 + "a", "ж" * 127 + "b", "x" * 254 + "c", "é" * 120]

@@ -41,11 +41,11 @@ from __future__ import annotations
 import difflib
 import os
 import stat
-import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent import system_log
 from agent.boot import BACKENDS
 from agent.format.manifest import LABEL
 from agent.layout import Layout, check_layout_path
@@ -54,8 +54,7 @@ from keys.errors import Failed
 from keys.files import read_capped
 
 DEFAULT_CONFIG = Path("/etc/bundle-agent.toml")
-# Where the system log listens: journald's socket on Linux, syslogd's on FreeBSD.
-DEFAULT_SYSLOG = "/var/run/log" if sys.platform.startswith("freebsd") else "/dev/log"
+DEFAULT_SYSLOG = system_log.DEFAULT_ADDRESS
 DEFAULT_KEEP_BYTES = 16 << 20  # the audit log with its rotated parts (agent/audit.py)
 MIN_KEEP_BYTES = 256 << 10  # room for a few parts of whole records (MAX_RECORD_BYTES is 16 KiB)
 

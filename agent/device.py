@@ -26,12 +26,12 @@ class Device:
 
     @classmethod
     def open(cls, config: AgentConfig) -> "Device":
+        system_log.attach(config.syslog)  # first: a backend that cannot be opened is logged there
         backend = open_backend(config.backend, config.backend_settings, config.system_root)
         if backend.holds(config.state_dir):
             raise BadConfig(f"state_dir {config.state_dir} lies inside the boot environments",
                             hint="keep the agent's state outside every environment (its own filesystem or dataset)")
         state_dir = StateDir(config.state_dir)
-        system_log.attach(config.syslog)  # no socket, no system log: the agent works the same
         return cls(config=config, backend=backend, store=StateStore(state_dir),
                    audit=AuditLog.kept_within(state_dir.audit_log, config.log_keep_bytes), state_dir=state_dir)
 

@@ -7,6 +7,10 @@ complete record on the device. Every audit record is also one syslog line (``Aud
 Logging never stops the agent: a missing socket (a container, recovery media without syslogd)
 means no system log, and a failed send is dropped without a traceback, because losing a log line
 must not block a rollback or hide the real error.
+
+A command that cannot open the device says so here too (agent/cli/context.py), on the platform's
+default socket when the configuration could not be read: under FreeBSD's devd nobody reads the
+standard error of an unattended ``on-insert``.
 """
 
 from __future__ import annotations
@@ -15,10 +19,13 @@ import json
 import logging
 import logging.handlers
 import os
+import sys
 
 from keys.printable import printable
 
 LOGGER = logging.getLogger("bundle-agent")
+# Where the system log listens: journald's socket on Linux, syslogd's on FreeBSD.
+DEFAULT_ADDRESS = "/var/run/log" if sys.platform.startswith("freebsd") else "/dev/log"
 MAX_LINE = 1024  # syslog relays cut longer lines (RFC 3164 allows 1024 bytes); the audit log has the rest
 _WARNINGS = ("refused", "failed", "rolled-back", "damaged", "cancelled", "error")
 
@@ -36,9 +43,19 @@ class _QuietSysLogHandler(logging.handlers.SysLogHandler):
         self.socket.setblocking(False)
 
 
+_chosen = False  # attach() ran: the configuration has said where the system log is, or that there is none
+
+
 def attach(address: str) -> bool:
-    """Send the agent's log records to the syslog socket at ``address`` ("" for none). Returns
-    whether the socket could be reached; the agent works the same either way."""
+    """Send the agent's log records to the syslog socket at ``address`` ("" for none), as the
+    configuration says. Returns whether the socket could be reached; the agent works the same
+    either way."""
+    global _chosen
+    _chosen = True
+    return _connect(address)
+
+
+def _connect(address: str) -> bool:
     for handler in list(LOGGER.handlers):
         if isinstance(handler, _QuietSysLogHandler):
             LOGGER.removeHandler(handler)
@@ -75,3 +92,11 @@ def line(event: str, details: dict) -> str:
 def log(event: str, details: dict) -> None:
     if LOGGER.handlers:
         LOGGER.log(level_of(event), line(event, details))
+
+
+def log_failure(event: str, details: dict) -> None:
+    """Log a failure where the configuration said, or on the platform's default socket if it was
+    never read (missing, broken: whatever it says is unknown)."""
+    if not _chosen:
+        _connect(DEFAULT_ADDRESS)
+    log(event, details)

@@ -4,6 +4,7 @@ log keeps its rotated parts within ``[log] keep_bytes``; ``bundle-agent log`` re
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 import socket
@@ -11,8 +12,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from agent import system_log
 from agent.audit import AuditLog, part_size
+from agent.cli.main import main
 from tests.sim.device import STAGED, Cabinet
 
 
@@ -133,3 +137,35 @@ def test_the_log_command_shows_the_newest_records_first(world, cabinet):
     assert document["records"][0]["environment"] == "env-2"
     everything = json.loads(cabinet.agent("log", "--json", "-n", "1000").stdout)["records"]
     assert [r["event"] for r in everything][-3:] == ["provisioned", "identity-created", "examined"]
+
+
+def test_a_device_that_cannot_be_opened_is_logged_on_the_default_socket(tmp_path, syslog_socket, monkeypatch):
+    """No configuration to read, so no [log] syslog: the platform's socket gets the failure,
+    since an unattended command's standard error may reach nobody (FreeBSD's devd)."""
+    path, server = syslog_socket
+    monkeypatch.setattr(system_log, "DEFAULT_ADDRESS", str(path))
+    monkeypatch.setattr(system_log, "_chosen", False)  # as in a fresh process
+    try:
+        result = CliRunner().invoke(main, ["--config", str(tmp_path / "missing.toml"), "status"],
+                                    prog_name="bundle-agent")
+    finally:
+        system_log.attach("")  # this process's later tests log nowhere, as before
+    assert result.exit_code == 1, result.output
+    [line] = received(server)
+    assert line.startswith("<28>bundle-agent[") and ": failed command=bundle-agent status error=" in line, line
+    assert f"where={tmp_path / 'missing.toml'}" in line and " hint=" in line
+
+
+def test_a_device_held_by_another_agent_is_logged_where_the_configuration_says(world, tmp_path, syslog_socket):
+    path, server = syslog_socket
+    cabinet = with_log_table(Cabinet(world, tmp_path / "device"), f'syslog = "{path}"\n')
+    cabinet.provision()
+    received(server)
+    with open(cabinet.dir / "state/agent.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = cabinet.agent("on-insert", world.bundles / "d12")
+    assert result.returncode == 1 and "another bundle-agent is changing this device" in result.stderr
+    lines = received(server)
+    assert len(lines) == 1, [l[:150] for l in lines]
+    line = lines[0]
+    assert line.startswith("<28>bundle-agent[") and ": failed command=bundle-agent on-insert error=another" in line

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,18 @@ def test_applying_takes_any_bytes(patch, region, size):
     except bsdiff.PatchError:
         return
     assert len(out) == size
+
+
+def test_a_patch_of_a_control_per_byte_is_applied_in_memory_of_about_its_chunk():
+    """A signed patch may hold one control per byte of its chunk; the controls are read as
+    they are applied, never held together (~100 bytes each as Python tuples)."""
+    size = 1 << 18
+    patch = _patch([(0, 1, 0)] * size, b"", bytes(range(256)) * (size // 256))
+    tracemalloc.start()
+    try:
+        out = bsdiff.apply(b"", patch, size)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out == bytes(range(256)) * (size // 256)
+    assert peak < 4 * size, f"{peak} bytes traced for a {size}-byte chunk"

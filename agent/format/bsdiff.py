@@ -21,6 +21,8 @@ build exactly the chunk's size (docs/FORMAT.md, "Codecs").
 
 from __future__ import annotations
 
+from typing import Iterator
+
 from agent.format import varint
 
 MAX_NUMBER = (1 << 63) - 1  # of a control: offsets and lengths are 64-bit in bsdiff
@@ -49,17 +51,27 @@ def _add(old: bytes, diff: bytes) -> bytes:
     return (((a & low) + (b & low)) ^ ((a ^ b) & high)).to_bytes(length, "little")
 
 
+def _controls(patch: bytes, count: int, start: int) -> Iterator[tuple[int, int, int]]:
+    """The ``(add, copy, seek)`` controls of ``patch``, read one at a time from ``start``: never
+    held as a list, which for a patch of a control per byte would take ~100 times the chunk."""
+    numbers = varint.Reader(patch, PatchError, "a bsdiff patch")
+    numbers.position = start
+    for _ in range(count):
+        add, copy, seek = numbers.number(MAX_NUMBER), numbers.number(MAX_NUMBER), numbers.number(MAX_NUMBER)
+        yield add, copy, varint.unzigzag(seek)
+
+
 def apply(region: bytes | memoryview, patch: bytes, size: int) -> bytes:
     """The chunk: ``patch`` applied to ``region``. Raises PatchError."""
     numbers = varint.Reader(patch, PatchError, "a bsdiff patch")
     count = numbers.number(MAX_NUMBER)
     if count > size:
         raise PatchError("a bsdiff patch has more controls than its chunk has bytes")
-    controls = []
+    first = numbers.position
     total_add = total_copy = 0
-    for _ in range(count):
-        add, copy, seek = numbers.number(MAX_NUMBER), numbers.number(MAX_NUMBER), numbers.number(MAX_NUMBER)
-        controls.append((add, copy, varint.unzigzag(seek)))
+    for _ in range(count):  # first the sizes: where the diff and the extra bytes start
+        add, copy = numbers.number(MAX_NUMBER), numbers.number(MAX_NUMBER)
+        numbers.number(MAX_NUMBER)
         total_add += add
         total_copy += copy
         if total_add + total_copy > size:
@@ -69,7 +81,7 @@ def apply(region: bytes | memoryview, patch: bytes, size: int) -> bytes:
     diff_at, extra_at = numbers.position, numbers.position + total_add
     out = bytearray()
     old = 0
-    for add, copy, seek in controls:
+    for add, copy, seek in _controls(patch, count, first):
         if old < 0 or old + add > len(region):
             raise PatchError("a bsdiff patch reads outside its base region")
         out += _add(region[old:old + add], patch[diff_at:diff_at + add])

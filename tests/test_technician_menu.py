@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 
 import pexpect
 
@@ -170,3 +171,22 @@ def test_a_technician_works_through_every_item_of_the_menu(world, tmp_path):
                  "Switch to another environment", "Audit the installed files", "Repair from a stick",
                  "Log (newest first)", "Export a report to a stick"):
         assert f"--- {item} ---" in text, f"the item {item!r} was never reached"
+
+
+def test_every_ctrl_c_stops_its_item_and_sigterm_leaves_the_menu(world, tmp_path):
+    cabinet = Cabinet(world, tmp_path / "device")
+    cabinet.provision()
+    with open(tmp_path / "menu.log", "w") as log:
+        menu = Menu(cabinet, log)
+        for _ in range(3):  # the first Ctrl-C must not leave the later ones ignored
+            menu.choose(2)  # what is on a stick: it asks for the mount point
+            menu.child.expect(STICK)
+            menu.child.sendintr()
+            menu.shows("interrupted: back to the menu")
+            menu.back()
+        menu.choose(2)
+        menu.child.expect(STICK)
+        menu.child.kill(signal.SIGTERM)  # a service manager stopping it: the menu does not come back
+        menu.child.expect(pexpect.EOF)
+        menu.child.close()
+        assert menu.child.exitstatus == 143, (menu.child.exitstatus, menu.child.signalstatus)

@@ -7,8 +7,9 @@ and records "interrupted" (agent/install.py). agent/cli/errors.py reports it and
 (SIGINT) or 143 (SIGTERM), as a shell does for a process killed by the signal.
 
 Once one of them has arrived, later ones are ignored: a second Ctrl-C must not cut short the
-cleanup the first one started. Worker threads never receive signals; code that runs them stops
-them itself (bundler/make.py).
+cleanup the first one started. A command that goes on after the cleanup (the technician's menu,
+back at its prompt) calls :func:`raise_on_signals` again. Worker threads never receive signals;
+code that runs them stops them itself (bundler/make.py).
 """
 
 from __future__ import annotations
@@ -29,11 +30,17 @@ def _stopping(signum: int, frame) -> None:
     raise Terminated("SIGTERM") if signum == signal.SIGTERM else KeyboardInterrupt("SIGINT")
 
 
+_RAISING: set[int] = set()  # the signals raise_on_signals took over (not those ignored from the start)
+
+
 def raise_on_signals() -> None:
-    """From now on SIGINT and SIGTERM raise in the main thread (only it may install handlers)."""
+    """From now on SIGINT and SIGTERM raise in the main thread (only it may install handlers),
+    again after one of them arrived."""
     for number in (signal.SIGINT, signal.SIGTERM):
-        if signal.getsignal(number) is not signal.SIG_IGN:  # nohup/a parent that ignores it: respected
+        # Ignored by nohup or by a parent: respected, unless it is ignored because one arrived.
+        if number in _RAISING or signal.getsignal(number) is not signal.SIG_IGN:
             signal.signal(number, _stopping)
+            _RAISING.add(number)
 
 
 def describe(interrupt: KeyboardInterrupt) -> str:

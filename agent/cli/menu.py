@@ -4,9 +4,10 @@ keyboard), each calling what the matching ``bundle-agent technician`` subcommand
 What it relies on from the terminal: that it shows lines and sends a line when Enter is pressed.
 No colours, no cursor movement, no mouse, nothing that depends on TERM. Output longer than a
 screen is shown a screen at a time. Nothing typed is ever run as a command: an answer is a number
-from the menu, a path, an environment's name or y/n (unlike consoles that fall back to a shell).
-An error is shown with what to do and the menu comes back; Ctrl-C stops the item, not the menu;
-0, q or end of input leaves. An action that armed a trial boot leaves the menu so that the
+from the menu, a path, an environment's name, a COMPONENT=SEQUENCE downgrade or y/n (unlike
+consoles that fall back to a shell). An error is shown with what to do and the menu comes back;
+Ctrl-C stops the item, not the menu (at the menu's own prompt it leaves, exit 130); SIGTERM
+leaves (exit 143); 0, q or end of input leaves. An action that armed a trial boot leaves the menu so that the
 reboot policy can start the trial (agent/cli/context.py runs it last).
 """
 
@@ -18,6 +19,7 @@ from typing import Callable
 
 import click
 
+from agent.cli import interrupt
 from agent.cli.context import DeviceContext
 from agent.cli.errors import error_lines
 from agent.cli.progress import ProgressDisplay
@@ -138,8 +140,11 @@ def run_menu(ctx: click.Context) -> None:
         except UpdateError as error:
             for line in error_lines(error):
                 echo(fit(line))
+        except interrupt.Terminated:
+            raise  # SIGTERM: the machine is shutting down, or someone stops the menu itself
         except KeyboardInterrupt:
             echo("\ninterrupted: back to the menu")
+            interrupt.raise_on_signals()  # the item has cleaned up: the next Ctrl-C stops the next one
         except click.exceptions.Exit:
             pass
 

@@ -351,7 +351,11 @@ def apply_component(component: Component, payload: Payload, target: Path | Benea
     budget = budget or WorkBudget()
     base_tree = BaseTree(base, budget) if base is not None else None
     hard_linked: set[str] = set()
-    existing = {e.path: e for e in scan_tree(target, with_hashes=False, exclude=exclude, hard_linked=hard_linked)}
+    foreign: list[str] = []
+    existing = {e.path: e for e in scan_tree(target, with_hashes=False, exclude=exclude, hard_linked=hard_linked,
+                                             foreign=foreign)}
+    for path in foreign:  # a socket or FIFO a program made in the environment cloned: no component has one
+        target.remove(path)
     keep = {e.path for e in component.entries} | _ancestors(exclude)
     for path in sorted((p for p in existing if p not in keep), key=lambda p: p.count("/"), reverse=True):
         target.remove(path)

@@ -99,7 +99,8 @@ def _relative_paths(tree: Beneath, exclude: frozenset[str]) -> Iterator[tuple[st
 
 
 def scan_tree(root: Path | Beneath, *, with_hashes: bool = True, exclude: tuple[str, ...] = (),
-              hard_linked: set[str] | None = None, known: KnownHashes | None = None) -> list[Entry]:
+              hard_linked: set[str] | None = None, known: KnownHashes | None = None,
+              foreign: list[str] | None = None) -> list[Entry]:
     """Entries of the tree at ``root`` in listing order. Hard-linked files become one FILE entry
     (the first path in listing order) and HARDLINK entries pointing to it; ``hard_linked``, if
     given, receives the path of each FILE entry whose file has more than one link, wherever the
@@ -107,13 +108,16 @@ def scan_tree(root: Path | Beneath, *, with_hashes: bool = True, exclude: tuple[
     components nested inside this one). No symlink is followed: a :class:`Beneath` is scanned
     strictly beneath itself; a path (a vendor's release tree) may itself be reached through
     symlinks, nothing inside it is. A file whose hash ``known`` holds, and which has not changed
-    since it was hashed, is not read again (agent/known_hashes.py).
+    since it was hashed, is not read again (agent/known_hashes.py). ``foreign``, if given, receives
+    the paths of FIFOs, sockets and device nodes instead of a refusal: in a clone of a running
+    environment, where a program made one, they are for the apply to remove.
 
     Raises UnsupportedFile, EscapingPath, OSError from the filesystem.
     """
     if not isinstance(root, Beneath):
         with Beneath.open_root(Path(root), follow_root=True) as tree:
-            return scan_tree(tree, with_hashes=with_hashes, exclude=exclude, hard_linked=hard_linked, known=known)
+            return scan_tree(tree, with_hashes=with_hashes, exclude=exclude, hard_linked=hard_linked, known=known,
+                             foreign=foreign)
     found: list[list] = []  # [path, status, link target, SHA-256]
     hashing: deque[tuple[list, Future]] = deque()
 
@@ -161,6 +165,8 @@ def scan_tree(root: Path | Beneath, *, with_hashes: bool = True, exclude: tuple[
             if info.st_size == 0:
                 digest = EMPTY_SHA256
             entries.append(Entry(type=FILE, mode=mode, size=info.st_size, sha256=digest, **common))
+        elif foreign is not None:
+            foreign.append(relative)
         else:
             kind = ("device node" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
                     else "socket" if stat.S_ISSOCK(info.st_mode) else "FIFO")

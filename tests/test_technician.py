@@ -5,7 +5,9 @@ downgrades only with a token, audit, repair, a lost state rebuilt, the log, repo
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import subprocess
 from importlib.metadata import version
 from pathlib import Path
@@ -311,3 +313,31 @@ def test_after_the_state_is_lost_no_command_without_a_token_installs_an_older_re
         assert booted.endswith("env-2"), f"after {attempt} the machine boots {booted}"
         assert sorted(cabinet.environments()) == ["env-1", "env-2"], f"{attempt} made an environment"
     assert as_json(cabinet, "status", schema="technician-status.schema.json")["floors"]["platform"] == 7
+
+
+def test_a_fifo_a_program_left_in_a_component_is_repaired(world, tmp_path):
+    """The audit cannot scan a tree holding a FIFO; repair rebuilds it (a component the audit
+    cannot vouch for is damaged, as one with a file modified is)."""
+    cabinet = Cabinet(world, tmp_path / "device")
+    cabinet.provision()
+    os.mkfifo(cabinet.environments_dir / "env-1/games/lucky-sevens/pipe")
+    audit = as_json(cabinet, "audit", schema="technician-audit.schema.json", exit_code=NOT_CLEAN)
+    assert "cannot be scanned" in audit["components"]["game/lucky-sevens"]["problem"]
+    stick = world.stick(tmp_path / "repair-stick", "full-1")
+    repaired = as_json(cabinet, "repair", stick, schema="report.schema.json", exit_code=STAGED)
+    assert [d["component"] for d in repaired["decisions"]] == ["game/lucky-sevens"]
+    assert reboot(cabinet).returncode == 0
+    assert as_json(cabinet, "audit", schema="technician-audit.schema.json")["clean"] is True
+    assert not (cabinet.environments_dir / "env-2/games/lucky-sevens/pipe").exists()
+
+
+def test_a_socket_a_program_left_in_a_component_is_removed_by_the_next_update(cabinet, world, tmp_path):
+    """Not a refusal of the environment forever: no component carries one, so the apply removes it."""
+    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listening.bind(str(cabinet.environments_dir / "env-1/games/lucky-sevens/control.sock"))
+    listening.close()
+    assert cabinet.agent("install", world.stick(tmp_path / "d12-stick", "d12")).returncode == STAGED
+    assert reboot(cabinet).returncode == 0
+    assert cabinet.status()["committed_environment"] == "env-2"
+    assert as_json(cabinet, "audit", schema="technician-audit.schema.json")["clean"] is True
+    assert (cabinet.environments_dir / "env-1/games/lucky-sevens/control.sock").is_socket()  # the old one: untouched

@@ -354,7 +354,7 @@ def apply_component(component: Component, payload: Payload, target: Path | Benea
     foreign: list[str] = []
     existing = {e.path: e for e in scan_tree(target, with_hashes=False, exclude=exclude, hard_linked=hard_linked,
                                              foreign=foreign)}
-    for path in foreign:  # a socket or FIFO a program made in the environment cloned: no component has one
+    for path in foreign:  # a socket, FIFO or non-UTF-8 name a program made in the environment cloned
         target.remove(path)
     keep = {e.path for e in component.entries} | _ancestors(exclude)
     for path in sorted((p for p in existing if p not in keep), key=lambda p: p.count("/"), reverse=True):

@@ -68,10 +68,12 @@ def _named(tree: Beneath, relative: str) -> Iterator[None]:
         raise OSError(error.errno, error.strerror, f"{tree.where}/{relative}" if relative else tree.where) from None
 
 
-def _relative_paths(tree: Beneath, exclude: frozenset[str]) -> Iterator[tuple[str, os.stat_result, str | None, int]]:
+def _relative_paths(tree: Beneath, exclude: frozenset[str], foreign: list[str] | None
+                    ) -> Iterator[tuple[str, os.stat_result, str | None, int]]:
     """``(path, status, link target, directory fd)`` of everything in the tree; the descriptor
     is the entry's parent, valid until the next item. Directories are opened by descriptor
-    beneath the tree's root, never through a symlink (T-STAGE-BENEATH)."""
+    beneath the tree's root, never through a symlink (T-STAGE-BENEATH). A name that is not
+    UTF-8 goes to ``foreign`` if given (not descended into), else is refused."""
     yield ".", os.fstat(tree.fd), None, tree.fd
     stack = [""]
     while stack:
@@ -86,6 +88,9 @@ def _relative_paths(tree: Beneath, exclude: frozenset[str]) -> Iterator[tuple[st
                 try:
                     name.encode("utf-8")
                 except UnicodeEncodeError:
+                    if foreign is not None:
+                        foreign.append(f"{prefix}/{name}" if prefix else name)
+                        continue
                     raise UnsupportedFile(f"name {os.fsencode(name)!r} is not valid UTF-8", where=directory.where,
                                           hint="rename it: manifests carry UTF-8 paths only") from None
                 relative = f"{prefix}/{name}" if prefix else name
@@ -109,8 +114,9 @@ def scan_tree(root: Path | Beneath, *, with_hashes: bool = True, exclude: tuple[
     strictly beneath itself; a path (a vendor's release tree) may itself be reached through
     symlinks, nothing inside it is. A file whose hash ``known`` holds, and which has not changed
     since it was hashed, is not read again (agent/known_hashes.py). ``foreign``, if given, receives
-    the paths of FIFOs, sockets and device nodes instead of a refusal: in a clone of a running
-    environment, where a program made one, they are for the apply to remove.
+    the paths of FIFOs, sockets, device nodes and names that are not UTF-8 instead of a refusal:
+    in a clone of a running environment, where a program made one, they are for the apply to
+    remove.
 
     Raises UnsupportedFile, EscapingPath, OSError from the filesystem.
     """
@@ -127,7 +133,7 @@ def scan_tree(root: Path | Beneath, *, with_hashes: bool = True, exclude: tuple[
             item[3] = digest.result()
 
     with ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="scan-hash") as pool:
-        for relative, info, target, directory_fd in _relative_paths(root, frozenset(exclude)):
+        for relative, info, target, directory_fd in _relative_paths(root, frozenset(exclude), foreign):
             found.append([relative, info, target, None])
             if stat.S_ISREG(info.st_mode) and with_hashes and info.st_size:
                 if known is not None and (digest := known.lookup(relative, info)) is not None:

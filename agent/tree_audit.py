@@ -22,6 +22,7 @@ from agent.trust_store import device_roots
 from agent.kept import KeptDamaged, VerifiedKept, environment_records, verified_kept
 from agent.scan import scan_tree
 from keys.errors import Failed, Refused, UpdateError
+from keys.printable import printable
 
 MAX_LISTED = 1000  # paths listed per kind and component; the counts say how many in all
 
@@ -159,15 +160,17 @@ def _audit_component(environment_path, layout, name: str, names: set[str], kept:
     exclude = layout.left_alone(name, names)
     tree = environment_path / layout.component_path(name)
     problem = None
+    foreign: list[str] = []  # FIFOs, sockets, device nodes: no component carries one, so unexpected
     if tree.is_symlink() or not tree.is_dir():
         actual = []  # everything is missing
         problem = None if not tree.exists() and not tree.is_symlink() else f"{tree} is not a directory"
     else:
         try:
-            actual = scan_tree(tree, exclude=exclude)
-        except (UpdateError, OSError) as error:  # a FIFO or device node planted, an unreadable folder
+            actual = scan_tree(tree, exclude=exclude, foreign=foreign)
+        except (UpdateError, OSError) as error:  # an unreadable folder
             return {**_empty(kept.manifest_sha256, f"the tree cannot be scanned: {error}"),
                     "version": component.version, "sequence": component.sequence}
     result = compare(component.entries, actual, exclude, check_owner=check_owner)
+    result.unexpected = sorted({*result.unexpected, *map(printable, foreign)})  # a name may not be UTF-8
     return {"manifest_sha256": kept.manifest_sha256, "version": component.version, "sequence": component.sequence,
             **result_json(result), "problem": problem}

@@ -316,13 +316,13 @@ def test_after_the_state_is_lost_no_command_without_a_token_installs_an_older_re
 
 
 def test_a_fifo_a_program_left_in_a_component_is_repaired(world, tmp_path):
-    """The audit cannot scan a tree holding a FIFO; repair rebuilds it (a component the audit
-    cannot vouch for is damaged, as one with a file modified is)."""
+    """No component carries a FIFO: the audit lists it as unexpected, and repair rebuilds the
+    component without it."""
     cabinet = Cabinet(world, tmp_path / "device")
     cabinet.provision()
     os.mkfifo(cabinet.environments_dir / "env-1/games/lucky-sevens/pipe")
     audit = as_json(cabinet, "audit", schema="technician-audit.schema.json", exit_code=NOT_CLEAN)
-    assert "cannot be scanned" in audit["components"]["game/lucky-sevens"]["problem"]
+    assert audit["components"]["game/lucky-sevens"]["unexpected"] == ["pipe"]
     stick = world.stick(tmp_path / "repair-stick", "full-1")
     repaired = as_json(cabinet, "repair", stick, schema="report.schema.json", exit_code=STAGED)
     assert [d["component"] for d in repaired["decisions"]] == ["game/lucky-sevens"]
@@ -332,10 +332,12 @@ def test_a_fifo_a_program_left_in_a_component_is_repaired(world, tmp_path):
 
 
 def test_a_socket_a_program_left_in_a_component_is_removed_by_the_next_update(cabinet, world, tmp_path):
-    """Not a refusal of the environment forever: no component carries one, so the apply removes it."""
+    """Not a refusal of the environment forever: no component carries a socket or a name that is
+    not UTF-8, so the apply removes them from the clone."""
     listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listening.bind(str(cabinet.environments_dir / "env-1/games/lucky-sevens/control.sock"))
     listening.close()
+    (cabinet.environments_dir / "env-1/games/lucky-sevens" / os.fsdecode(b"r\xe9sum\xe9")).mkdir()
     assert cabinet.agent("install", world.stick(tmp_path / "d12-stick", "d12")).returncode == STAGED
     assert reboot(cabinet).returncode == 0
     assert cabinet.status()["committed_environment"] == "env-2"

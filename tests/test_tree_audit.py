@@ -148,10 +148,13 @@ def test_a_kept_manifest_that_fails_verification_is_a_problem_not_a_pass(cabinet
     assert "does not verify" in report["components"]["platform"]["problem"]
 
 
-def test_a_damaged_record_and_an_unscannable_tree_are_reported(cabinet):
-    os.mkfifo(cabinet.dir / "envs/env-1/games/lucky-sevens/pipe")
+def test_what_no_component_can_hold_is_unexpected_and_a_damaged_record_is_reported(cabinet):
+    game = cabinet.dir / "envs/env-1/games/lucky-sevens"
+    os.mkfifo(game / "pipe")
+    (game / os.fsdecode(b"caf\xe9")).write_text("a Latin-1 name")
     report = _audit(cabinet)
-    assert "cannot be scanned" in report["components"]["game/lucky-sevens"]["problem"] and not report["clean"]
+    component = report["components"]["game/lucky-sevens"]
+    assert component["unexpected"] == ["caf\\xe9", "pipe"] and component["problem"] is None and not report["clean"]
     (cabinet.dir / "state/environments/env-1.json").write_text("{")
     report = _audit(cabinet)
     assert "damaged" in report["problem"] and not report["clean"]

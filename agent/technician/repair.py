@@ -1,8 +1,8 @@
 """Repair: rebuild what is damaged, from signed full bundles on a stick.
 
-* Damaged components (the audit found files missing, modified or unexpected, or could not vouch
-  for the component at all - no kept signed manifest, a tree it cannot scan - or the technician
-  names them): each is rebuilt from a full bundle on the stick of exactly the installed release
+* Damaged components (the audit found files missing, modified or unexpected - a FIFO or socket
+  a program left included - or the technician names them, as for a component the audit can only
+  call unverifiable): each is rebuilt from a full bundle on the stick of exactly the installed release
   (same sequence and tree digest), into a new environment cloned from the running one, then the
   usual trial boot and commit (agent/install.py). The release does not change, so neither do the
   floors; nothing is chosen by the stick but what is installed already.
@@ -74,8 +74,10 @@ def repair(device: Device, stick: Path, components: set[str] = frozenset(), prog
 
 
 def _damaged(result: dict) -> bool:
-    """What the audit cannot vouch for: a rebuild from the signed full bundle makes it verifiable."""
-    return bool(result["problem"] or result["missing_count"] or result["modified_count"] or result["unexpected_count"])
+    # Not one the audit calls unverifiable (no kept manifest, or one under a trust root replaced
+    # since): after a replacement that is every component, and a technician who came to rebuild
+    # one would be asked for full bundles of all. Those are rebuilt when named (--component).
+    return bool(result["missing_count"] or result["modified_count"] or result["unexpected_count"])
 
 
 def _same_release(device: Device, state: AgentState, name: str, found: dict[str, Found], stick: Path):

@@ -256,7 +256,7 @@ def _keep_manifests(device: Device, name: str, chosen: dict[str, list[Choice]], 
     updated = {}
     for component, route in chosen.items():
         verified = found[route[-1].bundle].verified
-        updated[component] = (verified.manifest_bytes, verified.signature_files, root_version)
+        updated[component] = (verified.manifest_bytes, verified.signatures.counted, root_version)
     keep_environment(device.state_dir, name, updated, inherited)
 
 

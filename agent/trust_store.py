@@ -43,12 +43,6 @@ class NoTrustRoot(Refused):
     """The device has no usable trust root; it refuses everything."""
 
 
-def _stored(directory: Path) -> list[RootCandidate]:
-    if not directory.is_dir():
-        return []
-    return [load_root_candidate(p) for p in sorted(directory.glob("root-*.json"))]
-
-
 def anchor_folder(accepted: Path) -> Path:
     """``STATE/trust-anchor`` for ``accepted`` = ``STATE/trust`` (agent/state_dir.py)."""
     return Path(accepted).parent / TRUST_ANCHOR_FOLDER
@@ -93,10 +87,14 @@ def anchor_root(provisioned: Path, accepted: Path) -> VerifiedRoot:
 
 def current_root(provisioned: Path, accepted: Path) -> VerifiedRoot:
     """The anchor (the replaced one, else the provisioned one) advanced by the rotations kept in
-    ``accepted``. Rotations kept before a replacement are at or below the old root's version, so
-    below the new anchor's, and walk_chain never looks at them (they are also cleared).
+    ``accepted`` (the newest of :func:`device_roots`). Rotations kept before a replacement are at
+    or below the old root's version, so below the new anchor's, and never looked at (they are
+    also cleared). A kept rotation that no longer verifies (a damaged disk) ends the chain there:
+    the machine keeps working under the version before it, and the next stick, which carries the
+    chain, stores it again - rather than refusing every update and token until it is re-imaged.
     Raises NoTrustRoot (wrapping the reason) when the anchor is missing or invalid."""
-    return walk_chain(anchor_root(provisioned, accepted), _stored(accepted))
+    roots = device_roots(provisioned, accepted)
+    return roots[max(roots)]
 
 
 def replace_anchor(accepted: Path, candidate: RootCandidate, new: VerifiedRoot) -> None:
@@ -132,7 +130,7 @@ def replace_anchor(accepted: Path, candidate: RootCandidate, new: VerifiedRoot) 
         # so they belong to nothing, and a stale one must not sit beside the new root.
         for stale in folder.glob(version_path.name + ".*" + SUFFIX):
             stale.unlink()
-        for signature in candidate.signatures:  # signatures first: an anchor is never unsigned
+        for signature in new.signatures:  # those that counted; first: an anchor is never unsigned
             write_atomic(signature_path(version_path, signature.key_id_text), signature.to_bytes())
         write_atomic(version_path, candidate.raw)  # the commit point
         for version, path in _anchor_files(folder):
@@ -159,18 +157,23 @@ def _remove_root_file(path: Path) -> None:
 
 def advance(current: VerifiedRoot, offered: list[RootCandidate], accepted: Path | None) -> VerifiedRoot:
     """Walk rotations offered by a stick; keep every newly accepted version in ``accepted``
-    (None: keep nothing, for a look at a stick that changes nothing). Raises rotation errors."""
-    newest = walk_chain(current, offered)
+    (None: keep nothing, for a look at a stick that changes nothing). Raises rotation errors.
+
+    Only the signatures that counted are kept, one per key, under their key's name: a stick may
+    add files that fail (a second signature under a root key's id), and stored beside the root
+    one would take the name of the good one and leave a stored chain that no longer verifies."""
+    newest = walk_chain(current, offered)  # everything checked before anything is kept
     if newest.version > current.version and accepted is not None:
-        directory = accepted
-        directory.mkdir(parents=True, exist_ok=True)
-        for candidate in offered:
-            version = _version(candidate)
-            if current.version < version <= newest.version:
-                version_path = directory / stick.root_name(version)
-                for signature in candidate.signatures:  # signatures first: a stored root is never unsigned
-                    write_atomic(signature_path(version_path, signature.key_id_text), signature.to_bytes())
-                write_atomic(version_path, candidate.raw)
+        accepted.mkdir(parents=True, exist_ok=True)
+        by_version = {_version(candidate): candidate for candidate in offered}
+        trusted = current
+        while trusted.version < newest.version:
+            candidate = by_version[trusted.version + 1]
+            trusted = accept_next(trusted, candidate)
+            version_path = accepted / stick.root_name(trusted.version)
+            for signature in trusted.signatures:  # signatures first: a stored root is never unsigned
+                write_atomic(signature_path(version_path, signature.key_id_text), signature.to_bytes())
+            write_atomic(version_path, candidate.raw)
     return newest
 
 

@@ -19,9 +19,8 @@ from keys.threshold import ThresholdResult, check_threshold, require_threshold
 class VerifiedBundle:
     manifest: Manifest
     manifest_bytes: bytes
+    # Who signed; its ``counted`` signatures are kept with the manifest bytes (agent/kept.py).
     signatures: ThresholdResult
-    # The signature files as read, kept with the manifest bytes for the audit (agent/kept.py).
-    signature_files: tuple[Signature, ...] = ()
 
 
 def signer_report(manifest_bytes: bytes, signatures: Sequence[Signature], root: VerifiedRoot) -> ThresholdResult:
@@ -37,4 +36,4 @@ def verify_bundle(manifest_bytes: bytes, signatures: Sequence[Signature], root: 
     result = require_threshold(manifest_bytes, signatures, root.root.release_signers,
                                role_name="release signers", revoked=root.root.revoked_keys, where=where)
     return VerifiedBundle(manifest=Manifest.from_stored(manifest_bytes, where=where),
-                          manifest_bytes=manifest_bytes, signatures=result, signature_files=tuple(signatures))
+                          manifest_bytes=manifest_bytes, signatures=result)

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from keys.errors import Failed
+from keys.errors import Failed, MalformedSignature
 from keys.files import read_capped
 from keys.minisign import MAX_SIGNATURE_FILE_BYTES, Signature
 from keys.rotation import RootCandidate
@@ -47,10 +47,21 @@ def signature_paths(document: Path) -> list[Path]:
 
 
 def load_signatures(document: Path) -> list[Signature]:
-    """Read and parse every signature of ``document``. Raises MalformedSignature, Failed."""
-    return [Signature.from_bytes(read_capped(path, MAX_SIGNATURE_FILE_BYTES, what="signature file"),
-                                 where=path)
-            for path in signature_paths(document)]
+    """Read and parse every signature of ``document``. A ``DOC.<KEY ID>.minisig`` must hold that
+    key's signature: files are stored by that name, so one named for another key could take the
+    place of its good signature. Raises MalformedSignature, Failed."""
+    signatures = []
+    for path in signature_paths(document):
+        signature = Signature.from_bytes(read_capped(path, MAX_SIGNATURE_FILE_BYTES, what="signature file"),
+                                         where=path)
+        named = path.name[len(document.name) + 1:-len(SUFFIX)]
+        if named and named != signature.key_id_text:
+            raise MalformedSignature(f"the file is named for key {named} but holds a signature by key "
+                                     f"{signature.key_id_text}", where=path,
+                                     hint=f"name it {signature_path(document, signature.key_id_text).name}, "
+                                          "or remove it")
+        signatures.append(signature)
+    return signatures
 
 
 def load_root_candidate(path: Path) -> RootCandidate:

@@ -36,6 +36,15 @@ class VerifiedRoot:
     def version(self) -> int:
         return self.root.version
 
+    @property
+    def signatures(self) -> tuple[Signature, ...]:
+        """The signatures that counted in ``evidence``, one per key: the ones to store beside it."""
+        by_key: dict[bytes, Signature] = {}
+        for result in self.evidence:
+            for signature in result.counted:
+                by_key.setdefault(signature.key_id, signature)
+        return tuple(by_key.values())
+
 
 @dataclass(frozen=True)
 class RootCandidate:

@@ -33,6 +33,9 @@ class ThresholdResult:
     invalid: tuple[tuple[NamedKey, str], ...]
     revoked: tuple[NamedKey, ...]
     unknown: tuple[str, ...]
+    # The signatures that counted, one per key: what is worth storing beside the document. The
+    # others (a stick's second file under a signer's key id, say) must never replace one of them.
+    counted: tuple[Signature, ...] = ()
 
     @property
     def met(self) -> bool:
@@ -70,6 +73,7 @@ def check_threshold(data: bytes, signatures: Sequence[Signature], role: Role, *,
     revoked_by_id = {k.id: k for k in revoked}
     digest = prehash(data) if any(s.algorithm == PREHASHED for s in signatures) else None
     signed: dict[str, NamedKey] = {}
+    counted: dict[str, Signature] = {}
     invalid: dict[str, tuple[NamedKey, str]] = {}
     revoked_seen: dict[str, NamedKey] = {}
     unknown: list[str] = []
@@ -90,6 +94,7 @@ def check_threshold(data: bytes, signatures: Sequence[Signature], role: Role, *,
             invalid[key_id] = (key, error.message)
             continue
         signed[key_id] = key
+        counted[key_id] = signature
         invalid.pop(key_id, None)
     return ThresholdResult(
         role_name=role_name, threshold=role.threshold,
@@ -98,6 +103,7 @@ def check_threshold(data: bytes, signatures: Sequence[Signature], role: Role, *,
         invalid=tuple(invalid.values()),
         revoked=tuple(revoked_seen.values()),
         unknown=tuple(unknown),
+        counted=tuple(counted[k.id] for k in role.keys if k.id in counted),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import pytest
 from agent.state import FORMAT as STATE_FORMAT, StateStore
 from agent.state_dir import RESULT_FILE, StateDir
 from tests.sim.device import STAGED, Cabinet
-from tests.sim.tools import BIN
+from tests.sim.tools import BIN, run_cli
 
 
 def test_agent_issue_scenario_verbatim(world, tmp_path):
@@ -161,7 +162,6 @@ def test_tampered_manifest_on_a_stick_is_refused(cabinet, world, tmp_path):
 
 def test_root_rotation_carried_on_the_stick(cabinet, world, tmp_path):
     keys = world.keys
-    from tests.sim.tools import run_cli
     rotated = tmp_path / "root-2.json"
     run_cli("bundle", "root", "rotate", "--from", world.root, "--out", rotated, "--remove-signer", "rel1",
             "--add-signer", keys / "rel3.pub", check=True)
@@ -183,6 +183,73 @@ def test_root_rotation_carried_on_the_stick(cabinet, world, tmp_path):
     result = cabinet.agent("install", good)
     assert result.returncode == STAGED, result.stdout + result.stderr
     assert cabinet.status()["pending"]["phase"] == "trial"
+
+
+def _rotation_to_root_2(world, directory: Path) -> Path:
+    rotated = directory / "root-2.json"
+    run_cli("bundle", "root", "rotate", "--from", world.root, "--out", rotated, "--remove-signer", "rel1",
+            "--add-signer", world.keys / "rel3.pub", check=True)
+    for name in ("root1", "root2"):
+        run_cli("bundle", "root", "sign", rotated, "--key", world.keys / f"{name}.key", check=True)
+    return rotated
+
+
+def _forged(signature_file: Path) -> bytes:
+    """The same key's signature with its signature bytes changed: well formed, and failing."""
+    lines = signature_file.read_bytes().split(b"\n")
+    raw = bytearray(base64.b64decode(lines[1]))
+    raw[20] ^= 0xFF  # within the 64 signature bytes, after "ED" and the 8-byte key id
+    lines[1] = base64.b64encode(bytes(raw))
+    return b"\n".join(lines)
+
+
+def test_a_forged_signature_beside_a_rotation_is_never_stored_in_place_of_the_good_one(cabinet, world, tmp_path):
+    """A stick adds, beside a genuine root-2.json and its signatures, a failing signature by one
+    of its root keys under minisign's default name. The rotation is accepted on the good ones;
+    only those are stored, so the device's chain still verifies afterwards."""
+    rotated = _rotation_to_root_2(world, tmp_path)
+    stick = world.stick(tmp_path / "stick", "d12")
+    trust = stick / "demo-cabinet/trust"
+    signatures = sorted(tmp_path.glob("root-2.json.*.minisig"))
+    for path in [rotated, *signatures]:
+        shutil.copy(path, trust / path.name)
+    (trust / "root-2.json.minisig").write_bytes(_forged(signatures[0]))  # read after the good ones
+    cabinet.agent("install", stick)
+    stored = cabinet.dir / "state/trust"
+    assert sorted(p.name for p in stored.glob("root-2.json*")) == ["root-2.json", *(p.name for p in signatures)]
+    assert all((stored / p.name).read_bytes() == p.read_bytes() for p in signatures)
+    status = cabinet.agent("technician", "status", "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["trust_root_version"] == 2, status.stderr
+
+
+def test_a_forged_signature_beside_a_bundle_is_not_kept_with_its_manifest(cabinet, world, tmp_path):
+    """Kept manifests verify later (audit, floors after a lost state): only the signatures that
+    counted are kept, so a failing one a stick added cannot make them unverifiable."""
+    stick = world.stick(tmp_path / "stick", "d12")
+    bundle = next((stick / "demo-cabinet/bundles").iterdir())
+    good = sorted(bundle.glob("manifest.json.zst.*.minisig"))
+    (bundle / "manifest.json.zst.minisig").write_bytes(_forged(good[0]))
+    assert cabinet.agent("install", stick).returncode == STAGED
+    cabinet.agent("boot", check=True)
+    cabinet.agent("boot-check", check=True)
+    kept = [folder for folder in (cabinet.dir / "state/manifests").iterdir()
+            if (folder / "manifest.json.zst").read_bytes() == (bundle / "manifest.json.zst").read_bytes()]
+    assert sorted(p.name for p in kept[0].iterdir()) == ["manifest.json.zst", *(p.name for p in good)]
+    audit = cabinet.agent("technician", "audit", "--json")
+    assert audit.returncode == 0 and json.loads(audit.stdout)["clean"] is True, audit.stdout
+
+
+def test_a_signature_file_named_for_another_key_refuses_the_stick(cabinet, world, tmp_path):
+    rotated = _rotation_to_root_2(world, tmp_path)
+    stick = world.stick(tmp_path / "stick", "d12")
+    trust = stick / "demo-cabinet/trust"
+    signatures = sorted(tmp_path.glob("root-2.json.*.minisig"))
+    for path in [rotated, *signatures]:
+        shutil.copy(path, trust / path.name)
+    (trust / "root-2.json.FFFFFFFFFFFFFFF0.minisig").write_bytes(_forged(signatures[0]))
+    result = cabinet.agent("install", stick)
+    assert result.returncode == 3 and "is named for key FFFFFFFFFFFFFFF0 but holds a signature by key" in result.stderr
+    assert not (cabinet.dir / "state/trust/root-2.json").exists()
 
 
 def test_trial_crash_before_boot_check_returns_to_the_old_environment(cabinet, world):

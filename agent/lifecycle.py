@@ -16,12 +16,11 @@ finished or forgotten by the next command (agent/resume.py).
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 from agent import system_log
 from agent.device import Device
+from agent.health import run_hook
 from agent.journal import Pending, Phase
 from agent.kept import forget_environment
 from agent.resume import recover_interrupted, remove_failed_environments
@@ -44,18 +43,10 @@ def boot(device: Device) -> Path:
 
 
 def _run_hooks(device: Device, environment: Path) -> tuple[bool, str]:
-    env = {**os.environ, "BUNDLE_AGENT_ENVIRONMENT": str(environment)}
     for hook in device.config.health_hooks:
-        try:
-            result = subprocess.run([str(hook)], env=env, capture_output=True, text=True,
-                                    timeout=device.config.health_timeout)
-        except subprocess.TimeoutExpired:
-            return False, f"health hook {hook} did not finish within {device.config.health_timeout} s"
-        except OSError as error:
-            return False, f"health hook {hook} could not run: {error.strerror}"
-        if result.returncode != 0:
-            said = (result.stdout + result.stderr).strip().splitlines()[-1:]
-            return False, f"health hook {hook} failed with exit {result.returncode}" + (f": {said[0]}" if said else "")
+        healthy, why = run_hook(hook, environment, device.config.health_timeout)
+        if not healthy:
+            return False, why
     return True, f"{len(device.config.health_hooks)} health hook(s) passed"
 
 

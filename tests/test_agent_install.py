@@ -268,6 +268,22 @@ def test_trial_crash_before_boot_check_returns_to_the_old_environment(cabinet, w
     assert cabinet.snapshot()[0] == old
 
 
+@pytest.mark.parametrize("hook, said", [
+    ("printf 'bad \\377 byte\\n'; exit 1", "exit 1: bad \\xff byte"),
+    ("head -c 64000000 /dev/zero | tr '\\0' x; echo; echo 'the last line'; exit 2", "exit 2: the last line"),
+    ("(sleep 60 &); echo 'left a child'; exit 3", "exit 3: left a child"),
+], ids=["not-utf-8", "output-without-end", "a-child-holds-its-output"])
+def test_whatever_a_failing_hook_prints_it_is_rolled_back_with_its_last_line(cabinet, world, hook, said):
+    """The hook is the release's own program: its output is an answer, never a crash of the
+    agent that would leave the trial running undecided."""
+    cabinet.health.write_text(f"#!/bin/sh\n{hook}\n")
+    cabinet.agent("install", world.bundles / "d12", check=True)
+    cabinet.agent("boot", check=True)
+    result = cabinet.agent("boot-check")
+    assert result.returncode == 3 and said in result.stderr, result.stderr
+    assert cabinet.status()["last_result"]["outcome"] == "rolled back"
+
+
 def test_failing_health_hook_rolls_back(cabinet, world):
     cabinet.set_health(False)
     cabinet.agent("install", world.bundles / "d12", check=True)

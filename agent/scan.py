@@ -68,12 +68,22 @@ def _named(tree: Beneath, relative: str) -> Iterator[None]:
         raise OSError(error.errno, error.strerror, f"{tree.where}/{relative}" if relative else tree.where) from None
 
 
+def _is_utf8(text: str) -> bool:
+    """Whether a name or link target read from the filesystem was valid UTF-8 (undecodable bytes
+    arrive as lone surrogates, which do not encode)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _relative_paths(tree: Beneath, exclude: frozenset[str], foreign: list[str] | None
                     ) -> Iterator[tuple[str, os.stat_result, str | None, int]]:
     """``(path, status, link target, directory fd)`` of everything in the tree; the descriptor
     is the entry's parent, valid until the next item. Directories are opened by descriptor
-    beneath the tree's root, never through a symlink (T-STAGE-BENEATH). A name that is not
-    UTF-8 goes to ``foreign`` if given (not descended into), else is refused."""
+    beneath the tree's root, never through a symlink (T-STAGE-BENEATH). A name or a link target
+    that is not UTF-8 goes to ``foreign`` if given (not descended into), else is refused."""
     yield ".", os.fstat(tree.fd), None, tree.fd
     stack = [""]
     while stack:
@@ -85,19 +95,24 @@ def _relative_paths(tree: Beneath, exclude: frozenset[str], foreign: list[str] |
                 items = list(listing)
             for item in items:
                 name = item.name
-                try:
-                    name.encode("utf-8")
-                except UnicodeEncodeError:
+                if not _is_utf8(name):
                     if foreign is not None:
                         foreign.append(f"{prefix}/{name}" if prefix else name)
                         continue
                     raise UnsupportedFile(f"name {os.fsencode(name)!r} is not valid UTF-8", where=directory.where,
-                                          hint="rename it: manifests carry UTF-8 paths only") from None
+                                          hint="rename it: manifests carry UTF-8 paths only")
                 relative = f"{prefix}/{name}" if prefix else name
                 if relative in exclude:
                     continue
                 info = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
                 target = os.readlink(name, dir_fd=directory.fd) if stat.S_ISLNK(info.st_mode) else None
+                if target is not None and not _is_utf8(target):
+                    if foreign is not None:
+                        foreign.append(relative)
+                        continue
+                    raise UnsupportedFile(f"{relative!r} is a symlink whose target {os.fsencode(target)!r} is not "
+                                          "valid UTF-8", where=directory.where,
+                                          hint="change the link: manifests carry UTF-8 link targets only")
                 yield relative, info, target, directory.fd
                 if stat.S_ISDIR(info.st_mode):
                     stack.append(relative)
@@ -114,9 +129,9 @@ def scan_tree(root: Path | Beneath, *, with_hashes: bool = True, exclude: tuple[
     strictly beneath itself; a path (a vendor's release tree) may itself be reached through
     symlinks, nothing inside it is. A file whose hash ``known`` holds, and which has not changed
     since it was hashed, is not read again (agent/known_hashes.py). ``foreign``, if given, receives
-    the paths of FIFOs, sockets, device nodes and names that are not UTF-8 instead of a refusal:
-    in a clone of a running environment, where a program made one, they are for the apply to
-    remove.
+    the paths of FIFOs, sockets, device nodes and names or link targets that are not UTF-8 instead
+    of a refusal: in a clone of a running environment, where a program made one, they are for the
+    apply to remove.
 
     Raises UnsupportedFile, EscapingPath, OSError from the filesystem.
     """

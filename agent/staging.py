@@ -142,10 +142,17 @@ def _check_untouched(layout: Layout, untouched: dict[str, str], new: Beneath, ol
         left_alone = layout.left_alone(name, names)
         path = layout.component_path(name)
         with new.directory(path) as clone:
-            cloned = tree_digest(scan_tree(clone, exclude=left_alone))
+            cloned = _digest(clone, left_alone)
         if cloned == installed_digest:
             continue
         with old.directory(path) as origin:
-            if cloned != tree_digest(scan_tree(origin, exclude=left_alone)):
+            if cloned != _digest(origin, left_alone):
                 raise StagingError(f"the clone of {name} differs from the running environment",
                                    hint="check the environments' filesystem")
+
+
+def _digest(tree: Beneath, left_alone: tuple[str, ...]) -> str:
+    """The tree's digest, leaving out what no component carries and a program may have made in
+    it (a socket, a FIFO, a name or link target that is not UTF-8): the same in the clone and
+    the running tree, and never a reason to refuse the update of another component."""
+    return tree_digest(scan_tree(tree, exclude=left_alone, foreign=[]))

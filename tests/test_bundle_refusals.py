@@ -40,6 +40,8 @@ REFUSALS = {
                     "'null' is a device node"),
     "non-UTF-8 name": (lambda t: open(os.path.join(os.fsencode(t / "r/platform"), b"bad\xff"), "w").close(), False,
                        "is not valid UTF-8"),
+    "non-UTF-8 link target": (lambda t: os.symlink(b"caf\xe9", os.path.join(os.fsencode(t / "r/platform"), b"link")),
+                              False, "'link' is a symlink whose target b'caf\\xe9' is not valid UTF-8"),
     "setuid in a game": (lambda t: os.chmod(put(_game(t), "run", "x"), 0o4755), True, "has a setuid/setgid bit"),
     "world-writable file in a game": (lambda t: os.chmod(put(_game(t), "run", "x"), 0o666), True,
                                       "'run' is writable by every user (mode 0666)"),

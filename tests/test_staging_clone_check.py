@@ -6,7 +6,9 @@ two in the usual case)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
 
 import pytest
 
@@ -61,3 +63,21 @@ def test_a_running_tree_that_drifted_since_install_still_lets_a_faithful_clone_t
     for tree in (running, new):
         (tree / "platform" / "motd").write_text("edited by the vendor's own tool\n")
     check(running, new, installed, chain)
+
+
+def test_what_no_component_carries_never_blocks_the_update_of_another(environments):
+    """A program made a FIFO, a socket, a name and a link target that are not UTF-8 in a
+    component the update leaves alone: the clone has them as the running tree does, and the check
+    of the clone leaves them out instead of refusing the update of something else."""
+    running, new, installed, chain = environments
+    for tree in (running, new):
+        os.mkfifo(tree / "platform" / "pipe")
+        listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listening.bind(str(tree / "platform" / "control.sock"))
+        listening.close()
+        (tree / "platform" / os.fsdecode(b"caf\xe9")).write_text("a Latin-1 name")
+        os.symlink(os.fsdecode(b"caf\xe9"), tree / "platform" / "latin-1-link")
+    check(running, new, installed, chain)
+    (new / "platform" / "motd").unlink()
+    with pytest.raises(StagingError, match="clone of platform differs"):  # still compared, all the rest
+        check(running, new, installed, chain)

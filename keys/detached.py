@@ -21,6 +21,7 @@ from keys.trust_root import MAX_ROOT_BYTES, TrustRoot
 
 SUFFIX = ".minisig"
 MAX_SIGNATURE_FILES = 64
+MAX_LISTED_ENTRIES = 1 << 16  # in a signed document's folder: ~20 MB of names at most
 _KEY_ID = re.compile(r"[0-9A-F]{16}")
 
 
@@ -29,21 +30,27 @@ def signature_path(document: Path, key_id: str) -> Path:
 
 
 def signature_paths(document: Path) -> list[Path]:
-    """The signature files of ``document`` present in its directory, in name order."""
+    """The signature files of ``document`` present in its directory, in name order. The listing
+    is read as it comes and stops at MAX_LISTED_ENTRIES: a stick's bundle folder is reached with
+    no signature at all, and an ext4 stick can hold millions of names there."""
+    found = []
     try:
-        names = os.listdir(document.parent)
+        with os.scandir(document.parent) as listing:
+            for count, entry in enumerate(listing):
+                if count >= MAX_LISTED_ENTRIES:
+                    raise Failed(f"more than {MAX_LISTED_ENTRIES} entries beside {document.name}",
+                                 where=document.parent, hint="a signed document's folder holds it, its signatures "
+                                                             "and little else")
+                name = entry.name
+                if name == document.name + SUFFIX or (
+                        name.startswith(document.name + ".") and name.endswith(SUFFIX)
+                        and _KEY_ID.fullmatch(name[len(document.name) + 1:-len(SUFFIX)])):
+                    found.append(document.with_name(name))
+                    if len(found) > MAX_SIGNATURE_FILES:
+                        raise Failed(f"more than {MAX_SIGNATURE_FILES} signature files", where=document.parent)
     except OSError as error:
         raise Failed(f"cannot list the directory: {error.strerror}", where=document.parent) from None
-    found = []
-    for name in sorted(names):
-        if name == document.name + SUFFIX:
-            found.append(document.with_name(name))
-        elif name.startswith(document.name + ".") and name.endswith(SUFFIX):
-            if _KEY_ID.fullmatch(name[len(document.name) + 1:-len(SUFFIX)]):
-                found.append(document.with_name(name))
-    if len(found) > MAX_SIGNATURE_FILES:
-        raise Failed(f"more than {MAX_SIGNATURE_FILES} signature files", where=document.parent)
-    return found
+    return sorted(found)
 
 
 def load_signatures(document: Path) -> list[Signature]:

@@ -48,6 +48,7 @@ from agent.format.manifest import (DOCUMENT_TYPE, ENCODINGS, FORMAT, Base, Compo
                                    StoredObject, Volume, signature_comment)
 from agent import medium
 from agent.format.tree import EMPTY_SHA256, Chunk, Entry, GzipRecipe, Prefix, tree_digest
+from keys import detached
 from keys.detached import load_root_candidate
 from keys.errors import Failed, UpdateError
 from keys.secret_key import SecretKey
@@ -779,3 +780,13 @@ def test_atheris_target_runs_on_its_seeds():
     assert len(seeds) >= len(fuzz_formats.TARGETS)
     for data in seeds:
         fuzz_formats.one_input(data)
+
+
+def test_a_bundle_folder_flooded_with_names_is_refused_at_the_cap(tmp_path):
+    """A stick's bundle folder is listed before any signature is checked, and an ext4 stick can
+    hold millions of names there: the listing stops at MAX_LISTED_ENTRIES instead of reading all."""
+    (tmp_path / bundle_dir.MANIFEST).write_bytes(VALID_STORED)
+    for number in range(detached.MAX_LISTED_ENTRIES):
+        (tmp_path / f"junk-{number}").touch()
+    with pytest.raises(UpdateError, match=f"more than {detached.MAX_LISTED_ENTRIES} entries beside"):
+        read_bundle(tmp_path)

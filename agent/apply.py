@@ -52,21 +52,22 @@ class WorkBudget:
     16 MiB block again, or gzip recipes whose content deflates at level 9 at 0.4 MB/s (measured
     here on a two-letter random text; text deflates at 20-60 MB/s). Bytes read from base trees,
     inflated and decoded from blocks are counted, and may reach ``BYTES_PER_BYTE_WRITTEN`` times the bytes
-    written plus ``FREE_BYTES``; deflating cannot be judged by bytes (its speed varies 300-fold
-    with the content), so its CPU time is measured and may reach ``FREE_DEFLATE_SECONDS`` plus
-    ``DEFLATE_SECONDS_PER_MIB`` per MiB written. A legitimate delta stays far below both
+    written plus ``FREE_BYTES``; deflating and applying bsdiff patches cannot be judged by bytes
+    (deflating's speed varies 300-fold with the content, a bsdiff patch's with its number of
+    controls), so their CPU time is measured and may reach ``FREE_CPU_SECONDS`` plus
+    ``CPU_SECONDS_PER_MIB`` per MiB written. A legitimate delta stays far below both
     (docs/AGENT.md, "What gets installed"). One budget spans every step of an install.
     """
 
     BYTES_PER_BYTE_WRITTEN = 16
     FREE_BYTES = 1 << 30
-    FREE_DEFLATE_SECONDS = 5.0
-    DEFLATE_SECONDS_PER_MIB = 1.0
+    FREE_CPU_SECONDS = 5.0
+    CPU_SECONDS_PER_MIB = 1.0
 
     def __init__(self) -> None:
         self.written = 0
         self.processed = 0
-        self.deflate_seconds = 0.0
+        self.cpu_seconds = 0.0
 
     def wrote(self, count: int) -> None:
         self.written += count
@@ -82,13 +83,15 @@ class WorkBudget:
                                f"{self.FREE_BYTES >> 20} MiB) are allowed - refused as a resource attack",
                                hint="the bundle is not what the vendor's tools make; report it to the vendor")
 
-    def deflated(self, seconds: float, path: str) -> None:
-        self.deflate_seconds += seconds
-        allowed = self.FREE_DEFLATE_SECONDS + self.DEFLATE_SECONDS_PER_MIB * self.written / (1 << 20)
-        if self.deflate_seconds > allowed:
-            raise WorkExceeded(f"{path!r}: re-deflating gzip content took {self.deflate_seconds:.1f} s of CPU to write "
-                               f"{self.written} bytes; at most {self.FREE_DEFLATE_SECONDS:g} s and "
-                               f"{self.DEFLATE_SECONDS_PER_MIB:g} s per MiB written are allowed - refused as a "
+    def computed(self, seconds: float, path: str) -> None:
+        """Charge ``seconds`` of CPU spent re-deflating gzip content or applying a bsdiff patch."""
+        self.cpu_seconds += seconds
+        allowed = self.FREE_CPU_SECONDS + self.CPU_SECONDS_PER_MIB * self.written / (1 << 20)
+        if self.cpu_seconds > allowed:
+            raise WorkExceeded(f"{path!r}: re-deflating gzip content and applying bsdiff patches took "
+                               f"{self.cpu_seconds:.1f} s of CPU to write "
+                               f"{self.written} bytes; at most {self.FREE_CPU_SECONDS:g} s and "
+                               f"{self.CPU_SECONDS_PER_MIB:g} s per MiB written are allowed - refused as a "
                                "resource attack", hint="the bundle is not what the vendor's tools make; report it "
                                                        "to the vendor")
 
@@ -148,9 +151,14 @@ class BaseTree:
         try:
             if prefix.gunzip:
                 self.budget.read(prefix.offset + prefix.length, prefix.path)  # inflated from the start
+
+                def read_block() -> bytes:  # and what it is inflated from: members may be empty
+                    block = os.read(fd, READ_SIZE)
+                    self.budget.read(len(block), prefix.path)
+                    return block
+
                 try:
-                    content = codec.GZIP_RECIPE.base_content(lambda: os.read(fd, READ_SIZE),
-                                                             prefix.offset + prefix.length)
+                    content = codec.GZIP_RECIPE.base_content(read_block, prefix.offset + prefix.length)
                 except ValueError:
                     raise StagingError(f"base file {prefix.path!r} is not gzip data as the delta expects") from None
                 data = content[prefix.offset:]
@@ -234,14 +242,17 @@ def _rebuild(entry: Entry, payload: Payload, base: BaseTree | None, budget: Work
         if chunk.prefix is not None:
             assert base is not None, "the manifest parser refuses patches in full updates"
             prefix = base.region(chunk.prefix)
-        data = codec.decode(stored.encoding, payload.read_object(stored, lambda size: budget.read(size, entry.path)),
-                            chunk.size, prefix)
+        stored_bytes = payload.read_object(stored, lambda size: budget.read(size, entry.path))
+        started = time.thread_time()
+        data = codec.decode(stored.encoding, stored_bytes, chunk.size, prefix)
+        if stored.encoding == codec.BSDIFF.name:  # applied in Python: its time depends on its controls
+            budget.computed(time.thread_time() - started, entry.path)
         content_digest.update(data)
         if rebuilder is not None:
             for start in range(0, len(data), DEFLATE_SLICE):  # the budget is checked while it is spent
                 started = time.thread_time()
                 rebuilder.feed(data[start:start + DEFLATE_SLICE])
-                budget.deflated(time.thread_time() - started, entry.path)
+                budget.computed(time.thread_time() - started, entry.path)
         else:
             write(data)
     if rebuilder is not None:
@@ -253,7 +264,7 @@ def _rebuild(entry: Entry, payload: Payload, base: BaseTree | None, budget: Work
         except ValueError as error:
             raise StagingError(f"{entry.path!r}: its gzip recipe does not fit its content: {error}",
                                hint="the bundle is not what the vendor's tools make; report it to the vendor") from None
-        budget.deflated(time.thread_time() - started, entry.path)
+        budget.computed(time.thread_time() - started, entry.path)
     if file_digest.hexdigest() != entry.sha256:
         if rebuilder is not None:
             raise StagingError(f"{entry.path!r}: re-deflating its content did not reproduce the signed file: "

@@ -11,8 +11,14 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from agent.apply import WorkBudget, WorkExceeded, apply_component
 from agent.format import bsdiff, codec
+from agent.format.bundle_dir import manifest_path
+from agent.format.manifest import Manifest
+from agent.payload import Payload
 from bundler import encoders
+from tests.sim.releases import put, write_release
+from tests.sim.tools import run_cli
 
 
 def edited_executable() -> tuple[bytes, bytes]:
@@ -69,7 +75,8 @@ def _patch(controls, diff: bytes, extra: bytes) -> bytes:
     (_patch([(2, 1, 0)], b"\0" * 2, b"x"), 3, None),
     (_patch([(2, 1, 0)], b"\0" * 2, b"xy"), 3, "do not match"),
     (b"\x85", 3, "truncated"),
-    (_patch([(1, 0, 0)] * 5, b"\0" * 5, b""), 4, "more controls"),
+    (_patch([(1, 0, 0)] * 5, b"\0" * 5, b""), 4, "builds more than its chunk"),
+    (_patch([(0, 0, 0)] * 16 + [(4, 0, 0)], b"\0" * 4, b""), 4, "17 controls for a chunk of 4 bytes"),
 ])
 def test_a_patch_must_fit_its_region_and_its_chunk(patch, size, complaint):
     region = b"ABCDEFGH"
@@ -105,16 +112,36 @@ def test_applying_takes_any_bytes(patch, region, size):
     assert len(out) == size
 
 
-def test_a_patch_of_a_control_per_byte_is_applied_in_memory_of_about_its_chunk():
-    """A signed patch may hold one control per byte of its chunk; the controls are read as
-    they are applied, never held together (~100 bytes each as Python tuples)."""
+def test_a_patch_of_as_many_controls_as_allowed_is_applied_in_memory_of_about_its_chunk():
+    """A signed patch may hold a control per 16 bytes of its chunk (and 16 more); the controls
+    are read as they are applied, never held together (~100 bytes each as Python tuples)."""
     size = 1 << 18
-    patch = _patch([(0, 1, 0)] * size, b"", bytes(range(256)) * (size // 256))
+    extra = bytes(range(256)) * (size // 256)
+    patch = _patch([(0, 16, 0)] * (size // 16), b"", extra)
     tracemalloc.start()
     try:
         out = bsdiff.apply(b"", patch, size)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert out == bytes(range(256)) * (size // 256)
+    assert out == extra
     assert peak < 4 * size, f"{peak} bytes traced for a {size}-byte chunk"
+
+
+def test_applying_a_bsdiff_patch_is_paid_for_in_cpu_time(trust, tmp_path, monkeypatch):
+    """A patch's controls are applied in Python, at a cost the bytes do not tell: its CPU time is
+    charged to the install's budget (T-WORK), as re-deflating gzip content is."""
+    old, new = edited_executable()
+    for name, data, sequence in (("r1", old, 1), ("r2", new, 2)):
+        put(tmp_path / name / "platform", "usr/bin/ls", data, 0o755)
+        write_release(tmp_path / name, {"platform": (f"{sequence}.0", sequence)})
+    keys = ["--key", trust.key("rel1"), "--key", trust.key("rel2")]
+    run_cli("bundle", "make", "--release", tmp_path / "r2/release.toml", "--base", tmp_path / "r1/release.toml",
+            *keys, "--out", tmp_path / "d12", "--level", "3", check=True)
+    manifest = Manifest.from_stored(manifest_path(tmp_path / "d12").read_bytes())
+    component = manifest.component("platform")
+    assert "bsdiff" in manifest.codecs
+    monkeypatch.setattr(WorkBudget, "FREE_CPU_SECONDS", 0.0)
+    monkeypatch.setattr(WorkBudget, "CPU_SECONDS_PER_MIB", 0.0)
+    with Payload(tmp_path / "d12", manifest) as payload, pytest.raises(WorkExceeded, match="'usr/bin/ls': re-deflating"):
+        apply_component(component, payload, tmp_path / "out", base=tmp_path / "r1/platform", set_owner=False)

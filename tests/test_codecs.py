@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.format import codec
+from agent.format import codec, gzip_recipe
 from agent.format.bundle_dir import MANIFEST, PAYLOAD
 from agent.format.manifest import ENCODINGS, MalformedManifest, Manifest
 from agent.format.tree import Entry
@@ -268,3 +268,24 @@ def test_a_cabinet_refuses_a_stick_needing_a_codec_it_lacks_and_stays_as_it_was(
     assert result.returncode == 3, result.stdout + result.stderr
     assert LACKS_XZ in result.stdout + result.stderr
     assert cabinet.snapshot() == before
+
+
+def test_a_base_file_of_empty_gzip_members_is_read_in_bounded_work():
+    """A signed bundle may name as a patch region 1 byte of content behind thousands of empty
+    members: zlib copies what follows each member's end, so the input is fed in slices, and past
+    MAX_MEMBERS members the file is refused."""
+    empty = gzip.compress(b"", mtime=0)
+    stream = empty * 10_000 + gzip.compress(b"x", mtime=0)
+    blocks = iter([stream[i:i + (1 << 20)] for i in range(0, len(stream), 1 << 20)])
+    assert gzip_recipe.gunzip_prefix(lambda: next(blocks, b""), 1) == b"x"
+    flood = empty * (gzip_recipe.MAX_MEMBERS + 1)
+    blocks = iter([flood[i:i + (1 << 20)] for i in range(0, len(flood), 1 << 20)])
+    with pytest.raises(ValueError, match="more than 65536 members"):
+        gzip_recipe.gunzip_prefix(lambda: next(blocks, b""), 1)
+
+
+def test_a_gzip_magic_split_between_two_blocks_still_starts_a_member():
+    stream = gzip.compress(b"first ", mtime=0) + gzip.compress(b"second", mtime=0)
+    cut = len(gzip.compress(b"first ", mtime=0)) + 1  # the second member's \x1f ends the first block
+    blocks = iter([stream[:cut], stream[cut:]])
+    assert gzip_recipe.gunzip_prefix(lambda: next(blocks, b""), 12) == b"first second"

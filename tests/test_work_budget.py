@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 
 import pytest
@@ -29,6 +30,18 @@ def test_base_regions_read_again_and_again_are_stopped(tmp_path, monkeypatch):
     assert budget.processed <= 32 * MiB + 8 * MiB
 
 
+def test_a_gunzip_region_pays_for_the_compressed_bytes_it_reads_too(tmp_path, monkeypatch):
+    """One byte of content behind 1.2 MB of empty gzip members: charged for what is read, not
+    only for the byte of content."""
+    monkeypatch.setattr(WorkBudget, "FREE_BYTES", MiB // 2)
+    data = gzip.compress(b"", mtime=0) * 60_000 + gzip.compress(b"x", mtime=0)
+    (tmp_path / "empty-members.gz").write_bytes(data)
+    prefix = Prefix(path="empty-members.gz", sha256=hashlib.sha256(data).hexdigest(), offset=0, length=1, gunzip=True)
+    with Beneath.open_root(tmp_path) as root:
+        with pytest.raises(WorkExceeded, match="'empty-members.gz'"):
+            BaseTree(root, WorkBudget()).region(prefix)
+
+
 def test_reads_paid_for_by_writes_are_allowed(tmp_path, monkeypatch):
     monkeypatch.setattr(WorkBudget, "FREE_BYTES", 0)
     budget = WorkBudget()
@@ -38,10 +51,10 @@ def test_reads_paid_for_by_writes_are_allowed(tmp_path, monkeypatch):
         budget.read(1, "a")
 
 
-def test_deflating_is_paid_by_cpu_time_per_byte_written():
+def test_deflating_and_bsdiff_are_paid_by_cpu_time_per_byte_written():
     budget = WorkBudget()
-    budget.deflated(WorkBudget.FREE_DEFLATE_SECONDS, "a.gz")
+    budget.computed(WorkBudget.FREE_CPU_SECONDS, "a.gz")
     budget.wrote(2 * MiB)
-    budget.deflated(2 * WorkBudget.DEFLATE_SECONDS_PER_MIB, "a.gz")
-    with pytest.raises(WorkExceeded, match="re-deflating gzip content took .* s of CPU"):
-        budget.deflated(0.1, "a.gz")
+    budget.computed(2 * WorkBudget.CPU_SECONDS_PER_MIB, "a.gz")
+    with pytest.raises(WorkExceeded, match="re-deflating gzip content and applying bsdiff patches took .* s of CPU"):
+        budget.computed(0.1, "a.gz")

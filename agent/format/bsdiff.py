@@ -26,6 +26,12 @@ from typing import Iterator
 from agent.format import varint
 
 MAX_NUMBER = (1 << 63) - 1  # of a control: offsets and lengths are 64-bit in bsdiff
+# Controls are applied in Python at ~3 us each: a chunk may have one per 16 bytes (and 16 more),
+# which bounds a 64 MiB chunk to ~12 s. bsdiff4 makes one per 133 bytes at most on the platform
+# pair's executables (rsync; most have one per several KiB); the bundler checks every patch by
+# applying it, so it never stores one a device would refuse.
+BYTES_PER_CONTROL = 16
+FREE_CONTROLS = 16
 
 
 class PatchError(ValueError):
@@ -65,8 +71,9 @@ def apply(region: bytes | memoryview, patch: bytes, size: int) -> bytes:
     """The chunk: ``patch`` applied to ``region``. Raises PatchError."""
     numbers = varint.Reader(patch, PatchError, "a bsdiff patch")
     count = numbers.number(MAX_NUMBER)
-    if count > size:
-        raise PatchError("a bsdiff patch has more controls than its chunk has bytes")
+    if count > FREE_CONTROLS + size // BYTES_PER_CONTROL:
+        raise PatchError(f"a bsdiff patch has {count} controls for a chunk of {size} bytes; at most "
+                         f"{FREE_CONTROLS} and one per {BYTES_PER_CONTROL} bytes are allowed")
     first = numbers.position
     total_add = total_copy = 0
     for _ in range(count):  # first the sizes: where the diff and the extra bytes start

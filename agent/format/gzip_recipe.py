@@ -44,6 +44,10 @@ _SHAPED_LEVELS = (9, 6)
 # A shaped rebuild gathers the content and re-codes it in Python at ~4-5 MB/s here: 16 MiB of
 # content bounds both the memory and the seconds one file costs a device.
 MAX_SHAPED_CONTENT = 16 << 20
+# A base file read as gzip content (a patch region's ``gunzip``): bgzip's files have a member per
+# 64 KiB, so 65,536 members is 4 GiB of content.
+MAX_MEMBERS = 1 << 16
+FEED_BYTES = 1 << 16
 
 
 def header_length(data: bytes) -> int | None:
@@ -238,26 +242,35 @@ class Rebuilder:
 def gunzip_prefix(read_block: Callable[[], bytes], end: int) -> bytes:
     """The first ``end`` bytes of a gzip stream's content (all members), reading block by block.
 
-    Raises ValueError if the stream is not gzip. Memory: at most ``end`` bytes plus one block.
+    Raises ValueError if the stream is not gzip, or has more than MAX_MEMBERS members. Memory: at
+    most ``end`` bytes plus one block. Work: zlib copies what follows a member's end, so the input
+    is fed in slices of FEED_BYTES, and a file of empty members (a signed bundle may name one as a
+    patch region) costs at most that per member, for at most MAX_MEMBERS members.
     """
     output = bytearray()
-    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)
-    pending = b""
+    block, at = memoryview(b""), 0
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # the first member: zlib says if it is one
+    members = 1
     while len(output) < end:
-        if not pending:
-            pending = read_block()
-            if not pending:
+        if at == len(block):
+            block, at = memoryview(read_block()), 0
+            if not block:
                 break
+        if inflater is None:  # another member may follow
+            if len(block) - at < 2 and (more := read_block()):  # its magic may straddle two blocks
+                block, at = memoryview(bytes(block[at:]) + more), 0
+            if bytes(block[at:at + 2]) != b"\x1f\x8b":
+                break
+            members += 1
+            if members > MAX_MEMBERS:
+                raise ValueError(f"a gzip stream of more than {MAX_MEMBERS} members")
+            inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)
+        piece = block[at:at + FEED_BYTES]
         try:
-            output += inflater.decompress(pending, end - len(output))
+            output += inflater.decompress(piece, end - len(output))
         except zlib.error as error:
             raise ValueError(f"not a gzip stream: {error}") from None
-        pending = inflater.unconsumed_tail
-        if inflater.eof:  # another member may follow
-            pending = inflater.unused_data + pending
-            inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)
-            while len(pending) < 2 and (more := read_block()):  # the next member may start a block
-                pending += more
-            if not pending.startswith(b"\x1f\x8b"):
-                break
+        at += len(piece) - len(inflater.unconsumed_tail) - len(inflater.unused_data)
+        if inflater.eof:
+            inflater = None
     return bytes(output)

@@ -7,8 +7,8 @@ screen is shown a screen at a time. Nothing typed is ever run as a command: an a
 from the menu, a path, an environment's name, a COMPONENT=SEQUENCE downgrade or y/n (unlike
 consoles that fall back to a shell). An error is shown with what to do and the menu comes back;
 Ctrl-C stops the item, not the menu (at the menu's own prompt it leaves, exit 130); SIGTERM
-leaves (exit 143); 0, q or end of input leaves. An action that armed a trial boot leaves the menu so that the
-reboot policy can start the trial (agent/cli/context.py runs it last).
+leaves (exit 143); 0, q or end of input leaves. An action that armed a trial boot leaves the
+menu so that the reboot policy can start the trial (agent/cli/context.py runs it last).
 """
 
 from __future__ import annotations

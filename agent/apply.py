@@ -145,7 +145,7 @@ class BaseTree:
                                    hint="this delta needs the exact base release; use a full bundle")
             self._verified[path] = sha256
 
-    def region(self, prefix: Prefix) -> bytes:
+    def region(self, prefix: Prefix) -> bytes | bytearray:
         """The base bytes a patch chunk refers to (of the gunzipped content if it says so)."""
         fd = self._open(prefix.path)
         try:
@@ -158,10 +158,9 @@ class BaseTree:
                     return block
 
                 try:
-                    content = codec.GZIP_RECIPE.base_content(read_block, prefix.offset + prefix.length)
+                    data = codec.GZIP_RECIPE.base_content(read_block, prefix.offset, prefix.offset + prefix.length)
                 except ValueError:
                     raise StagingError(f"base file {prefix.path!r} is not gzip data as the delta expects") from None
-                data = content[prefix.offset:]
             elif prefix.offset + prefix.length > os.fstat(fd).st_size:
                 data = b""  # reported below as too short; pread would fail on offsets past 2**63
             else:

@@ -282,7 +282,7 @@ class Source:
         """Bytes [offset, offset + size). Raises Failed if the file changed meanwhile."""
         with open(self.path, "rb", buffering=0) as handle:
             if self.gunzip:
-                data = gzip_recipe.gunzip_prefix(lambda: handle.read(1 << 20), offset + size)[offset:]
+                data = gzip_recipe.gunzip_range(lambda: handle.read(1 << 20), offset, offset + size)
             else:
                 data = os.pread(handle.fileno(), size, offset)
         if len(data) != size:

@@ -123,7 +123,7 @@ def test_the_gzip_recipe_round_trips_through_its_transform(tmp_path):
     rebuilder.finish()
     assert bytes(rebuilt) == path.read_bytes()
     chunks = iter([path.read_bytes()])
-    assert codec.GZIP_RECIPE.base_content(lambda: next(chunks, b""), 100) == content[:100]
+    assert codec.GZIP_RECIPE.base_content(lambda: next(chunks, b""), 0, 100) == content[:100]
     assert codec.used_by(["zstd"], [entry]) == ("gzip-recipe", "zstd")
     assert codec.rebuilder(replace(entry, gzip=None), rebuilt.extend) is None
     assert codec.used_by([], [replace(entry, gzip=None)]) == ()

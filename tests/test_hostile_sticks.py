@@ -1113,7 +1113,7 @@ CASES: list[Case] = [
           NOTHING), exit=NOT_APPLICABLE, setup=rolled_back_from_release_2),
     # --- work that does not pay for itself ---------------------------------------------------------------
     Case("gzip-recipe-cpu-bomb", "T-WORK", gzip_recipe_cpu_bomb,
-         "re-deflating gzip content took", staged=True, timeout=60),
+         "re-deflating gzip content and applying bsdiff patches took", staged=True, timeout=60),
     Case("files-take-turns-between-blocks", "T-WORK", blocks_taken_in_turn,
          "bytes of base files and blocks to write", staged=True, timeout=120),
     # --- games other local processes could change -------------------------------------------------------

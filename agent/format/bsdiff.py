@@ -67,7 +67,7 @@ def _controls(patch: bytes, count: int, start: int) -> Iterator[tuple[int, int, 
         yield add, copy, varint.unzigzag(seek)
 
 
-def apply(region: bytes | memoryview, patch: bytes, size: int) -> bytes:
+def apply(region: bytes | memoryview, patch: bytes, size: int) -> bytearray:
     """The chunk: ``patch`` applied to ``region``. Raises PatchError."""
     numbers = varint.Reader(patch, PatchError, "a bsdiff patch")
     count = numbers.number(MAX_NUMBER)
@@ -94,4 +94,4 @@ def apply(region: bytes | memoryview, patch: bytes, size: int) -> bytes:
         out += _add(region[old:old + add], patch[diff_at:diff_at + add])
         out += patch[extra_at:extra_at + copy]
         diff_at, extra_at, old = diff_at + add, extra_at + copy, old + add + seek
-    return bytes(out)
+    return out  # not a copy: the chunk is held once

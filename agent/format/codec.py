@@ -150,7 +150,7 @@ def declared_size(stored: bytes) -> int:
     return _lib.ZSTD_getFrameContentSize(source, len(stored))
 
 
-def decompress(stored: bytes, size: int, prefix: bytes | memoryview | None = None) -> bytes:
+def decompress(stored: bytes, size: int, prefix: bytes | memoryview | None = None) -> bytearray:
     """Decode one frame into exactly ``size`` bytes. Raises CorruptObject."""
     assert 0 < size <= MAX_DECODED_BYTES
     declared = declared_size(stored)
@@ -175,18 +175,19 @@ def decompress(stored: bytes, size: int, prefix: bytes | memoryview | None = Non
         if prefix is not None and len(prefix):
             prefix_buffer = _ffi.from_buffer(prefix)
             _check(_lib.ZSTD_DCtx_refPrefix(dctx, prefix_buffer, len(prefix)), "zstd prefix")
-        out = _ffi.new("char[]", size)
-        written = _check(_lib.ZSTD_decompressDCtx(dctx, out, size, source, len(stored)), "zstd decode")
+        out = bytearray(size)  # decoded into in place: one buffer of the chunk's size, not two
+        written = _check(_lib.ZSTD_decompressDCtx(dctx, _ffi.from_buffer(out), size, source, len(stored)),
+                         "zstd decode")
         if written != size:
             raise CorruptObject(f"stored object decodes to {written} bytes, the manifest says {size}")
-        return _ffi.buffer(out, size)[:]
+        return out
     finally:
         _lib.ZSTD_freeDCtx(dctx)
 
 
 # --- the registry -----------------------------------------------------------------------------
 
-Region = bytes | memoryview  # the base region a patch refers to (a chunk's ``prefix``)
+Region = bytes | bytearray | memoryview  # the base region a patch refers to (a chunk's ``prefix``)
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ class Decoder:
     """
 
     name: str
-    decode: Callable[[bytes, int, Region | None], bytes]
+    decode: Callable[[bytes, int, Region | None], bytes | bytearray]
     patch: bool = False
     verbatim: bool = False
     container: bool = False
@@ -220,15 +221,16 @@ class Transform:
 
     ``used_by(entry)``: the entry needs this codec (to be rebuilt, or to read its base regions).
     ``rebuilder(entry, write)``: the entry's Rebuilder, or None if the entry is not rebuilt by it.
-    ``base_content(read_block, end)``: the first ``end`` bytes of a base file's content, read
-    block by block, for a patch region of that content (``prefix.gunzip``); raises ValueError.
+    ``base_content(read_block, start, end)``: bytes ``start`` to ``end`` of a base file's
+    content, read block by block, for a patch region of that content (``prefix.gunzip``); raises
+    ValueError.
     None for a transform whose content no region refers to.
     """
 
     name: str
     used_by: Callable[[Entry], bool]
     rebuilder: Callable[[Entry, Callable[[bytes], None]], Rebuilder | None]
-    base_content: Callable[[Callable[[], bytes], int], bytes] | None = None
+    base_content: Callable[[Callable[[], bytes], int, int], bytes | bytearray] | None = None
 
 
 def _raw(stored: bytes, size: int, region: Region | None) -> bytes:
@@ -237,11 +239,11 @@ def _raw(stored: bytes, size: int, region: Region | None) -> bytes:
     return stored
 
 
-def _zstd(stored: bytes, size: int, region: Region | None) -> bytes:
+def _zstd(stored: bytes, size: int, region: Region | None) -> bytearray:
     return decompress(stored, size)
 
 
-def _zstd_patch(stored: bytes, size: int, region: Region | None) -> bytes:
+def _zstd_patch(stored: bytes, size: int, region: Region | None) -> bytearray:
     if region is None:
         raise CorruptObject("a patch object needs its base region")
     return decompress(stored, size, region)
@@ -272,7 +274,7 @@ def _shaped_rebuilder(entry: Entry, write: Callable[[bytes], None]) -> Rebuilder
     return gzip_recipe.ShapedRebuilder(entry.gzip, write) if _shape_used_by(entry) else None
 
 
-def _bsdiff(stored: bytes, size: int, region: Region | None) -> bytes:
+def _bsdiff(stored: bytes, size: int, region: Region | None) -> bytearray:
     if region is None:
         raise CorruptObject("a patch object needs its base region")
     try:
@@ -289,7 +291,7 @@ BSDIFF = Decoder("bsdiff", _bsdiff, patch=True)  # agent/format/bsdiff.py
 # 16 MiB blocks than one frame each, as similar changes share one context (docs/FORMAT.md, "Blocks").
 BLOCK = Decoder("block", _zstd, container=True)
 GZIP_RECIPE = Transform("gzip-recipe", used_by=_gzip_used_by, rebuilder=_gzip_rebuilder,
-                        base_content=gzip_recipe.gunzip_prefix)
+                        base_content=gzip_recipe.gunzip_range)
 # A recipe with block ends (GNU gzip's files): zlib told to end a block where the original's end.
 GZIP_BLOCKS = Transform("gzip-blocks", used_by=_blocks_used_by, rebuilder=_blocks_rebuilder)
 # A recipe with a shape (what block ends miss): zlib's tokens re-coded in the original's blocks.
@@ -334,7 +336,7 @@ def rebuilder(entry: Entry, write: Callable[[bytes], None]) -> Rebuilder | None:
     return None
 
 
-def decode(encoding: str, stored: bytes, size: int, prefix: Region | None = None) -> bytes:
+def decode(encoding: str, stored: bytes, size: int, prefix: Region | None = None) -> bytes | bytearray:
     """Bytes of a chunk from its stored object, by the object's encoding. Raises CorruptObject."""
     decoder = DECODERS.get(encoding)
     if decoder is None:  # the manifest parser refuses unknown encodings: not reached from a bundle

@@ -47,7 +47,8 @@ MAX_SHAPED_CONTENT = 16 << 20
 # A base file read as gzip content (a patch region's ``gunzip``): bgzip's files have a member per
 # 64 KiB, so 65,536 members is 4 GiB of content.
 MAX_MEMBERS = 1 << 16
-FEED_BYTES = 1 << 16
+FEED_BYTES = 1 << 16  # input given to zlib at once
+INFLATE_BYTES = 1 << 20  # content taken from zlib at once: a dropped piece costs no more
 
 
 def header_length(data: bytes) -> int | None:
@@ -239,19 +240,21 @@ class Rebuilder:
         self._write(struct.pack("<II", self._crc, self._size & 0xFFFFFFFF))
 
 
-def gunzip_prefix(read_block: Callable[[], bytes], end: int) -> bytes:
-    """The first ``end`` bytes of a gzip stream's content (all members), reading block by block.
+def gunzip_range(read_block: Callable[[], bytes], start: int, end: int) -> bytearray:
+    """Bytes ``start`` to ``end`` of a gzip stream's content (all members), reading block by
+    block; what comes before ``start`` is inflated and dropped.
 
     Raises ValueError if the stream is not gzip, or has more than MAX_MEMBERS members. Memory: at
-    most ``end`` bytes plus one block. Work: zlib copies what follows a member's end, so the input
-    is fed in slices of FEED_BYTES, and a file of empty members (a signed bundle may name one as a
-    patch region) costs at most that per member, for at most MAX_MEMBERS members.
+    most ``end - start`` bytes plus a block and a slice. Work: zlib copies what follows a member's
+    end, so the input is fed in slices of FEED_BYTES, and a file of empty members (a signed bundle
+    may name one as a patch region) costs at most that per member, for at most MAX_MEMBERS members.
     """
     output = bytearray()
+    produced = 0  # content inflated so far, dropped or kept
     block, at = memoryview(b""), 0
     inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # the first member: zlib says if it is one
     members = 1
-    while len(output) < end:
+    while produced < end:
         if at == len(block):
             block, at = memoryview(read_block()), 0
             if not block:
@@ -267,10 +270,18 @@ def gunzip_prefix(read_block: Callable[[], bytes], end: int) -> bytes:
             inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)
         piece = block[at:at + FEED_BYTES]
         try:
-            output += inflater.decompress(piece, end - len(output))
+            inflated = inflater.decompress(piece, min(end - produced, INFLATE_BYTES))
         except zlib.error as error:
             raise ValueError(f"not a gzip stream: {error}") from None
         at += len(piece) - len(inflater.unconsumed_tail) - len(inflater.unused_data)
+        if produced + len(inflated) > start:
+            output += inflated[max(0, start - produced):]
+        produced += len(inflated)
         if inflater.eof:
             inflater = None
-    return bytes(output)
+    return output
+
+
+def gunzip_prefix(read_block: Callable[[], bytes], end: int) -> bytearray:
+    """The first ``end`` bytes of a gzip stream's content: :func:`gunzip_range` from 0."""
+    return gunzip_range(read_block, 0, end)

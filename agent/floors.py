@@ -34,12 +34,13 @@ def floors_from_kept(state_dir: StateDir, environments: Iterable[Environment],
     adds nothing: only what the trust root vouches for raises a floor."""
     floors: dict[str, int] = {}
     skip = set(excluded)
-    verified: dict = {}  # environments share manifests: each is verified once
     for environment in environments:
         if environment.name in skip or not counts_for_floors(environment):
             continue
         try:
-            components = verified_kept(state_dir, environment.name, roots, verified)
+            # Not cached across environments, though they share manifests: parsed, one may take
+            # ~135 MiB (FORMAT.md, "Limits"), and only its sequences are needed here.
+            components = verified_kept(state_dir, environment.name, roots)
         except KeptDamaged:
             continue
         for name, kept in components.items():

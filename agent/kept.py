@@ -287,13 +287,11 @@ def verify_kept_manifest(kept: KeptManifest, roots: Mapping[int, VerifiedRoot]) 
         return f"the kept manifest does not verify: {error.message}"
 
 
-def verified_kept(state_dir: StateDir, environment: str, roots: Mapping[int, VerifiedRoot],
-                  verified: dict | None = None) -> dict[str, VerifiedKept]:
+def verified_kept(state_dir: StateDir, environment: str, roots: Mapping[int, VerifiedRoot]) -> dict[str, VerifiedKept]:
     """Each component ``environment``'s record names, from its verified kept manifest (or the
-    problem). ``verified``: manifests verified before, by (SHA-256, trust-root version), filled
-    in - components of one bundle, and environments sharing it, verify and parse it once.
-    Raises KeptDamaged for a damaged record."""
-    verified = {} if verified is None else verified
+    problem); the components of one bundle verify and parse it once. Raises KeptDamaged for a
+    damaged record."""
+    verified: dict = {}  # (SHA-256, trust-root version) -> Manifest, or why not
     result = {}
     for name, record in environment_records(state_dir, environment).items():
         key = (record.manifest_sha256, record.root_version)

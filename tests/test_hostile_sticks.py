@@ -143,6 +143,21 @@ def duplicate_signature(sim: StickSim) -> None:
     model.signature_files = {f"{MANIFEST}.minisig": model.signatures()[0].to_bytes()}
 
 
+def signatures_under_each_others_names(sim: StickSim) -> None:
+    """rel1's and rel2's genuine signatures, each in the file named for the other's key: stored by
+    that name, one would take the place of the other's good signature (T-SIGSTORE)."""
+    model = d12(sim)
+    rel1, rel2 = model.signatures()
+    model.sign_with()
+    model.signature_files = {f"{MANIFEST}.{rel1.key_id_text}.minisig": rel2.to_bytes(),
+                             f"{MANIFEST}.{rel2.key_id_text}.minisig": rel1.to_bytes()}
+
+
+def named_for_another_key(sim: StickSim) -> str:
+    first, second = sorted([sim.keys.id("rel1"), sim.keys.id("rel2")])
+    return f"the file is named for key {first} but holds a signature by key {second}"
+
+
 def mix_and_match(sim: StickSim) -> None:
     """full-2's genuine signatures beside d12's manifest."""
     model = d12(sim)
@@ -792,6 +807,8 @@ CASES: list[Case] = [
     Case("unsigned-bundle-directory", "T-UNSIGNED", lambda s: d12(s).sign_with(), signed_by(), medium="d12"),
     Case("one-signer-below-threshold", "T-THRESHOLD", lambda s: d12(s).sign_with("rel1"), signed_by("rel1")),
     Case("same-signer-twice", "T-DUPSIG", duplicate_signature, signed_by("rel1")),
+    Case("signatures-under-each-others-names", "T-SIGSTORE", signatures_under_each_others_names,
+         named_for_another_key),
     Case("signer-not-in-root", "T-UNKNOWN", lambda s: d12(s).sign_with("rel1", "rel3"), signed_by("rel1", "rel3")),
     Case("forged-signers", "T-UNSIGNED", lambda s: d12(s).sign_with("mallory1", "mallory2"),
          signed_by("mallory1", "mallory2")),

@@ -355,6 +355,7 @@ def make_bundle(release: Release, base: Release | None, keys: list[SecretKey], o
     for name in options.targets:
         if name not in release.components:
             raise MakeRefused(f"--target names component {name!r}, which the release does not have")
+    _refuse_output_inside_a_tree(out, release, base)
     remove_stale_partials(out.parent)
     staging = partial_path(out)
     shutil.rmtree(staging, ignore_errors=True)
@@ -388,6 +389,16 @@ def make_bundle(release: Release, base: Release | None, keys: list[SecretKey], o
     except BaseException:  # an interrupt too: nothing stays behind
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _refuse_output_inside_a_tree(out: Path, release: Release, base: Release | None) -> None:
+    """The bundle is written while the trees are scanned: inside one, its own partial folder would
+    be carried to every device (or, inside a base tree, make the delta's base a tree nobody has)."""
+    where = out.resolve()
+    for tree in [*release.components.values(), *(base.components.values() if base else ())]:
+        if where.is_relative_to(tree.path.resolve()):
+            raise MakeRefused(f"--out {out} is inside the tree of component {tree.name} ({tree.path})", where=out,
+                              hint="write the bundle outside every release and base tree")
 
 
 def _create(staging: Path) -> None:

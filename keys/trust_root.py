@@ -30,6 +30,8 @@ DOCUMENT_TYPE = "trust-root"
 FORMAT = 1
 MAX_ROOT_BYTES = 1 << 20
 MAX_KEYS_PER_ROLE = 256
+# A stick names a root by its version (root-<N>.json, agent/format/stick.py): nine digits.
+MAX_VERSION = 999_999_999
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
 
 
@@ -124,8 +126,8 @@ class TrustRoot:
     extra_fields: tuple[tuple[str, Any], ...] = ()  # unknown fields of a newer minor format
 
     def __post_init__(self) -> None:
-        if self.version < 1:
-            raise ValueError(f"version must be 1 or more, not {self.version}")
+        if not 1 <= self.version <= MAX_VERSION:
+            raise ValueError(f"version must be 1 to {MAX_VERSION}, not {self.version}")
         object.__setattr__(self, "revoked_keys", tuple(sorted(self.revoked_keys, key=lambda k: k.id)))
         by_id: dict[str, NamedKey] = {}
         by_name: dict[str, str] = {}

@@ -222,6 +222,23 @@ def test_partial_outputs_of_dead_processes_are_removed_by_the_next_run(trust, re
     assert sorted(os.listdir(out)) == [running.name, "new"]
 
 
+@pytest.mark.parametrize("inside", ["release", "base"])
+def test_an_out_inside_a_release_or_base_tree_is_refused(trust, release, tmp_path, inside):
+    """The partial folder would be scanned with the tree: carried to every device, or (in a base)
+    making the delta's base a tree nobody has."""
+    out = release.parent / "platform/bundles/b1"
+    extra = ["--base", release] if inside == "base" else []
+    if inside == "base":
+        new = write_release(tmp_path / "new", {"platform": ("2.0", 2)})
+        put(tmp_path / "new/platform", "etc/motd", "welcome back")
+        result = make(trust, new, out, *extra)
+    else:
+        result = make(trust, release, out)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert f"--out {out} is inside the tree of component platform" in result.stderr, result.stderr
+    assert not out.parent.exists() or leftovers(out.parent) == []
+
+
 def test_a_delta_without_the_bundlers_extras_says_what_to_install(trust, release, tmp_path):
     """A device's install lacks pyfastcdc and bsdiff4 (pyproject's bundler extra): making a delta
     there is refused with what to install, and leaves nothing."""

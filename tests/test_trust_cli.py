@@ -234,3 +234,15 @@ def test_legacy_minisign_signature_is_accepted(cli, minisign, tmp_path):
     subprocess.run([minisign, "-S", "-l", "-s", tmp_path / "m.key", "-m", tmp_path / "f"], check=True,
                    capture_output=True)
     cli("bundle", "keys", "verify", tmp_path / "f", "--pub", tmp_path / "m.pub", check=True)
+
+
+def test_a_root_version_no_stick_can_name_is_refused(cli, tmp_path):
+    """A stick names a root root-<N>.json with N of at most nine digits (agent/format/stick.py): a
+    version beyond that would be written to sticks and never found by a device."""
+    for name in ("r", "s"):
+        cli("bundle", "keys", "new", name, "--dir", tmp_path, "--no-passphrase", check=True)
+    new = ["bundle", "root", "new", "--root-key", tmp_path / "r.pub", "--signer", tmp_path / "s.pub"]
+    refused = cli(*new, "--out", tmp_path / "big.json", "--version", "1000000000")
+    assert refused.returncode == 3 and "version must be 1 to 999999999" in refused.stderr, refused.stderr
+    assert not (tmp_path / "big.json").exists()
+    assert cli(*new, "--out", tmp_path / "largest.json", "--version", "999999999").returncode == 0

@@ -37,7 +37,7 @@ MAX_BUNDLE_FOLDERS = 64
 # a filesystem that allows millions (FAT32 allows 65,536).
 MAX_FOLDER_ENTRIES = 4096
 
-_ROOT_NAME = re.compile(r"root-([1-9][0-9]{0,8})\.json")
+_ROOT_NAME = re.compile(r"root-([1-9][0-9]{0,8})\.json")  # up to trust_root.MAX_VERSION
 _BUNDLE_ID = re.compile(rf"[0-9a-f]{{{ID_DIGITS}}}")
 _COMPLETE_CONTENT = re.compile(rb"([0-9a-f]{64})\n")
 # A product label (manifest.py LABEL) minus what FAT cannot store in a name (":") or silently drops

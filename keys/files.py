@@ -8,6 +8,7 @@ the fsyncs an emulated power cut left 0-byte files on ext4, xfs and btrfs (FIELD
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import re
 import stat
@@ -111,20 +112,48 @@ def _libc_syncfs():
 _syncfs = _libc_syncfs()
 
 
-def _write_temp(path: Path, data: bytes, mode: int) -> Path:
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # named for remove_stale_temporaries
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+_CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# What FAT and exFAT (a key ceremony's USB stick) answer to chmod and link(2): they have neither
+# Unix modes nor hard links.
+_UNSUPPORTED = {errno.EPERM, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
+def _set_mode(fd: int, mode: int) -> None:
+    """The umask must not widen or narrow what we asked for; a filesystem without Unix modes
+    (FAT: its mount options decide) has nothing to set."""
     try:
-        os.fchmod(fd, mode)  # the umask must not widen or narrow what we asked for
-        crashpoint(f"write {path.name}")
+        os.fchmod(fd, mode)
+    except OSError as error:
+        if error.errno not in _UNSUPPORTED:
+            raise
+
+
+def _write_new(path: Path, data: bytes, mode: int, what: str) -> None:
+    """Create ``path`` (never an existing file: O_EXCL) with ``data``, durably. Raises OSError,
+    FileExistsError; on any error the file is removed."""
+    fd = os.open(path, _CREATE_NEW, mode)
+    try:
+        _set_mode(fd, mode)
+        crashpoint(f"write {what}")
         write_all(fd, data)
-        crashpoint(f"fsync {path.name}")
+        crashpoint(f"fsync {what}")
         os.fsync(fd)
     except BaseException:
         os.close(fd)
-        temp.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         raise
     os.close(fd)
+
+
+def _write_temp(path: Path, data: bytes, mode: int) -> Path:
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")  # named for remove_stale_temporaries
+    try:
+        _write_new(temp, data, mode, path.name)
+    except FileExistsError:
+        # Left by a writer that died with this process id, or put there by someone who could
+        # then read what we write into it (a secret key): never written into, removed first.
+        temp.unlink()
+        _write_new(temp, data, mode, path.name)
     return temp
 
 
@@ -171,7 +200,14 @@ def create_exclusive(path: Path, data: bytes, *, mode: int) -> None:
     except OSError as error:
         raise Failed(f"cannot write: {error.strerror}", where=path) from None
     try:
-        os.link(temp, path)
+        try:
+            os.link(temp, path)
+        except OSError as error:
+            if error.errno not in _UNSUPPORTED or isinstance(error, FileExistsError):
+                raise
+            # No hard links (FAT, exFAT): written in place, still never over an existing file;
+            # a crash may leave it partial, which reading it then reports as damaged.
+            _write_new(path, data, mode, path.name)
     except FileExistsError:
         raise AlreadyExists(
             "already exists; it is never overwritten", where=path,

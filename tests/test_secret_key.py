@@ -4,6 +4,7 @@ the older "bundle secret key" files (tests/vectors/legacy-keys/) that must keep 
 from __future__ import annotations
 
 import base64
+import os
 import struct
 from pathlib import Path
 
@@ -156,3 +157,22 @@ def test_edited_encrypted_key_gives_only_our_errors(data):
         SecretKeyFile.from_bytes(data).decrypt(b"pw")
     except (MalformedKey, WrongPassphrase, PassphraseUnavailable):
         pass
+
+
+@pytest.mark.parametrize("write", ["create_exclusive", "write_atomic"])
+def test_a_temporary_name_someone_else_made_is_never_written_into(tmp_path, write):
+    """A key written into a folder others may write to: a file planted at the temporary name,
+    held open by its owner, must not receive the secret (it is removed, and a new one made)."""
+    from keys import files
+    if os.geteuid() != 0:
+        pytest.skip("making a file owned by another user needs root")
+    key = tmp_path / "signer.key"
+    planted = tmp_path / f".{key.name}.tmp-{os.getpid()}"
+    planted.touch()
+    os.chown(planted, 65534, 65534)
+    with open(planted, "rb") as held:
+        getattr(files, write)(key, b"the secret\n", mode=0o600)
+        assert held.read() == b""  # nothing reached the planted file
+    status = key.stat()
+    assert key.read_bytes() == b"the secret\n" and (status.st_uid, status.st_mode & 0o777) == (0, 0o600)
+    assert not planted.exists()

@@ -454,3 +454,21 @@ def test_on_a_real_fat32_filesystem(cli, world, fat32_stick):
     again = write(cli, mount_point, world.bundle("full-1"), world.bundle("d12"), roots=(world.root1, world.root2))
     assert again.returncode == 0, again.stderr
     assert [b["status"] for b in json.loads(again.stdout)["bundles"]] == ["kept", "kept"]
+
+
+def test_a_key_ceremony_makes_its_keys_on_a_fat32_stick(fat32_stick, tmp_path):
+    """docs/TRUST.md's ceremony writes each holder's key to their own USB stick: FAT has neither
+    hard links nor Unix modes, and a key must still never be overwritten."""
+    _, mount_point, _, _ = fat32_stick
+    made = run_cli("bundle", "keys", "new", "root-alice", "--dir", mount_point, "--no-passphrase")
+    assert made.returncode == 0, made.stderr
+    assert sorted(os.listdir(mount_point)) == ["root-alice.key", "root-alice.pub"]
+    key = (mount_point / "root-alice.key").read_bytes()
+    again = run_cli("bundle", "keys", "new", "root-alice", "--dir", mount_point, "--no-passphrase")
+    assert again.returncode == 1 and "already exists" in again.stderr, again.stderr
+    assert (mount_point / "root-alice.key").read_bytes() == key
+    (tmp_path / "doc").write_bytes(b"signed with a key from a stick\n")
+    signed = run_cli("bundle", "keys", "sign", tmp_path / "doc", "--key", mount_point / "root-alice.key")
+    assert signed.returncode == 0, signed.stderr
+    checked = run_cli("bundle", "keys", "verify", tmp_path / "doc", "--pub", mount_point / "root-alice.pub")
+    assert checked.returncode == 0, checked.stderr

@@ -246,3 +246,24 @@ def test_a_root_version_no_stick_can_name_is_refused(cli, tmp_path):
     assert refused.returncode == 3 and "version must be 1 to 999999999" in refused.stderr, refused.stderr
     assert not (tmp_path / "big.json").exists()
     assert cli(*new, "--out", tmp_path / "largest.json", "--version", "999999999").returncode == 0
+
+
+def test_bytes_that_are_not_utf8_in_passphrases_and_names_are_no_traceback(cli, tmp_path):
+    """A passphrase from the environment is taken as its bytes (a traceback would print one of
+    them); a file's name that is not UTF-8, or holds a line break, goes into the default trusted
+    comment escaped; a comment given that is not UTF-8 is a usage error."""
+    made = cli("bundle", "keys", "new", "enc", "--dir", tmp_path, "--kdf-cost", "interactive",
+               env={b"BUNDLE_PASSPHRASE": b"s3cr\xe9t"})
+    assert made.returncode == 0 and "Traceback" not in made.stderr, made.stderr
+    for raw in (b"f\xff.txt", b"g\nh.txt"):
+        document = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), raw)))
+        document.write_bytes(b"data\n")
+        signed = cli("bundle", "keys", "sign", document, "--key", tmp_path / "enc.key",
+                     env={b"BUNDLE_PASSPHRASE": b"s3cr\xe9t"})
+        assert signed.returncode == 0, signed.stderr
+        checked = cli("bundle", "keys", "verify", document, "--pub", tmp_path / "enc.pub")
+        assert checked.returncode == 0 and "trusted comment: file:" in checked.stdout, checked.stderr
+    wrong = cli("bundle", "keys", "sign", document, "--key", tmp_path / "enc.key", "--trusted-comment",
+                os.fsdecode(b"bad \xff"), env={b"BUNDLE_PASSPHRASE": b"s3cr\xe9t"})
+    assert wrong.returncode == 2 and "--trusted-comment: the trusted comment" in wrong.stderr, wrong.stderr
+    assert "Traceback" not in wrong.stderr

@@ -15,7 +15,7 @@ from keys.errors import Failed
 from keys.files import create_exclusive, write_atomic
 from keys.printable import echo
 from keys.secret_key import DEFAULT_COST, KDF_COSTS, SecretKey
-from keys.signing import sign_digest
+from keys.signing import BadTrustedComment, file_comment, sign_digest, trusted_comment_bytes
 from keys.verify_files import load_public_key, prehash_file, verify_detached
 
 _KEY_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
@@ -79,9 +79,11 @@ def keys_sign(file: Path, key_path: Path, passphrase_file: Path | None, trusted_
               as_json: bool) -> None:
     """Write FILE.minisig, which `minisign -V -p KEY.pub -m FILE` accepts."""
     secret = load_secret_key(key_path, passphrase_file)
-    comment = trusted_comment if trusted_comment is not None else f"file:{file.name}"
-    if "\n" in comment or "\r" in comment or len(comment.encode()) > 1024:
-        raise click.UsageError("--trusted-comment must be one line of at most 1024 bytes")
+    comment = trusted_comment if trusted_comment is not None else file_comment("file:", file.name)
+    try:
+        trusted_comment_bytes(comment)
+    except BadTrustedComment as error:
+        raise click.UsageError(f"--trusted-comment: {error.message}") from None
     digest = prehash_file(file)
     out = file.with_name(file.name + ".minisig")
     write_atomic(out, sign_digest(secret, digest, comment).to_bytes())

@@ -46,18 +46,22 @@ def obtain_passphrase(passphrase_file: Path | None, *, purpose: str, confirm: bo
     Raises PassphraseUnavailable, Failed."""
     if passphrase_file is not None:
         return _passphrase_from_file(passphrase_file)
-    if use_environment and os.environ.get(PASSPHRASE_VARIABLE):
-        return os.environ[PASSPHRASE_VARIABLE].encode("utf-8")
+    if use_environment and os.environb.get(PASSPHRASE_VARIABLE.encode()):
+        return os.environb[PASSPHRASE_VARIABLE.encode()]  # its bytes as set: never decoded, so never echoed
     if not sys.stdin.isatty():
         raise PassphraseUnavailable(
             f"{purpose} needs a passphrase and there is no terminal to ask for one",
             hint="use --passphrase-file FILE" + (f" or set {PASSPHRASE_VARIABLE}" if use_environment else
                                                   f" for each --key ({PASSPHRASE_VARIABLE} serves a single key)")
                  + (", or --no-passphrase for an unencrypted key" if confirm else ""))
-    text = click.prompt(f"Passphrase for {purpose}", hide_input=True, confirmation_prompt=confirm)
+    try:
+        text = click.prompt(f"Passphrase for {purpose}", hide_input=True, confirmation_prompt=confirm)
+    except UnicodeDecodeError:  # the terminal sent bytes its encoding does not have: never shown
+        raise PassphraseUnavailable("the passphrase typed is not text in this terminal's encoding",
+                                    hint="type it in the terminal's encoding, or use --passphrase-file FILE") from None
     if not text:
         raise PassphraseUnavailable("an empty passphrase is not allowed")
-    return text.encode("utf-8")
+    return text.encode("utf-8", "surrogateescape")
 
 
 def read_secret_key_file(path: Path) -> SecretKeyFile:

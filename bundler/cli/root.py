@@ -15,7 +15,7 @@ from keys.detached import load_signatures, signature_path
 from keys.errors import Refused
 from keys.files import create_exclusive, read_capped, write_atomic
 from keys.minisign import prehash
-from keys.signing import sign_digest
+from keys.signing import file_comment, sign_digest
 from keys.threshold import check_threshold
 from keys.trust_root import MAX_ROOT_BYTES, NamedKey, Role, TrustRoot
 from keys.verify_files import load_public_key
@@ -89,7 +89,8 @@ def root_sign(root_path: Path, key_path: Path, passphrase_file: Path | None, as_
     """Add this key holder's signature to ROOT.json as ROOT.json.<KEY ID>.minisig."""
     raw, root = _load_root(root_path)
     secret = load_secret_key(key_path, passphrase_file)
-    signature = sign_digest(secret, prehash(raw), f"trust-root version:{root.version} file:{root_path.name}")
+    signature = sign_digest(secret, prehash(raw), file_comment(f"trust-root version:{root.version} file:",
+                                                                root_path.name))
     out = signature_path(root_path, secret.id)
     write_atomic(out, signature.to_bytes())
     result = check_threshold(raw, load_signatures(root_path), root.root_keys,

@@ -21,7 +21,7 @@ from keys.detached import load_root_chain, signature_paths
 from keys.errors import Failed, Refused
 from keys.files import read_capped
 from keys.minisign import MAX_SIGNATURE_FILE_BYTES
-from keys.rotation import RootCandidate, accept_chain
+from keys.rotation import RootCandidate, VerifiedRoot, accept_chain, trust_anchor
 from keys.trust_root import MAX_ROOT_BYTES, TrustRoot
 
 
@@ -58,6 +58,7 @@ class StickPlan:
     product: str
     roots: list[RootPlan]
     bundles: list[BundlePlan]
+    anchor: VerifiedRoot  # the oldest root given: a device provisioned with it walks the stick's chain
     needed: int = 0
     available: int | None = None  # None: the filesystem does not report its size
 
@@ -87,7 +88,8 @@ def plan_write(stick_path: Path, bundle_dirs: list[Path], root_paths: list[Path]
                      roots=[_plan_root(trust, c) for c in _one_per_version(candidates)],
                      bundles=[BundlePlan(source=source, id=bundle_id, folder=bundles / bundle_id,
                                          verified=verified, files=_bundle_files(source, verified))
-                              for bundle_id, (source, verified) in checked.items()])
+                              for bundle_id, (source, verified) in checked.items()],
+                     anchor=trust_anchor(candidates[0]))
     for bundle in plan.bundles:
         _plan_bundle(plan, bundle, progress)
     return plan

@@ -11,7 +11,10 @@ What a device finds on the stick is either complete and verified, or visibly inc
    fsync of the folder; then read back;
 4. per bundle: remove an incomplete copy (its marker first), copy every file the same way,
    evict it from the page cache, read every byte back and verify it, and only then write
-   COMPLETE.
+   COMPLETE;
+5. read the product's folder as a device does, from the oldest root given, the stick's own
+   trust roots and every signature file included (``stick_check.py``): a bundle a device would
+   refuse there fails the write (exit 1), naming it.
 
 The steps live beside this module: planning, which only reads (``stick_plan.py``), the limits
 and the free space (``stick_space.py``), and the copy and read-back of each file
@@ -28,6 +31,7 @@ from agent.format import bundle_dir, stick
 from agent.progress import Progress, step_counter
 from bundler.stick_copy import StickFile, make_dirs, put, read_back, remove_bundle_folder, verify_copy
 from bundler.stick_plan import BundlePlan, RootPlan, plan_write
+from bundler.stick_check import check_as_a_device
 from bundler.stick_space import check_limits, check_space
 from keys.files import fsync_directory
 
@@ -56,7 +60,7 @@ def write_stick(stick_path: Path, bundle_dirs: Sequence[Path], root_paths: Seque
 
     Raises WriteRefused (TooManyBundles, NoSpace, FileTooLarge), StickLayoutError, ThresholdNotMet,
     RotationRefused and the other errors of ``check_bundle`` before anything is written;
-    ReadBackMismatch and Failed after.
+    ReadBackMismatch, DevicesWouldRefuse and Failed after.
     """
     progress = progress or (lambda step, done, total: None)
     plan = plan_write(Path(stick_path), [Path(d) for d in bundle_dirs], [Path(p) for p in root_paths], progress)
@@ -66,6 +70,7 @@ def write_stick(stick_path: Path, bundle_dirs: Sequence[Path], root_paths: Seque
         _write_root(root)
     for bundle in plan.bundles:
         _write_bundle(bundle, progress)
+    check_as_a_device(plan.stick, plan.product, plan.anchor, [bundle.id for bundle in plan.bundles])
     return WriteReport(
         stick=plan.stick, product=plan.product,
         roots=[{"version": r.version, "path": str(r.folder / stick.root_name(r.version)),

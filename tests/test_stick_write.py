@@ -472,3 +472,30 @@ def test_a_key_ceremony_makes_its_keys_on_a_fat32_stick(fat32_stick, tmp_path):
     assert signed.returncode == 0, signed.stderr
     checked = run_cli("bundle", "keys", "verify", tmp_path / "doc", "--pub", mount_point / "root-alice.pub")
     assert checked.returncode == 0, checked.stderr
+
+
+def test_a_stick_devices_would_refuse_as_a_whole_is_not_reported_verified(cli, world, tmp_path):
+    """The write ends by reading the product's folder as a device does: the stick's own trust
+    roots (one that retired a signer, left by an earlier write) and every signature file in a
+    bundle's folder (a stray one from a hand copy) count, not only what the command was given."""
+    rotated = tmp_path / "keys/root-2.json"
+    rotated.parent.mkdir()
+    cli("bundle", "root", "rotate", "--from", world.root1, "--out", rotated, "--remove-signer", "rel1",
+        "--add-signer", world.keys / "rel3.pub", check=True)
+    cli("bundle", "root", "sign", rotated, "--key", world.keys / "root1.key", check=True)
+    retired = tmp_path / "retired"
+    trust = retired / PRODUCT / "trust"
+    trust.mkdir(parents=True)
+    for path in rotated.parent.iterdir():
+        shutil.copy(path, trust / path.name)
+    result = write(cli, retired, world.bundle("full-1"), roots=(world.root1,))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "a device would refuse this bundle" in result.stderr and "revoked: rel1" in result.stderr, result.stderr
+
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    assert write(cli, stray, world.bundle("full-1"), roots=(world.root1,)).returncode == 0
+    folder = stray / PRODUCT / "bundles" / manifest_id(world.bundle("full-1"))
+    (folder / f"{bundle_dir.MANIFEST}.minisig").write_text("untrusted comment: half a copy\n")
+    result = write(cli, stray, world.bundle("full-1"), roots=(world.root1,))
+    assert result.returncode == 1 and "a device would refuse this bundle" in result.stderr, result.stderr

@@ -47,6 +47,7 @@ from bundler.blocks import BlockPacker
 from bundler.recipes import Found, find_recipes
 from bundler.encoders import Source
 from bundler.release import Release, ReleaseComponent
+from bundler.tree_stamps import check_unchanged, stamps
 from keys.detached import signature_path
 from keys.errors import AlreadyExists, Failed, Refused
 from keys.files import fsync_directory, write_atomic
@@ -361,6 +362,8 @@ def make_bundle(release: Release, base: Release | None, keys: list[SecretKey], o
     shutil.rmtree(staging, ignore_errors=True)
     try:
         _create(staging)  # first: a parent that cannot take the bundle fails before hours of encoding
+        trees = _trees(release, base)
+        before = {tree: stamps(tree) for tree in trees}
         plans = [_plan_component(c, b, options, progress) for c, b in _select_components(release, base, options)]
         _check_counts(plans, release)
         writer = VolumeWriter(staging / bundle_dir.PAYLOAD, options.volume_size)
@@ -378,6 +381,8 @@ def make_bundle(release: Release, base: Release | None, keys: list[SecretKey], o
             Manifest.from_stored(manifest_bytes)
         except MalformedManifest as error:
             raise MakeRefused(f"the release breaks a bundle rule: {error.message}", where=release.source) from None
+        for tree in trees:  # every read is done: what was hashed is what was encoded
+            check_unchanged(tree, before[tree])
         write_atomic(bundle_dir.manifest_path(staging), manifest_bytes)
         for key in keys:
             write_atomic(signature_path(bundle_dir.manifest_path(staging), key.id),
@@ -389,6 +394,12 @@ def make_bundle(release: Release, base: Release | None, keys: list[SecretKey], o
     except BaseException:  # an interrupt too: nothing stays behind
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _trees(release: Release, base: Release | None) -> list[Path]:
+    """The folders the bundle is made from, each once (a nested component's is inside another's)."""
+    paths = {c.path.resolve() for c in (*release.components.values(), *(base.components.values() if base else ()))}
+    return sorted(p for p in paths if not any(p != q and p.is_relative_to(q) for q in paths))
 
 
 def _refuse_output_inside_a_tree(out: Path, release: Release, base: Release | None) -> None:

@@ -239,6 +239,26 @@ def test_an_out_inside_a_release_or_base_tree_is_refused(trust, release, tmp_pat
     assert not out.parent.exists() or leftovers(out.parent) == []
 
 
+def test_a_file_rewritten_while_the_bundle_is_made_is_refused(trust, release, tmp_path, monkeypatch):
+    """Hashed when the tree is scanned, read again to be encoded: a file rewritten in between (at
+    the same size: a build still writing) would give a signed bundle every device refuses."""
+    from bundler import make
+    from bundler.cli.passphrase import load_secret_key
+    from bundler.release import load_release
+    from bundler.tree_stamps import TreeChanged
+    planned = make._plan_component
+
+    def planned_then_rewritten(*args, **kwargs):
+        plan = planned(*args, **kwargs)
+        (release.parent / "platform/etc/motd").write_text("WELCOME")
+        return plan
+
+    monkeypatch.setattr(make, "_plan_component", planned_then_rewritten)
+    with pytest.raises(TreeChanged, match="etc/motd changed while the bundle was being made"):
+        make.make_bundle(load_release(release), None, [load_secret_key(trust.key("rel1"), None)], tmp_path / "b")
+    assert not (tmp_path / "b").exists() and leftovers(tmp_path) == []
+
+
 def test_a_delta_without_the_bundlers_extras_says_what_to_install(trust, release, tmp_path):
     """A device's install lacks pyfastcdc and bsdiff4 (pyproject's bundler extra): making a delta
     there is refused with what to install, and leaves nothing."""

@@ -9,9 +9,10 @@ What a device finds on the stick is either complete and verified, or visibly inc
    claiming a version the stick has, or too little free space;
 3. trust files, each root's signatures before the root: temp name -> fsync -> rename ->
    fsync of the folder; then read back;
-4. per bundle: remove an incomplete copy (its marker first), copy every file the same way,
-   evict it from the page cache, read every byte back and verify it, and only then write
-   COMPLETE;
+4. remove every incomplete or damaged copy to be written again (its marker first), all before
+   the first bundle is written, since the space check counted what they free; then per bundle
+   copy every file the same way, evict it from the page cache, read every byte back and verify
+   it, and only then write COMPLETE;
 5. read the product's folder as a device does, from the oldest root given, the stick's own
    trust roots and every signature file included (``stick_check.py``): a bundle a device would
    refuse there fails the write (exit 1), naming it.
@@ -66,6 +67,9 @@ def write_stick(stick_path: Path, bundle_dirs: Sequence[Path], root_paths: Seque
     plan = plan_write(Path(stick_path), [Path(d) for d in bundle_dirs], [Path(p) for p in root_paths], progress)
     check_limits(plan, max_file_bytes)
     check_space(plan)
+    for bundle in plan.bundles:  # first: the space check counted what they free
+        if bundle.state in ("incomplete", "damaged"):
+            remove_bundle_folder(bundle.folder)
     for root in plan.roots:
         _write_root(root)
     for bundle in plan.bundles:
@@ -94,8 +98,6 @@ def _write_root(root: RootPlan) -> None:
 
 
 def _write_bundle(bundle: BundlePlan, progress: Progress) -> None:
-    if bundle.state in ("incomplete", "damaged"):
-        remove_bundle_folder(bundle.folder)
     if bundle.to_write:
         make_dirs(bundle.folder / bundle_dir.PAYLOAD)
         advance = step_counter(progress, f"copying {bundle.id}", sum(f.size for f in bundle.to_write))

@@ -499,3 +499,19 @@ def test_a_stick_devices_would_refuse_as_a_whole_is_not_reported_verified(cli, w
     (folder / f"{bundle_dir.MANIFEST}.minisig").write_text("untrusted comment: half a copy\n")
     result = write(cli, stray, world.bundle("full-1"), roots=(world.root1,))
     assert result.returncode == 1 and "a device would refuse this bundle" in result.stderr, result.stderr
+
+
+def test_what_an_incomplete_copy_frees_is_free_before_the_first_bundle_is_written(cli, world, small_tmpfs, tmp_path):
+    """The space check counts what replacing an incomplete copy frees: it must be freed before
+    another bundle takes the space, or a write that passed the check runs out of it."""
+    noise = release(tmp_path / "releases", "noise", {"noise": os.urandom(300 << 10)}, 1)
+    cli("bundle", "make", "--release", noise, "--key", world.keys / "rel1.key", "--key", world.keys / "rel2.key",
+        "--level", "3", "--out", tmp_path / "noise", check=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    payload = small_tmpfs / PRODUCT / "bundles" / manifest_id(world.bundle("full-1")) / "payload"
+    payload.mkdir(parents=True)
+    (payload / f".volume.vol.tmp-{dead.pid}").write_bytes(bytes(800 << 10))  # a write killed mid-copy
+    result = write(cli, small_tmpfs, tmp_path / "noise", world.bundle("full-1"), roots=(world.root1,))
+    assert result.returncode == 0, result.stderr
+    assert [b["status"] for b in json.loads(result.stdout)["bundles"]] == ["written", "replaced-incomplete"]

@@ -29,7 +29,8 @@ def check_as_a_device(stick: Path, product: str, anchor: VerifiedRoot, bundle_id
     with ``anchor`` would refuse on ``stick``."""
     product_folder = stick_layout.product_folder(product)
     try:
-        newest = walk_chain(anchor, [load_root_candidate(root.path) for root in medium.root_files(stick, product_folder)])
+        roots = [load_root_candidate(root.path) for root in medium.root_files(stick, product_folder)]
+        newest = walk_chain(anchor, roots)
     except UpdateError as error:
         raise DevicesWouldRefuse(f"a device would refuse the stick's trust roots: {error}", where=stick,
                                  hint=f"remove {product_folder}/trust/ from the stick and write again") from None

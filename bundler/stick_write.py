@@ -30,9 +30,9 @@ from typing import Sequence
 
 from agent.format import bundle_dir, stick
 from agent.progress import Progress, step_counter
+from bundler.stick_check import check_as_a_device
 from bundler.stick_copy import StickFile, make_dirs, put, read_back, remove_bundle_folder, verify_copy
 from bundler.stick_plan import BundlePlan, RootPlan, plan_write
-from bundler.stick_check import check_as_a_device
 from bundler.stick_space import check_limits, check_space
 from keys.files import fsync_directory
 

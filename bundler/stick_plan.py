@@ -155,6 +155,8 @@ def _plan_bundle(plan: StickPlan, bundle: BundlePlan, progress: Progress) -> Non
             bundle.state = "present"
         except ReadBackMismatch:
             bundle.state = "damaged"
+    if bundle.state == "present" and _stray_signatures(bundle):
+        bundle.state = "damaged"  # a device reads every signature file there, and one not ours may not parse
     if bundle.state == "present":
         # A co-signature added since the last write is copied in; the marker stays valid.
         bundle.to_write = [f for f in bundle.files if f.data is not None and f.name != bundle_dir.MANIFEST
@@ -164,6 +166,12 @@ def _plan_bundle(plan: StickPlan, bundle: BundlePlan, progress: Progress) -> Non
         raise WriteRefused("the bundle to write is the stick's own incomplete copy", where=bundle.source,
                            hint="write from the bundle that `bundle make` created")
     bundle.to_write = list(bundle.files)
+
+
+def _stray_signatures(bundle: BundlePlan) -> list[str]:
+    """Signature files in the stick's copy that the bundle written does not have (a hand copy's)."""
+    ours = {f.name for f in bundle.files}
+    return [p.name for p in signature_paths(bundle.folder / bundle_dir.MANIFEST) if p.name not in ours]
 
 
 def _plain_dir_or_absent(path: Path) -> None:

@@ -476,8 +476,7 @@ def test_a_key_ceremony_makes_its_keys_on_a_fat32_stick(fat32_stick, tmp_path):
 
 def test_a_stick_devices_would_refuse_as_a_whole_is_not_reported_verified(cli, world, tmp_path):
     """The write ends by reading the product's folder as a device does: the stick's own trust
-    roots (one that retired a signer, left by an earlier write) and every signature file in a
-    bundle's folder (a stray one from a hand copy) count, not only what the command was given."""
+    roots count (one that retired a signer, left by an earlier write), not only those given."""
     rotated = tmp_path / "keys/root-2.json"
     rotated.parent.mkdir()
     cli("bundle", "root", "rotate", "--from", world.root1, "--out", rotated, "--remove-signer", "rel1",
@@ -492,13 +491,17 @@ def test_a_stick_devices_would_refuse_as_a_whole_is_not_reported_verified(cli, w
     assert result.returncode == 1, result.stdout + result.stderr
     assert "a device would refuse this bundle" in result.stderr and "revoked: rel1" in result.stderr, result.stderr
 
-    stray = tmp_path / "stray"
-    stray.mkdir()
-    assert write(cli, stray, world.bundle("full-1"), roots=(world.root1,)).returncode == 0
-    folder = stray / PRODUCT / "bundles" / manifest_id(world.bundle("full-1"))
+
+def test_a_kept_copy_with_a_stray_signature_file_is_written_again(cli, world, tmp_path):
+    """A device reads every signature file in a bundle's folder: one the bundle does not have (half
+    a hand copy) would make it refuse the copy, so the copy counts as damaged."""
+    assert write(cli, tmp_path, world.bundle("full-1"), roots=(world.root1,)).returncode == 0
+    folder = tmp_path / PRODUCT / "bundles" / manifest_id(world.bundle("full-1"))
     (folder / f"{bundle_dir.MANIFEST}.minisig").write_text("untrusted comment: half a copy\n")
-    result = write(cli, stray, world.bundle("full-1"), roots=(world.root1,))
-    assert result.returncode == 1 and "a device would refuse this bundle" in result.stderr, result.stderr
+    result = write(cli, tmp_path, world.bundle("full-1"), roots=(world.root1,))
+    assert result.returncode == 0, result.stderr
+    assert [b["status"] for b in json.loads(result.stdout)["bundles"]] == ["replaced-damaged"]
+    assert not (folder / f"{bundle_dir.MANIFEST}.minisig").exists()
 
 
 def test_what_an_incomplete_copy_frees_is_free_before_the_first_bundle_is_written(cli, world, small_tmpfs, tmp_path):

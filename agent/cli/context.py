@@ -57,7 +57,8 @@ class DeviceContext:
             details = ({"error": error.message, "where": error.where, "hint": error.hint}
                        if isinstance(error, UpdateError) else {"error": error.strerror or str(error),
                                                                 "where": error.filename})
-            system_log.log_failure("failed", {"command": click.get_current_context().command_path,
+            command = getattr(click.get_current_context(silent=True), "command_path", "bundle-agent")
+            system_log.log_failure("failed", {"command": command,
                                               **{k: v for k, v in details.items() if v is not None}})
             raise
 

@@ -194,6 +194,16 @@ def _rotation_to_root_2(world, directory: Path) -> Path:
     return rotated
 
 
+def _stick_with_root_2(world, directory: Path) -> tuple[Path, list[Path]]:
+    """A stick with d12 and the genuine rotation to root 2; root 2's signature files as made."""
+    rotated = _rotation_to_root_2(world, directory)
+    stick = world.stick(directory / "stick", "d12")
+    signatures = sorted(directory.glob("root-2.json.*.minisig"))
+    for path in [rotated, *signatures]:
+        shutil.copy(path, stick / "demo-cabinet/trust" / path.name)
+    return stick, signatures
+
+
 def _forged(signature_file: Path) -> bytes:
     """The same key's signature with its signature bytes changed: well formed, and failing."""
     lines = signature_file.read_bytes().split(b"\n")
@@ -207,12 +217,8 @@ def test_a_forged_signature_beside_a_rotation_is_never_stored_in_place_of_the_go
     """A stick adds, beside a genuine root-2.json and its signatures, a failing signature by one
     of its root keys under minisign's default name. The rotation is accepted on the good ones;
     only those are stored, so the device's chain still verifies afterwards."""
-    rotated = _rotation_to_root_2(world, tmp_path)
-    stick = world.stick(tmp_path / "stick", "d12")
+    stick, signatures = _stick_with_root_2(world, tmp_path)
     trust = stick / "demo-cabinet/trust"
-    signatures = sorted(tmp_path.glob("root-2.json.*.minisig"))
-    for path in [rotated, *signatures]:
-        shutil.copy(path, trust / path.name)
     (trust / "root-2.json.minisig").write_bytes(_forged(signatures[0]))  # read after the good ones
     cabinet.agent("install", stick)
     stored = cabinet.dir / "state/trust"
@@ -240,12 +246,8 @@ def test_a_forged_signature_beside_a_bundle_is_not_kept_with_its_manifest(cabine
 
 
 def test_a_signature_file_named_for_another_key_refuses_the_stick(cabinet, world, tmp_path):
-    rotated = _rotation_to_root_2(world, tmp_path)
-    stick = world.stick(tmp_path / "stick", "d12")
+    stick, signatures = _stick_with_root_2(world, tmp_path)
     trust = stick / "demo-cabinet/trust"
-    signatures = sorted(tmp_path.glob("root-2.json.*.minisig"))
-    for path in [rotated, *signatures]:
-        shutil.copy(path, trust / path.name)
     (trust / "root-2.json.FFFFFFFFFFFFFFF0.minisig").write_bytes(_forged(signatures[0]))
     result = cabinet.agent("install", stick)
     assert result.returncode == 3 and "is named for key FFFFFFFFFFFFFFF0 but holds a signature by key" in result.stderr

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 
 import pytest
 
@@ -17,6 +16,7 @@ from agent.apply import StagingError
 from agent.format.tree import tree_digest
 from agent.layout import Layout
 from agent.scan import scan_tree
+from tests.sim.tools import make_unix_socket
 
 
 @pytest.fixture
@@ -72,9 +72,7 @@ def test_what_no_component_carries_never_blocks_the_update_of_another(environmen
     running, new, installed, chain = environments
     for tree in (running, new):
         os.mkfifo(tree / "platform" / "pipe")
-        listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listening.bind(str(tree / "platform" / "control.sock"))
-        listening.close()
+        make_unix_socket(tree / "platform" / "control.sock")
         (tree / "platform" / os.fsdecode(b"caf\xe9")).write_text("a Latin-1 name")
         os.symlink(os.fsdecode(b"caf\xe9"), tree / "platform" / "latin-1-link")
     check(running, new, installed, chain)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 from importlib.metadata import version
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.sim.device import STAGED, Cabinet
-from tests.sim.tools import BIN, run_cli
+from tests.sim.tools import BIN, make_unix_socket, run_cli
 from tests.test_json_output import schema_errors
 
 SERIAL = "SN0001"
@@ -334,9 +333,7 @@ def test_a_fifo_a_program_left_in_a_component_is_repaired(world, tmp_path):
 def test_a_socket_a_program_left_in_a_component_is_removed_by_the_next_update(cabinet, world, tmp_path):
     """Not a refusal of the environment forever: no component carries a socket or a name that is
     not UTF-8, so the apply removes them from the clone."""
-    listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listening.bind(str(cabinet.environments_dir / "env-1/games/lucky-sevens/control.sock"))
-    listening.close()
+    make_unix_socket(cabinet.environments_dir / "env-1/games/lucky-sevens/control.sock")
     (cabinet.environments_dir / "env-1/games/lucky-sevens" / os.fsdecode(b"r\xe9sum\xe9")).mkdir()
     assert cabinet.agent("install", world.stick(tmp_path / "d12-stick", "d12")).returncode == STAGED
     assert reboot(cabinet).returncode == 0

@@ -28,8 +28,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
@@ -43,6 +41,7 @@ from keys.minisign import Signature
 from keys.secret_key import SecretKey, SecretKeyFile
 from keys.signing import sign
 from keys.trust_root import NamedKey, TrustRoot
+from tests.sim.tools import make_unix_socket
 
 PRODUCT = "demo-cabinet"
 
@@ -402,11 +401,9 @@ def replace_with_fifo(path: Path) -> None:
 
 
 def replace_with_socket(path: Path) -> None:
-    """A Unix socket where a file was: open(2) fails on it (ENXIO). Bound by a child process in
-    the folder, as socket paths are limited to 108 bytes; the socket stays after it exits."""
+    """A Unix socket where a file was: open(2) fails on it (ENXIO)."""
     path.unlink()
-    subprocess.run([sys.executable, "-c", "import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])",
-                    path.name], cwd=path.parent, check=True)
+    make_unix_socket(path)
 
 
 def move_behind_symlink(path: Path, target: Path) -> None:

@@ -48,3 +48,11 @@ def debian_tools(package: str, *commands: str) -> list[str]:
         pytest.skip(f"{', '.join(missing)} not installed and the Debian package {package} could not be "
                     "installed with apt-get (needs root and a reachable Debian mirror)")
     return [shutil.which(c) for c in commands]
+
+
+def make_unix_socket(path: Path) -> None:
+    """A Unix socket file at ``path``, as a program leaves one. Bound by a child process in the
+    folder: a socket's path is limited to 108 bytes, and a test's folder can be longer. The file
+    stays after the child exits."""
+    subprocess.run([sys.executable, "-c", "import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])",
+                    Path(path).name], cwd=Path(path).parent, check=True)

@@ -10,7 +10,7 @@ import pytest
 from tests.sim.device import Cabinet, World
 from tests.sim.keyring import Keyring
 from tests.sim.releases import make_trust
-from tests.sim.summary import summary_lines
+from tests.sim.summary import exported_summaries, merge_summaries, summary_lines
 from tests.sim.tools import debian_tools, run_cli
 
 
@@ -81,3 +81,17 @@ def pytest_runtest_makereport(item, call):
 def pytest_terminal_summary(terminalreporter):
     for line in summary_lines():
         terminalreporter.write_line(line)
+
+
+# Under pytest-xdist (make vm-test runs the VM scenarios in two workers) each worker counts its
+# own; the controller, which prints the summary, adds them up as each worker finishes.
+
+
+def pytest_sessionfinish(session):
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["summaries"] = exported_summaries()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    merge_summaries(getattr(node, "workeroutput", {}).get("summaries", {"counters": {}, "formats": {}}))

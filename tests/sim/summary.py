@@ -32,3 +32,14 @@ def summary_lines() -> list[str]:
         fields = [field for _, field, _, _ in string.Formatter().parse(fmt) if field]
         lines.append(fmt.format(**{field: counters.get(field, 0) for field in fields}))
     return lines
+
+
+def exported_summaries() -> dict:
+    """This process's summaries, for a pytest-xdist worker to hand to the controller."""
+    return {"counters": _SUMMARIES, "formats": _SUMMARY_FORMATS}
+
+
+def merge_summaries(exported: dict) -> None:
+    """Add a worker's :func:`exported_summaries` to this process's."""
+    for name, counters in exported["counters"].items():
+        count_summary(name, exported["formats"][name], **counters)

@@ -9,18 +9,22 @@ deselects them rather than skipping them, so CI's rule that a skip is a failure
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import pytest
 
 from tests.vm import debian
-from tests.vm.cabinet import Cabinet, Image, Releases
+from tests.vm.cabinet import TIMINGS, Cabinet, Image, Releases
 from tests.vm.machine import Boot
 
 
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("BUNDLE_VM_TESTS"):
+        # make vm-test runs two pytest-xdist workers (--dist loadgroup): the power cuts, which keep
+        # two machines busy, in one; every other test, one machine at a time, in the other.
+        for item in items:
+            if item.get_closest_marker("vm"):
+                item.add_marker(pytest.mark.xdist_group("power-cuts" if "power_cuts" in item.name else "one-machine"))
         return
     deselected = [item for item in items if item.get_closest_marker("vm")]
     if deselected:
@@ -29,11 +33,21 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_terminal_summary(terminalreporter):
-    cabinet = sys.modules.get("tests.vm.cabinet")  # loaded only when VM scenarios ran
-    for what, seconds in (cabinet.TIMINGS.items() if cabinet else ()):
+    for what, seconds in TIMINGS.items():
         ordered = sorted(seconds)
         terminalreporter.write_line(f"vm timing: {what}: median {ordered[len(ordered) // 2]:.0f} s, "
                                     f"max {ordered[-1]:.0f} s ({len(ordered)} measured)")
+
+
+def pytest_sessionfinish(session):
+    if hasattr(session.config, "workeroutput"):  # a pytest-xdist worker: the controller prints them
+        session.config.workeroutput["vm_timings"] = dict(TIMINGS)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    for what, seconds in getattr(node, "workeroutput", {}).get("vm_timings", {}).items():
+        TIMINGS[what].extend(seconds)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,12 @@ and pull USB sticks (``usb-storage`` on a ``qemu-xhci`` bus, hot-plugged over QM
 power (SIGKILL, then start again on the same disks). It knows nothing of pytest; every failure
 raises :class:`MachineError` carrying the last lines of the console.
 
+One virtual CPU. With two, OVMF now and then hung at a warm reset, its CPU spinning with
+interrupts off: the firmware's processor wake-up waits with no timeout for a second CPU to
+answer, and on an overloaded host (two machines of two CPUs each on two cores) that CPU may not
+(tianocore/edk2 pull request 13164, "Ovmf ap sipi resend"). With one there is none to wait for,
+and the sweep's machines, one core each, no longer take cycles from each other.
+
 Accelerator: TCG (``-accel tcg,thread=multi``). This machine kind offers /dev/kvm, but a KVM guest
 stops with "KVM internal error" in OVMF, so KVM is used only when a short probe boot with it (a
 GRUB that prints one line and halts) succeeds within 20 s (:func:`accelerator`); ``VM_ACCEL``
@@ -119,7 +125,7 @@ class Machine:
     """One QEMU virtual machine (see the module docstring). Use as a context manager or call
     :meth:`stop`; :meth:`start` boots it (again, after :meth:`stop` or a power cut)."""
 
-    def __init__(self, directory: Path, drives: list[Drive], *, memory: int = 1024, cpus: int = 2,
+    def __init__(self, directory: Path, drives: list[Drive], *, memory: int = 1024, cpus: int = 1,
                  accel: str | None = None, extra: tuple[str, ...] = (), noise: str | None = None):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -91,7 +91,7 @@ vm-test: $(STAMP)
 	$(call install_tools,vm-test,$(VM_TOOLS))
 	@test -f build/cabinet.img || { echo "make vm-test: build/cabinet.img is missing: run make image first"; exit 1; }
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH:/usr/sbin:/sbin" BUNDLE_VM_TESTS=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider \
-		-n 2 --dist loadgroup tests/vm $(if $(VM_SELECT),-k "$(VM_SELECT)")
+		-n 2 tests/vm $(if $(VM_SELECT),-k "$(VM_SELECT)")
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -15,8 +15,9 @@ boot-check's writes are timed from the calibration.
 
 Two cabinets share the plan, each taking every other moment: under TCG one machine keeps about
 one core busy, so on two cores the sweep takes about half as long (a cut with its recovery and
-the finishing install takes each machine 3-4 min here; the 50 cuts about 1.5 h). The moments
-are interleaved across the phases, so a small VM_POWER_CUTS still reaches every phase.
+the finishing install takes each machine 3-5 min here, 5-8 while the other scenarios' machine
+runs beside them; the 50 cuts about 2 h). The moments are interleaved across the phases, so a
+small VM_POWER_CUTS still reaches every phase.
 """
 
 from __future__ import annotations

@@ -80,7 +80,8 @@ image: $(STAMP)
 # The VM scenarios (tests/vm/, docs/DEVICE.md): build/cabinet.img booted in QEMU (TCG, OVMF) through a
 # qcow2 overlay per scenario, sticks hot-plugged over QMP, power cuts; prints the "vm:" summary line.
 # As root, after `make image`. VM_SELECT picks scenarios by pytest -k (VM_SELECT=smoke: insert,
-# trial, commit only). Two workers: the power cuts' two machines beside the other scenarios' one. A file path in VM_TOOLS is a package that installs no command.
+# trial, commit only). Two pytest-xdist workers: the power cuts' two machines beside the other
+# scenarios' one (tests/vm/conftest.py). A file path in VM_TOOLS is a package that installs no command.
 VM_TOOLS := qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf \
 	grub-mkstandalone:grub-common grub-editenv:grub-common /usr/lib/grub/x86_64-efi/btrfs.mod:grub-efi-amd64-bin \
 	mcopy:mtools mkfs.vfat:dosfstools sfdisk:fdisk mkfs.exfat:exfatprogs mount.exfat-fuse:exfat-fuse \

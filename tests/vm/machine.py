@@ -8,10 +8,11 @@ power (SIGKILL, then start again on the same disks). It knows nothing of pytest;
 raises :class:`MachineError` carrying the last lines of the console.
 
 One virtual CPU. With two, OVMF now and then hung at a warm reset, its CPU spinning with
-interrupts off: the firmware's processor wake-up waits with no timeout for a second CPU to
-answer, and on an overloaded host (two machines of two CPUs each on two cores) that CPU may not
-(tianocore/edk2 pull request 13164, "Ovmf ap sipi resend"). With one there is none to wait for,
-and the sweep's machines, one core each, no longer take cycles from each other.
+interrupts off, as in a known hang of the firmware's processor wake-up: it waits with no timeout
+for a second CPU to answer, and on an overloaded host (two machines of two CPUs each on two
+cores) that CPU may not (tianocore/edk2 pull request 13164, "Ovmf ap sipi resend"). With one
+there is none to wait for (the first sweep with one had no hang in 132 boots), and the sweep's
+machines, one core each, no longer take cycles from each other.
 
 Accelerator: TCG (``-accel tcg,thread=multi``). This machine kind offers /dev/kvm, but a KVM guest
 stops with "KVM internal error" in OVMF, so KVM is used only when a short probe boot with it (a

@@ -3,9 +3,9 @@
 Planning checks the bundles against the roots given on the command line, and each file is read
 back as it is written; but a device reads the stick as a whole: the trust roots already on it
 (a rotation written by an earlier write may have retired a signer), and every signature file in a
-bundle's folder. So the write ends by
-reading the product's folder with the device's own readers (agent/medium.py, agent/verify.py),
-from the oldest root given, and fails if a device would refuse a bundle it was asked to carry.
+bundle's folder. So the write ends by reading the product's folder with the device's own readers
+(agent/medium.py, agent/verify.py), from the oldest root given, and fails if a device would
+refuse a bundle it was asked to carry.
 """
 
 from __future__ import annotations

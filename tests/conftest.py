@@ -94,4 +94,6 @@ def pytest_sessionfinish(session):
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error):
-    merge_summaries(getattr(node, "workeroutput", {}).get("summaries", {"counters": {}, "formats": {}}))
+    exported = getattr(node, "workeroutput", {}).get("summaries")
+    if exported:  # none when the worker crashed
+        merge_summaries(exported)

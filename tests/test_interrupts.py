@@ -20,18 +20,12 @@ import pytest
 
 from tests.sim.device import Cabinet, World
 from tests.sim.releases import word_soup_release, write_release
-from tests.sim.tools import BIN, run_cli
+from tests.sim.tools import BIN, interruptible, run_cli
 
 MiB = 1 << 20
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 NAME = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
 BOUND = 5.0  # seconds; measured here: well under one
-
-
-def interruptible() -> None:
-    """In the child, before it runs: SIGINT as a terminal's processes have it. A job a shell
-    started in the background inherits it ignored, and Python then never raises KeyboardInterrupt."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(condition, timeout: float, process: subprocess.Popen) -> None:

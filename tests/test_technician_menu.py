@@ -16,7 +16,7 @@ import signal
 import pexpect
 
 from tests.sim.device import Cabinet
-from tests.sim.tools import BIN, run_cli
+from tests.sim.tools import BIN, interruptible, run_cli
 
 CHOICE = re.compile(r"choice \[0-10\]: ")
 STICK = re.compile(r"stick mount point[^:\n]*: ")
@@ -30,7 +30,8 @@ class Menu:
         env = {"PATH": os.environ["PATH"], "TERM": "dumb", "HOME": str(cabinet.dir)}
         self.child = pexpect.spawn(str(BIN / "bundle-agent"), ["--sysroot", str(cabinet.dir), "--config",
                                                                 "/agent.toml", "technician"],
-                                   env=env, encoding="utf-8", timeout=120, dimensions=(24, 80))
+                                   env=env, encoding="utf-8", timeout=120, dimensions=(24, 80),
+                                   preexec_fn=interruptible)  # Ctrl-C as at a console, however pytest was started
         self.child.logfile_read = log
         self.child.expect(CHOICE)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,9 @@ def make_unix_socket(path: Path) -> None:
     stays after the child exits."""
     subprocess.run([sys.executable, "-c", "import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])",
                     Path(path).name], cwd=Path(path).parent, check=True)
+
+
+def interruptible() -> None:
+    """In the child, before it runs: SIGINT as a terminal's processes have it. A job a shell
+    started in the background inherits it ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -311,6 +311,10 @@ def _metadata_differs(have: Entry, entry: Entry, set_owner: bool) -> bool:
         set_owner and (have.uid, have.gid) != (entry.uid, entry.gid))
 
 
+def _only_mtime_differs(have: Entry, entry: Entry, set_owner: bool) -> bool:
+    return have.mode == entry.mode and (not set_owner or (have.uid, have.gid) == (entry.uid, entry.gid))
+
+
 def _within(path: str, roots: tuple[str, ...]) -> bool:
     return any(path == root or path.startswith(root + "/") for root in roots)
 
@@ -386,7 +390,11 @@ def apply_component(component: Component, payload: Payload, target: Path | Benea
             continue
         if target_is_clone_of_base and have is not None and _already_there(entry, have, hard_linked):
             if _metadata_differs(have, entry, set_owner):  # a link has no mode: entry.mode is None
-                target.set_metadata(entry.path, mode=entry.mode, owner=_owner(entry, set_owner), mtime=entry.mtime)
+                if _only_mtime_differs(have, entry, set_owner):
+                    target.set_mtime(entry.path, entry.mtime)
+                else:
+                    target.set_metadata(entry.path, mode=entry.mode, owner=_owner(entry, set_owner),
+                                        mtime=entry.mtime)
             continue
         # Written at its own name, what was there removed first: no rename, which on btrfs costs
         # more than the write of a small file. A target is discarded whole when an apply fails

@@ -436,6 +436,32 @@ def test_nested_layout_with_only_a_game_changing(world, tmp_path):
     assert (env2 / "usr/bin/cabinet-engine").read_bytes() == (world.dir / "r1/platform/usr/bin/cabinet-engine").read_bytes()
 
 
+def test_files_kept_with_only_new_metadata_get_it_without_being_written(cabinet, world, tmp_path):
+    """A platform update gives thousands of unchanged files a new time (their packages were
+    rebuilt); staging keeps them in the clone and changes only what differs."""
+    from tests.sim.tools import run_cli
+    r1t = tmp_path / "r1t"
+    shutil.copytree(world.dir / "r1", r1t, symlinks=True)
+    (r1t / "release.toml").write_text((r1t / "release.toml").read_text().replace("sequence = 6", "sequence = 8"))
+    platform = r1t / "platform"
+    os.utime(platform / "usr/share/doc/cabinet/changelog.gz", (1_800_000_000, 1_800_000_000))  # only the time
+    os.utime(platform / "usr/bin/engine", (1_800_000_100, 1_800_000_100), follow_symlinks=False)  # a symlink's
+    (platform / "etc/cabinet.conf").chmod(0o600)  # the mode, and so the time
+    os.utime(platform / "etc/cabinet.conf", (1_800_000_200, 1_800_000_200))
+    run_cli("bundle", "make", "--release", r1t / "release.toml", "--base", world.release("r1"), "--key",
+            world.keys / "rel1.key", "--key", world.keys / "rel2.key", "--out", tmp_path / "d1-1t", "--level", "3",
+            check=True)
+    env1 = cabinet.dir / "envs/env-1/platform"
+    cabinet.agent("install", tmp_path / "d1-1t", check=True)
+    env2 = cabinet.dir / "envs/env-2/platform"
+    changelog = os.stat(env2 / "usr/share/doc/cabinet/changelog.gz")
+    assert changelog.st_mtime == 1_800_000_000
+    assert os.lstat(env2 / "usr/bin/engine").st_mtime == 1_800_000_100
+    assert (os.stat(env2 / "etc/cabinet.conf").st_mode & 0o7777, os.stat(env2 / "etc/cabinet.conf").st_mtime) == \
+        (0o600, 1_800_000_200)
+    assert os.lstat(env1 / "usr/bin/engine").st_mtime != 1_800_000_100  # the running environment is as it was
+
+
 def test_machine_local_paths_are_preserved_and_strays_removed(world, tmp_path):
     """Platform at the root: [layout] preserve keeps machine-local files across updates; anything
     else the release does not ship is gone from the new environment (the running one keeps it)."""

@@ -62,6 +62,7 @@ PEER_METHODS = {
 # shown in the report. Empty while every method above finishes within --limit.
 PEER_METHODS_DROPPED = {"platform": {}, "kernel": {}, "synthetic": {}}
 PEER_TOOLS = {"zstd": "zstd", "xdelta3": "xdelta3", "bsdiff": "bsdiff", "ostree": "ostree"}
+BOUND_TOOLS = {"xz": "xz-utils"}  # the synthetic pair's unavoidable bytes (measure_new_game)
 GOAL_BYTES = {"platform": 0.6, "kernel": 0.8, "synthetic": 0.8}
 GOAL_RSS_MIB = 256
 GOAL_INSTALL_FACTOR = 1.5
@@ -158,6 +159,10 @@ def load_results(results_dir):
         results["bigfile"] = read("bigfile.json")
     if os.path.exists(os.path.join(results_dir, "floor-platform.json")):
         results["floor"] = read("floor-platform.json")
+    results["unavoidable"] = {}
+    for pair in run["pairs"]:
+        if os.path.exists(os.path.join(results_dir, f"unavoidable-{pair}.json")):
+            results["unavoidable"][pair] = read(f"unavoidable-{pair}.json")
     return results
 
 
@@ -215,6 +220,10 @@ def goal_rows(results):
         best = smallest_peer(peers["rows"])
         limit = GOAL_BYTES[pair]
         measured = "no peer succeeded" if ratio is None else f"{ratio:.2f}x ({best['method']})"
+        unavoidable = results.get("unavoidable", {}).get(pair)
+        if unavoidable and best is not None:
+            measured += (f"; the new content alone needs {unavoidable['xz_bytes'] / best['bytes']:.2f}x "
+                         "(see the pair)")
         goals.append((f"{pair}: bytes <= {limit}x the smallest peer", measured,
                       None if ratio is None else ratio <= limit))
     cases = [(pair, results["ours"][pair]) for pair in results["pairs"]]
@@ -245,6 +254,26 @@ def goal_rows(results):
                       + ("-" if factor is None else f"{factor:.2f}x"),
                       None if factor is None else factor <= GOAL_INSTALL_FACTOR))
     return goals
+
+
+def unavoidable_text(results, pair):
+    """What no delta of the pair can avoid carrying: content that is nowhere in old (the synthetic
+    tree's new game, known from synth.py's changes.json), at its smallest compressed."""
+    unavoidable = results.get("unavoidable", {}).get(pair)
+    if not unavoidable:
+        return []
+    best = smallest_peer(results["peers"][pair]["rows"])
+    goal = GOAL_BYTES[pair]
+    text = (f"**Bytes no delta can avoid.** `{unavoidable['path']}` is new content that shares nothing with old "
+            f"(synth.py writes it from its own random streams): {unavoidable['files']:,} files, "
+            f"{unavoidable['bytes']:,} bytes, which `{unavoidable['compressor']}` compresses to "
+            f"{unavoidable['xz_bytes']:,} bytes at the least.")
+    if best is not None:
+        bound = unavoidable["xz_bytes"] / best["bytes"]
+        text += (f" That is {bound:.2f}x the smallest peer by itself, so a bundle of this pair is at least "
+                 f"{bound:.2f}x " + (f"and the {goal}x goal cannot be met on this tree." if bound > goal else
+                                     f"(the goal is {goal}x)."))
+    return ["", textwrap.fill(text, width=110)]
 
 
 def where_the_bytes_go(pair, ours):
@@ -404,6 +433,7 @@ def render_report(results):
             lines.append(textwrap.fill(f"- **{r['method']}**: {r['detail']}"
                                        + (f" **Error:** {r['error']}" if r.get("error") else ""),
                                        width=110, subsequent_indent="  ", break_on_hyphens=False))
+        lines += unavoidable_text(results, pair)
         lines += ["", "**Where the bytes go** (`bundle inspect BUNDLE --json`; an object shared by several files "
                       "counts for each of them):", "", *where_the_bytes_go(pair, ours)]
     floor = results.get("floor")
@@ -790,6 +820,29 @@ class Bench:
                 "hashed_files": hashed_files, "hashed_bytes": hashed_bytes, "hash_s": hashed["wall_s"],
                 "floor_s": copy["wall_s"] + hashed["wall_s"]}
 
+    def measure_new_game(self, pair_dir):
+        """The synthetic release's new game (changes.json), tarred and compressed as hard as we know
+        (xz -9e, one thread: no block splitting): the least any delta carries for it."""
+        with open(os.path.join(pair_dir, "changes.json")) as f:
+            game = json.load(f)["new_game"]["id"]
+        path = f"games/{game}"
+        files, size = 0, 0
+        for dp, _, names in os.walk(os.path.join(pair_dir, "new", path)):
+            for name in names:
+                files += 1
+                size += os.lstat(os.path.join(dp, name)).st_size
+        log(f"synthetic: compressing the new game ({size / MiB:.0f} MiB) with xz -9e for the bound")
+        tar = subprocess.Popen(["tar", "-C", os.path.join(pair_dir, "new"), "--sort=name", "-cf", "-", path],
+                               stdout=subprocess.PIPE)
+        xz = subprocess.Popen(["xz", "-9e", "-T1", "-c"], stdin=tar.stdout, stdout=subprocess.PIPE)
+        tar.stdout.close()
+        compressed = 0
+        while block := xz.stdout.read(1 << 20):
+            compressed += len(block)
+        if tar.wait() != 0 or xz.wait() != 0:
+            raise BenchError(f"synthetic: tar | xz -9e of {path} failed")
+        return {"path": path, "files": files, "bytes": size, "compressor": "tar | xz -9e", "xz_bytes": compressed}
+
     def run_peers(self, pair):
         methods = [m for m in PEER_METHODS[pair] if m not in PEER_METHODS_DROPPED.get(pair, {})]
         log(f"{pair}: peers ({', '.join(methods)}) - this takes a while")
@@ -850,7 +903,7 @@ class Bench:
             if not os.path.exists(os.path.join(self.bench_dir, f)):
                 raise BenchError(f"no {f} in {self.bench_dir} (expected ../shared/bench beside the repository; "
                                  "set BENCH=...)")
-        for command, package in PEER_TOOLS.items():
+        for command, package in {**PEER_TOOLS, **BOUND_TOOLS}.items():
             self.need_tool(command, package)
         self.make_work()
         key, root = self.make_keys()
@@ -863,6 +916,8 @@ class Bench:
             self.save(f"ours-{pair}.json", ours)
             if pair == "platform":
                 self.save("floor-platform.json", self.measure_floor(old, new))
+            if pair == "synthetic":
+                self.save("unavoidable-synthetic.json", self.measure_new_game(os.path.dirname(new)))
             self.run_peers(pair)
         if not self.args.no_bigfile:
             base, size, rewritten = self.ensure_bigfile()

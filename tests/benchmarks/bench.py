@@ -10,7 +10,8 @@ rewritten in the middle ($CORPUS/bigfile).
 
 Per pair it measures `bundle make` and `bundle verify --base` (which applies: it builds and checks the
 whole new tree) under `/usr/bin/time -v`, then the peers with ../shared/bench/peers.py, and on the
-platform pair the install floor (cp -a of the changed files + one SHA-256 pass over new). It writes
+platform pair the install floor (cp -a of the changed files + one SHA-256 pass over new), on the
+synthetic pair the bytes no delta can avoid (its new game, `tar | xz -9e`). It writes
 docs/BENCHMARKS.md and prints, last on stdout:
 
     bench: platform 0.NN, kernel 0.NN, synthetic 0.NN of the smallest peer; peak RSS N MiB
@@ -822,10 +823,13 @@ class Bench:
 
     def measure_new_game(self, pair_dir):
         """The synthetic release's new game (changes.json), tarred and compressed as hard as we know
-        (xz -9e, one thread: no block splitting): the least any delta carries for it."""
+        (xz -9e, one thread: no block splitting): the least any delta carries for it. None when the
+        tree has no new game."""
         with open(os.path.join(pair_dir, "changes.json")) as f:
-            game = json.load(f)["new_game"]["id"]
-        path = f"games/{game}"
+            new_game = json.load(f)["new_game"]
+        if new_game is None:  # synth.py --new-game 0
+            return None
+        path = f"games/{new_game['id']}"
         files, size = 0, 0
         for dp, _, names in os.walk(os.path.join(pair_dir, "new", path)):
             for name in names:
@@ -916,8 +920,8 @@ class Bench:
             self.save(f"ours-{pair}.json", ours)
             if pair == "platform":
                 self.save("floor-platform.json", self.measure_floor(old, new))
-            if pair == "synthetic":
-                self.save("unavoidable-synthetic.json", self.measure_new_game(os.path.dirname(new)))
+            if pair == "synthetic" and (unavoidable := self.measure_new_game(os.path.dirname(new))):
+                self.save("unavoidable-synthetic.json", unavoidable)
             self.run_peers(pair)
         if not self.args.no_bigfile:
             base, size, rewritten = self.ensure_bigfile()

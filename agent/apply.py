@@ -307,12 +307,11 @@ def _kept_as_they_are(component: Component, existing: dict[str, Entry], hard_lin
 
 def _metadata_differs(have: Entry, entry: Entry, set_owner: bool) -> bool:
     """Whether a path already in the tree (as scanned) needs ``entry``'s mode, mtime or owner set."""
-    return (have.mode, have.mtime) != (entry.mode, entry.mtime) or (
-        set_owner and (have.uid, have.gid) != (entry.uid, entry.gid))
+    return have.mtime != entry.mtime or _mode_or_owner_differs(have, entry, set_owner)
 
 
-def _only_mtime_differs(have: Entry, entry: Entry, set_owner: bool) -> bool:
-    return have.mode == entry.mode and (not set_owner or (have.uid, have.gid) == (entry.uid, entry.gid))
+def _mode_or_owner_differs(have: Entry, entry: Entry, set_owner: bool) -> bool:
+    return have.mode != entry.mode or (set_owner and (have.uid, have.gid) != (entry.uid, entry.gid))
 
 
 def _within(path: str, roots: tuple[str, ...]) -> bool:
@@ -389,12 +388,10 @@ def apply_component(component: Component, payload: Payload, target: Path | Benea
             directories.append(entry)  # its mtime changes with its children: set again, at the end
             continue
         if target_is_clone_of_base and have is not None and _already_there(entry, have, hard_linked):
-            if _metadata_differs(have, entry, set_owner):  # a link has no mode: entry.mode is None
-                if _only_mtime_differs(have, entry, set_owner):
-                    target.set_mtime(entry.path, entry.mtime)
-                else:
-                    target.set_metadata(entry.path, mode=entry.mode, owner=_owner(entry, set_owner),
-                                        mtime=entry.mtime)
+            if _mode_or_owner_differs(have, entry, set_owner):  # a link has no mode: entry.mode is None
+                target.set_metadata(entry.path, mode=entry.mode, owner=_owner(entry, set_owner), mtime=entry.mtime)
+            elif have.mtime != entry.mtime:
+                target.set_mtime(entry.path, entry.mtime)
             continue
         # Written at its own name, what was there removed first: no rename, which on btrfs costs
         # more than the write of a small file. A target is discarded whole when an apply fails

@@ -221,10 +221,9 @@ def goal_rows(results):
         best = smallest_peer(peers["rows"])
         limit = GOAL_BYTES[pair]
         measured = "no peer succeeded" if ratio is None else f"{ratio:.2f}x ({best['method']})"
-        unavoidable = results.get("unavoidable", {}).get(pair)
-        if unavoidable and best is not None:
-            measured += (f"; the new content alone needs {unavoidable['xz_bytes'] / best['bytes']:.2f}x "
-                         "(see the pair)")
+        _, bound = unavoidable_bound(results, pair)
+        if bound is not None:
+            measured += f"; the new content alone needs {bound:.2f}x (see the pair)"
         goals.append((f"{pair}: bytes <= {limit}x the smallest peer", measured,
                       None if ratio is None else ratio <= limit))
     cases = [(pair, results["ours"][pair]) for pair in results["pairs"]]
@@ -257,20 +256,27 @@ def goal_rows(results):
     return goals
 
 
-def unavoidable_text(results, pair):
-    """What no delta of the pair can avoid carrying: content that is nowhere in old (the synthetic
+def unavoidable_bound(results, pair):
+    """(what no delta of the pair can avoid carrying, those bytes over the smallest peer's), each
+    None when not measured or no peer succeeded: content that is nowhere in old (the synthetic
     tree's new game, known from synth.py's changes.json), at its smallest compressed."""
     unavoidable = results.get("unavoidable", {}).get(pair)
+    best = smallest_peer(results["peers"][pair]["rows"])
+    if not unavoidable or best is None:
+        return unavoidable, None
+    return unavoidable, unavoidable["xz_bytes"] / best["bytes"]
+
+
+def unavoidable_text(results, pair):
+    unavoidable, bound = unavoidable_bound(results, pair)
     if not unavoidable:
         return []
-    best = smallest_peer(results["peers"][pair]["rows"])
     goal = GOAL_BYTES[pair]
     text = (f"**Bytes no delta can avoid.** `{unavoidable['path']}` is new content that shares nothing with old "
             f"(synth.py writes it from its own random streams): {unavoidable['files']:,} files, "
             f"{unavoidable['bytes']:,} bytes, which `{unavoidable['compressor']}` compresses to "
             f"{unavoidable['xz_bytes']:,} bytes at the least.")
-    if best is not None:
-        bound = unavoidable["xz_bytes"] / best["bytes"]
+    if bound is not None:
         text += (f" That is {bound:.2f}x the smallest peer by itself, so a bundle of this pair is at least "
                  f"{bound:.2f}x " + (f"and the {goal}x goal cannot be met on this tree." if bound > goal else
                                      f"(the goal is {goal}x)."))

@@ -36,7 +36,7 @@ from typing import Callable, Iterator
 
 from agent.format import bundle_dir, codec
 from agent.format.manifest import (MAX_CHUNK_BYTES, MAX_ENTRIES, MAX_MANIFEST_BYTES, Base, Component, Manifest,
-                                   MalformedManifest, check_component, signature_comment)
+                                   MalformedManifest, check_component, signature_comment, store, stored_json)
 from agent.format.paths import PathError
 from agent.format.tree import FILE, SETUID_SETGID, Chunk, Entry, Prefix, tree_digest
 from agent.progress import Progress
@@ -68,6 +68,10 @@ DEFAULT_VOLUME_BYTES = 2 << 30
 # process's own ~60 MiB (the release's listing, the results waiting to be written in order),
 # bundle make stays within 256 MiB at any file size.
 ENCODING_MEMORY_BYTES = 192 << 20
+# What the chunks handed to the encoding threads ahead of their turn to be written may hold
+# beyond two per thread (bundler/workers.py ordered_map): results waiting in memory. Counted in
+# input bytes, four default chunks made the 2 GiB synthetic tree's peak 255 MiB, two 253 MiB.
+ENCODED_AHEAD_BYTES = 2 * DEFAULT_CHUNK_BYTES
 DEFAULT_LEVEL = 19
 # New content up to this size that compresses goes into a block as it is (bundler/blocks.py):
 # small files share one frame's context, as in a tar.zst. Bigger ones fill their own frame.
@@ -370,19 +374,23 @@ def make_bundle(release: Release, base: Release | None, keys: list[SecretKey], o
         used: set[str] = set()
         with Workers(options.threads) as workers:
             components = [_encode_component(plan, writer, options, used, workers, progress) for plan in plans]
-        writer.close()
-        manifest = Manifest(product=release.product, hardware=release.hardware, components=tuple(components),
-                            objects=tuple(writer.objects), volumes=tuple(writer.volumes))
-        # The manifest lists the codecs its objects and entries use (Manifest.codecs): exactly those used.
-        assert manifest.codecs == tuple(sorted(used)), (manifest.codecs, used)
-        _check_size(manifest, release)
-        manifest_bytes = manifest.to_stored()
-        try:  # never emit what a device would refuse
-            Manifest.from_stored(manifest_bytes)
-        except MalformedManifest as error:
-            raise MakeRefused(f"the release breaks a bundle rule: {error.message}", where=release.source) from None
-        for tree in trees:  # every read is done: what was hashed is what was encoded
-            check_unchanged(tree, before[tree])
+            writer.close()
+            manifest = Manifest(product=release.product, hardware=release.hardware, components=tuple(components),
+                                objects=tuple(writer.objects), volumes=tuple(writer.volumes))
+            # The manifest lists the codecs its objects and entries use (Manifest.codecs): exactly those used.
+            assert manifest.codecs == tuple(sorted(used)), (manifest.codecs, used)
+            manifest_json = manifest.to_bytes()
+            _check_size(manifest_json, release)
+            # Compressing the manifest is the longest step no other work overlaps: the checks run meanwhile.
+            compressing = workers.submit(store, manifest_json)
+            try:  # never emit what a device would refuse
+                Manifest.from_bytes(manifest_json)
+                for tree in trees:  # every read is done: what was hashed is what was encoded
+                    check_unchanged(tree, before[tree])
+                manifest_bytes = compressing.result()
+                assert stored_json(manifest_bytes) == manifest_json
+            except MalformedManifest as error:
+                raise MakeRefused(f"the release breaks a bundle rule: {error.message}", where=release.source) from None
         write_atomic(bundle_dir.manifest_path(staging), manifest_bytes)
         for key in keys:
             write_atomic(signature_path(bundle_dir.manifest_path(staging), key.id),
@@ -438,11 +446,11 @@ def _check_counts(plans: list[_Plan], release: Release) -> None:
                               hint=_SPLIT)
 
 
-def _check_size(manifest: Manifest, release: Release) -> None:
-    size = len(manifest.to_bytes())
-    if size > MAX_MANIFEST_BYTES:
-        raise MakeRefused(f"the manifest would be {size} bytes of JSON; devices accept at most {MAX_MANIFEST_BYTES} "
-                          "(MAX_MANIFEST_BYTES, docs/FORMAT.md \"Limits\")", where=release.source, hint=_SPLIT)
+def _check_size(manifest_json: bytes, release: Release) -> None:
+    if len(manifest_json) > MAX_MANIFEST_BYTES:
+        raise MakeRefused(f"the manifest would be {len(manifest_json)} bytes of JSON; devices accept at most "
+                          f"{MAX_MANIFEST_BYTES} (MAX_MANIFEST_BYTES, docs/FORMAT.md \"Limits\")", where=release.source,
+                          hint=_SPLIT)
 
 
 def _encode_component(plan: _Plan, writer: VolumeWriter, options: MakeOptions, used: set[str], workers: Workers,
@@ -452,7 +460,8 @@ def _encode_component(plan: _Plan, writer: VolumeWriter, options: MakeOptions, u
     tick = Counter(progress, f"encoding {plan.component.name}", sum(job.size for job in all_jobs), workers)
     budget = MemoryBudget(ENCODING_MEMORY_BYTES, workers.check)
     results: Iterator[tuple[str, bytes, bool]] = workers.ordered_map(
-        lambda job: _encode(job, options.level, budget, tick), all_jobs)
+        lambda job: _encode(job, options.level, budget, tick), all_jobs, size=lambda job: job.size,
+        result_size=lambda result: len(result[1]), ahead_bytes=ENCODED_AHEAD_BYTES)
     blocks = BlockPacker(writer, lambda content: workers.submit(_block_frame(options.level, budget), content))
     entries = []
     for entry in plan.entries:

@@ -14,10 +14,15 @@ import queue
 import threading
 from collections import deque
 from contextlib import contextmanager
-from concurrent.futures import Future
-from typing import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from typing import Any, Callable, Iterable, Iterator
 
 from agent.progress import Progress
+
+
+_END = object()
+# Items handed out ahead at most, however small: each completion recounts them.
+MAX_AHEAD_ITEMS = 1024
 
 
 class Stopped(Exception):
@@ -56,25 +61,49 @@ class Workers:
         self._jobs.put((future, function, item))
         return future
 
-    def ordered_map(self, function: Callable, items: Iterable) -> Iterator:
-        """``function(item)`` for each item, in order, with at most two per thread in memory at once."""
-        pending: deque[Future] = deque()
+    def ordered_map(self, function: Callable, items: Iterable, size: Callable[[Any], int],
+                    result_size: Callable[[Any], int], ahead_bytes: int) -> Iterator:
+        """``function(item)`` for each item, in order.
+
+        Items are handed to the threads ahead of the one whose result is awaited while what the
+        ones handed out hold adds up to at most ``ahead_bytes`` (two per thread always):
+        ``size(item)`` until its result is in, then ``result_size(result)``. That bounds the
+        results waiting in memory, yet the other threads keep working past one long item: with a
+        fixed count of items ahead, one long encoding among many small ones left a thread idle.
+        """
+        pending: deque[tuple[Future, int]] = deque()
         remaining = iter(items)
+        upcoming = next(remaining, _END)
 
-        def submit_next() -> None:
-            for item in remaining:
-                pending.append(self.submit(function, item))
-                return
+        def held(future: Future, amount: int) -> int:
+            if not future.done():
+                return amount
+            return 0 if future.cancelled() or future.exception() is not None else result_size(future.result())
 
-        for _ in range(2 * len(self._threads)):
-            submit_next()
+        def submit_ahead() -> None:
+            nonlocal upcoming
+            holding = sum(held(future, amount) for future, amount in pending)
+            while upcoming is not _END and len(pending) < MAX_AHEAD_ITEMS:
+                amount = size(upcoming)
+                if len(pending) >= 2 * len(self._threads) and holding + amount > ahead_bytes:
+                    return
+                pending.append((self.submit(function, upcoming), amount))
+                holding += amount
+                upcoming = next(remaining, _END)
+
+        submit_ahead()
         try:
             while pending:
-                result = pending.popleft().result()
-                submit_next()
+                head = pending[0][0]
+                while not head.done():  # each result that comes in makes room for more
+                    wait([future for future, _ in pending if not future.done()], return_when=FIRST_COMPLETED)
+                    submit_ahead()
+                pending.popleft()
+                result = head.result()
+                submit_ahead()
                 yield result
         finally:
-            for future in pending:
+            for future, _ in pending:
                 future.cancel()
 
     def close(self) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from agent.format import codec
 from bundler import encoders
-from bundler.workers import MemoryBudget, Stopped
+from bundler.workers import MemoryBudget, Stopped, Workers
 
 MiB = 1 << 20
 
@@ -83,3 +83,38 @@ def test_a_wait_ends_when_the_workers_stop():
         stop.set()
         waiter.join(timeout=5)
         assert not waiter.is_alive() and failure
+
+
+def test_the_other_thread_works_past_a_long_encoding_while_what_waits_stays_bounded():
+    """Results come back in order; a long first item must not leave the other thread idle once a
+    few short ones after it are done (a fixed count of items ahead did), and what the items handed
+    out ahead of the awaited one hold adds up to at most ``ahead_bytes`` (two per thread at least)."""
+    short_ones_done = threading.Event()
+
+    def work(item: int) -> int:
+        if item == 0:  # the long one: it ends when the short ones well past the first few are done
+            assert short_ones_done.wait(10), "the short items after a long one never ran"
+        elif item == 12:
+            short_ones_done.set()
+        return item
+
+    with Workers(2) as workers:
+        assert list(workers.ordered_map(work, range(20), size=lambda item: 1, result_size=lambda result: 1,
+                                               ahead_bytes=16)) == list(range(20))
+
+    assert _most_ahead(result_size=10) == 7  # while one is written, the seven after it (70 bytes) wait
+    assert _most_ahead(result_size=1) > 7  # results smaller than their items make room for more
+
+
+def _most_ahead(result_size: int) -> int:
+    """How far past the result being written the threads got, with items of 10 bytes whose
+    results hold ``result_size`` and 75 bytes allowed ahead."""
+    started: list[int] = []
+    most_ahead = 0
+    with Workers(2) as workers:
+        results = workers.ordered_map(lambda item: started.append(item) or item, range(40), size=lambda item: 10,
+                                      result_size=lambda result: result_size, ahead_bytes=75)
+        for result in results:
+            time.sleep(0.01)  # the threads run ahead as far as they are allowed
+            most_ahead = max(most_ahead, max(started) - result)
+    return most_ahead

@@ -82,10 +82,12 @@ def ldm_hash_log(level: int, size: int, prefix_size: int) -> int:
     return max(LDM_HASH_LOG_MIN, min(window - (7 - parameters.strategy // 3), LDM_HASH_LOG_MAX))
 
 
-def compression_parameters(level: int, size: int, prefix_size: int = 0) -> tuple[tuple[int, int], ...]:
+def compression_parameters(level: int, size: int, prefix_size: int = 0,
+                           search: tuple[int, int] | None = None) -> tuple[tuple[int, int], ...]:
     """``(parameter, value)`` of every frame the bundler makes: content size in the header, no
     checksum (objects are hashed), a window that covers prefix + data, and for a patch long-distance
-    matching with the table of :func:`ldm_hash_log`."""
+    matching with the table of :func:`ldm_hash_log`. ``search`` is ``(searchLog, chainLog)`` in
+    place of the level's, for a frame whose time matters more than its last bytes."""
     window = _window_log(size + prefix_size)
     patch = prefix_size > 0
     parameters = [(_lib.ZSTD_c_compressionLevel, level), (_lib.ZSTD_c_windowLog, window),
@@ -93,10 +95,13 @@ def compression_parameters(level: int, size: int, prefix_size: int = 0) -> tuple
                   (_lib.ZSTD_c_contentSizeFlag, 1), (_lib.ZSTD_c_checksumFlag, 0), (_lib.ZSTD_c_nbWorkers, 0)]
     if patch:
         parameters.append((_lib.ZSTD_c_ldmHashLog, ldm_hash_log(level, size, prefix_size)))
+    if search is not None:
+        parameters += [(_lib.ZSTD_c_searchLog, search[0]), (_lib.ZSTD_c_chainLog, search[1])]
     return tuple(parameters)
 
 
-def compression_context(level: int, size: int, prefix: bytes | memoryview | None = None):
+def compression_context(level: int, size: int, prefix: bytes | memoryview | None = None,
+                        search: tuple[int, int] | None = None):
     """A libzstd compression context set with :func:`compression_parameters` and referring to
     ``prefix``, and the cffi buffer of the prefix, which must stay alive as long as the context.
     Free the context with ``ZSTD_freeCCtx``."""
@@ -104,7 +109,8 @@ def compression_context(level: int, size: int, prefix: bytes | memoryview | None
     if cctx == _ffi.NULL:
         raise MemoryError("libzstd could not allocate a compression context")
     try:
-        for parameter, value in compression_parameters(level, size, len(prefix) if prefix is not None else 0):
+        for parameter, value in compression_parameters(level, size, len(prefix) if prefix is not None else 0,
+                                                       search):
             _check(_lib.ZSTD_CCtx_setParameter(cctx, parameter, value), "zstd parameter")
         prefix_buffer = None
         if prefix is not None and len(prefix):
@@ -122,13 +128,14 @@ def output_buffer(capacity: int):
     return _new_uncleared("char[]", capacity)
 
 
-def compress(data: bytes | memoryview, level: int, prefix: bytes | memoryview | None = None) -> bytes:
+def compress(data: bytes | memoryview, level: int, prefix: bytes | memoryview | None = None,
+             search: tuple[int, int] | None = None) -> bytes:
     """One zstd frame of ``data`` (:func:`compression_parameters`).
 
     With ``prefix`` the frame may refer back into it and needs the same prefix to decode.
     """
     assert 0 < len(data) <= MAX_DECODED_BYTES
-    cctx, prefix_buffer = compression_context(level, len(data), prefix)  # noqa: F841 (kept alive)
+    cctx, prefix_buffer = compression_context(level, len(data), prefix, search)  # noqa: F841 (kept alive)
     try:
         source = _ffi.from_buffer(data)
         capacity = _lib.ZSTD_compressBound(len(data))

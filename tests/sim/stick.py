@@ -34,7 +34,7 @@ from typing import Callable, Iterable
 
 from agent.format import codec, stick
 from agent.format.bundle_dir import MANIFEST, PAYLOAD
-from agent.format.manifest import MANIFEST_LEVEL, Component, Manifest, StoredObject, Volume, signature_comment
+from agent.format.manifest import Component, Manifest, StoredObject, Volume, signature_comment, store
 from agent.format.tree import Entry, path_order, tree_digest
 from keys.detached import load_signatures, signature_path
 from keys.minisign import Signature
@@ -122,7 +122,7 @@ class BundleModel:
     volume_bytes: list[bytes | None]
     signers: list[str]
     keys: Keys
-    level: int = MANIFEST_LEVEL
+    level: int | None = None  # of the manifest's frame; None: as bundle make stores it
     manifest_json: bytes | None = None
     stored: bytes | None = None
     foreign: list[Signature] = field(default_factory=list)
@@ -136,8 +136,8 @@ class BundleModel:
     def manifest_file(self) -> bytes:
         if self.stored is not None:
             return self.stored
-        return codec.compress(self.manifest_json if self.manifest_json is not None else self.manifest.to_bytes(),
-                              self.level)
+        manifest_json = self.manifest_json if self.manifest_json is not None else self.manifest.to_bytes()
+        return store(manifest_json) if self.level is None else codec.compress(manifest_json, self.level)
 
     def signatures(self, data: bytes | None = None) -> list[Signature]:
         """The signers' signatures over the manifest file (or ``data``), as ``bundle make`` signs."""

@@ -68,9 +68,10 @@ def write_results(root):
         # the largest RSS of ours anywhere: the big file's apply step
         "bigfile.json": {**ours(2_100_000, step(40.0, 180.0), step(15.0, 300.6), step(30.0, 120.0)), "size": 4 << 30,
                          "rewritten": 2 << 20},
-        # synthetic: the new game alone compresses to 900 of the smallest peer's 1000 -> 0.90 > 0.8
-        "unavoidable-synthetic.json": {"path": "games/g04-new", "files": 7, "bytes": 950, "compressor": "tar | xz -9e",
-                                       "xz_bytes": 900},
+        # synthetic: the new content alone takes 880 + 20 of the smallest peer's 1000 -> 0.90 > 0.8
+        "unavoidable-synthetic.json": {"new_game": "games/g04-new", "added_files": 2, "files": 9, "bytes": 950,
+                                       "compressor": "tar | xz -9e", "compressed_bytes": 880,
+                                       "written_random_bytes": 20, "least_bytes": 900},
         "floor-platform.json": {"copied_files": 3, "copied_bytes": 8192, "copy_s": 1.0, "hashed_files": 11,
                                 "hashed_bytes": 1 << 20, "hash_s": 4.0, "floor_s": 5.0},
     }
@@ -128,7 +129,31 @@ def test_unavoidable_bytes_are_stated_with_the_pair(bench, tmp_path):
     write_results(tmp_path)
     report = bench.render_report(bench.load_results(str(tmp_path)))
     synthetic = report.split("## Pair `synthetic`")[1]
-    assert "`games/g04-new` is new content" in synthetic
+    assert "the new game `games/g04-new` and 2 files added to other games, 9 files" in " ".join(synthetic.split())
     assert "0.90x the smallest peer by itself" in " ".join(synthetic.split())
     assert "the 0.8x goal cannot be met on this tree" in " ".join(synthetic.split())
-    assert "is new content" not in report.split("## Pair `synthetic`")[0]  # the other pairs have no such file
+    assert "Bytes no delta can avoid" not in report.split("## Pair `synthetic`")[0]  # not said of the other pairs
+
+
+def test_the_new_content_is_the_new_game_the_added_files_and_the_random_bytes_written(bench, tmp_path):
+    """measure_new_content on a small pair laid out as synth.py lays one out: real tar and xz."""
+    new = tmp_path / "new"
+    (new / "games/g01-new/data").mkdir(parents=True)
+    (new / "games/g00/scripts").mkdir(parents=True)
+    (new / "games/g01-new/data/a.pak").write_bytes(os.urandom(30_000))
+    (new / "games/g01-new/manifest.json").write_bytes(b"{}")
+    (new / "games/g00/scripts/new_x0.dat").write_bytes(b"words " * 5_000)
+    (new / "games/g00/scripts/kept.dat").write_bytes(os.urandom(50_000))  # in old too: not counted
+    (tmp_path / "changes.json").write_text(json.dumps({
+        "new_game": {"id": "g01-new"}, "added": ["games/g00/scripts/new_x0.dat"],
+        "modified": {"games/g00/scripts/kept.dat": [{"op": "edit", "offset": 5, "length": 100},
+                                                    {"op": "cut", "offset": 900, "length": 7000},
+                                                    {"op": "insert", "offset": 9000, "length": 20}]}}))
+    measured = bench.Bench.measure_new_content(None, str(tmp_path))
+    assert (measured["new_game"], measured["added_files"], measured["files"]) == ("games/g01-new", 1, 3)
+    assert measured["bytes"] == 30_000 + 2 + 30_000
+    assert measured["written_random_bytes"] == 120  # a cut writes nothing
+    assert 30_000 < measured["compressed_bytes"] < 31_000  # the random pak, the text nearly free
+    assert measured["least_bytes"] == measured["compressed_bytes"] + 120
+    (tmp_path / "changes.json").write_text(json.dumps({"new_game": None, "added": [], "modified": {}}))
+    assert bench.Bench.measure_new_content(None, str(tmp_path)) is None

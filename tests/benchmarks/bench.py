@@ -63,7 +63,7 @@ PEER_METHODS = {
 # shown in the report. Empty while every method above finishes within --limit.
 PEER_METHODS_DROPPED = {"platform": {}, "kernel": {}, "synthetic": {}}
 PEER_TOOLS = {"zstd": "zstd", "xdelta3": "xdelta3", "bsdiff": "bsdiff", "ostree": "ostree"}
-BOUND_TOOLS = {"xz": "xz-utils"}  # the synthetic pair's unavoidable bytes (measure_new_game)
+BOUND_TOOLS = {"xz": "xz-utils"}  # the synthetic pair's unavoidable bytes (measure_new_content)
 GOAL_BYTES = {"platform": 0.6, "kernel": 0.8, "synthetic": 0.8}
 GOAL_RSS_MIB = 256
 GOAL_INSTALL_FACTOR = 1.5
@@ -259,12 +259,13 @@ def goal_rows(results):
 def unavoidable_bound(results, pair):
     """(what no delta of the pair can avoid carrying, those bytes over the smallest peer's), each
     None when not measured or no peer succeeded: content that is nowhere in old (the synthetic
-    tree's new game, known from synth.py's changes.json), at its smallest compressed."""
+    tree's new game, added files and random bytes written into changed files, known from synth.py's
+    changes.json), at its smallest."""
     unavoidable = results.get("unavoidable", {}).get(pair)
     best = smallest_peer(results["peers"][pair]["rows"])
     if not unavoidable or best is None:
         return unavoidable, None
-    return unavoidable, unavoidable["xz_bytes"] / best["bytes"]
+    return unavoidable, unavoidable["least_bytes"] / best["bytes"]
 
 
 def unavoidable_text(results, pair):
@@ -272,10 +273,14 @@ def unavoidable_text(results, pair):
     if not unavoidable:
         return []
     goal = GOAL_BYTES[pair]
-    text = (f"**Bytes no delta can avoid.** `{unavoidable['path']}` is new content that shares nothing with old "
-            f"(synth.py writes it from its own random streams): {unavoidable['files']:,} files, "
-            f"{unavoidable['bytes']:,} bytes, which `{unavoidable['compressor']}` compresses to "
-            f"{unavoidable['xz_bytes']:,} bytes at the least.")
+    parts = ([f"the new game `{unavoidable['new_game']}`"] if unavoidable["new_game"] else []) + \
+        ([f"{unavoidable['added_files']:,} files added to other games"] if unavoidable["added_files"] else [])
+    text = (f"**Bytes no delta can avoid.** Content that is nowhere in old (synth.py writes each file from its own "
+            f"random stream): {' and '.join(parts)}, {unavoidable['files']:,} files and {unavoidable['bytes']:,} "
+            f"bytes, which `{unavoidable['compressor']}` compresses to {unavoidable['compressed_bytes']:,} bytes at "
+            f"the least; and the {unavoidable['written_random_bytes']:,} random bytes that edits, insertions and "
+            f"appends wrote into changed files, which nothing compresses. Together "
+            f"{unavoidable['least_bytes']:,} bytes.")
     if bound is not None:
         text += (f" That is {bound:.2f}x the smallest peer by itself, so a bundle of this pair is at least "
                  f"{bound:.2f}x " + (f"and the {goal}x goal cannot be met on this tree." if bound > goal else
@@ -830,31 +835,42 @@ class Bench:
                 "hashed_files": hashed_files, "hashed_bytes": hashed_bytes, "hash_s": hashed["wall_s"],
                 "floor_s": copy["wall_s"] + hashed["wall_s"]}
 
-    def measure_new_game(self, pair_dir):
-        """The synthetic release's new game (changes.json), tarred and compressed as hard as we know
-        (xz -9e, one thread: no block splitting): the least any delta carries for it. None when the
-        tree has no new game."""
+    def measure_new_content(self, pair_dir):
+        """What of the synthetic release is nowhere in old (synth.py's changes.json): the new game
+        and the files added to other games, tarred and compressed as hard as we know (xz -9e, one
+        thread: no block splitting), plus the random bytes that edits, insertions and appends
+        wrote into changed files, which nothing compresses. The least any delta carries for it.
+        None when the tree has neither a new game nor added files."""
         with open(os.path.join(pair_dir, "changes.json")) as f:
-            new_game = json.load(f)["new_game"]
-        if new_game is None:  # synth.py --new-game 0
+            changes = json.load(f)
+        new_game = changes["new_game"]["id"] if changes["new_game"] else None
+        paths = ([f"games/{new_game}"] if new_game else []) + sorted(changes["added"])
+        if not paths:  # synth.py --new-game 0 --add-rate 0
             return None
-        path = f"games/{new_game['id']}"
-        files, size = 0, 0
-        for dp, _, names in os.walk(os.path.join(pair_dir, "new", path)):
-            for name in names:
-                files += 1
-                size += os.lstat(os.path.join(dp, name)).st_size
-        log(f"synthetic: compressing the new game ({size / MiB:.0f} MiB) with xz -9e for the bound")
-        tar = subprocess.Popen(["tar", "-C", os.path.join(pair_dir, "new"), "--sort=name", "-cf", "-", path],
-                               stdout=subprocess.PIPE)
+        sizes = []
+        for path in paths:
+            top = os.path.join(pair_dir, "new", path)
+            if os.path.isdir(top):
+                sizes += [os.lstat(os.path.join(dp, name)).st_size for dp, _, names in os.walk(top) for name in names]
+            else:
+                sizes.append(os.lstat(top).st_size)
+        files, size = len(sizes), sum(sizes)
+        log(f"synthetic: compressing the new content ({size / MiB:.0f} MiB) with xz -9e for the bound")
+        tar = subprocess.Popen(["tar", "-C", os.path.join(pair_dir, "new"), "--sort=name", "--null", "-T", "-",
+                                "-cf", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         xz = subprocess.Popen(["xz", "-9e", "-T1", "-c"], stdin=tar.stdout, stdout=subprocess.PIPE)
         tar.stdout.close()
+        tar.stdin.write(b"".join(path.encode() + b"\0" for path in paths))
+        tar.stdin.close()
         compressed = 0
         while block := xz.stdout.read(1 << 20):
             compressed += len(block)
         if tar.wait() != 0 or xz.wait() != 0:
-            raise BenchError(f"synthetic: tar | xz -9e of {path} failed")
-        return {"path": path, "files": files, "bytes": size, "compressor": "tar | xz -9e", "xz_bytes": compressed}
+            raise BenchError("synthetic: tar | xz -9e of the new content failed")
+        written = sum(op["length"] for ops in changes["modified"].values() for op in ops if op["op"] != "cut")
+        return {"new_game": f"games/{new_game}" if new_game else None, "added_files": len(changes["added"]),
+                "files": files, "bytes": size, "compressor": "tar | xz -9e", "compressed_bytes": compressed,
+                "written_random_bytes": written, "least_bytes": compressed + written}
 
     def run_peers(self, pair):
         methods = [m for m in PEER_METHODS[pair] if m not in PEER_METHODS_DROPPED.get(pair, {})]
@@ -929,7 +945,7 @@ class Bench:
             self.save(f"ours-{pair}.json", ours)
             if pair == "platform":
                 self.save("floor-platform.json", self.measure_floor(old, new))
-            if pair == "synthetic" and (unavoidable := self.measure_new_game(os.path.dirname(new))):
+            if pair == "synthetic" and (unavoidable := self.measure_new_content(os.path.dirname(new))):
                 self.save("unavoidable-synthetic.json", unavoidable)
             warm_page_cache(pair, old, new)
             self.run_peers(pair)

@@ -856,17 +856,18 @@ class Bench:
                 sizes.append(os.lstat(top).st_size)
         files, size = len(sizes), sum(sizes)
         log(f"synthetic: compressing the new content ({size / MiB:.0f} MiB) with xz -9e for the bound")
-        tar = subprocess.Popen(["tar", "-C", os.path.join(pair_dir, "new"), "--sort=name", "--null", "-T", "-",
-                                "-cf", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        xz = subprocess.Popen(["xz", "-9e", "-T1", "-c"], stdin=tar.stdout, stdout=subprocess.PIPE)
-        tar.stdout.close()
-        tar.stdin.write(b"".join(path.encode() + b"\0" for path in paths))
-        tar.stdin.close()
-        compressed = 0
-        while block := xz.stdout.read(1 << 20):
-            compressed += len(block)
-        if tar.wait() != 0 or xz.wait() != 0:
-            raise BenchError("synthetic: tar | xz -9e of the new content failed")
+        with tempfile.NamedTemporaryFile() as names:  # a file, not tar's stdin: a long list never blocks
+            names.write(b"".join(path.encode() + b"\0" for path in paths))
+            names.flush()
+            tar = subprocess.Popen(["tar", "-C", os.path.join(pair_dir, "new"), "--sort=name", "--null",
+                                    "-T", names.name, "-cf", "-"], stdout=subprocess.PIPE)
+            xz = subprocess.Popen(["xz", "-9e", "-T1", "-c"], stdin=tar.stdout, stdout=subprocess.PIPE)
+            tar.stdout.close()
+            compressed = 0
+            while block := xz.stdout.read(1 << 20):
+                compressed += len(block)
+            if tar.wait() != 0 or xz.wait() != 0:
+                raise BenchError("synthetic: tar | xz -9e of the new content failed")
         written = sum(op["length"] for ops in changes["modified"].values() for op in ops if op["op"] != "cut")
         return {"new_game": f"games/{new_game}" if new_game else None, "added_files": len(changes["added"]),
                 "files": files, "bytes": size, "compressor": "tar | xz -9e", "compressed_bytes": compressed,

@@ -146,7 +146,8 @@ class BaseTree:
             self._verified[path] = sha256
 
     def region(self, prefix: Prefix) -> bytes | bytearray:
-        """The base bytes a patch chunk refers to (of the gunzipped content if it says so)."""
+        """The base bytes a patch chunk refers to (of the gunzipped content, or of the file with its
+        ELF tables re-coded, if it says so)."""
         fd = self._open(prefix.path)
         try:
             if prefix.gunzip:
@@ -161,6 +162,16 @@ class BaseTree:
                     data = codec.GZIP_RECIPE.base_content(read_block, prefix.offset, prefix.offset + prefix.length)
                 except ValueError:
                     raise StagingError(f"base file {prefix.path!r} is not gzip data as the delta expects") from None
+            elif prefix.elf_tables:  # re-coded as a whole: its section headers are at its end
+                size = os.fstat(fd).st_size
+                self.budget.read(size, prefix.path)
+                try:
+                    data = codec.ELF_TABLES.base_content(lambda: os.read(fd, READ_SIZE), prefix.offset,
+                                                         prefix.offset + prefix.length)
+                except ValueError as error:
+                    raise StagingError(f"base file {prefix.path!r}: {error}, but the delta refers to its ELF "
+                                       "tables", hint="this delta needs the exact base release; use a full "
+                                                      "bundle") from None
             elif prefix.offset + prefix.length > os.fstat(fd).st_size:
                 data = b""  # reported below as too short; pread would fail on offsets past 2**63
             else:
@@ -255,17 +266,18 @@ def _rebuild(entry: Entry, payload: Payload, base: BaseTree | None, budget: Work
         else:
             write(data)
     if rebuilder is not None:
-        if content_digest.hexdigest() != entry.gzip.sha256:
+        if entry.gzip is not None and content_digest.hexdigest() != entry.gzip.sha256:
             raise StagingError(f"{entry.path!r}: decoded gzip content does not match its SHA-256")
         started = time.thread_time()
         try:
-            rebuilder.finish()  # a shaped recipe (gzip-shape) does its work here
+            rebuilder.finish()  # a shaped recipe (gzip-shape) and re-coded ELF tables do their work here
         except ValueError as error:
-            raise StagingError(f"{entry.path!r}: its gzip recipe does not fit its content: {error}",
+            what = "its gzip recipe does" if entry.gzip is not None else "its re-coded ELF tables do"
+            raise StagingError(f"{entry.path!r}: {what} not fit its content: {error}",
                                hint="the bundle is not what the vendor's tools make; report it to the vendor") from None
         budget.computed(time.thread_time() - started, entry.path)
     if file_digest.hexdigest() != entry.sha256:
-        if rebuilder is not None:
+        if rebuilder is not None and entry.gzip is not None:
             raise StagingError(f"{entry.path!r}: re-deflating its content did not reproduce the signed file: "
                                "this system's zlib deflates differently from the bundler's, or the bundle's "
                                "recipe is wrong", hint="install a full bundle, or use a stock zlib")

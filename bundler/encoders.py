@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from agent.format import bsdiff, codec, gzip_recipe
+from agent.format import bsdiff, codec, elf_tables, gzip_recipe
 from agent.format.manifest import MAX_CHUNK_BYTES
 from agent.format.tree import GzipRecipe
 from bundler.vendor_only import vendor_module
@@ -273,16 +273,23 @@ def _shared(tick: Tick, passes: int) -> Tick:
 
 @dataclass(frozen=True)
 class Source:
-    """Where a chunk's bytes come from: a file, or a gzip file's content (``gunzip``)."""
+    """Where a chunk's bytes come from: a file, a gzip file's content (``gunzip``), or an ELF
+    file with its tables re-coded (``elf_tables``)."""
 
     path: Path
     gunzip: bool = False
+    elf_tables: bool = False
 
     def read(self, offset: int, size: int) -> bytes:
         """Bytes [offset, offset + size). Raises Failed if the file changed meanwhile."""
         with open(self.path, "rb", buffering=0) as handle:
             if self.gunzip:
                 data = gzip_recipe.gunzip_range(lambda: handle.read(1 << 20), offset, offset + size)
+            elif self.elf_tables:
+                try:
+                    data = bytes(elf_tables.base_content(lambda: handle.read(1 << 20), offset, offset + size))
+                except ValueError:
+                    data = b""  # it grew past the limit: reported below
             else:
                 data = os.pread(handle.fileno(), size, offset)
         if len(data) != size:
@@ -326,12 +333,32 @@ def _gunzipped_size(path: Path) -> int | None:
     return len(content) if len(content) <= 2 * MAX_CHUNK_BYTES else None
 
 
+ET_REL = (1).to_bytes(2, "little")  # e_type of a relocatable object
+
+
+def has_elf_tables(path: Path, size: int) -> bool:
+    """Whether ``path`` is a relocatable ELF object (a kernel module) whose tables elf-tables
+    re-codes. Executables and shared libraries are not worth it: on the platform pair their
+    patches took 3.7% less, for ~1 s of CPU per million rows on the device."""
+    if size > elf_tables.MAX_ELF_BYTES:
+        return False
+    with open(path, "rb") as handle:
+        header = handle.read(64)
+        if not elf_tables.is_elf64_le(header) or header[16:18] != ET_REL:
+            return False
+        handle.seek(0)
+        return bool(elf_tables.tables(handle.read()))
+
+
 GZIP_RECIPE = Transform("gzip-recipe", recipe=_gzip_recipe, content_size=_gunzipped_size)
 # Recipes with block ends or a shape, which gzip-recipe's finds where zlib alone does not
 # reproduce a file.
 GZIP_BLOCKS = Transform("gzip-blocks")
 GZIP_SHAPE = Transform("gzip-shape")
-TRANSFORMS: dict[str, Transform] = {t.name: t for t in (GZIP_RECIPE, GZIP_BLOCKS, GZIP_SHAPE)}
+# Relocation and symbol tables of ELF files as differences (agent/format/elf_tables.py): a patch
+# of a rebuilt kernel module or library then differs only where the code does.
+ELF_TABLES = Transform("elf-tables")
+TRANSFORMS: dict[str, Transform] = {t.name: t for t in (GZIP_RECIPE, GZIP_BLOCKS, GZIP_SHAPE, ELF_TABLES)}
 # Every codec the bundler can write, sorted (a subset of agent.format.codec.CODECS); blocks are
 # filled by bundler/blocks.py.
 NAMES: tuple[str, ...] = tuple(sorted([*ENCODERS, *TRANSFORMS, codec.BLOCK.name]))

@@ -162,7 +162,7 @@ def _chunk_jobs(size: int, source: Source, reference: Entry | None, reference_so
             centre = (offset + length // 2) * reference_size // size
             start = min(max(0, centre - region_size // 2), reference_size - region_size)
             prefix = Prefix(path=reference.path, sha256=reference.sha256, offset=start, length=region_size,
-                            gunzip=reference_source.gunzip)
+                            gunzip=reference_source.gunzip, elf_tables=reference_source.elf_tables)
         jobs.append(_ChunkJob(source=source, offset=offset, size=length,
                               reference=prefix_source if prefix else None, prefix=prefix))
     return jobs
@@ -307,6 +307,9 @@ def _delta_jobs(entry: Entry, recipe: Found, component: ReleaseComponent, base: 
     if recipe is not None:
         entry = replace(entry, gzip=recipe[0])
         source, size = Source(source.path, gunzip=True), recipe[1]
+    elif encoders.has_elf_tables(source.path, size):
+        entry = replace(entry, elf_tables=True)
+        source = Source(source.path, elf_tables=True)
     reference = _similar_base_file(entry.path, entry.size, base_files, by_name, by_blind_path)
     reference_source, reference_size = None, 0
     if reference is not None:
@@ -314,7 +317,10 @@ def _delta_jobs(entry: Entry, recipe: Found, component: ReleaseComponent, base: 
         gunzipped = encoders.GZIP_RECIPE.content_size(reference_source.path) if recipe is not None else None
         if gunzipped is not None:
             reference_source, reference_size = Source(reference_source.path, gunzip=True), gunzipped
-    found = None if source.gunzip else _Found(index, base.path, index.matches(source.path, size))
+        elif entry.elf_tables and encoders.has_elf_tables(reference_source.path, reference_size):
+            reference_source = Source(reference_source.path, elf_tables=True)
+    # Pieces found by content are of the files' bytes as they are, which a re-coded file no longer is.
+    found = None if source.gunzip or source.elf_tables else _Found(index, base.path, index.matches(source.path, size))
     return entry, _chunk_jobs(size, source, reference, reference_source, reference_size, chunk_size, found)
 
 
@@ -474,6 +480,8 @@ def _encode_component(plan: _Plan, writer: VolumeWriter, options: MakeOptions, u
                 chunks.append(Chunk(object=object_id, size=job.size,
                                     prefix=job.prefix if encoders.ENCODERS[encoding].patch else None))
             entry = replace(entry, chunks=tuple(chunks))
+        if codec.ELF_TABLES.used_by(entry):
+            used.add(encoders.ELF_TABLES.name)
         if entry.gzip is not None:  # a gzip file of empty content has a recipe but no chunks
             used.add(encoders.GZIP_RECIPE.name)
             if entry.gzip.shape is not None:

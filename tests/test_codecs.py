@@ -29,7 +29,7 @@ from keys.signing import sign
 from tests.sim.stick import StickSim
 from tests.vectors import regenerate
 
-HAS = "block, bsdiff, gzip-blocks, gzip-recipe, gzip-shape, raw, zstd, zstd-patch"
+HAS = "block, bsdiff, elf-tables, gzip-blocks, gzip-recipe, gzip-shape, raw, zstd, zstd-patch"
 LACKS_XZ = f"this bundle needs codec xz; this agent has {HAS}"
 VECTORS = Path(regenerate.__file__).parent
 

@@ -102,12 +102,12 @@ def test_regenerating_gives_the_same_bytes(tmp_path):
 
 
 def test_the_delta_verifies_and_takes_the_first_release_to_the_second(tmp_path):
-    """The delta vector uses every patch codec, a block and every gzip transform; applied to the
+    """The delta vector uses every patch codec, a block and every transform; applied to the
     release the full vector holds, it gives exactly the next release."""
     delta = VECTORS / "delta"
     verified, outcome = check_bundle(delta, _trusted_root(), {}, apply=False)
-    assert verified.manifest.codecs == ("block", "bsdiff", "gzip-blocks", "gzip-recipe", "gzip-shape", "raw",
-                                        "zstd-patch")
+    assert verified.manifest.codecs == ("block", "bsdiff", "elf-tables", "gzip-blocks", "gzip-recipe", "gzip-shape",
+                                        "raw", "zstd-patch")
     regenerate._write_release(tmp_path / "first")
     [component] = verified.manifest.components
     with Payload(delta, verified.manifest) as payload:

@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Protocol
 import zstandard
 from zstandard import backend_cffi
 
-from agent.format import bsdiff, gzip_recipe
+from agent.format import bsdiff, elf_tables, gzip_recipe
 from agent.format.tree import Entry
 from keys.errors import Refused
 
@@ -304,8 +304,21 @@ GZIP_BLOCKS = Transform("gzip-blocks", used_by=_blocks_used_by, rebuilder=_block
 # A recipe with a shape (what block ends miss): zlib's tokens re-coded in the original's blocks.
 GZIP_SHAPE = Transform("gzip-shape", used_by=_shape_used_by, rebuilder=_shaped_rebuilder)
 
+
+def _elf_used_by(entry: Entry) -> bool:
+    return entry.elf_tables or any(c.prefix is not None and c.prefix.elf_tables for c in entry.chunks)
+
+
+def _elf_rebuilder(entry: Entry, write: Callable[[bytes], None]) -> Rebuilder | None:
+    return elf_tables.Rebuilder(entry.size, write) if entry.elf_tables else None
+
+
+# An ELF file's relocation and symbol tables re-coded as differences (agent/format/elf_tables.py).
+ELF_TABLES = Transform("elf-tables", used_by=_elf_used_by, rebuilder=_elf_rebuilder,
+                       base_content=elf_tables.base_content)
+
 DECODERS: dict[str, Decoder] = {d.name: d for d in (RAW, ZSTD, ZSTD_PATCH, BSDIFF, BLOCK)}
-TRANSFORMS: dict[str, Transform] = {t.name: t for t in (GZIP_RECIPE, GZIP_BLOCKS, GZIP_SHAPE)}
+TRANSFORMS: dict[str, Transform] = {t.name: t for t in (GZIP_RECIPE, GZIP_BLOCKS, GZIP_SHAPE, ELF_TABLES)}
 # Every codec this agent has, sorted: what a manifest's ``codecs`` may name.
 CODECS: tuple[str, ...] = tuple(sorted([*DECODERS, *TRANSFORMS]))
 assert len(CODECS) == len(DECODERS) + len(TRANSFORMS), "a decoder and a transform share a name"

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from agent.format import codec, deflate, gzip_recipe, paths
+from agent.format import codec, deflate, elf_tables, gzip_recipe, paths
 from agent.format.tree import (DIR, EMPTY_SHA256, FILE, HARDLINK, SETUID_SETGID, SYMLINK, TYPES, Chunk, Entry,
                                GzipRecipe, Prefix, path_order, tree_digest)
 from keys import strict_json
@@ -381,6 +381,8 @@ def _entry_to_json(entry: Entry) -> dict[str, Any]:
             result["base"] = entry.base_path
         elif entry.chunks:
             result["chunks"] = [_chunk_to_json(c) for c in entry.chunks]
+        if entry.elf_tables:
+            result["elf_tables"] = True
         if entry.gzip is not None:
             result["gzip"] = {"header": entry.gzip.header.hex(), "level": entry.gzip.level,
                               "size": entry.gzip.size, "sha256": entry.gzip.sha256}
@@ -398,6 +400,8 @@ def _chunk_to_json(chunk: Chunk) -> dict[str, Any]:
         result["prefix"] = {"path": p.path, "sha256": p.sha256, "offset": p.offset, "length": p.length}
         if p.gunzip:
             result["prefix"]["gunzip"] = True
+        if p.elf_tables:
+            result["prefix"]["elf_tables"] = True
     return result
 
 
@@ -491,8 +495,9 @@ def _entry_from_json(value: Any, context: str, ids: dict[str, str]) -> Entry:
         return Entry(**common, target=target)
     size = _count(field(value, "size", int, context=context), f"{context}: size")
     digest = _sha256(field(value, "sha256", str, context=context), f"{context}: sha256")
-    allowed |= {"size", "sha256", "base", "chunks", "gzip"}
+    allowed |= {"size", "sha256", "base", "chunks", "gzip", "elf_tables"}
     _no_other_fields(value, allowed, context)
+    elf_tables = _flag(value, "elf_tables", context)
     if "base" in value and "chunks" in value:
         raise JSONShapeError(f"{context}: a file comes from its base or from chunks, not both")
     gzip = None
@@ -508,7 +513,17 @@ def _entry_from_json(value: Any, context: str, ids: dict[str, str]) -> Entry:
     elif "chunks" in value:
         raw_chunks = _bounded(field(value, "chunks", list, context=context), MAX_CHUNKS, "chunks")
         chunks = tuple(_chunk_from_json(c, context, ids) for c in raw_chunks)
-    return Entry(**common, size=size, sha256=digest, base_path=base_path, chunks=chunks, gzip=gzip)
+    return Entry(**common, size=size, sha256=digest, base_path=base_path, chunks=chunks, gzip=gzip,
+                 elf_tables=elf_tables)
+
+
+def _flag(value: dict, name: str, context: str) -> bool:
+    """An optional field that is true when present (absent means false)."""
+    if name not in value:
+        return False
+    if value[name] is not True:
+        raise JSONShapeError(f"{context}: {name} must be true or absent")
+    return True
 
 
 def _gzip_from_json(value: dict, context: str) -> GzipRecipe:
@@ -581,10 +596,13 @@ def _chunk_from_json(value: Any, context: str, ids: dict[str, str]) -> Chunk:
     prefix = None
     if "prefix" in value:
         raw = field(value, "prefix", dict, context=context)
-        _no_other_fields(raw, {"path", "sha256", "offset", "length", "gunzip"}, f"{context} prefix")
+        _no_other_fields(raw, {"path", "sha256", "offset", "length", "gunzip", "elf_tables"}, f"{context} prefix")
         gunzip = raw.get("gunzip", False)
         if gunzip is not True and gunzip is not False:
             raise JSONShapeError(f"{context}: prefix gunzip must be true or false")
+        elf = _flag(raw, "elf_tables", f"{context} prefix")
+        if gunzip and elf:
+            raise JSONShapeError(f"{context}: a prefix is of gunzipped content or of re-coded ELF tables, not both")
         prefix_path = field(raw, "path", str, context=context)
         paths.check_path(prefix_path)
         if prefix_path == paths.ROOT:
@@ -592,12 +610,15 @@ def _chunk_from_json(value: Any, context: str, ids: dict[str, str]) -> Chunk:
         prefix = Prefix(path=prefix_path, sha256=_sha256(field(raw, "sha256", str, context=context), "prefix sha256"),
                         offset=_count(field(raw, "offset", int, context=context), "prefix offset"),
                         length=_count(field(raw, "length", int, context=context), "prefix length"),
-                        gunzip=gunzip)
+                        gunzip=gunzip, elf_tables=elf)
         if not 0 < prefix.length <= 2 * MAX_CHUNK_BYTES:
             raise JSONShapeError(f"{context}: prefix length must be 1..{2 * MAX_CHUNK_BYTES}")
         if prefix.gunzip and prefix.offset + prefix.length > 2 * MAX_CHUNK_BYTES:
             # The device gunzips the base up to offset + length: keep that bounded (T-BOMB).
             raise JSONShapeError(f"{context}: a gunzip prefix must end within {2 * MAX_CHUNK_BYTES} bytes")
+        if prefix.elf_tables and prefix.offset + prefix.length > elf_tables.MAX_ELF_BYTES:
+            # The device re-codes the whole base file, held in memory.
+            raise JSONShapeError(f"{context}: an elf_tables prefix must end within {elf_tables.MAX_ELF_BYTES} bytes")
     object_id = _sha256(field(value, "object", str, context=context), f"{context}: object")
     return Chunk(object=ids.get(object_id, object_id), size=size, prefix=prefix)
 
@@ -775,7 +796,8 @@ def _check_entry(entry: Entry, component: Component, objects: dict[str, StoredOb
     if entry.base_path is not None and component.base is None:
         raise JSONShapeError(f"{context}: {entry.path!r} copies from a base, but this is a full update")
     if entry.size == 0:
-        if entry.chunks or entry.base_path is not None or entry.gzip is not None or entry.sha256 != EMPTY_SHA256:
+        if (entry.chunks or entry.base_path is not None or entry.gzip is not None or entry.elf_tables
+                or entry.sha256 != EMPTY_SHA256):
             raise JSONShapeError(f"{context}: empty file {entry.path!r} must carry no data")
         return
     if entry.gzip is not None and component.base is None:
@@ -783,6 +805,15 @@ def _check_entry(entry: Entry, component: Component, objects: dict[str, StoredOb
         raise JSONShapeError(f"{context}: {entry.path!r}: a gzip recipe is only allowed in a delta")
     if entry.gzip is not None and entry.base_path is not None:
         raise JSONShapeError(f"{context}: {entry.path!r}: a base copy takes no gzip recipe")
+    if entry.elf_tables:
+        if component.base is None:  # it shrinks patches only: a full bundle has none
+            raise JSONShapeError(f"{context}: {entry.path!r}: re-coded ELF tables are only allowed in a delta")
+        if entry.base_path is not None or entry.gzip is not None:
+            raise JSONShapeError(f"{context}: {entry.path!r}: re-coded ELF tables come only with chunks and no "
+                                 "gzip recipe")
+        if entry.size > elf_tables.MAX_ELF_BYTES:  # held whole on the device (T-EXHAUST)
+            raise JSONShapeError(f"{context}: {entry.path!r}: re-coded ELF tables only in files of at most "
+                                 f"{elf_tables.MAX_ELF_BYTES} bytes")
     if entry.base_path is None:
         content_size = entry.gzip.size if entry.gzip is not None else entry.size
         if content_size and not entry.chunks:

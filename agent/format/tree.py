@@ -32,6 +32,7 @@ class Prefix:
     offset: int
     length: int
     gunzip: bool = False  # the region is of the base file's gunzipped content
+    elf_tables: bool = False  # the region is of the base file with its ELF tables re-coded
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +69,8 @@ class Entry:
 
     ``mode`` holds permission bits only (``st_mode & 0o7777``). For a file, ``sha256`` and
     ``size`` describe the content; ``base_path`` (copy from the base tree) or ``chunks`` (stored
-    objects, optionally of the gunzipped content with a ``gzip`` recipe) say where it comes from;
+    objects, optionally of the gunzipped content with a ``gzip`` recipe, or of the file with its
+    ELF tables re-coded, agent/format/elf_tables.py) say where it comes from;
     an empty file has neither. ``target`` is a symlink's target,
     or for a hard link the path of the file it shares its inode with.
     """
@@ -85,6 +87,7 @@ class Entry:
     base_path: str | None = None
     chunks: tuple[Chunk, ...] = ()
     gzip: GzipRecipe | None = None
+    elf_tables: bool = False  # the chunks carry the file with its ELF tables re-coded
 
     def digest_line(self) -> bytes:
         return json.dumps([self.path, self.type, self.mode, self.uid, self.gid, self.size, self.sha256,

@@ -16,7 +16,8 @@ exact files, and - with the libzstd recorded here - still writes them byte for b
     stick/demo-vector/bundles/<ID>/                       the bundle (manifest, 2 signatures, 1 volume), COMPLETE
     manifest.json                                         its stored manifest, decompressed, for readable diffs
     delta/                                                a delta from that release to the next (bsdiff,
-                                                          gzip-blocks, gzip-recipe, gzip-shape, zstd-patch)
+                                                          elf-tables, gzip-blocks, gzip-recipe, gzip-shape,
+                                                          zstd-patch)
     delta-manifest.json                                   its stored manifest, decompressed
     libzstd-version                                       the libzstd that compressed them
     inputs/                                               GNU gzip files the releases hold (not rebuilt)
@@ -51,6 +52,7 @@ from keys.minisign import KEY_ID_BYTES, prehash  # noqa: E402
 from keys.secret_key import SEED_BYTES, SecretKey  # noqa: E402
 from keys.signing import sign_digest  # noqa: E402
 from keys.trust_root import NamedKey, Role, TrustRoot  # noqa: E402
+from tests.sim.elf import module  # noqa: E402
 
 # Made once by GNU gzip 1.12 (`gzip -9n`) from changelog-like text of 250,000 and 254,000 bytes,
 # and news-level6.gz by `gzip -6n` from 250,000 bytes (tests/test_gzip_shape.py changelog(6, 250_000)):
@@ -90,9 +92,11 @@ RELEASE = {
     "bin/engine": ("file", _engine(0), 0o755),
     "share": ("dir", None, 0o755),
     "share/changes.gz": ("file", (INPUTS / "changes-1.gz").read_bytes(), 0o644),
+    "lib": ("dir", None, 0o755),
+    "lib/cabinet.ko": ("file", module(11, rows=600), 0o644),
 }
 # The next release, which the delta vector takes the first to: an executable rebuilt with its
-# code moved (bsdiff), a GNU gzip file with an entry added on top (gzip-blocks), a new one that
+# code moved (bsdiff), a kernel module rebuilt after three edits (elf-tables), a GNU gzip file with an entry added on top (gzip-blocks), a new one that
 # gzip -6 made in a block zlib cannot end where gzip did (gzip-shape), a changed script.
 RELEASE_2 = {
     **RELEASE,
@@ -100,6 +104,7 @@ RELEASE_2 = {
     "bin/engine": ("file", _engine(64), 0o755),
     "share/changes.gz": ("file", (INPUTS / "changes-2.gz").read_bytes(), 0o644),
     "share/news.gz": ("file", (INPUTS / "news-level6.gz").read_bytes(), 0o644),
+    "lib/cabinet.ko": ("file", module(11, edits=3, rows=600), 0o644),
 }
 OUTPUTS = ("stick", "manifest.json", "delta", "delta-manifest.json", "libzstd-version")
 

@@ -1,0 +1,181 @@
+"""The relocation and symbol tables of an ELF file, re-coded so that two builds differ only where
+their code does (docs/FORMAT.md, "ELF tables").
+
+Code inserted in a kernel module or a shared library moves everything after it: every relocation
+that follows gets a new offset (and, against a section symbol, a new addend), every symbol after
+a new one a new index, every symbol after the code a new value. A byte-wise differ sees all of
+them change. Stored as differences - each offset from the one before, each symbol index from the
+one before, each addend from the last one against the same symbol, each symbol's name from the
+one before and its value from the last one in the same section - they change only around the
+edit. Measured on the kernel pair (linux-image 6.1.0-50 -> 6.1.0-57): the module deltas take 3.4 MB
+less, the bundle 0.95x -> 0.81x of ostree's.
+
+The re-coding is a bijection of the file onto bytes of the same size: the ELF header and the
+section header table are left as they are, so decoding finds the same tables encoding did.
+Tables are found by rules a malformed file cannot break: anything that does not fit them is
+left as it is (see :func:`tables`).
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from array import array
+from itertools import accumulate
+from typing import Callable
+
+MAX_ELF_BYTES = 64 << 20  # held whole while re-coded, on the device as in the bundler
+_HEADER_BYTES = 64
+_SECTION_HEADER_BYTES = 64
+ROW_BYTES = 24  # an Elf64_Rela, an Elf64_Sym
+SHT_SYMTAB, SHT_RELA, SHT_DYNSYM = 2, 4, 11
+_M32, _M64 = (1 << 32) - 1, (1 << 64) - 1
+_NAME_MASK = _M64 ^ _M32  # an Elf64_Sym's first word less its st_name
+
+
+def is_elf64_le(data: bytes | bytearray | memoryview) -> bool:
+    return len(data) >= _HEADER_BYTES and bytes(data[:6]) == b"\x7fELF\x02\x01"
+
+
+def tables(data: bytes | bytearray | memoryview) -> list[tuple[int, int, int]]:
+    """``(offset, size, sh_type)`` of the tables re-coded in ``data``, by offset.
+
+    A table is a section of type SHT_RELA, SHT_SYMTAB or SHT_DYNSYM with 24-byte entries, a
+    non-zero size that is a multiple of 24, lying wholly within the file after the ELF header
+    and outside the section header table, and overlapping no table before it. The file must be
+    ELF64 little-endian with 64-byte section headers, at most MAX_ELF_BYTES; else it has none.
+    """
+    if not is_elf64_le(data) or len(data) > MAX_ELF_BYTES:
+        return []
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    headers_end = shoff + shnum * _SECTION_HEADER_BYTES
+    if shentsize != _SECTION_HEADER_BYTES or shnum == 0 or shoff < _HEADER_BYTES or headers_end > len(data):
+        return []
+    found = []
+    for number in range(shnum):
+        at = shoff + number * _SECTION_HEADER_BYTES
+        sh_type, = struct.unpack_from("<I", data, at + 4)
+        offset, size = struct.unpack_from("<QQ", data, at + 0x18)
+        entsize, = struct.unpack_from("<Q", data, at + 0x38)
+        if sh_type not in (SHT_RELA, SHT_SYMTAB, SHT_DYNSYM) or entsize != ROW_BYTES:
+            continue
+        if size == 0 or size % ROW_BYTES or offset < _HEADER_BYTES or offset + size > len(data):
+            continue
+        if offset < headers_end and shoff < offset + size:
+            continue
+        found.append((offset, size, sh_type))
+    found.sort()
+    kept: list[tuple[int, int, int]] = []
+    for table in found:
+        if not kept or kept[-1][0] + kept[-1][1] <= table[0]:
+            kept.append(table)
+    return kept
+
+
+def encode(data: bytearray) -> None:
+    """Re-code the tables of ``data`` in place (the bundler, on new files and base regions)."""
+    _recode(data, forward=True)
+
+
+def decode(data: bytearray) -> None:
+    """Undo :func:`encode` in place (the device, on a file before it is written)."""
+    _recode(data, forward=False)
+
+
+def _recode(data: bytearray, forward: bool) -> None:
+    for offset, size, sh_type in tables(data):
+        words = array("Q")
+        words.frombytes(data[offset:offset + size])
+        if sys.byteorder == "big":
+            words.byteswap()
+        (_relocations if sh_type == SHT_RELA else _symbols)(words, forward)
+        if sys.byteorder == "big":
+            words.byteswap()
+        data[offset:offset + size] = words.tobytes()
+
+
+def _relocations(words: array, forward: bool) -> None:
+    """Rows of (r_offset, r_info, r_addend): offset from the previous row's, symbol index (r_info's
+    high half) from the previous row's, addend from the last one against the same symbol. By
+    column where a column depends on itself only (C loops), by row for the addends."""
+    offsets, infos, addends = words[0::3], words[1::3], words[2::3]
+    kinds = [info & _M32 for info in infos]
+    if forward:
+        symbols = [info >> 32 for info in infos]
+        words[0::3] = array("Q", [(this - before) & _M64 for this, before in zip(offsets, [0, *offsets[:-1]])])
+        words[1::3] = array("Q", [((this - before) & _M32) << 32 | kind
+                                  for this, before, kind in zip(symbols, [0, *symbols[:-1]], kinds)])
+        last: dict[int, int] = {}
+        recoded = []
+        for symbol, addend in zip(symbols, addends):
+            recoded.append((addend - last.get(symbol, 0)) & _M64)
+            last[symbol] = addend
+    else:
+        symbols = [total & _M32 for total in accumulate(info >> 32 for info in infos)]
+        words[0::3] = array("Q", [total & _M64 for total in accumulate(offsets)])
+        words[1::3] = array("Q", [symbol << 32 | kind for symbol, kind in zip(symbols, kinds)])
+        last = {}
+        recoded = []
+        for symbol, difference in zip(symbols, addends):
+            addend = last[symbol] = (difference + last.get(symbol, 0)) & _M64
+            recoded.append(addend)
+    words[2::3] = array("Q", recoded)
+
+
+def _symbols(words: array, forward: bool) -> None:
+    """Rows of (st_name | st_info << 32 | st_other << 40 | st_shndx << 48, st_value, st_size): name
+    from the previous row's, value from the last one in the same section (st_shndx)."""
+    firsts, values = words[0::3], words[1::3]
+    names = [first & _M32 for first in firsts]
+    if forward:
+        names = [(this - before) & _M32 for this, before in zip(names, [0, *names[:-1]])]
+    else:
+        names = [total & _M32 for total in accumulate(names)]
+    words[0::3] = array("Q", [first & _NAME_MASK | name for first, name in zip(firsts, names)])
+    last: dict[int, int] = {}
+    recoded = []
+    for first, value in zip(firsts, values):
+        section = first >> 48
+        if forward:
+            recoded.append((value - last.get(section, 0)) & _M64)
+            last[section] = value
+        else:
+            value = last[section] = (value + last.get(section, 0)) & _M64
+            recoded.append(value)
+    words[1::3] = array("Q", recoded)
+
+
+class Rebuilder:
+    """Writes a file whose chunks carry it with its tables re-coded: gathered whole (at most
+    MAX_ELF_BYTES, which the manifest parser holds it to), decoded, then written."""
+
+    def __init__(self, size: int, write: Callable[[bytes], None]):
+        self._size = size
+        self._write = write
+        self._content = bytearray()
+
+    def feed(self, content: bytes) -> None:
+        if len(self._content) + len(content) > self._size:
+            raise ValueError("more content than the file's size")
+        self._content += content
+
+    def finish(self) -> None:
+        if len(self._content) != self._size:
+            raise ValueError("less content than the file's size")
+        decode(self._content)
+        self._write(bytes(self._content))
+        self._content = bytearray()
+
+
+def base_content(read_block: Callable[[], bytes], start: int, end: int) -> bytearray:
+    """Bytes ``start`` to ``end`` of a base file with its tables re-coded, read block by block
+    (all of it: where its tables are is at its end). Raises ValueError for a file larger than
+    MAX_ELF_BYTES."""
+    data = bytearray()
+    while block := read_block():
+        data += block
+        if len(data) > MAX_ELF_BYTES:
+            raise ValueError(f"the base file is larger than {MAX_ELF_BYTES} bytes")
+    encode(data)
+    return data[start:end]

@@ -90,6 +90,21 @@ def test_any_bytes_are_restored_exactly(tail, head):
     assert _restored(_recoded(data)) == data
 
 
+def test_slices_do_not_change_the_encoding_and_high_symbols_keep_their_addends(monkeypatch):
+    data = module(4, edits=5, rows=2000)
+    whole = _recoded(data)
+    monkeypatch.setattr(elf_tables, "SLICE_ROWS", 7)
+    assert _recoded(data) == whole
+    monkeypatch.setattr(elf_tables, "ADDEND_SYMBOLS", 100)  # the module's calls go to symbols up to 500
+    capped = _recoded(data)
+    assert capped != whole and _restored(capped) == data
+    (rela, size, _), = [t for t in elf_tables.tables(data) if t[2] == elf_tables.SHT_RELA]
+    for row in range(rela, rela + size, 24):
+        info, addend = struct.unpack_from("<Qq", data, row + 8)
+        if info >> 32 >= 100:
+            assert capped[row + 16:row + 24] == data[row + 16:row + 24]
+
+
 def _with_section(data: bytes, number: int, **fields) -> bytes:
     """``data`` with fields (offset, size, entsize, type) of section header ``number`` rewritten."""
     out = bytearray(data)

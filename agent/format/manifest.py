@@ -497,7 +497,7 @@ def _entry_from_json(value: Any, context: str, ids: dict[str, str]) -> Entry:
     digest = _sha256(field(value, "sha256", str, context=context), f"{context}: sha256")
     allowed |= {"size", "sha256", "base", "chunks", "gzip", "elf_tables"}
     _no_other_fields(value, allowed, context)
-    elf_tables = _flag(value, "elf_tables", context)
+    elf = _flag(value, "elf_tables", context)
     if "base" in value and "chunks" in value:
         raise JSONShapeError(f"{context}: a file comes from its base or from chunks, not both")
     gzip = None
@@ -514,7 +514,7 @@ def _entry_from_json(value: Any, context: str, ids: dict[str, str]) -> Entry:
         raw_chunks = _bounded(field(value, "chunks", list, context=context), MAX_CHUNKS, "chunks")
         chunks = tuple(_chunk_from_json(c, context, ids) for c in raw_chunks)
     return Entry(**common, size=size, sha256=digest, base_path=base_path, chunks=chunks, gzip=gzip,
-                 elf_tables=elf_tables)
+                 elf_tables=elf)
 
 
 def _flag(value: dict, name: str, context: str) -> bool:

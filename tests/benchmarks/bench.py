@@ -555,7 +555,7 @@ def run_timed(step, cmd, log_base, cwd=None, ok=(0,)):
         with open(log_base + ".log", "rb") as f:
             tail = f.read()[-3000:].decode(errors="replace")
         sys.stderr.write(tail)
-        raise BenchError(f"{step} failed (exit {p.returncode}): {shlex.join(cmd)}; log: {log_base}.log")
+        raise BenchError(f"{step} failed (exit {p.returncode}): {shlex.join(map(str, cmd))}; log: {log_base}.log")
     return parse_time(log_base + ".time")
 
 
@@ -564,7 +564,7 @@ def run_script(step, cmd, log_path):
     with open(log_path, "ab") as out:
         p = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)
     if p.returncode != 0:
-        raise BenchError(f"{step} failed (exit {p.returncode}): {shlex.join(cmd)}; log: {log_path}")
+        raise BenchError(f"{step} failed (exit {p.returncode}): {shlex.join(map(str, cmd))}; log: {log_path}")
 
 
 def files_bytes(root, pattern=None):

@@ -1,10 +1,9 @@
 """The relocation and symbol tables of an ELF file, re-coded so that two builds differ only where
 their code does (docs/FORMAT.md, "ELF tables").
 
-Code inserted in a kernel module moves everything after it: every relocation
-that follows gets a new offset (and, against a section symbol, a new addend), every symbol after
-a new one a new index, every symbol after the code a new value. A byte-wise differ sees all of
-them change. Stored as differences - each offset from the one before, each symbol index from the
+Code inserted in a kernel module moves everything after it: every relocation that follows gets
+a new offset (and, against a section symbol, a new addend), every symbol after a new one a new
+index, every symbol after the code a new value. A byte-wise differ sees all of them change. Stored as differences - each offset from the one before, each symbol index from the
 one before, each addend from the last one against the same symbol, each symbol's name from the
 one before and its value from the last one in the same section - they change only around the
 edit. Measured on the kernel pair (linux-image 6.1.0-50 -> 6.1.0-57): the bundle takes 3.4 MB less,
@@ -93,13 +92,13 @@ def _recode(data: bytearray, forward: bool) -> None:
         for start in range(offset, offset + size, SLICE_ROWS * ROW_BYTES):
             end = min(start + SLICE_ROWS * ROW_BYTES, offset + size)
             words = array("Q")
-            words.frombytes(data[start:end])
+            words.frombytes(memoryview(data)[start:end])
             if sys.byteorder == "big":
                 words.byteswap()
             table.recode(words, forward)
             if sys.byteorder == "big":
                 words.byteswap()
-            data[start:end] = words.tobytes()
+            memoryview(data)[start:end] = memoryview(words).cast("B")
 
 
 def _differences(values: list[int], before: int, mask: int) -> list[int]:
@@ -195,7 +194,7 @@ class Rebuilder:
         if len(self._content) != self._size:
             raise ValueError("less content than the file's size")
         decode(self._content)
-        self._write(bytes(self._content))
+        self._write(self._content)
         self._content = bytearray()
 
 

@@ -228,7 +228,7 @@ def test_files_larger_than_the_limit_are_refused(delta):
     assert "only in files of at most" in str(_broken(delta[1], larger))
 
 
-def test_a_program_without_tables_is_carried_as_it_is(tmp_path):
+def test_a_program_without_tables_is_left_as_it_is():
     data = relocatable(b"\x90" * 64, [], [], b"\0")
     without = _with_section(_with_section(data, 2, type=1), 3, type=1)
     assert elf_tables.tables(without) == [] and _recoded(without) == without

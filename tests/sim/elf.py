@@ -45,7 +45,8 @@ def relocatable(code: bytes, relocations: list[tuple[int, int, int, int]],
 def module(seed: int, edits: int = 0, rows: int = 4000) -> bytes:
     """A module of ``rows`` relocations and a function per four of them, rebuilt with ``edits`` changes
     to its source: each inserts a few bytes of code somewhere (what follows moves), a function
-    (the symbols after it get new indexes) and a string (the strings after it move in .rodata)."""
+    (calls to the functions after it name symbol indexes one higher) and a string (the strings
+    after it move in .rodata)."""
     rng = random.Random(seed)
     edited = set(rng.sample(range(rows), edits))
     source, inserted = random.Random(seed + 1).randbytes(rows * 16), random.Random(seed + 3)

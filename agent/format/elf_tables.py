@@ -109,6 +109,20 @@ def _sums(differences: list[int], before: int, mask: int) -> list[int]:
     return [total & mask for total in accumulate(differences, initial=before)][1:]
 
 
+def _by_key(keys: list[int], values: list[int], last: array, forward: bool) -> list[int]:
+    """Each value as its difference from the last one with the same key (or back); ``last`` holds
+    those for keys below its length and is updated. A value whose key is beyond it stays as it is."""
+    recoded = []
+    for key, value in zip(keys, values):
+        if key < len(last):
+            if forward:
+                value, last[key] = (value - last[key]) & _M64, value
+            else:
+                value = last[key] = (value + last[key]) & _M64
+        recoded.append(value)
+    return recoded
+
+
 class _Relocations:
     """Rows of (r_offset, r_info, r_addend): offset from the previous row's, symbol index (r_info's
     high half) from the previous row's, addend from the last one against the same symbol (for
@@ -139,15 +153,7 @@ class _Relocations:
         wanted = min(max(symbols) + 1, ADDEND_SYMBOLS)
         if wanted > len(last):
             last.frombytes(bytes(8 * (wanted - len(last))))
-        recoded = []
-        for symbol, addend in zip(symbols, addends):
-            if symbol < ADDEND_SYMBOLS:
-                if forward:
-                    addend, last[symbol] = (addend - last[symbol]) & _M64, addend
-                else:
-                    addend = last[symbol] = (addend + last[symbol]) & _M64
-            recoded.append(addend)
-        words[2::3] = array("Q", recoded)
+        words[2::3] = array("Q", _by_key(symbols, addends, last, forward))
 
 
 class _Symbols:
@@ -164,16 +170,7 @@ class _Symbols:
         recoded_names = (_differences if forward else _sums)(names, self.name, _M32)
         self.name = (names if forward else recoded_names)[-1]
         words[0::3] = array("Q", [first & _NAME_MASK | name for first, name in zip(firsts, recoded_names)])
-        last = self.values
-        recoded = []
-        for first, value in zip(firsts, values):
-            section = first >> 48
-            if forward:
-                value, last[section] = (value - last[section]) & _M64, value
-            else:
-                value = last[section] = (value + last[section]) & _M64
-            recoded.append(value)
-        words[1::3] = array("Q", recoded)
+        words[1::3] = array("Q", _by_key([first >> 48 for first in firsts], values, self.values, forward))
 
 
 class Rebuilder:

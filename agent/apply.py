@@ -16,7 +16,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from agent.beneath import Beneath, EscapingPath, NotRegularFile
 from agent.format import codec
@@ -100,12 +100,15 @@ class WorkBudget:
 class BaseTree:
     """The installed tree a delta applies to, read strictly beneath its root. A file copied from
     it is hashed as it is copied. A patch region is not: the file rebuilt from it is checked
-    against its own SHA-256, which no other base bytes could pass, and only when that fails is
-    the base file hashed, to name it as the cause (T-BASE)."""
+    against its own SHA-256, which no other base bytes could pass, and only when that fails are
+    the base files it was patched from hashed, against ``listing`` (path -> SHA-256 of the base
+    release's files, asked for only then), to name the one that differs as the cause (T-BASE)."""
 
     root: Beneath
     budget: WorkBudget = field(default_factory=WorkBudget)
+    listing: Callable[[], Mapping[str, str] | None] | None = None
     _verified: dict[str, str] = field(default_factory=dict)
+    _listed: Mapping[str, str] | None = None
 
     def _open(self, path: str) -> int:
         try:
@@ -125,25 +128,45 @@ class BaseTree:
             raise StagingError(f"base path {path!r} is not a regular file", where=self.root.where)
         return fd
 
+    def _listed_sha256(self, prefix: Prefix) -> str | None:
+        """The base file's SHA-256 as a format-2 prefix or the listing of the base says."""
+        if prefix.sha256 is not None:
+            return prefix.sha256
+        if self._listed is None:
+            self._listed = (self.listing() if self.listing is not None else None) or {}
+        return self._listed.get(prefix.path)
+
     def name_differing_base(self, entry: Entry) -> None:
         """After ``entry`` failed to rebuild, raise StagingError naming a base file it patches that
         is not the one the delta was made against, if there is one: that is the cause, not the
-        bundle. Each is read once; not charged to the budget, as the install stops either way."""
-        for path, sha256 in sorted({(c.prefix.path, c.prefix.sha256) for c in entry.chunks if c.prefix is not None}):
-            if self._verified.get(path) == sha256:
+        bundle. Each is read once; not charged to the budget, as the install stops either way.
+        Without a listing of the base, the base files are named as the likely cause."""
+        unlisted = set()
+        prefixes = {c.prefix.path: c.prefix for c in entry.chunks if c.prefix is not None}
+        for _, prefix in sorted(prefixes.items()):
+            sha256 = self._listed_sha256(prefix)
+            if sha256 is None:
+                unlisted.add(prefix.path)
+                continue
+            if self._verified.get(prefix.path) == sha256:
                 continue
             digest = hashlib.sha256()
-            fd = self._open(path)
+            fd = self._open(prefix.path)
             try:
                 while block := os.read(fd, READ_SIZE):
                     digest.update(block)
             finally:
                 os.close(fd)
             if digest.hexdigest() != sha256:  # T-BASE: the base differs from the manifest's base
-                raise StagingError(f"base file {path!r} differs from the one this delta was made against",
+                raise StagingError(f"base file {prefix.path!r} differs from the one this delta was made against",
                                    where=self.root.where,
                                    hint="this delta needs the exact base release; use a full bundle")
-            self._verified[path] = sha256
+            self._verified[prefix.path] = sha256
+        if unlisted:  # the stored objects were hashed: a base that differs is by far the likeliest cause
+            raise StagingError(f"{entry.path!r} rebuilt from base file {', '.join(map(repr, sorted(unlisted)))} "
+                               "does not have its signed SHA-256: the base file differs from the one this delta "
+                               "was made against, or the bundle was made wrong", where=self.root.where,
+                               hint="audit the installed files in technician mode, or use a full bundle")
 
     def region(self, prefix: Prefix) -> bytes | bytearray:
         """The base bytes a patch chunk refers to (of the gunzipped content, or of the file with its
@@ -232,9 +255,12 @@ def _write_file(entry: Entry, fd: int, payload: Payload, base: BaseTree | None, 
         _rebuild(entry, payload, base, budget, write, file_digest)
     except WorkExceeded:
         raise
-    except (StagingError, codec.CorruptObject):
+    except (StagingError, codec.CorruptObject) as error:
         if base is not None:
             base.name_differing_base(entry)
+        if isinstance(error, codec.CorruptObject):  # the codec cannot know which file it was decoding
+            raise codec.CorruptObject(f"{entry.path!r}: {error.message}", where=error.where,
+                                      hint=error.hint) from None
         raise
     return True
 
@@ -338,7 +364,8 @@ def _ancestors(paths: tuple[str, ...]) -> set[str]:
 def apply_component(component: Component, payload: Payload, target: Path | Beneath, *, base: Path | Beneath | None,
                     set_owner: bool, progress: Progress | None = None, exclude: tuple[str, ...] = (),
                     target_is_clone_of_base: bool = False, budget: WorkBudget | None = None,
-                    known: KnownHashes | None = None) -> None:
+                    known: KnownHashes | None = None,
+                    base_listing: Callable[[], Mapping[str, str] | None] | None = None) -> None:
     """Make ``target`` hold the component's new tree.
 
     ``target`` may be empty or missing (the tree is built from scratch) or may hold an older
@@ -353,7 +380,8 @@ def apply_component(component: Component, payload: Payload, target: Path | Benea
     Every write, removal and metadata change stays beneath ``target`` and follows no symlink
     (agent/beneath.py, T-STAGE-BENEATH); ``budget`` bounds the work (T-WORK). ``known`` receives
     the SHA-256 of the files written, and of the files kept from a clone (hashed on other
-    threads meanwhile), for verify_staged.
+    threads meanwhile), for verify_staged. ``base_listing`` gives the SHA-256 of each file of
+    the base release; it is asked for only when a patched file fails to rebuild (BaseTree).
 
     ``set_owner`` applies numeric ownership (root only).
     Raises StagingError, EscapingPath, CorruptPayload, CorruptObject (the caller discards
@@ -367,14 +395,14 @@ def apply_component(component: Component, payload: Payload, target: Path | Benea
         with Beneath.open_root(Path(target)) as tree:
             return apply_component(component, payload, tree, base=base, set_owner=set_owner, progress=progress,
                                    exclude=exclude, target_is_clone_of_base=target_is_clone_of_base, budget=budget,
-                                   known=known)
+                                   known=known, base_listing=base_listing)
     if base is not None and not isinstance(base, Beneath):
         with Beneath.open_root(Path(base)) as base_tree:
             return apply_component(component, payload, target, base=base_tree, set_owner=set_owner,
                                    progress=progress, exclude=exclude, target_is_clone_of_base=target_is_clone_of_base,
-                                   budget=budget, known=known)
+                                   budget=budget, known=known, base_listing=base_listing)
     budget = budget or WorkBudget()
-    base_tree = BaseTree(base, budget) if base is not None else None
+    base_tree = BaseTree(base, budget, base_listing) if base is not None else None
     hard_linked: set[str] = set()
     foreign: list[str] = []
     existing = {e.path: e for e in scan_tree(target, with_hashes=False, exclude=exclude, hard_linked=hard_linked,

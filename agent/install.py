@@ -34,7 +34,7 @@ from agent.floors import rebuilt_floors
 from agent.identity import ensure_identity
 from agent.format.token import VerifiedToken
 from agent.journal import Pending, Phase
-from agent.kept import KeptDamaged, KeptRecord, environment_records, keep_environment
+from agent.kept import KeptDamaged, KeptRecord, environment_records, keep_environment, kept_component
 from agent.offer import Found, bundles_used, read_offer
 from agent.payload import Payload
 from agent.progress import Progress, step_counter
@@ -272,7 +272,8 @@ def _stage_and_arm(device: Device, state: AgentState, chosen: dict[str, list[Cho
         environment = device.backend.clone(state.environment, name)
         stage(device.config.layout, chosen, _sources(found), environment, running,
               {component: c.tree_digest for component, c in state.components.items()},
-              device.state_dir.chain, progress)
+              device.state_dir.chain, progress,
+              lambda component: kept_component(device.state_dir, state.environment, component))
         sync_filesystem(environment)  # on the disk before a boot can be pointed at it
         _keep_manifests(device, name, chosen, found, root_version, inherit_from=state.environment)
     state.pending = Pending(Phase.TRIAL, name, previous=state.environment,

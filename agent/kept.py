@@ -275,6 +275,20 @@ def kept_components(state_dir: StateDir, environment: str) -> dict[str, KeptMani
     return result
 
 
+def kept_component(state_dir: StateDir, environment: str, name: str) -> Component | None:
+    """Component ``name`` as the kept manifest of ``environment`` lists it, or None when none is
+    kept or it cannot be read. Not verified against the trust root: it is used only to name a
+    base file that differs when a delta fails to rebuild (agent/apply.py, BaseTree), a refusal
+    that happens either way."""
+    try:
+        record = environment_records(state_dir, environment).get(name)
+        if record is None:
+            return None
+        return Manifest.from_stored(read_kept(state_dir, record).manifest_bytes).component(name)
+    except UpdateError:  # KeptDamaged, a manifest that does not parse
+        return None
+
+
 def verify_kept_manifest(kept: KeptManifest, roots: Mapping[int, VerifiedRoot]) -> Manifest | str:
     """Pure: the kept manifest, if a threshold of the release signers of the device's trust root of
     the recorded version signed its exact bytes (as at install, agent/verify.py); else why not."""

@@ -14,6 +14,7 @@ import os
 import shutil
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
 from agent.apply import StagingError, WorkBudget, apply_component, verify_staged
 from agent.beneath import Beneath
@@ -44,13 +45,14 @@ def staging_order(layout: Layout, names) -> list[str]:
 
 def stage(layout: Layout, chosen: dict[str, list[Choice]], bundles: dict[str, tuple[Path, Manifest]],
           environment: Path, running: Path | None, installed: dict[str, str], chain: Path,
-          progress: Progress | None = None) -> None:
+          progress: Progress | None = None, running_listing: Callable[[str], Component | None] | None = None) -> None:
     """Bring every chosen component of the new ``environment`` to its route's last step, reading
     bases from ``running`` (None at provisioning), then check that the components not updated
     were cloned faithfully. ``installed``: component -> the tree digest recorded when it was
     installed; ``bundles``: bundle id -> (directory, verified manifest); ``chain``:
     where the steps of a chain before the last are built (StateDir.chain); ``progress`` hears how
-    many bytes of each component are written.
+    many bytes of each component are written; ``running_listing``: component -> its listing in
+    the running environment, asked for only to name a base file that differs (BaseTree).
 
     Raises StagingError, EscapingPath, WorkExceeded, CorruptPayload, CorruptObject, OSError; the
     caller destroys the new environment.
@@ -61,7 +63,7 @@ def stage(layout: Layout, chosen: dict[str, list[Choice]], bundles: dict[str, tu
         try:
             for number, name in enumerate(staging_order(layout, chosen)):
                 _stage_component(layout, chosen[name], bundles, new, old, names, budget, chain / str(number),
-                                 progress)
+                                 progress, running_listing)
         finally:
             shutil.rmtree(chain, ignore_errors=True)
         if old is not None:
@@ -75,7 +77,8 @@ def _open_or_none(path: Path | None):
 
 def _stage_component(layout: Layout, route: list[Choice], bundles: dict[str, tuple[Path, Manifest]], new: Beneath,
                      old: Beneath | None, names: set[str], budget: WorkBudget, chain: Path,
-                     progress: Progress | None = None) -> None:
+                     progress: Progress | None = None,
+                     running_listing: Callable[[str], Component | None] | None = None) -> None:
     """The last step of the route updates the cloned tree in place (only what changed is
     written); the steps before it are built from scratch under ``chain``, each the base of the
     next. The first step reads its base from the running environment."""
@@ -84,6 +87,8 @@ def _stage_component(layout: Layout, route: list[Choice], bundles: dict[str, tup
     left_alone = layout.left_alone(name, names)
     as_root = os.geteuid() == 0
     opened: list[Beneath] = []
+    first = route[0].component  # asked for only when a patched file fails: first is a delta then
+    base_listing = (lambda: _files(running_listing(name), first.base.tree_digest)) if running_listing else None
     try:
         base = None
         if old is not None and route[0].component.is_delta:
@@ -110,16 +115,25 @@ def _stage_component(layout: Layout, route: list[Choice], bundles: dict[str, tup
                 with Payload(directory, manifest) as payload:
                     apply_component(step.component, payload, into, base=base if step.component.is_delta else None,
                                     set_owner=as_root, exclude=left_alone if last else (), progress=advance,
-                                    target_is_clone_of_base=in_place, budget=budget, known=known)
+                                    target_is_clone_of_base=in_place, budget=budget, known=known,
+                                    base_listing=base_listing)
                 if progress is not None:
                     progress(label, total, total)  # files kept in place were not counted as they went
                 verify_staged(step.component, into, check_owner=as_root, exclude=left_alone if last else (),
                               known=known)
             shutil.rmtree(chain / str(number - 1), ignore_errors=True)  # it was only the base of this step
             base = into
+            base_listing = lambda built=step.component: _files(built, built.tree_digest)
     finally:
         for tree in opened:
             tree.close()
+
+
+def _files(listing: Component | None, tree_digest: str) -> dict[str, str] | None:
+    """Path -> SHA-256 of the files of ``listing``, if it lists the tree of ``tree_digest``."""
+    if listing is None or listing.tree_digest != tree_digest:
+        return None
+    return {e.path: e.sha256 for e in listing.entries if e.type == FILE}
 
 
 def _bytes_written(component: Component, in_place: bool) -> int:

@@ -153,15 +153,14 @@ def _chunk_jobs(size: int, source: Source, reference: Entry | None, reference_so
         # Pieces found by content place the region; a named pair that shares no piece with the
         # chunk (a recompiled binary: similar, not equal) is still the better reference.
         if region is not None and (reference is None or region.found >= length // 8):
-            prefix = Prefix(path=region.entry.path, sha256=region.entry.sha256, offset=region.offset,
-                            length=region.length)
+            prefix = Prefix(path=region.entry.path, offset=region.offset, length=region.length)
             prefix_source = Source(found.base_root / region.entry.path)
         elif reference is not None and reference_size > 0:
             region_size = min(reference_size, PREFIX_BYTES)
             # Map the chunk's position proportionally into the base file and centre the region on it.
             centre = (offset + length // 2) * reference_size // size
             start = min(max(0, centre - region_size // 2), reference_size - region_size)
-            prefix = Prefix(path=reference.path, sha256=reference.sha256, offset=start, length=region_size,
+            prefix = Prefix(path=reference.path, offset=start, length=region_size,
                             gunzip=reference_source.gunzip, elf_tables=reference_source.elf_tables)
         jobs.append(_ChunkJob(source=source, offset=offset, size=length,
                               reference=prefix_source if prefix else None, prefix=prefix))

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.format.bundle_dir import manifest_path
+from agent.format.manifest import Manifest
+from agent.layout import Layout
 from agent.state import FORMAT as STATE_FORMAT, StateStore
 from agent.state_dir import RESULT_FILE, StateDir
 from tests.sim.device import STAGED, Cabinet
@@ -317,6 +320,35 @@ def test_interrupted_staging_is_cleaned_up(cabinet, world):
     log = (cabinet.dir / "state/audit.log").read_text()
     assert '"event": "cleaned-up"' in log and '"environment": "env-2"' in log
     assert not (cabinet.dir / "envs/env-2/half-written").exists()
+
+
+def _patched_from(bundle: Path) -> tuple[str, str]:
+    """A component of ``bundle`` and a base file one of its files is patched from."""
+    manifest = Manifest.from_stored(manifest_path(bundle).read_bytes())
+    return next((c.name, chunk.prefix.path) for c in manifest.components for e in c.entries for chunk in e.chunks
+                if chunk.prefix is not None)
+
+
+@pytest.mark.parametrize("kept", [True, False])
+def test_a_running_file_unlike_the_installed_one_is_named(cabinet, world, kept):
+    """A delta does not carry the hashes of the base files it patches: the device names the one
+    that differs from the manifest it kept of the installed release, and without that manifest
+    names the files the failed one was patched from. The running environment stays as it was."""
+    component, path = _patched_from(world.bundles / "d12")
+    running = cabinet.dir / "envs/env-1" / Layout().component_path(component) / path
+    altered = bytearray(running.read_bytes())
+    altered[len(altered) // 2] ^= 0xFF
+    running.write_bytes(bytes(altered))
+    if not kept:
+        shutil.rmtree(cabinet.dir / "state/manifests")
+    before = cabinet.snapshot()
+    result = cabinet.agent("install", world.bundles / "d12")
+    assert result.returncode == 3, result.stdout + result.stderr
+    if kept:
+        assert f"base file {path!r} differs from the one this delta was made against" in result.stderr
+    else:
+        assert f"rebuilt from base file {path!r} does not have its signed SHA-256" in result.stderr
+    assert cabinet.snapshot() == before and running.read_bytes() == altered
 
 
 def test_refusals_leave_the_committed_state_file_byte_identical(cabinet, world, tmp_path):

@@ -258,18 +258,39 @@ def test_files_with_the_longest_names_are_staged(trust, tmp_path):
     assert (tmp_path / "out/long" / names[1]).read_text() == "file 1\n" * 1000
 
 
-@pytest.mark.parametrize("path", ["etc/appended", "usr/share/doc/changelog.gz", "usr/bin/tool"])
-def test_a_base_file_unlike_the_deltas_base_is_named(releases, bundles, tmp_path, path):
-    """A patch region is not hashed before use (the rebuilt file's own SHA-256 is the check), so
-    when a base file differs, the failure must still name it rather than blame the bundle."""
-    r1, _ = releases
-    _, delta = bundles
+def _apply_onto_altered_base(r1: Path, delta: Path, tmp_path: Path, path: str, listing: bool) -> StagingError:
     base = tmp_path / "base"
     shutil.copytree(r1.parent / "platform", base, symlinks=True)
+    files = {e.path: e.sha256 for e in scan_tree(base) if e.type == "file"}
     data = bytearray((base / path).read_bytes())
     data[len(data) // 3] ^= 0xFF
     (base / path).write_bytes(bytes(data))
     manifest = Manifest.from_stored(manifest_path(delta).read_bytes())
     with Payload(delta, manifest) as payload, pytest.raises(StagingError) as refused:
-        apply_component(manifest.component("platform"), payload, tmp_path / "out", base=base, set_owner=True)
-    assert refused.value.message == f"base file {path!r} differs from the one this delta was made against"
+        apply_component(manifest.component("platform"), payload, tmp_path / "out", base=base, set_owner=True,
+                        base_listing=(lambda: files) if listing else None)
+    return refused.value
+
+
+@pytest.mark.parametrize("path", ["etc/appended", "usr/share/doc/changelog.gz", "usr/bin/tool"])
+def test_a_base_file_unlike_the_deltas_base_is_named(releases, bundles, tmp_path, path):
+    """A patch region is not hashed before use (the rebuilt file's own SHA-256 is the check), so
+    when a base file differs, the failure must still name it rather than blame the bundle: the
+    base listing says which file differs."""
+    r1, _ = releases
+    _, delta = bundles
+    manifest = Manifest.from_stored(manifest_path(delta).read_bytes())
+    patched = [e for e in manifest.component("platform").entries if any(c.prefix for c in e.chunks)]
+    assert {c.prefix.path for e in patched for c in e.chunks} >= {path}
+    assert all(c.prefix.sha256 is None for e in patched for c in e.chunks)  # the listing says it, not the delta
+    refused = _apply_onto_altered_base(r1, delta, tmp_path, path, listing=True)
+    assert refused.message == f"base file {path!r} differs from the one this delta was made against"
+
+
+def test_without_a_base_listing_the_base_files_patched_from_are_named(releases, bundles, tmp_path):
+    r1, _ = releases
+    _, delta = bundles
+    refused = _apply_onto_altered_base(r1, delta, tmp_path, "etc/appended", listing=False)
+    assert refused.message.startswith("'etc/appended' rebuilt from base file 'etc/appended' does not have its "
+                                      "signed SHA-256: the base file differs")
+    assert "technician" in refused.hint

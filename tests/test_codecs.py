@@ -189,8 +189,8 @@ def test_every_missing_codec_is_named():
 
 def test_the_type_and_format_version_are_checked_before_the_codecs():
     document = needing_xz(vector_document())
-    document["format"] = 3
-    with pytest.raises(MalformedManifest, match=r"format version 3 is not supported \(this tool reads 2\)"):
+    document["format"] = 4
+    with pytest.raises(MalformedManifest, match=r"format version 4 is not supported \(this tool reads 2 and 3\)"):
         Manifest.from_bytes(json.dumps(document).encode())
 
 

@@ -89,9 +89,9 @@ def valid_manifest() -> Manifest:
         Entry(path="etc/conf", type="file", mode=0o644, size=5, sha256=_sha(b"conf"), base_path="etc/conf.orig",
               **root),
         Entry(path="lib.so", type="file", mode=0o755, size=50, sha256=_sha(b"lib"),
-              chunks=(Chunk(patch, 50, Prefix("lib.so", _sha(b"old lib"), 0, 64)),), **root),
+              chunks=(Chunk(patch, 50, Prefix("lib.so", 0, 64)),), **root),
         Entry(path="man.txt", type="file", mode=0o644, size=50, sha256=_sha(b"man"),
-              chunks=(Chunk(patch, 50, Prefix("man.gz", _sha(b"old man"), 10, 100, gunzip=True)),), **root),
+              chunks=(Chunk(patch, 50, Prefix("man.gz", 10, 100, gunzip=True)),), **root),
         Entry(path="run", type="symlink", target="/var/run", **root),
         Entry(path="var", type="dir", mode=0o700, uid=1000, gid=1000, mtime=-5),
     )

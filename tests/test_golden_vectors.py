@@ -9,6 +9,7 @@ because another libzstd may compress the same bytes differently.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -101,11 +102,18 @@ def test_regenerating_gives_the_same_bytes(tmp_path):
                          f"run tests/vectors/regenerate.py and review the diff; changed: {changed}")
 
 
-def test_the_delta_verifies_and_takes_the_first_release_to_the_second(tmp_path):
+@pytest.mark.parametrize("folder, format_version", [("delta", 3), ("delta-format-2", 2)])
+def test_the_delta_verifies_and_takes_the_first_release_to_the_second(tmp_path, folder, format_version):
     """The delta vector uses every patch codec, a block and every transform; applied to the
-    release the full vector holds, it gives exactly the next release."""
-    delta = VECTORS / "delta"
+    release the full vector holds, it gives exactly the next release. So does the same delta as
+    the format-2 bundler made it (frozen: sticks of that format are in the field), whose
+    prefixes name their base files' SHA-256."""
+    delta = VECTORS / folder
+    stored = (delta / "manifest.json.zst").read_bytes()
+    assert json.loads(codec.decompress(stored, codec.declared_size(stored)))["format"] == format_version
     verified, outcome = check_bundle(delta, _trusted_root(), {}, apply=False)
+    prefixes = [c.prefix for e in verified.manifest.components[0].entries for c in e.chunks if c.prefix]
+    assert prefixes and all((p.sha256 is not None) == (format_version == 2) for p in prefixes)
     assert verified.manifest.codecs == ("block", "bsdiff", "elf-tables", "gzip-blocks", "gzip-recipe", "gzip-shape",
                                         "raw", "zstd-patch")
     regenerate._write_release(tmp_path / "first")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -159,8 +160,8 @@ CASES = {
     "missing object": (False, lambda d: entry(d, "bin/tool")["chunks"][0].update(object="f" * 64), "not stored"),
     "patch in a full update": (False, lambda d: (d["objects"][0].update(encoding="zstd-patch"),
                                                  entry(d, "bin/tool")["chunks"][0].update(
-                                                     prefix={"path": "x", "sha256": "0" * 64, "offset": 0,
-                                                             "length": 1})), "full update"),
+                                                     prefix={"path": "x", "offset": 0, "length": 1})),
+                               "full update"),
     "base copy in a full update": (False, lambda d: (entry(d, "bin/tool").pop("chunks"),
                                                      entry(d, "bin/tool").update(base="bin/tool")), "full update"),
     "objects overlap": (False, lambda d: d["objects"][0].update(offset=1), "expected 0"),
@@ -170,7 +171,7 @@ CASES = {
     "huge chunk (decompression bomb)": (False, lambda d: entry(d, "bin/tool")["chunks"][0].update(size=1 << 40),
                                         "chunk size must be"),
     "trust root as manifest": (False, lambda d: d.update(type="trust-root"), "document type"),
-    "future format": (False, lambda d: d.update(format=3), "format version 3 is not supported (this tool reads 2)"),
+    "future format": (False, lambda d: d.update(format=4), "format version 4 is not supported (this tool reads 2 and 3)"),
     "format 1 (no codecs list)": (False, lambda d: (d.update(format=1), d.pop("codecs")), "format version 1"),
     "codecs list missing": (False, lambda d: d.pop("codecs"), "codecs"),
     "codecs list omits a used codec": (False, lambda d: d.update(codecs=[]),
@@ -323,3 +324,31 @@ def test_lazy_reading_refuses_what_the_json_module_reading_refuses_with_the_same
     with pytest.raises(strict_json.JSONShapeError) as lazy:
         _whole(strict_json.parse(text, lazy=LAZY))
     assert str(lazy.value) == str(whole.value)
+
+
+# --- format 2 and 3: the prefix's base-file hash ---------------------------------------------------
+
+DELTA_VECTOR = Path(__file__).parent / "vectors/delta-manifest.json"
+
+
+def _prefixes(document: dict) -> list[dict]:
+    return [c["prefix"] for e in document["components"][0]["entries"] for c in e.get("chunks", ()) if "prefix" in c]
+
+
+def test_a_format_3_prefix_carries_no_base_file_hash():
+    document = json.loads(DELTA_VECTOR.read_bytes())
+    _prefixes(document)[0]["sha256"] = "0" * 64
+    with pytest.raises(MalformedManifest, match="a prefix carries no sha256 in format 3"):
+        Manifest.from_bytes(json.dumps(document).encode())
+
+
+def test_a_format_2_prefix_names_its_base_files_hash():
+    document = json.loads(DELTA_VECTOR.read_bytes())
+    document["format"] = 2
+    with pytest.raises(MalformedManifest, match="a prefix needs a sha256 in format 2"):
+        Manifest.from_bytes(json.dumps(document).encode())
+    for number, prefix in enumerate(_prefixes(document)):
+        prefix["sha256"] = f"{number:064x}"
+    manifest = Manifest.from_bytes(json.dumps(document).encode())
+    parsed = [c.prefix.sha256 for e in manifest.components[0].entries for c in e.chunks if c.prefix]
+    assert parsed == [f"{number:064x}" for number in range(len(parsed))] and len(parsed) > 3

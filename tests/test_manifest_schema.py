@@ -225,6 +225,10 @@ def _prefix_of_the_root(document):
     entry(document, "platform", "bin/tool")["chunks"][0]["prefix"]["path"] = "."
 
 
+def _prefix_with_a_base_hash(document):  # format 2's; format 3 leaves it out
+    entry(document, "platform", "bin/tool")["chunks"][0]["prefix"]["sha256"] = "ab" * 32
+
+
 def _downgrade_from_twice(document):
     component(document, "platform")["downgrade_from"] = [1, 1]
 
@@ -232,7 +236,7 @@ def _downgrade_from_twice(document):
 BROKEN = {
     "missing format": _top("format", delete=True),
     "format 1": _top("format", 1),
-    "format 3": _top("format", 3),
+    "format 4": _top("format", 4),
     "missing codecs": _top("codecs", delete=True),
     "codec listed twice": _top("codecs", ["gzip-recipe", "raw", "raw", "zstd", "zstd-patch"]),
     "wrong document type": _top("type", "trust-root"),
@@ -273,6 +277,7 @@ BROKEN = {
     "gzip mem_level 7": _gzip_blocks(mem_level=7),
     "base copy of the root": _set("etc/issue", "base", "."),
     "prefix of the root": _prefix_of_the_root,
+    "prefix with a base hash": _prefix_with_a_base_hash,
     "downgrade_from repeats a sequence": _downgrade_from_twice,
 }
 
@@ -430,8 +435,9 @@ GOLDEN_DIGEST = "sha256:cb884580c36e09a1582a17825feba60f6fd22a3cc53202629a187102
 
 
 def test_tree_digest_golden_vector():
-    # A new golden vector belongs to a new format version; format 2 (the codecs list) kept this one.
-    assert manifest_format.FORMAT == 2
+    # A new golden vector belongs to a new format version; formats 2 (the codecs list) and 3 (no base
+    # hash in a prefix) kept this one.
+    assert manifest_format.FORMAT == 3
     assert [e.digest_line().decode("utf-8") for e in GOLDEN_ENTRIES] == list(GOLDEN_LINES)
     assert tree_digest(reversed(GOLDEN_ENTRIES)) == GOLDEN_DIGEST  # listing order, whatever the input order
 

@@ -32,7 +32,10 @@ from keys.errors import Refused
 from keys.strict_json import JSONShapeError, LazyArray, field
 
 DOCUMENT_TYPE = "bundle-manifest"
-FORMAT = 2  # 2: the top-level list of codecs the bundle needs (docs/FORMAT.md, "Format version")
+# 2: the top-level list of codecs the bundle needs; 3: a prefix without its base file's SHA-256
+# (docs/FORMAT.md, "Format version"). Format 2 is still read: sticks already in the field.
+FORMAT = 3
+READS = (2, 3)
 # T-EXHAUST: the agent must stay under 256 MiB of RSS with any manifest these limits allow
 # (docs/FORMAT.md, "Limits"; tests/test_manifest_memory.py). Parsed, a manifest costs up to
 # ~3.5 bytes per byte of JSON, and an entry up to ~400 bytes however short; staging scans each
@@ -260,8 +263,9 @@ def _from_document(document: dict[str, Any]) -> tuple[Manifest, tuple[str, ...]]
     if doc_type != DOCUMENT_TYPE:  # T-TYPE: a trust root is never read as a manifest
         raise JSONShapeError(f"document type is {doc_type!r}, not {DOCUMENT_TYPE!r}")
     major = field(document, "format", int, context="manifest")
-    if major != FORMAT:
-        raise JSONShapeError(f"format version {major} is not supported (this tool reads {FORMAT})")
+    if major not in READS:
+        raise JSONShapeError(f"format version {major} is not supported (this tool reads "
+                             f"{' and '.join(map(str, READS))})")
     # Before any other field: a newer bundle may carry fields only its new codec defines, and
     # "this bundle needs codec X" is the answer that tells the technician what to do.
     codecs = _codec_list(field(document, "codecs", list, context="manifest"))
@@ -280,12 +284,24 @@ def _from_document(document: dict[str, Any]) -> tuple[Manifest, tuple[str, ...]]
     # Read before the listings so that a chunk names its object with the object's own id string:
     # one string per object instead of one more per chunk (~110 bytes each).
     ids = {o.id: o.id for o in objects}
-    return Manifest(
+    manifest = Manifest(
         product=product, hardware=hardware, objects=objects,
         components=tuple(_component_from_json(c, ids) for c in components),
         volumes=tuple(_volume_from_json(v) for v in
                       _bounded(field(document, "volumes", list, context="manifest"), MAX_VOLUMES, "volumes")),
-    ), codecs
+    )
+    _check_prefix_hashes(manifest, major)
+    return manifest, codecs
+
+
+def _check_prefix_hashes(manifest: Manifest, major: int) -> None:
+    """A format-2 prefix names its base file's SHA-256; a format-3 one does not."""
+    for component in manifest.components:
+        for entry in component.entries:
+            for chunk in entry.chunks:
+                if chunk.prefix is not None and (chunk.prefix.sha256 is None) != (major == 3):
+                    rule = "carries no sha256 in format 3" if major == 3 else "needs a sha256 in format 2"
+                    raise JSONShapeError(f"component {component.name}: {entry.path!r}: a prefix {rule}")
 
 
 def _codec_list(values: list) -> tuple[str, ...]:
@@ -397,7 +413,7 @@ def _chunk_to_json(chunk: Chunk) -> dict[str, Any]:
     result: dict[str, Any] = {"object": chunk.object, "size": chunk.size}
     if chunk.prefix is not None:
         p = chunk.prefix
-        result["prefix"] = {"path": p.path, "sha256": p.sha256, "offset": p.offset, "length": p.length}
+        result["prefix"] = {"path": p.path, "offset": p.offset, "length": p.length}  # format 3: no sha256
         if p.gunzip:
             result["prefix"]["gunzip"] = True
         if p.elf_tables:
@@ -607,7 +623,8 @@ def _chunk_from_json(value: Any, context: str, ids: dict[str, str]) -> Chunk:
         paths.check_path(prefix_path)
         if prefix_path == paths.ROOT:
             raise JSONShapeError(f"{context}: a prefix must name a file")
-        prefix = Prefix(path=prefix_path, sha256=_sha256(field(raw, "sha256", str, context=context), "prefix sha256"),
+        sha256 = _sha256(field(raw, "sha256", str, context=context), "prefix sha256") if "sha256" in raw else None
+        prefix = Prefix(path=prefix_path, sha256=sha256,
                         offset=_count(field(raw, "offset", int, context=context), "prefix offset"),
                         length=_count(field(raw, "length", int, context=context), "prefix length"),
                         gunzip=gunzip, elf_tables=elf)

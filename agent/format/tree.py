@@ -28,11 +28,13 @@ class Prefix:
     """The base-file region a patch chunk was made against (zstd's refPrefix)."""
 
     path: str
-    sha256: str  # of the whole base file, checked before use
     offset: int
     length: int
     gunzip: bool = False  # the region is of the base file's gunzipped content
     elf_tables: bool = False  # the region is of the base file with its ELF tables re-coded
+    # Format 2 only: the whole base file's, to name it when the rebuild fails. Format 3 leaves it
+    # out (32 bytes per patched file): the listing of the base the device keeps says the same.
+    sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

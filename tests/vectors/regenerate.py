@@ -19,6 +19,8 @@ exact files, and - with the libzstd recorded here - still writes them byte for b
                                                           elf-tables, gzip-blocks, gzip-recipe, gzip-shape,
                                                           zstd-patch)
     delta-manifest.json                                   its stored manifest, decompressed
+    delta-format-2/                                       that delta as the format-2 bundler made it: frozen,
+                                                          not rebuilt (format-2 sticks are still read)
     libzstd-version                                       the libzstd that compressed them
     inputs/                                               GNU gzip files the releases hold (not rebuilt)
 

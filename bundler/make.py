@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from agent.format import bundle_dir, codec
-from agent.format.manifest import (MAX_CHUNK_BYTES, MAX_ENTRIES, MAX_MANIFEST_BYTES, Base, Component, Manifest,
-                                   MalformedManifest, check_component, signature_comment, store, stored_json)
+from agent.format.manifest import (FORMAT, MAX_CHUNK_BYTES, MAX_ENTRIES, MAX_MANIFEST_BYTES, READS, Base, Component,
+                                   Manifest, MalformedManifest, check_component, signature_comment, store, stored_json)
 from agent.format.paths import PathError
 from agent.format.tree import FILE, SETUID_SETGID, Chunk, Entry, Prefix, tree_digest
 from agent.progress import Progress
@@ -91,6 +91,7 @@ class MakeOptions:
     threads: int = max(1, min(4, os.cpu_count() or 1))
     targets: dict[str, tuple[str, ...]] = field(default_factory=dict)
     downgrades: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    format: int = FORMAT  # 2: for devices whose agent reads nothing newer
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,9 @@ def _digits_blind(path: str) -> str:
 
 
 def _chunk_jobs(size: int, source: Source, reference: Entry | None, reference_source: Source | None,
-                reference_size: int, chunk_size: int, found: _Found | None = None) -> list[_ChunkJob]:
+                reference_size: int, chunk_size: int, found: _Found | None = None,
+                base_hashes: bool = False) -> list[_ChunkJob]:
+    """``base_hashes``: prefixes name their base file's SHA-256 (format 2)."""
     jobs = []
     if found is not None and found.matches:
         cuts = found.index.cuts(found.matches, size, chunk_size, PREFIX_BYTES)
@@ -153,7 +156,8 @@ def _chunk_jobs(size: int, source: Source, reference: Entry | None, reference_so
         # Pieces found by content place the region; a named pair that shares no piece with the
         # chunk (a recompiled binary: similar, not equal) is still the better reference.
         if region is not None and (reference is None or region.found >= length // 8):
-            prefix = Prefix(path=region.entry.path, offset=region.offset, length=region.length)
+            prefix = Prefix(path=region.entry.path, offset=region.offset, length=region.length,
+                            sha256=region.entry.sha256 if base_hashes else None)
             prefix_source = Source(found.base_root / region.entry.path)
         elif reference is not None and reference_size > 0:
             region_size = min(reference_size, PREFIX_BYTES)
@@ -161,7 +165,8 @@ def _chunk_jobs(size: int, source: Source, reference: Entry | None, reference_so
             centre = (offset + length // 2) * reference_size // size
             start = min(max(0, centre - region_size // 2), reference_size - region_size)
             prefix = Prefix(path=reference.path, offset=start, length=region_size,
-                            gunzip=reference_source.gunzip, elf_tables=reference_source.elf_tables)
+                            gunzip=reference_source.gunzip, elf_tables=reference_source.elf_tables,
+                            sha256=reference.sha256 if base_hashes else None)
         jobs.append(_ChunkJob(source=source, offset=offset, size=length,
                               reference=prefix_source if prefix else None, prefix=prefix))
     return jobs
@@ -288,7 +293,7 @@ def _plan_component(component: ReleaseComponent, base: ReleaseComponent | None, 
             else:
                 entry, jobs[entry.path] = _delta_jobs(entry, recipes.get(component.path / entry.path), component,
                                                       base, base_files, by_name, by_blind_path, index,
-                                                      options.chunk_size)
+                                                      options)
         plan_entries.append(entry)
     new_paths = {e.path for e in entries}
     removed = tuple(e.path for e in base_entries if e.path not in new_paths)  # already in listing order
@@ -297,7 +302,7 @@ def _plan_component(component: ReleaseComponent, base: ReleaseComponent | None, 
 
 def _delta_jobs(entry: Entry, recipe: Found, component: ReleaseComponent, base: ReleaseComponent,
                 base_files: dict[str, Entry], by_name: dict[str, list[Entry]], by_blind_path: dict[str, list[Entry]],
-                index: BaseIndex, chunk_size: int) -> tuple[Entry, list[_ChunkJob]]:
+                index: BaseIndex, options: MakeOptions) -> tuple[Entry, list[_ChunkJob]]:
     """Jobs for a changed or new file of a delta. A gzip file with a ``recipe`` (it re-deflates
     bit for bit) is carried as its content (the gzip-recipe codec); only deltas do this, so a
     full bundle never depends on the device's zlib."""
@@ -320,7 +325,8 @@ def _delta_jobs(entry: Entry, recipe: Found, component: ReleaseComponent, base: 
             reference_source = Source(reference_source.path, elf_tables=True)
     # Pieces found by content are of the files' bytes as they are, which a re-coded file no longer is.
     found = None if source.gunzip or source.elf_tables else _Found(index, base.path, index.matches(source.path, size))
-    return entry, _chunk_jobs(size, source, reference, reference_source, reference_size, chunk_size, found)
+    return entry, _chunk_jobs(size, source, reference, reference_source, reference_size, options.chunk_size, found,
+                              base_hashes=options.format == 2)
 
 
 def _select_components(release: Release, base: Release | None, options: MakeOptions) -> list[tuple]:
@@ -362,6 +368,9 @@ def make_bundle(release: Release, base: Release | None, keys: list[SecretKey], o
     if out.exists():
         raise AlreadyExists("already exists; bundles are never overwritten", where=out,
                             hint="choose another --out or remove the old bundle")
+    if options.format not in READS:
+        raise MakeRefused(f"format {options.format} cannot be written; this bundler writes formats "
+                          f"{' and '.join(map(str, READS))}", hint="use --format 2 or 3")
     for name in options.targets:
         if name not in release.components:
             raise MakeRefused(f"--target names component {name!r}, which the release does not have")
@@ -381,7 +390,7 @@ def make_bundle(release: Release, base: Release | None, keys: list[SecretKey], o
             components = [_encode_component(plan, writer, options, used, workers, progress) for plan in plans]
             writer.close()
             manifest = Manifest(product=release.product, hardware=release.hardware, components=tuple(components),
-                                objects=tuple(writer.objects), volumes=tuple(writer.volumes))
+                                objects=tuple(writer.objects), volumes=tuple(writer.volumes), format=options.format)
             # The manifest lists the codecs its objects and entries use (Manifest.codecs): exactly those used.
             assert manifest.codecs == tuple(sorted(used)), (manifest.codecs, used)
             manifest_json = manifest.to_bytes()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import random
 import shutil
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.apply import StagingError, apply_component
+from agent.format import codec
 from agent.format.bundle_dir import manifest_path
 from agent.format.manifest import Manifest
 from agent.format.tree import tree_digest
@@ -294,3 +296,34 @@ def test_without_a_base_listing_the_base_files_patched_from_are_named(releases, 
     assert refused.message.startswith("'etc/appended' rebuilt from base file 'etc/appended' does not have its "
                                       "signed SHA-256: the base file differs")
     assert "technician" in refused.hint
+
+
+def test_a_format_2_delta_for_machines_whose_agent_reads_nothing_newer(cli, releases, bundles, trust, tmp_path):
+    """`bundle make --format 2`: the same delta, but for the format and each prefix's base-file
+    SHA-256 (docs/FORMAT.md, "Format version"); it verifies and applies like the format-3 one."""
+    r1, r2 = releases
+    _, d12 = bundles
+    cli("bundle", "make", "--release", r2, "--base", r1, "--key", trust.key("rel1"), "--key", trust.key("rel2"),
+        "--out", tmp_path / "d12-format-2", "--level", "3", "--format", "2", check=True)
+    old, new = (json.loads(codec.decompress(stored, codec.declared_size(stored))) for stored in
+                (manifest_path(tmp_path / "d12-format-2").read_bytes(), manifest_path(d12).read_bytes()))
+    assert (old["format"], new["format"]) == (2, 3)
+    bases = {"platform": r1.parent / "platform", "game/lucky-sevens": r1.parent / "games/lucky-sevens"}
+    named = 0
+    for component in old["components"]:
+        files = {e.path: e.sha256 for e in scan_tree(bases[component["name"]])} if component["name"] in bases else {}
+        for chunk in (c for e in component["entries"] for c in e.get("chunks", ())):
+            if "prefix" in chunk:
+                assert chunk["prefix"].pop("sha256") == files[chunk["prefix"]["path"]]
+                named += 1
+    assert named > 3 and {**old, "format": 3} == new
+    result = cli("bundle", "verify", tmp_path / "d12-format-2", "--root", trust.root,
+                 "--base", f"platform={bases['platform']}", "--base", f"game/lucky-sevens={bases['game/lucky-sevens']}",
+                 check=True)
+    assert result.stdout.count("every file matches the manifest") == 3
+
+
+def test_bundle_make_writes_no_format_it_cannot(cli, releases, trust, tmp_path):
+    r1, _ = releases
+    result = cli("bundle", "make", "--release", r1, "--key", trust.key("rel1"), "--out", tmp_path / "b", "--format", "4")
+    assert result.returncode == 2 and "--format" in result.stderr and not (tmp_path / "b").exists()

@@ -132,6 +132,7 @@ class Manifest:
     components: tuple[Component, ...]
     objects: tuple[StoredObject, ...]
     volumes: tuple[Volume, ...]
+    format: int = FORMAT  # 2 only for devices whose agent reads nothing newer: prefixes then carry sha256
 
     @property
     def payload_size(self) -> int:
@@ -167,7 +168,7 @@ class Manifest:
     def to_bytes(self) -> bytes:
         return strict_json.dumps({
             "type": DOCUMENT_TYPE,
-            "format": FORMAT,
+            "format": self.format,
             "codecs": list(self.codecs),
             "product": self.product,
             "hardware": list(self.hardware),
@@ -289,6 +290,7 @@ def _from_document(document: dict[str, Any]) -> tuple[Manifest, tuple[str, ...]]
         components=tuple(_component_from_json(c, ids) for c in components),
         volumes=tuple(_volume_from_json(v) for v in
                       _bounded(field(document, "volumes", list, context="manifest"), MAX_VOLUMES, "volumes")),
+        format=major,
     )
     _check_prefix_hashes(manifest, major)
     return manifest, codecs
@@ -413,7 +415,9 @@ def _chunk_to_json(chunk: Chunk) -> dict[str, Any]:
     result: dict[str, Any] = {"object": chunk.object, "size": chunk.size}
     if chunk.prefix is not None:
         p = chunk.prefix
-        result["prefix"] = {"path": p.path, "offset": p.offset, "length": p.length}  # format 3: no sha256
+        result["prefix"] = {"path": p.path, "offset": p.offset, "length": p.length}
+        if p.sha256 is not None:  # format 2 only (_check_prefix_hashes)
+            result["prefix"]["sha256"] = p.sha256
         if p.gunzip:
             result["prefix"]["gunzip"] = True
         if p.elf_tables:

@@ -8,7 +8,7 @@ import click
 
 from agent.cli.output import json_option, print_json
 from agent.format.bundle_dir import manifest_path
-from agent.format.manifest import Manifest, signature_comment
+from agent.format.manifest import FORMAT, Manifest, signature_comment
 from agent.format.stick import bundle_id
 from agent.medium import read_bundle
 from agent.verify import signer_report
@@ -61,15 +61,19 @@ def _trusted_root(paths: tuple[Path, ...]):
               help="Only these serials may receive COMPONENT when they do not have it yet.")
 @click.option("--allow-downgrade", "downgrades", multiple=True, metavar="COMPONENT=SEQUENCE[,SEQUENCE]",
               help="Signed permission to replace exactly these installed sequences with a lower one.")
+@click.option("--format", "format_version", type=click.IntRange(2, FORMAT), default=FORMAT, show_default=True,
+              help="Manifest format: 2 for machines whose agent reads only format 2 (docs/FORMAT.md, "
+                   "\"Format version\"); such a bundle can carry the agent that reads the newer one.")
 @json_option
 def make(release_path, base_path, full, key_paths, passphrase_files, out, volume_size, level, threads, targets,
-         downgrades, as_json):
+         downgrades, format_version, as_json):
     """Make a signed full or delta bundle from release descriptions."""
     release = load_release(release_path)
     base = load_release(base_path) if base_path else None
     keys = load_secret_keys(key_paths, passphrase_files)
     options = MakeOptions(full=full, level=level, volume_size=volume_size, threads=threads,
-                          targets=_pairs(targets, "--target", str), downgrades=_pairs(downgrades, "--allow-downgrade", int))
+                          targets=_pairs(targets, "--target", str), downgrades=_pairs(downgrades, "--allow-downgrade", int),
+                          format=format_version)
     with ProgressDisplay("make") as progress:
         manifest = make_bundle(release, base, keys, out, options, progress)
     # The base release is at hand: a file rewritten at a path it has counts as changed, not added.

@@ -123,15 +123,15 @@ def _stage_component(layout: Layout, route: list[Choice], bundles: dict[str, tup
                               known=known)
             shutil.rmtree(chain / str(number - 1), ignore_errors=True)  # it was only the base of this step
             base = into
-            base_listing = lambda built=step.component: _files(built, built.tree_digest)
+            base_listing = lambda built=step.component: _files(built)  # the tree just built
     finally:
         for tree in opened:
             tree.close()
 
 
-def _files(listing: Component | None, tree_digest: str) -> dict[str, str] | None:
-    """Path -> SHA-256 of the files of ``listing``, if it lists the tree of ``tree_digest``."""
-    if listing is None or listing.tree_digest != tree_digest:
+def _files(listing: Component | None, tree_digest: str | None = None) -> dict[str, str] | None:
+    """Path -> SHA-256 of the files of ``listing``, if it lists the tree of ``tree_digest`` (when given)."""
+    if listing is None or tree_digest not in (None, listing.tree_digest):
         return None
     return {e.path: e.sha256 for e in listing.entries if e.type == FILE}
 

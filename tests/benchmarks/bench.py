@@ -64,6 +64,9 @@ PEER_METHODS = {
 PEER_METHODS_DROPPED = {"platform": {}, "kernel": {}, "synthetic": {}}
 PEER_TOOLS = {"zstd": "zstd", "xdelta3": "xdelta3", "bsdiff": "bsdiff", "ostree": "ostree"}
 BOUND_TOOLS = {"xz": "xz-utils"}  # the synthetic pair's unavoidable bytes (measure_new_content)
+# The reference cabinet the device install runs on (device_install.py): a loop-mounted btrfs disk
+# and the GRUB environment blocks.
+CABINET_TOOLS = {"mkfs.btrfs": "btrfs-progs", "grub-editenv": "grub-common"}
 GOAL_BYTES = {"platform": 0.6, "kernel": 0.8, "synthetic": 0.8}
 GOAL_RSS_MIB = 256
 GOAL_INSTALL_FACTOR = 1.5
@@ -927,13 +930,12 @@ class Bench:
 
     # --- the run ----------------------------------------------------------------------------------
     def run(self):
-        if not os.path.exists("/usr/bin/time"):
-            raise BenchError("/usr/bin/time (GNU time, Debian package 'time') is required for -v")
+        self.need_tool("/usr/bin/time", "time")  # GNU time: -v reports the peak RSS
         for f in ("peers.py", "synth.py", "treestats.py"):
             if not os.path.exists(os.path.join(self.bench_dir, f)):
                 raise BenchError(f"no {f} in {self.bench_dir} (expected ../shared/bench beside the repository; "
                                  "set BENCH=...)")
-        for command, package in {**PEER_TOOLS, **BOUND_TOOLS}.items():
+        for command, package in {**PEER_TOOLS, **BOUND_TOOLS, **CABINET_TOOLS}.items():
             self.need_tool(command, package)
         self.make_work()
         key, root = self.make_keys()

@@ -387,18 +387,22 @@ def make_bundle(release: Release, base: Release | None, keys: list[SecretKey], o
         writer = VolumeWriter(staging / bundle_dir.PAYLOAD, options.volume_size)
         used: set[str] = set()
         with Workers(options.threads) as workers:
-            components = [_encode_component(plan, writer, options, used, workers, progress) for plan in plans]
+            components = [_encode_component(plans.pop(0), writer, options, used, workers, progress)
+                          for _ in range(len(plans))]  # a plan's listing and jobs go once it is encoded
             writer.close()
             manifest = Manifest(product=release.product, hardware=release.hardware, components=tuple(components),
                                 objects=tuple(writer.objects), volumes=tuple(writer.volumes), format=options.format)
             # The manifest lists the codecs its objects and entries use (Manifest.codecs): exactly those used.
             assert manifest.codecs == tuple(sorted(used)), (manifest.codecs, used)
             manifest_json = manifest.to_bytes()
+            # What is returned is the manifest parsed back: both listings at once held 50 MiB more at
+            # the entry limit.
+            del manifest, components
             _check_size(manifest_json, release)
             # Compressing the manifest is the longest step no other work overlaps: the checks run meanwhile.
             compressing = workers.submit(store, manifest_json)
             try:  # never emit what a device would refuse
-                Manifest.from_bytes(manifest_json)
+                manifest = Manifest.from_bytes(manifest_json)
                 for tree in trees:  # every read is done: what was hashed is what was encoded
                     check_unchanged(tree, before[tree])
                 manifest_bytes = compressing.result()

@@ -12,6 +12,7 @@ dicts and strings and up to ~20 as lists (``[[],[],...]``): a 32 MiB document co
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from json.decoder import scanstring
@@ -245,8 +246,25 @@ class _Reader:
 
 
 def dumps(value: dict[str, Any]) -> bytes:
-    """Canonical form: sorted keys, two-space indent, UTF-8, final newline."""
-    return (json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    """Canonical form: sorted keys, two-space indent, UTF-8, final newline.
+
+    Encoded as the pieces come: json.dumps with an indent collects every piece (a few bytes
+    each) in one list before joining them, which for a manifest at the entry limit held 150 MiB
+    more than the text it makes."""
+    out = io.BytesIO()
+    pieces: list[str] = []
+    for piece in _CANONICAL.iterencode(value):
+        pieces.append(piece)
+        if len(pieces) == _PIECES_AT_ONCE:
+            out.write("".join(pieces).encode("utf-8"))
+            pieces.clear()
+    pieces.append("\n")
+    out.write("".join(pieces).encode("utf-8"))
+    return out.getvalue()
+
+
+_CANONICAL = json.JSONEncoder(sort_keys=True, indent=2, ensure_ascii=False)
+_PIECES_AT_ONCE = 4096
 
 
 def field(obj: dict[str, Any], name: str, kind: type, *, context: str) -> Any:

@@ -259,6 +259,33 @@ def test_a_file_rewritten_while_the_bundle_is_made_is_refused(trust, release, tm
     assert not (tmp_path / "b").exists() and leftovers(tmp_path) == []
 
 
+def test_a_tree_changed_in_any_way_is_named(tmp_path):
+    """The stamps keep 8 bytes per entry, not its path: a changed or added entry is still named,
+    a removed one by its folder, and a new empty folder (folders are not stamped) is no change."""
+    from bundler.tree_stamps import TreeChanged, check_unchanged, stamps
+    tree = tmp_path / "tree"
+    put(tree, "etc/motd", "welcome")
+    put(tree, "etc/issue", "bench")
+    put(tree, "top", "t")
+    os.symlink("etc", tree / "link")
+    cases = [(lambda: (tree / "etc/motd").write_text("WELCOME"), r"etc/motd changed while the bundle was being made$"),
+             (lambda: put(tree, "etc/added", "new"), r"etc/added changed while"),
+             (lambda: (tree / "etc/added").unlink(), r"an entry of etc/ was removed while the bundle was being made$"),
+             (lambda: (tree / "top").unlink(), r"an entry of the top folder was removed"),
+             (lambda: (os.unlink(tree / "link"), os.symlink("etc/", tree / "link")), r"link changed while"),
+             (lambda: shutil.rmtree(tree / "etc"), r"an entry of etc/ was removed while the bundle was being made "
+                                                   r"\(1 more\)$")]
+    for change, message in cases:
+        before = stamps(tree)
+        check_unchanged(tree, before)
+        change()
+        with pytest.raises(TreeChanged, match=message):
+            check_unchanged(tree, before)
+    before = stamps(tree)
+    (tree / "empty").mkdir()
+    check_unchanged(tree, before)
+
+
 def test_a_delta_without_the_bundlers_extras_says_what_to_install(trust, release, tmp_path):
     """A device's install lacks pyfastcdc and bsdiff4 (pyproject's bundler extra): making a delta
     there is refused with what to install, and leaves nothing."""

@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from dataclasses import replace
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 from agent.beneath import Beneath
 from agent.format.tree import DIR, EMPTY_SHA256, FILE, HARDLINK, SYMLINK, Entry, path_order
@@ -38,6 +38,23 @@ _read_buffers = threading.local()
 
 class UnsupportedFile(Refused):
     """A tree contains something a component cannot carry."""
+
+
+class _Status(NamedTuple):
+    """What an entry needs of a file's status, kept while the rest of the tree is walked: an
+    os.stat_result is about twice the size, and a tree at the entry limit has 100,000."""
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime: int
+    inode: tuple[int, int]  # st_dev, st_ino
+    links: int
+
+    @classmethod
+    def of(cls, info: os.stat_result) -> "_Status":
+        return cls(info.st_mode, info.st_uid, info.st_gid, info.st_size, int(info.st_mtime),
+                   (info.st_dev, info.st_ino), info.st_nlink)
 
 
 def hash_and_close(fd: int) -> str:
@@ -149,7 +166,7 @@ def scan_tree(root: Path | Beneath, *, with_hashes: bool = True, exclude: tuple[
 
     with ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="scan-hash") as pool:
         for relative, info, target, directory_fd in _relative_paths(root, frozenset(exclude), foreign):
-            found.append([relative, info, target, None])
+            found.append([relative, _Status.of(info), target, None])
             if stat.S_ISREG(info.st_mode) and with_hashes and info.st_size:
                 if known is not None and (digest := known.lookup(relative, info)) is not None:
                     found[-1][3] = digest
@@ -164,33 +181,33 @@ def scan_tree(root: Path | Beneath, *, with_hashes: bool = True, exclude: tuple[
                     take_hash()
         while hashing:
             take_hash()
-    found.sort(key=lambda item: path_order(item[0]))
+    found.sort(key=lambda item: path_order(item[0]), reverse=True)
     first_link: dict[tuple[int, int], str] = {}
     entries = []
-    for relative, info, target, digest in found:
-        mode = stat.S_IMODE(info.st_mode)
-        common = dict(path=relative, uid=info.st_uid, gid=info.st_gid, mtime=int(info.st_mtime))
-        if stat.S_ISDIR(info.st_mode):
+    while found:  # each item dropped as its entry is made: not both lists whole at once
+        relative, info, target, digest = found.pop()
+        mode = stat.S_IMODE(info.mode)
+        common = dict(path=relative, uid=info.uid, gid=info.gid, mtime=info.mtime)
+        if stat.S_ISDIR(info.mode):
             entries.append(Entry(type=DIR, mode=mode, **common))
-        elif stat.S_ISLNK(info.st_mode):
+        elif stat.S_ISLNK(info.mode):
             entries.append(Entry(type=SYMLINK, target=target, **common))
-        elif stat.S_ISREG(info.st_mode):
-            inode = (info.st_dev, info.st_ino)
-            if info.st_nlink > 1 and inode in first_link:
-                entries.append(Entry(path=relative, type=HARDLINK, target=first_link[inode]))
+        elif stat.S_ISREG(info.mode):
+            if info.links > 1 and info.inode in first_link:
+                entries.append(Entry(path=relative, type=HARDLINK, target=first_link[info.inode]))
                 continue
-            if info.st_nlink > 1:
-                first_link[inode] = relative
+            if info.links > 1:
+                first_link[info.inode] = relative
                 if hard_linked is not None:
                     hard_linked.add(relative)
-            if info.st_size == 0:
+            if info.size == 0:
                 digest = EMPTY_SHA256
-            entries.append(Entry(type=FILE, mode=mode, size=info.st_size, sha256=digest, **common))
+            entries.append(Entry(type=FILE, mode=mode, size=info.size, sha256=digest, **common))
         elif foreign is not None:
             foreign.append(relative)
         else:
-            kind = ("device node" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
-                    else "socket" if stat.S_ISSOCK(info.st_mode) else "FIFO")
+            kind = ("device node" if stat.S_ISCHR(info.mode) or stat.S_ISBLK(info.mode)
+                    else "socket" if stat.S_ISSOCK(info.mode) else "FIFO")
             raise UnsupportedFile(f"{relative!r} is a {kind}; components carry only directories, files "
                                   "and links", where=root.where, hint="remove it from the release tree")
     return entries

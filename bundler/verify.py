@@ -57,14 +57,14 @@ def check_bundle(bundle: Path, root: VerifiedRoot, bases: dict[str, Path], *, ap
                 continue
             if component.is_delta:
                 entries = scan_tree(base)
-                if component.policy == "content":
-                    entries = as_content(entries)
-                if tree_digest(entries) != component.base.tree_digest and not strict_bases:
+                base_digest = tree_digest(as_content(entries) if component.policy == "content" else entries)
+                del entries  # not held while the tree is built: 40 MiB at the entry limit
+                if base_digest != component.base.tree_digest and not strict_bases:
                     outcome[component.name] = (f"signatures, manifest and stored objects verified; not applied "
                                                f"({base} is not the base of this delta: version "
                                                f"{component.base.version}, sequence {component.base.sequence})")
                     continue
-                if tree_digest(entries) != component.base.tree_digest:
+                if base_digest != component.base.tree_digest:
                     raise Refused(f"{base} is not the base of {component.name}'s delta (version "
                                   f"{component.base.version}, sequence {component.base.sequence}): its tree differs",
                                   hint="name the tree this delta was made from")

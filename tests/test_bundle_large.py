@@ -82,3 +82,35 @@ def test_delta_of_a_shifted_large_file(trust, big_releases, tmp_path):
     print(f"\ndelta: payload {payload / MiB:.1f} MiB, make peak {made['peak_mib']:.0f} MiB, "
           f"apply peak {applied['peak_mib']:.0f} MiB")
     assert applied["peak_mib"] < 250
+
+
+def _many_files(tree: Path, count: int, changed_every: int = 0) -> None:
+    """``count`` small files, 500 per folder; with ``changed_every``, every so many differ."""
+    for number in range(count):
+        folder = tree / f"d{number // 500:03d}"
+        if number % 500 == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+        data = f"file {number} {'x' * (number % 300)}\n"
+        if changed_every and number % changed_every == 0:
+            data += "changed\n"
+        (folder / f"f{number:06d}.txt").write_text(data)
+
+
+def test_a_delta_at_the_entry_limit_is_made_and_verified_in_under_256_mib(trust, tmp_path):
+    """Memory that grows with the number of entries (listings, the trees' stamps, the manifest's
+    text) at the most a bundle may list: MAX_ENTRIES over all components. It was 419 MiB to make."""
+    from agent.format.manifest import MAX_ENTRIES
+    files = MAX_ENTRIES - 1_000  # and a folder per 500 files
+    r1 = write_release(tmp_path / "r1", {"platform": ("1", 1)})
+    _many_files(tmp_path / "r1/platform", files)
+    r2 = write_release(tmp_path / "r2", {"platform": ("2", 2)})
+    _many_files(tmp_path / "r2/platform", files, changed_every=100)
+    made = _measured("bundle", "make", "--release", r2, "--base", r1, "--key", trust.key("rel1"),
+                     "--key", trust.key("rel2"), "--out", tmp_path / "delta")
+    assert made["rc"] == 0, made["err"]
+    applied = _measured("bundle", "verify", tmp_path / "delta", "--root", trust.root, "--base",
+                        f"platform={r1.parent / 'platform'}", "--work-dir", tmp_path)
+    assert applied["rc"] == 0, applied["err"]
+    assert f"every file matches the manifest ({files + files // 500 + 1} entries)" in applied["out"]
+    print(f"\n{files:,} files: make peak {made['peak_mib']:.0f} MiB, verify peak {applied['peak_mib']:.0f} MiB")
+    assert made["peak_mib"] < 256 and applied["peak_mib"] < 256

@@ -21,7 +21,7 @@ TEST_TOOLS := minisign:minisign mkfs.vfat:dosfstools fsck.vfat:dosfstools fusefa
 	fusermount:fuse mkfs.ext4:e2fsprogs mkfs.btrfs:btrfs-progs mkfs.xfs:xfsprogs losetup:mount \
 	script:bsdutils setpriv:util-linux runuser:util-linux mkfs.exfat:exfatprogs systemd-analyze:systemd \
 	grub-editenv:grub-common grub-mkstandalone:grub-common /usr/lib/grub/x86_64-efi/btrfs.mod:grub-efi-amd64-bin \
-	qemu-system-x86_64:qemu-system-x86 /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf mcopy:mtools
+	qemu-system-x86_64:qemu-system-x86 /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf mcopy:mtools sfdisk:fdisk
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout=600
 
 # $(call install_tools,TARGET,COMMAND:PACKAGE ...): installs, as root, the Debian packages whose

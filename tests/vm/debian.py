@@ -25,8 +25,9 @@ PACKAGES = {
     "exfat-fuse": "mount.exfat-fuse",
     "fuse": "fusermount",
     "btrfs-progs": "mkfs.btrfs",
+    "fdisk": "sfdisk",  # the partition tables of the ESP and the stick images
 }
-GRUB = ("grub-common", "grub-efi-amd64-bin", "mtools", "dosfstools")
+GRUB = ("grub-common", "grub-efi-amd64-bin", "mtools", "dosfstools", "fdisk")
 QEMU = ("qemu-system-x86", "qemu-utils", "ovmf")
 os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"  # mkfs.* live there
 _APT = ["apt-get", "-q", "-y", "-o", "DPkg::Lock::Timeout=600"]  # wait for another apt

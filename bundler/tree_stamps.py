@@ -9,8 +9,8 @@ program can set back) before the scan and compared after the last read, and any 
 refuses the bundle.
 
 Each folder keeps 8 bytes per entry (a digest of its name and stamp), not the stamp under its
-path: the paths of a tree at the entry limit (100,000 per release, as many per base) took 62 MiB
-of the 256 MiB bundle make may use. Which entry changed is found again from the names of the
+path: with the paths, a release and its base at the entry limit (100,000 entries each) took
+62 MiB of the 256 MiB bundle make may use. Which entry changed is found again from the names of the
 second walk; one removed is named by its folder.
 """
 
@@ -69,12 +69,13 @@ def check_unchanged(root: Path, before: Stamps) -> None:
         removed += [folder] * max(0, len(earlier) - len(digests))  # at least, when others were added
     removed += (folder for folder, known in before.items() if folder not in seen
                 for _ in range(len(known) // DIGEST_BYTES))
-    if changed or removed:
-        if changed:
-            what = f"{min(changed)} changed"
-        else:
-            folder = min(removed)
-            what = "an entry of the top folder was removed" if folder == "." else f"an entry of {folder}/ was removed"
-        more = len(changed) + len(removed) - 1
-        raise TreeChanged(f"{what} while the bundle was being made" + (f" ({more} more)" if more else ""),
-                          where=root, hint="make the bundle again once nothing writes to the release and base trees")
+    if not changed and not removed:
+        return
+    if changed:
+        what = f"{min(changed)} changed"
+    else:
+        folder = min(removed)
+        what = "an entry of the top folder was removed" if folder == "." else f"an entry of {folder}/ was removed"
+    more = len(changed) + len(removed) - 1
+    raise TreeChanged(f"{what} while the bundle was being made" + (f" ({more} more)" if more else ""),
+                      where=root, hint="make the bundle again once nothing writes to the release and base trees")

@@ -50,7 +50,11 @@ def _folders(root: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
 
 def stamps(root: Path) -> Stamps:
     """What :func:`check_unchanged` compares ``root`` with later."""
-    return {folder: b"".join(sorted(digests.values())) for folder, digests in _folders(root)}
+    return {folder: _packed(digests) for folder, digests in _folders(root)}
+
+
+def _packed(digests: dict[str, bytes]) -> bytes:
+    return b"".join(sorted(digests.values()))
 
 
 def check_unchanged(root: Path, before: Stamps) -> None:
@@ -61,7 +65,7 @@ def check_unchanged(root: Path, before: Stamps) -> None:
     for folder, digests in _folders(root):
         seen.add(folder)
         known = before.get(folder, b"")
-        if b"".join(sorted(digests.values())) == known:
+        if _packed(digests) == known:
             continue
         earlier = {known[i:i + DIGEST_BYTES] for i in range(0, len(known), DIGEST_BYTES)}
         changed += (os.path.normpath(os.path.join(folder, name)) for name, digest in digests.items()

@@ -56,9 +56,7 @@ def check_bundle(bundle: Path, root: VerifiedRoot, bases: dict[str, Path], *, ap
                                            (" (a delta: give --base to apply it)" if component.is_delta else ""))
                 continue
             if component.is_delta:
-                entries = scan_tree(base)
-                base_digest = tree_digest(as_content(entries) if component.policy == "content" else entries)
-                del entries  # not held while the tree is built: 40 MiB at the entry limit
+                base_digest = _tree_digest(base, component.policy)
                 if base_digest != component.base.tree_digest and not strict_bases:
                     outcome[component.name] = (f"signatures, manifest and stored objects verified; not applied "
                                                f"({base} is not the base of this delta: version "
@@ -81,3 +79,10 @@ def check_bundle(bundle: Path, root: VerifiedRoot, bases: dict[str, Path], *, ap
             outcome[component.name] = (f"applied{' onto ' + str(base) if base else ''}: every file matches "
                                        f"the manifest ({len(component.entries)} entries)")
     return verified, outcome
+
+
+def _tree_digest(tree: Path, policy: str) -> str:
+    """The digest of ``tree`` as a component of ``policy`` lists it. Its listing is not kept: 40
+    MiB at the entry limit, while the new tree is built."""
+    entries = scan_tree(tree)
+    return tree_digest(as_content(entries) if policy == "content" else entries)

@@ -232,7 +232,7 @@ def ranked(data: bytes, level: int, region: bytes | None = None, tick: Tick | No
     ``probed``: what :func:`probe_chunk` said of ``data`` at ``level``, when the caller asked it first."""
     level, probe = probed if probed is not None else probe_chunk(data, level)
     chosen = [e for e in ENCODERS.values() if e.name not in avoid and (region is not None or not e.patch)]
-    if ZSTD_PATCH in chosen:  # it does all a plain frame does, and refers to the region too
+    if ZSTD_PATCH in chosen and ZSTD in chosen:  # it does all a plain frame does, and refers to the region too
         chosen.remove(ZSTD)  # (the platform pair: the same bundle, a third less CPU)
     chosen.sort(key=lambda e: e is not BSDIFF)  # first: where it applies, the patch is made quickly
     passes = sum(1 for e in chosen if e.compresses and not (e is ZSTD and probe is not None))
@@ -252,9 +252,9 @@ def ranked(data: bytes, level: int, region: bytes | None = None, tick: Tick | No
 
 
 def smallest(data: bytes, level: int, region: bytes | None = None, tick: Tick | None = None,
-             probed: tuple[int, bytes | None] | None = None) -> tuple[str, bytes]:
+             probed: tuple[int, bytes | None] | None = None, avoid: tuple[str, ...] = ()) -> tuple[str, bytes]:
     """``(encoding, stored)``: the first of :func:`ranked`."""
-    return ranked(data, level, region, tick, probed=probed)[0]
+    return ranked(data, level, region, tick, avoid, probed)[0]
 
 
 def _shared(tick: Tick, passes: int) -> Tick:

@@ -92,6 +92,13 @@ class MakeOptions:
     targets: dict[str, tuple[str, ...]] = field(default_factory=dict)
     downgrades: dict[str, tuple[int, ...]] = field(default_factory=dict)
     format: int = FORMAT  # 2: for devices whose agent reads nothing newer
+    codecs: frozenset[str] = frozenset(encoders.NAMES)  # what the devices' agent has (--codecs)
+
+    def avoided(self) -> tuple[str, ...]:
+        """The object encodings a chunk may not use: those left out of ``codecs``, and bsdiff
+        without ``block``, as its patches are stored only in blocks."""
+        return tuple(name for name, encoder in encoders.ENCODERS.items()
+                     if name not in self.codecs or (encoder.in_block and codec.BLOCK.name not in self.codecs))
 
 
 @dataclass(frozen=True)
@@ -181,11 +188,12 @@ class _Found:
     matches: list[Match]
 
 
-def _encode(job: _ChunkJob, level: int, budget: MemoryBudget,
+def _encode(job: _ChunkJob, options: MakeOptions, budget: MemoryBudget,
             tick: encoders.Tick | None = None) -> tuple[str, bytes, bool]:
-    """``(encoding, stored, in a block)``: the smallest encoding of the chunk (encoders.smallest),
-    within the memory budget; a small chunk that compresses is stored as it is, in a block
-    (``SOLID_CONTENT_BYTES``)."""
+    """``(encoding, stored, in a block)``: the smallest encoding of the chunk (encoders.smallest)
+    that ``options.codecs`` allows, within the memory budget; a small chunk that compresses is
+    stored as it is, in a block (``SOLID_CONTENT_BYTES``), where blocks are allowed."""
+    level = options.level
     region_size = job.prefix.length if job.prefix is not None else 0
     # First the probe, for what it alone holds: incompressible data is then encoded at a quick
     # level, whose tables are a fraction of level 19's, so two such chunks of a big asset
@@ -199,8 +207,9 @@ def _encode(job: _ChunkJob, level: int, budget: MemoryBudget,
     with budget.held(encoders.memory_needed(job.size, region_size, probed[0])):
         data = job.source.read(job.offset, job.size)
         region = job.reference.read(job.prefix.offset, job.prefix.length) if job.prefix is not None else None
-        encoding, stored = encoders.smallest(data, level, region, tick, probed=probed)
-        if encoding == encoders.ZSTD.name and job.size <= SOLID_CONTENT_BYTES:
+        encoding, stored = encoders.smallest(data, level, region, tick, probed=probed, avoid=options.avoided())
+        if (encoding == encoders.ZSTD.name and job.size <= SOLID_CONTENT_BYTES
+                and codec.BLOCK.name in options.codecs):
             return encoders.RAW.name, data, True
         return encoding, stored, encoders.ENCODERS[encoding].in_block
 
@@ -213,7 +222,7 @@ def _block_frame(level: int, budget: MemoryBudget) -> Callable[[bytes], bytes]:
 
 
 def _store(writer: VolumeWriter, blocks: BlockPacker, job: _ChunkJob, encoding: str, stored: bytes,
-           in_block: bool, level: int) -> tuple[str, str]:
+           in_block: bool, options: MakeOptions) -> tuple[str, str]:
     """``(encoding, object id)`` of the chunk once ``writer`` or ``blocks`` holds it. Bytes already
     stored under another encoding (a file that is the zstd frame stored for another file, stored
     raw) cannot be listed twice, so the chunk is stored its next-best way instead: objects stay
@@ -226,7 +235,7 @@ def _store(writer: VolumeWriter, blocks: BlockPacker, job: _ChunkJob, encoding: 
         return encoding, object_id
     data = job.source.read(job.offset, job.size)
     region = job.reference.read(job.prefix.offset, job.prefix.length) if job.prefix is not None else None
-    for other, stored in encoders.ranked(data, level, region, avoid=(encoding,)):
+    for other, stored in encoders.ranked(data, options.level, region, avoid=(encoding, *options.avoided())):
         object_id = add(other, stored, encoders.ENCODERS[other].in_block)
         if object_id is not None:
             return other, object_id
@@ -281,7 +290,8 @@ def _plan_component(component: ReleaseComponent, base: ReleaseComponent | None, 
         searched += size
         if progress is not None:
             progress(f"planning {component.name}", searched, total)
-    recipes = find_recipes([(component.path / e.path, e.size) for e in carried], options.threads, read)
+    recipes = (find_recipes([(component.path / e.path, e.size) for e in carried], options.threads, read)
+               if encoders.GZIP_RECIPE.name in options.codecs else {})
     plan_entries, jobs = [], {}
     for entry in entries:
         if entry.type == FILE and entry.size:
@@ -308,10 +318,12 @@ def _delta_jobs(entry: Entry, recipe: Found, component: ReleaseComponent, base: 
     full bundle never depends on the device's zlib."""
     source = Source(component.path / entry.path)
     size = entry.size
+    if recipe is not None and not set(codec.used_by((), [replace(entry, gzip=recipe[0])])) <= options.codecs:
+        recipe = None  # it needs gzip-blocks or gzip-shape, which the devices lack: carried as it is
     if recipe is not None:
         entry = replace(entry, gzip=recipe[0])
         source, size = Source(source.path, gunzip=True), recipe[1]
-    elif encoders.has_elf_tables(source.path, size):
+    elif encoders.ELF_TABLES.name in options.codecs and encoders.has_elf_tables(source.path, size):
         entry = replace(entry, elf_tables=True)
         source = Source(source.path, elf_tables=True)
     reference = _similar_base_file(entry.path, entry.size, base_files, by_name, by_blind_path)
@@ -371,6 +383,7 @@ def make_bundle(release: Release, base: Release | None, keys: list[SecretKey], o
     if options.format not in READS:
         raise MakeRefused(f"format {options.format} cannot be written; this bundler writes formats "
                           f"{' and '.join(map(str, READS))}", hint="use --format 2 or 3")
+    _check_codecs(options.codecs)
     for name in options.targets:
         if name not in release.components:
             raise MakeRefused(f"--target names component {name!r}, which the release does not have")
@@ -394,6 +407,7 @@ def make_bundle(release: Release, base: Release | None, keys: list[SecretKey], o
                                 objects=tuple(writer.objects), volumes=tuple(writer.volumes), format=options.format)
             # The manifest lists the codecs its objects and entries use (Manifest.codecs): exactly those used.
             assert manifest.codecs == tuple(sorted(used)), (manifest.codecs, used)
+            assert used <= options.codecs, (used, options.codecs)
             manifest_json = manifest.to_bytes()
             # What is returned is the manifest parsed back: both listings at once held 50 MiB more at
             # the entry limit.
@@ -464,6 +478,18 @@ def _check_counts(plans: list[_Plan], release: Release) -> None:
                               hint=_SPLIT)
 
 
+def _check_codecs(codecs: frozenset[str]) -> None:
+    unknown = sorted(codecs - set(codec.CODECS))
+    if unknown:
+        raise MakeRefused(f"--codecs names {', '.join(unknown)}, which this bundler does not know; it knows "
+                          f"{', '.join(codec.CODECS)}", hint="name the codecs the machines' agent has, as its "
+                                                            "refusal of a bundle lists them")
+    missing = [name for name in (encoders.RAW.name, encoders.ZSTD.name) if name not in codecs]
+    if missing:
+        raise MakeRefused(f"--codecs leaves out {' and '.join(missing)}, which every agent has and a bundle may "
+                          "need", hint="add it to --codecs")
+
+
 def _check_size(manifest_json: bytes, release: Release) -> None:
     if len(manifest_json) > MAX_MANIFEST_BYTES:
         raise MakeRefused(f"the manifest would be {len(manifest_json)} bytes of JSON; devices accept at most "
@@ -478,7 +504,7 @@ def _encode_component(plan: _Plan, writer: VolumeWriter, options: MakeOptions, u
     tick = Counter(progress, f"encoding {plan.component.name}", sum(job.size for job in all_jobs), workers)
     budget = MemoryBudget(ENCODING_MEMORY_BYTES, workers.check)
     results: Iterator[tuple[str, bytes, bool]] = workers.ordered_map(
-        lambda job: _encode(job, options.level, budget, tick), all_jobs, size=lambda job: job.size,
+        lambda job: _encode(job, options, budget, tick), all_jobs, size=lambda job: job.size,
         result_size=lambda result: len(result[1]), ahead_bytes=ENCODED_AHEAD_BYTES)
     blocks = BlockPacker(writer, lambda content: workers.submit(_block_frame(options.level, budget), content))
     entries = []
@@ -487,7 +513,7 @@ def _encode_component(plan: _Plan, writer: VolumeWriter, options: MakeOptions, u
         if jobs:
             chunks = []
             for job in jobs:
-                encoding, object_id = _store(writer, blocks, job, *next(results), options.level)
+                encoding, object_id = _store(writer, blocks, job, *next(results), options)
                 used.add(encoding)
                 chunks.append(Chunk(object=object_id, size=job.size,
                                     prefix=job.prefix if encoders.ENCODERS[encoding].patch else None))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent.format import codec, gzip_recipe
-from agent.format.bundle_dir import MANIFEST, PAYLOAD
+from agent.format.bundle_dir import MANIFEST, PAYLOAD, manifest_path
 from agent.format.manifest import ENCODINGS, MalformedManifest, Manifest
 from agent.format.tree import Entry
 from agent.medium import complete_bundles, read_bundle, root_files
@@ -26,7 +26,10 @@ from bundler.verify import check_bundle
 from keys.detached import load_root_chain, signature_path
 from keys.rotation import accept_chain
 from keys.signing import sign
+from tests.sim.elf import module
+from tests.sim.releases import put, write_release
 from tests.sim.stick import StickSim
+from tests.test_bsdiff_codec import edited_executable
 from tests.vectors import regenerate
 
 HAS = "block, bsdiff, elf-tables, gzip-blocks, gzip-recipe, gzip-shape, raw, zstd, zstd-patch"
@@ -176,8 +179,8 @@ def test_a_manifest_needing_a_codec_this_agent_lacks_is_refused_by_name_before_a
         assert not isinstance(raised.value, MalformedManifest)  # the bundle is fine; this agent is old
         assert raised.value.message == LACKS_XZ
         assert str(raised.value) == f"m.json: {LACKS_XZ}"
-        assert raised.value.hint == ("update the agent first (a bundle made by an older bundler, or a full bundle, "
-                                     "may apply)")
+        assert raised.value.hint == ("update the agent first, or use a bundle made for it (`bundle make --codecs` "
+                                     "with the codecs it has, or a full bundle)")
 
 
 def test_every_missing_codec_is_named():
@@ -213,6 +216,67 @@ def test_the_list_cannot_lie(lie, message):
     lie(document)
     with pytest.raises(MalformedManifest, match=message):
         Manifest.from_bytes(json.dumps(document).encode())
+
+
+# --- bundles for machines whose agent lacks codecs (bundle make --codecs) ---------------------------------
+
+
+OLDER_AGENT = ("raw", "zstd", "zstd-patch")
+
+
+@pytest.fixture
+def release_pair(tmp_path) -> tuple[Path, Path]:
+    """Two releases whose delta uses every codec: an executable rebuilt (bsdiff), a kernel module
+    (elf-tables), a gzip file (gzip-recipe), small text files changed (zstd-patch) and added (block)."""
+    old_ls, new_ls = edited_executable()
+    for name, ls, edits in (("r1", old_ls, 0), ("r2", new_ls, 1)):
+        tree = tmp_path / name / "platform"
+        put(tree, "usr/bin/ls", ls, 0o755)
+        put(tree, "lib/modules/demo.ko", module(5, edits=edits))
+        put(tree, "usr/share/doc/changelog.gz", gzip.compress(TEXT + b"release %d\n" % edits, mtime=0))
+        for number in range(3):
+            put(tree, f"etc/setting{number}.conf", f"setting {number} = {edits}\n" * 50)
+        write_release(tmp_path / name, {"platform": (f"{edits + 1}.0", edits + 1)})
+    put(tmp_path / "r2/platform", "etc/added.conf", TEXT)  # new content, small: stored in a block
+    return tmp_path / "r1/release.toml", tmp_path / "r2/release.toml"
+
+
+def test_a_delta_made_for_an_older_agent_uses_only_its_codecs_and_it_applies_it(release_pair, trust, tmp_path,
+                                                                                 cli, monkeypatch):
+    old, new = release_pair
+    keys = ["--key", trust.key("rel1"), "--key", trust.key("rel2")]
+    codecs = {}
+    for label, only in (("every", ()), ("older", ("--codecs", ", ".join(OLDER_AGENT))),
+                        ("bsdiff, no block", ("--codecs", ",".join([*OLDER_AGENT, "bsdiff"])))):
+        cli("bundle", "make", "--release", new, "--base", old, *keys, "--out", tmp_path / label, "--level", "3",
+            *only, check=True)
+        codecs[label] = Manifest.from_stored(manifest_path(tmp_path / label).read_bytes()).codecs
+    assert {"block", "bsdiff", "elf-tables", "gzip-recipe"} <= set(codecs["every"])
+    assert set(codecs["older"]) <= set(OLDER_AGENT)
+    assert codecs["bsdiff, no block"] == codecs["older"]  # bsdiff patches are stored only in blocks
+    monkeypatch.setattr(codec, "CODECS", OLDER_AGENT)  # the agent of the machines in the field
+    root = accept_chain(load_root_chain([trust.root]))
+    bases = {"platform": old.parent / "platform"}
+    _, checked = check_bundle(tmp_path / "older", root, bases, work_dir=tmp_path)
+    assert "platform" in checked
+    with pytest.raises(codec.UnsupportedCodec, match="this bundle needs codecs block, bsdiff, elf-tables"):
+        check_bundle(tmp_path / "every", root, bases, work_dir=tmp_path)
+
+
+@pytest.mark.parametrize("codecs, message", [
+    ("raw,zstd,xz", "--codecs names xz, which this bundler does not know; it knows block, bsdiff"),
+    ("zstd,zstd-patch", "--codecs leaves out raw, which every agent has and a bundle may need"),
+    ("raw", "--codecs leaves out zstd, which every agent has"),
+])
+def test_codecs_a_bundle_cannot_be_made_with_are_refused_before_any_work(release_pair, trust, tmp_path, cli,
+                                                                        codecs, message):
+    old, new = release_pair
+    result = cli("bundle", "make", "--release", new, "--base", old, "--key", trust.key("rel1"),
+                 "--out", tmp_path / "bundle", "--codecs", codecs)
+    assert result.returncode == 3, result.stdout + result.stderr  # refused
+    assert message in result.stderr
+    assert not (tmp_path / "bundle").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["r1", "r2"]  # no partial output either
 
 
 # --- a device and `bundle verify` refuse such a bundle before reading its payload -------------------------

@@ -330,8 +330,8 @@ def require(names: Iterable[str]) -> None:
     if missing:
         needs = f"codec {missing[0]}" if len(missing) == 1 else "codecs " + ", ".join(missing)
         raise UnsupportedCodec(f"this bundle needs {needs}; this agent has {', '.join(CODECS)}",
-                               hint="update the agent first (a bundle made by an older bundler, or a full bundle, "
-                                    "may apply)")
+                               hint="update the agent first, or use a bundle made for it (`bundle make --codecs` "
+                                    "with the codecs it has, or a full bundle)")
 
 
 def used_by(encodings: Iterable[str], entries: Iterable[Entry]) -> tuple[str, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -64,9 +65,12 @@ def _trusted_root(paths: tuple[Path, ...]):
 @click.option("--format", "format_version", type=click.IntRange(2, FORMAT), default=FORMAT, show_default=True,
               help="Manifest format: 2 for machines whose agent reads only format 2 (docs/FORMAT.md, "
                    "\"Format version\"); such a bundle can carry the agent that reads the newer one.")
+@click.option("--codecs", "codec_names", metavar="CODEC[,CODEC]",
+              help="Use only these codecs: those the machines' agent has, as its refusal of a bundle lists them "
+                   "(docs/FORMAT.md, \"Codecs\"). Default: every codec this bundler writes.")
 @json_option
 def make(release_path, base_path, full, key_paths, passphrase_files, out, volume_size, level, threads, targets,
-         downgrades, format_version, as_json):
+         downgrades, format_version, codec_names, as_json):
     """Make a signed full or delta bundle from release descriptions."""
     release = load_release(release_path)
     base = load_release(base_path) if base_path else None
@@ -74,6 +78,8 @@ def make(release_path, base_path, full, key_paths, passphrase_files, out, volume
     options = MakeOptions(full=full, level=level, volume_size=volume_size, threads=threads,
                           targets=_pairs(targets, "--target", str), downgrades=_pairs(downgrades, "--allow-downgrade", int),
                           format=format_version)
+    if codec_names is not None:  # "a, b" as an agent prints its codecs, or "a,b"
+        options = replace(options, codecs=frozenset(codec_names.replace(",", " ").split()))
     with ProgressDisplay("make") as progress:
         manifest = make_bundle(release, base, keys, out, options, progress)
     # The base release is at hand: a file rewritten at a path it has counts as changed, not added.

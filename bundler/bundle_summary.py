@@ -80,6 +80,8 @@ def summary(manifest: Manifest, signers: ThresholdResult | None, signature_ids: 
         "bundle_id": bundle_id,
         "product": manifest.product,
         "hardware": list(manifest.hardware),
+        "format": manifest.format,
+        "codecs": list(manifest.codecs),
         "payload_bytes": manifest.payload_size,
         "volumes": [{"name": v.name, "size": v.size} for v in manifest.volumes],
         "components": [component_summary(c, object_sizes, base_paths.get(c.name)) for c in manifest.components],
@@ -106,7 +108,8 @@ def size_text(count: int, *, exact: bool = False) -> str:
 def render(report: dict[str, Any]) -> list[str]:
     lines = [f"bundle {report['bundle_id']}"] if report.get("bundle_id") else []
     lines += [f"product {report['product']}, hardware {', '.join(report['hardware'])}",
-             f"payload {size_text(report['payload_bytes'])} in {len(report['volumes'])} volume(s)"]
+             f"payload {size_text(report['payload_bytes'])} in {len(report['volumes'])} volume(s)",
+             f"format {report['format']}, needs codecs {', '.join(report['codecs'])}"]
     for c in report["components"]:
         start = f"{c['from']['version']} (sequence {c['from']['sequence']})" if c["from"] else "nothing"
         lines.append(f"{c['name']}: {c['update']} {start} -> {c['to']['version']} (sequence "

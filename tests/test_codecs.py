@@ -248,9 +248,10 @@ def test_a_delta_made_for_an_older_agent_uses_only_its_codecs_and_it_applies_it(
     codecs = {}
     for label, only in (("every", ()), ("older", ("--codecs", ", ".join(OLDER_AGENT))),
                         ("bsdiff, no block", ("--codecs", ",".join([*OLDER_AGENT, "bsdiff"])))):
-        cli("bundle", "make", "--release", new, "--base", old, *keys, "--out", tmp_path / label, "--level", "3",
-            *only, check=True)
+        made = cli("bundle", "make", "--release", new, "--base", old, *keys, "--out", tmp_path / label,
+                   "--level", "3", *only, check=True)
         codecs[label] = Manifest.from_stored(manifest_path(tmp_path / label).read_bytes()).codecs
+        assert f"format 3, needs codecs {', '.join(codecs[label])}\n" in made.stdout  # what the vendor sees
     assert {"block", "bsdiff", "elf-tables", "gzip-recipe"} <= set(codecs["every"])
     assert set(codecs["older"]) <= set(OLDER_AGENT)
     assert codecs["bsdiff, no block"] == codecs["older"]  # bsdiff patches are stored only in blocks

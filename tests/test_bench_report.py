@@ -117,6 +117,23 @@ def test_goals_report_each_value(bench, tmp_path):
     assert goals["platform: install <= 1.5x the floor"] == ("7.0 s vs floor 5.0 s = 1.40x", True)
 
 
+def test_the_floor_on_the_cabinets_disk_is_reported_beside_the_goal_it_does_not_decide(bench, tmp_path):
+    write_results(tmp_path)
+    path = tmp_path / "ours-platform.json"
+    ours_platform = json.loads(path.read_text())
+    ours_platform["install"]["cabinet_floor"] = {"copy_s": 1.0, "hash_s": 3.0, "sync_s": 0.5, "floor_s": 4.5}
+    path.write_text(json.dumps(ours_platform))
+    results = bench.load_results(str(tmp_path))
+    goals = {goal: (measured, ok) for goal, measured, ok in bench.goal_rows(results)}
+    assert goals["platform: install <= 1.5x the floor"] == (
+        "7.0 s vs floor 5.0 s = 1.40x (the floor on the cabinet's disk: 4.5 s = 1.56x)", True)
+    out = tmp_path / "BENCHMARKS.md"
+    assert bench.main(["--report-only", str(tmp_path), "--out", str(out)]) == 0
+    report = out.read_text()
+    assert "| SHA-256 of every file of the snapshot | 3.0 |" in report
+    assert "| **floor on the cabinet's disk** | **4.5** |" in report
+
+
 def test_pair_without_a_successful_peer(bench, tmp_path, capsys):
     write_results(tmp_path)
     with open(tmp_path / "peers-kernel.json", "w") as f:

@@ -252,9 +252,12 @@ def goal_rows(results):
     if floor and "platform" in results["ours"]:
         install = results["ours"]["platform"]["install"]["wall_s"]
         factor = install / floor["floor_s"] if floor["floor_s"] else None
-        goals.append((f"platform: install <= {GOAL_INSTALL_FACTOR}x the floor",
-                      f"{install:.1f} s vs floor {floor['floor_s']:.1f} s = "
-                      + ("-" if factor is None else f"{factor:.2f}x"),
+        measured = f"{install:.1f} s vs floor {floor['floor_s']:.1f} s = " + ("-" if factor is None else f"{factor:.2f}x")
+        on_cabinet = results["ours"]["platform"]["install"].get("cabinet_floor")
+        if on_cabinet and on_cabinet["floor_s"]:
+            measured += (f" (the floor on the cabinet's disk: {on_cabinet['floor_s']:.1f} s = "
+                         f"{install / on_cabinet['floor_s']:.2f}x)")
+        goals.append((f"platform: install <= {GOAL_INSTALL_FACTOR}x the floor", measured,
                       None if factor is None else factor <= GOAL_INSTALL_FACTOR))
     return goals
 
@@ -476,6 +479,27 @@ def render_report(results):
             f"| **floor** | | | **{floor['floor_s']:.1f}** |",
             f"| our install (`bundle-agent on-insert` on a cabinet) | | | {install:.1f} |",
         ]
+        on_cabinet = results["ours"]["platform"]["install"].get("cabinet_floor")
+        if on_cabinet:
+            lines += [
+                "",
+                textwrap.fill(
+                    "The same floor on the cabinet's own disk, where the install runs (loop-mounted btrfs, "
+                    "tests/benchmarks/device_install.py), right after it: a snapshot of the running environment, "
+                    "the same files copied over it with `cp -a --remove-destination`, one SHA-256 pass over the "
+                    "snapshot's files (other inodes than the running environment's, so not in the page cache, as "
+                    "the files the agent checks are not), and `sync`, which the agent does too. The goal is held "
+                    "against the floor above, as the issue defines it.", width=110),
+                "",
+                "| step on the cabinet's disk | wall s |",
+                "|---|---:|",
+                f"| `cp -a` of changed + added files over a snapshot of the running environment | "
+                f"{on_cabinet['copy_s']:.1f} |",
+                f"| SHA-256 of every file of the snapshot | {on_cabinet['hash_s']:.1f} |",
+                f"| `sync` | {on_cabinet['sync_s']:.1f} |",
+                f"| **floor on the cabinet's disk** | **{on_cabinet['floor_s']:.1f}** |",
+                f"| our install | {install:.1f} |",
+            ]
     big = results.get("bigfile")
     if big:
         lines += [
@@ -743,7 +767,8 @@ class Bench:
                           [self.bundle, "verify", bundle_dir, "--root", root, "--base", f"platform={old}",
                            "--work-dir", apply_dir], os.path.join(d, "verify"))
         shutil.rmtree(apply_dir, ignore_errors=True)
-        install = self.measure_install(name, old, new, key, root)
+        install = self.measure_install(name, old, new, key, root,
+                                       changed_files(old, new)[0] if name == "platform" else None)
         total = files_bytes(bundle_dir)
         log(f"{name}: ours {total:,} bytes, make {make['wall_s']:.1f} s / {make['rss_mib']:.0f} MiB, "
             f"apply {apply['wall_s']:.1f} s / {apply['rss_mib']:.0f} MiB, "
@@ -751,14 +776,15 @@ class Bench:
         return bundle_dir, {"bytes_total": total, "make": make, "apply": apply, "install": install,
                             "make_load1": [round(load_before, 2), round(load_after, 2)]}
 
-    def measure_install(self, name, old, new, key, root):
-        """The delta installed as a cabinet installs it (tests/benchmarks/device_install.py)."""
+    def measure_install(self, name, old, new, key, root, changed=None):
+        """The delta installed as a cabinet installs it (tests/benchmarks/device_install.py); with
+        ``changed``, the install floor on the cabinet's disk too."""
         work = os.path.join(self.work, name, "device")
         os.makedirs(work)
         log(f"{name}: device install: bundles, a provisioned btrfs cabinet, then bundle-agent on-insert")
         try:
             install = device_install.measure(Path(work), Path(old), Path(new), self.bundle, Path(key), Path(root),
-                                             run_timed)
+                                             run_timed, changed)
         except RuntimeError as e:
             raise BenchError(f"{name}: device install: {e}")
         shutil.rmtree(work, ignore_errors=True)
@@ -805,16 +831,7 @@ class Bench:
         """The platform install floor: cp -a of the files whose content differs + SHA-256 over new."""
         d = os.path.join(self.work, "floor")
         os.makedirs(d)
-        changed, copied_bytes = [], 0
-        for dp, _, names in os.walk(new):
-            for name in names:
-                p = os.path.join(dp, name)
-                if os.path.islink(p) or not os.path.isfile(p):
-                    continue
-                rel = os.path.relpath(p, new)
-                if not same_content(os.path.join(old, rel), p):
-                    changed.append(rel)
-                    copied_bytes += os.path.getsize(p)
+        changed, copied_bytes = changed_files(old, new)
         list_path = os.path.join(d, "changed.list")
         with open(list_path, "wb") as f:
             f.write(b"".join(os.fsencode(r) + b"\0" for r in changed))
@@ -979,6 +996,21 @@ def warm_page_cache(name, *trees):
                     with open(p, "rb", buffering=0) as f:
                         while f.read(1 << 20):
                             pass
+
+
+def changed_files(old, new):
+    """``(paths, bytes)``: the regular files of new whose content differs from old's at the same path."""
+    changed, size = [], 0
+    for dp, _, names in os.walk(new):
+        for name in names:
+            p = os.path.join(dp, name)
+            if os.path.islink(p) or not os.path.isfile(p):
+                continue
+            rel = os.path.relpath(p, new)
+            if not same_content(os.path.join(old, rel), p):
+                changed.append(rel)
+                size += os.path.getsize(p)
+    return changed, size
 
 
 def same_content(a, b):

@@ -15,6 +15,7 @@ the same changes as the measured delta, plus a few unchanged stand-in files.
 import contextlib
 import json
 import os
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -63,11 +64,14 @@ def _release(path: Path, tree: Path, sequence: int) -> Path:
     return path
 
 
-def measure(work: Path, old: Path, new: Path, bundle: str, key: Path, root: Path, timed) -> dict:
+def measure(work: Path, old: Path, new: Path, bundle: str, key: Path, root: Path, timed,
+            changed: list[str] | None = None) -> dict:
     """Makes the cabinet's bundles of ``old`` and ``new`` in ``work``, provisions a fresh cabinet
     with old, then times ``on-insert`` of a stick with the delta, with ``timed(step, command,
-    log_base, ok=...)`` (bench.run_timed). Returns its wall seconds and peak RSS. Leaves no mount
-    and no loop device behind; raises RuntimeError when a step fails."""
+    log_base, cwd=..., ok=...)`` (bench.run_timed). Returns its wall seconds and peak RSS, and with
+    ``changed`` (the paths of new whose content differs from old) the install floor on the
+    cabinet's disk (:func:`_cabinet_floor`). Leaves no mount and no loop device behind; raises
+    RuntimeError when a step fails."""
     stubs = _stubs(work / "stubs")
     full, delta, stick = work / "full", work / "delta", work / "stick"
     with _overlay([stubs, old], work / "old") as old_tree, _overlay([stubs, new], work / "new") as new_tree:
@@ -99,6 +103,8 @@ def measure(work: Path, old: Path, new: Path, bundle: str, key: Path, root: Path
                             ["bundle-agent", "--sysroot", cabinet.running, "on-insert", "--json", stick],
                             str(work / "on-insert"), ok=(STAGED,))
             flags = {e["name"]: e["flags"] for e in cabinet.status()["environments"]}
+            if changed is not None:
+                install["cabinet_floor"] = _cabinet_floor(cabinet.pool() / "envs", new, changed, work, timed)
         finally:
             cabinet.unmount()
         if "T" not in flags.get("env-2", ""):
@@ -107,6 +113,31 @@ def measure(work: Path, old: Path, new: Path, bundle: str, key: Path, root: Path
     finally:
         subprocess.run(["losetup", "-d", device])
         image.unlink()
+
+
+def _cabinet_floor(envs: Path, new: Path, changed: list[str], work: Path, timed) -> dict:
+    """The install floor on the cabinet's own disk: the changed files copied over a snapshot of
+    the running environment with ``cp -a`` (the agent updates its snapshot so), one SHA-256 pass
+    over the snapshot's files (not in the page cache: a snapshot's files are other inodes, as the
+    agent's are when it checks them), then ``sync``. Seconds of each step and their sum."""
+    snapshot = envs / "floor"
+    listing = work / "changed.list"
+    listing.write_bytes(b"".join(os.fsencode(path) + b"\0" for path in changed))
+    _run("btrfs", "subvolume", "snapshot", envs / "env-1", snapshot)
+    try:
+        _run("sync")
+        seconds = {
+            "copy_s": timed("device install: floor: cp -a over a snapshot",
+                            ["xargs", "-0", "-r", "-a", listing, "cp", "-a", "--remove-destination", "--parents",
+                             "-t", snapshot], str(work / "floor-copy"), cwd=new)["wall_s"],
+            "hash_s": timed("device install: floor: sha256sum of the snapshot",
+                            ["bash", "-c", f"find {shlex.quote(str(snapshot))} -type f -print0 | xargs -0 sha256sum "
+                                           ">/dev/null"], str(work / "floor-hash"))["wall_s"],
+            "sync_s": timed("device install: floor: sync", ["sync"], str(work / "floor-sync"))["wall_s"],
+        }
+    finally:
+        _run("btrfs", "subvolume", "delete", snapshot)
+    return {**seconds, "floor_s": sum(seconds.values())}
 
 
 def _tree_bytes(tree: Path) -> int:

@@ -48,7 +48,7 @@ class WorkBudget:
     """What one install may cost the device relative to what it writes (T-WORK).
 
     A signed bundle can make a few KiB of objects cost hours: thousands of patch chunks that each
-    read a 128 MiB base region, files that take turns between two blocks so that each decodes a
+    read a 64 MiB base region, files that take turns between two blocks so that each decodes a
     16 MiB block again, or gzip recipes whose content deflates at level 9 at 0.4 MB/s (measured
     here on a two-letter random text; text deflates at 20-60 MB/s). Bytes read from base trees,
     inflated and decoded from blocks are counted, and may reach ``BYTES_PER_BYTE_WRITTEN`` times the bytes

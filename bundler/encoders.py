@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from agent.format import bsdiff, codec, elf_tables, gzip_recipe
-from agent.format.manifest import MAX_CHUNK_BYTES
+from agent.format.manifest import MAX_GUNZIP_END, MAX_GZIP_CONTENT_BYTES
 from agent.format.tree import GzipRecipe
 from bundler.vendor_only import vendor_module
 from keys.errors import Failed
@@ -310,27 +310,27 @@ class Transform:
 
 def _gzip_recipe(path: Path, size: int) -> tuple[GzipRecipe, int] | None:
     """A recipe if ``path`` is a gzip file that re-deflates bit for bit, with its content size."""
-    if size > MAX_CHUNK_BYTES:
+    if size > MAX_GZIP_CONTENT_BYTES:
         return None
     with open(path, "rb") as handle:
         if not handle.read(len(gzip_recipe.MAGIC)) == gzip_recipe.MAGIC:
             return None
         data = gzip_recipe.MAGIC + handle.read()
-    found = gzip_recipe.find_recipe(data, MAX_CHUNK_BYTES)
+    found = gzip_recipe.find_recipe(data, MAX_GZIP_CONTENT_BYTES)
     return None if found is None else (found[0], len(found[1]))
 
 
 def _gunzipped_size(path: Path) -> int | None:
     """Content size of a gzip base file, if it is one and small enough to serve as a prefix."""
     with open(path, "rb") as handle:
-        if gzip_recipe.header_length(handle.read(MAX_CHUNK_BYTES)) is None:
+        if gzip_recipe.header_length(handle.read(MAX_GZIP_CONTENT_BYTES)) is None:
             return None
         handle.seek(0)
         try:
-            content = gzip_recipe.gunzip_prefix(lambda: handle.read(1 << 20), 2 * MAX_CHUNK_BYTES + 1)
+            content = gzip_recipe.gunzip_prefix(lambda: handle.read(1 << 20), MAX_GUNZIP_END + 1)
         except ValueError:
             return None
-    return len(content) if len(content) <= 2 * MAX_CHUNK_BYTES else None
+    return len(content) if len(content) <= MAX_GUNZIP_END else None
 
 
 ET_REL = (1).to_bytes(2, "little")  # e_type of a relocatable object

@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from agent.format import bundle_dir, codec
-from agent.format.manifest import (FORMAT, MAX_CHUNK_BYTES, MAX_ENTRIES, MAX_MANIFEST_BYTES, READS, Base, Component,
-                                   Manifest, MalformedManifest, check_component, signature_comment, store, stored_json)
+from agent.format.manifest import (FORMAT, MAX_CHUNK_BYTES, MAX_ENTRIES, MAX_MANIFEST_BYTES, MAX_PREFIX_BYTES, READS,
+                                   Base, Component, Manifest, MalformedManifest, check_component, signature_comment,
+                                   store, stored_json)
 from agent.format.paths import PathError
 from agent.format.tree import FILE, SETUID_SETGID, Chunk, Entry, Prefix, tree_digest
 from agent.progress import Progress
@@ -546,4 +547,4 @@ def _encode_component(plan: _Plan, writer: VolumeWriter, options: MakeOptions, u
     return result
 
 
-assert DEFAULT_CHUNK_BYTES <= MAX_CHUNK_BYTES
+assert DEFAULT_CHUNK_BYTES <= MAX_CHUNK_BYTES and PREFIX_BYTES <= MAX_PREFIX_BYTES

@@ -94,6 +94,24 @@ def test_bytes_are_added_modulo_256_without_carries():
     assert out == bytes((a + b) % 256 for a, b in zip(region, diff))
 
 
+def test_a_long_add_is_summed_a_slice_at_a_time_in_memory_of_about_its_chunk():
+    """One control may add a whole chunk of differences: summed at once, its integers would take
+    ~6 times the chunk (tests/test_manifest_memory.py has it at the format's limits)."""
+    size = (16 << 20) + 100  # a slice's end falls inside the 256-byte pattern
+    region = bytes(range(256)) * (size // 256 + 1)
+    diff = bytes((7 * i + 200) % 256 for i in range(256)) * (size // 256 + 1)
+    expected = bytes((a + b) % 256 for a, b in zip(region[:256], diff[:256])) * (size // 256 + 1)
+    patch = _patch([(size, 0, 0)], diff[:size], b"")
+    tracemalloc.start()
+    try:
+        out = bsdiff.apply(region, patch, size)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out == expected[:size]
+    assert peak < 2 * size, f"{peak} bytes traced for a {size}-byte chunk"
+
+
 def test_a_bsdiff_object_is_the_patch_itself_not_a_frame_of_it():
     region = b"ABCDEFGH"
     patch = _patch([(4, 0, 0)], b"\0" * 4, b"")

@@ -16,7 +16,7 @@ from hypothesis import given, settings, strategies as st
 from agent.apply import StagingError, apply_component
 from agent.format import elf_tables
 from agent.format.bundle_dir import manifest_path
-from agent.format.manifest import Manifest, MalformedManifest
+from agent.format.manifest import MAX_CHUNK_BYTES, Manifest, MalformedManifest
 from agent.format.tree import tree_digest
 from agent.payload import Payload
 from agent.scan import scan_tree
@@ -214,7 +214,7 @@ def _broken(bundle: Path, change) -> Exception:
                                  "sha256": e["sha256"]}), "re-coded ELF tables come only with chunks"),
     (lambda d, e: d["components"][0].pop("base"), "only allowed in a delta"),
     (lambda d, e: e["chunks"][0]["prefix"].update(gunzip=True), "not both"),
-    (lambda d, e: e["chunks"][0]["prefix"].update(offset=elf_tables.MAX_ELF_BYTES), "must end within 67108864"),
+    (lambda d, e: e["chunks"][0]["prefix"].update(offset=elf_tables.MAX_ELF_BYTES), f"must end within {elf_tables.MAX_ELF_BYTES}"),
     (lambda d, e: d["codecs"].remove("elf-tables"), "which its codecs list does not name"),
 ])
 def test_a_manifest_breaking_the_codec_rules_is_refused(delta, change, message):
@@ -223,7 +223,9 @@ def test_a_manifest_breaking_the_codec_rules_is_refused(delta, change, message):
 
 def test_files_larger_than_the_limit_are_refused(delta):
     def larger(document, entry):
-        entry["chunks"].append(dict(entry["chunks"][-1], size=elf_tables.MAX_ELF_BYTES + 1 - entry["size"]))
+        missing = elf_tables.MAX_ELF_BYTES + 1 - entry["size"]  # in chunks within the limit of one
+        entry["chunks"] += [dict(entry["chunks"][-1], size=min(MAX_CHUNK_BYTES, missing - done))
+                            for done in range(0, missing, MAX_CHUNK_BYTES)]
         entry["size"] = elf_tables.MAX_ELF_BYTES + 1
     assert "only in files of at most" in str(_broken(delta[1], larger))
 

@@ -38,8 +38,8 @@ import zstandard
 
 from agent.format import codec, stick
 from agent.format.bundle_dir import MANIFEST, PAYLOAD
-from agent.format.manifest import (MAX_CHUNKS, MAX_ENTRIES, MAX_MANIFEST_BYTES, MAX_STORED_MANIFEST_BYTES, Base,
-                                   StoredObject)
+from agent.format.manifest import (MAX_CHUNK_BYTES, MAX_CHUNKS, MAX_ENTRIES, MAX_MANIFEST_BYTES,
+                                   MAX_STORED_MANIFEST_BYTES, Base, StoredObject)
 from agent.format.tree import Chunk, Entry, tree_digest
 from agent.state_dir import StateDir
 from agent.scan import scan_tree
@@ -778,14 +778,14 @@ def gzip_recipe_cpu_bomb(sim: StickSim) -> None:
     """An insider's changelog.gz: 48 MiB of such content with a level-9 recipe (a few KiB stored)."""
     model = d12(sim)
     entry = model.entry("platform", "usr/share/doc/cabinet/changelog.gz")
-    content = slow_to_deflate(48 << 20)
-    stored = codec.compress(content, 3)
+    content = slow_to_deflate(48 << 20)  # three chunks of one object: its 1 MiB text repeats
+    stored = codec.compress(content[:MAX_CHUNK_BYTES], 3)
     objects = [*model.objects(), (StoredObject(id=hashlib.sha256(stored).hexdigest(), offset=0, size=len(stored),
                                                encoding="zstd"), stored)]
     model.repack(objects)
     recipe = replace(entry.gzip, level=9, size=len(content), sha256=hashlib.sha256(content).hexdigest())
-    model.edit("platform", change={entry.path: dict(gzip=recipe, size=len(content) // 6,
-                                                    chunks=(Chunk(object=objects[-1][0].id, size=len(content)),))})
+    chunks = (Chunk(object=objects[-1][0].id, size=MAX_CHUNK_BYTES),) * (len(content) // MAX_CHUNK_BYTES)
+    model.edit("platform", change={entry.path: dict(gzip=recipe, size=len(content) // 6, chunks=chunks)})
 
 
 def two_manifests_beyond_one_manifest_s_limits(sim: StickSim) -> None:
@@ -978,7 +978,7 @@ CASES: list[Case] = [
          lambda s: only(s, "full-2").replace_object(block_members(s.bundle("full-2"))[0].id, bomb(1 << 30)),
          "stored object declares 1073741824 bytes", staged=True),
     Case("bomb-chunk-of-1-gib", "T-BOMB", lambda s: store_wheel(s, bomb(1 << 30), size=1 << 30),
-         "chunk size must be 1..67108864"),
+         f"chunk size must be 1..{MAX_CHUNK_BYTES}"),
     Case("manifest-over-32-mib", "T-EXHAUST", lambda s: setattr(d12(s), "stored", os.urandom((32 << 20) + 1)),
          f"manifest is larger than the {MAX_STORED_MANIFEST_BYTES}-byte limit"),
     Case("manifest-bomb-100-mib", "T-BOMB", lambda s: setattr(d12(s), "stored", bomb(100 << 20, b" ")),

@@ -14,18 +14,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from agent.format.manifest import MAX_CHUNKS, MAX_ENTRIES, MAX_MANIFEST_BYTES, MAX_STORED_MANIFEST_BYTES
-from agent.format.tree import Entry, tree_digest
+from agent.format import bsdiff, codec, elf_tables
+from agent.format.manifest import (MAX_CHUNK_BYTES, MAX_CHUNKS, MAX_ENTRIES, MAX_MANIFEST_BYTES, MAX_PREFIX_BYTES,
+                                   MAX_STORED_MANIFEST_BYTES, MAX_STORED_OBJECT_BYTES, MAX_VOLUME_BYTES, StoredObject)
+from agent.format.tree import Chunk, Entry, Prefix, tree_digest
 from bundler import make
 from bundler.release import load_release
 from tests.sim.device import STAGED, Cabinet
-from tests.sim.stick import StickSim
+from tests.sim.elf import relocatable
+from tests.sim.stick import StickSim, file_entry
 from tests.sim.summary import count_summary
 from tests.sim.tools import BIN
 
@@ -107,9 +111,10 @@ def largest_manifest(document: dict, kind: str) -> tuple[bytes, bytes]:
     return data + b" " * (MAX_MANIFEST_BYTES - len(data)), added
 
 
-def stick_with_largest_manifest(world, path: Path, kind: str, **changes) -> Path:
-    """A stick with d12 grown by ``largest_manifest``, its top level then changed by ``changes``."""
-    sim = StickSim(world)
+def stick_with_largest_manifest(world, path: Path, kind: str, sim: StickSim | None = None, **changes) -> Path:
+    """A stick with d12 (``sim``'s, as it may have been changed) grown by ``largest_manifest``, its
+    top level then changed by ``changes``."""
+    sim = sim or StickSim(world)
     model = sim.bundle("d12")
     document = json.loads(model.manifest.to_bytes())
     document.update(changes)
@@ -141,13 +146,66 @@ def on_insert_peak(cabinet: Cabinet, medium: Path, report: Path) -> tuple[int, i
     return code, peak, result.stdout + result.stderr
 
 
-def test_the_largest_manifest_is_installed_in_under_256_mib(world, cabinet, tmp_path):
-    medium = stick_with_largest_manifest(world, tmp_path / "stick", "dir")
+def files_at_the_chunk_limits(model, base_tree: Path) -> list[tuple[str, bytes]]:
+    """Add to d12's platform delta the costliest chunks to decode (MAX_CHUNK_BYTES of random
+    bytes each, so their stored objects are as large), their base files written in ``base_tree``: a
+    zstd-patch against a region of MAX_PREFIX_BYTES, a bsdiff patch of one ``add`` as long as the
+    chunk against that region, and a MAX_ELF_BYTES module carried with its tables re-coded (the
+    device holds the re-coded base and the file being rebuilt). Returns the new files' paths and
+    bytes."""
+    rng = random.Random(7)
+    region = rng.randbytes(MAX_PREFIX_BYTES)
+    (base_tree / "limits-region.bin").write_bytes(region)
+    code_bytes = elf_tables.MAX_ELF_BYTES - (1 << 20)  # room for the tables and headers
+    tables = [(16 * n, 1, 2, -4) for n in range(1000)], [(1, 0x12, 1, 0, 64)], b"\0f\0"
+    base_module = relocatable(rng.randbytes(code_bytes), *tables)
+    new_module = relocatable(rng.randbytes(code_bytes), *tables)
+    assert len(new_module) <= elf_tables.MAX_ELF_BYTES and elf_tables.tables(new_module)
+    (base_tree / "limits-base.ko").write_bytes(base_module)
+
+    objects, files = [], []
+
+    def chunk(stored: bytes, encoding: str, size: int, prefix: Prefix) -> Chunk:
+        assert len(stored) <= MAX_STORED_OBJECT_BYTES
+        object_id = hashlib.sha256(stored).hexdigest()
+        objects.append((StoredObject(id=object_id, offset=0, size=len(stored), encoding=encoding), stored))
+        return Chunk(object=object_id, size=size, prefix=prefix)
+
+    whole_region = Prefix("limits-region.bin", 0, MAX_PREFIX_BYTES)
+    content = rng.randbytes(MAX_CHUNK_BYTES)
+    files.append(("limits-patched.bin", content,
+                  (chunk(codec.compress(content, 1, region), "zstd-patch", MAX_CHUNK_BYTES, whole_region),)))
+    patch = bsdiff.pack([(MAX_CHUNK_BYTES, 0, 0)], rng.randbytes(MAX_CHUNK_BYTES), b"")
+    files.append(("limits-bsdiff.bin", bsdiff.apply(region, patch, MAX_CHUNK_BYTES),
+                  (chunk(patch, "bsdiff", MAX_CHUNK_BYTES, whole_region),)))
+    recoded_base, recoded_new = bytearray(base_module), bytearray(new_module)
+    elf_tables.encode(recoded_base)
+    elf_tables.encode(recoded_new)
+    module_region = Prefix("limits-base.ko", 0, len(base_module), elf_tables=True)
+    pieces = [recoded_new[at:at + MAX_CHUNK_BYTES] for at in range(0, len(recoded_new), MAX_CHUNK_BYTES)]
+    files.append(("limits.ko", new_module, tuple(
+        chunk(codec.compress(piece, 1, recoded_base), "zstd-patch", len(piece), module_region) for piece in pieces)))
+    model.repack([*model.objects(), *objects], volume_size=MAX_VOLUME_BYTES)
+    model.edit("platform", add=[file_entry(path, data, chunks=chunks, elf_tables=path.endswith(".ko"))
+                                for path, data, chunks in files])
+    return [(path, data) for path, data, _ in files]
+
+
+def test_the_largest_manifest_with_chunks_at_every_limit_is_installed_in_under_256_mib(world, cabinet, tmp_path):
+    sim = StickSim(world)
+    model = sim.bundle("d12")
+    base_tree = cabinet.environments_dir / "env-1" / "platform"
+    written = files_at_the_chunk_limits(model, base_tree)
+    medium = stick_with_largest_manifest(world, tmp_path / "stick", "dir", sim=sim)
     code, peak, output = on_insert_peak(cabinet, medium, tmp_path / "peak")
-    count_summary("memory-installed", "largest manifest installed: peak RSS {mib} MiB", mib=peak >> 20)
+    count_summary("memory-installed", "largest manifest and chunks at the limits installed: peak RSS {mib} MiB",
+                  mib=peak >> 20)
     assert peak < PEAK_LIMIT, f"peak RSS {peak >> 20} MiB:\n{output[-2000:]}"
     assert code == STAGED and f"staged game/fortune-wheel, game/lucky-sevens, {GAME}, platform in env-2" in output, output
     assert cabinet.status()["pending"]["environment"] == "env-2"
+    staged = cabinet.environments_dir / "env-2" / "platform"
+    for path, data in written:
+        assert (staged / path).read_bytes() == data, path
 
 
 def test_the_costliest_listing_to_parse_is_refused_later_in_under_256_mib(world, cabinet, tmp_path):

@@ -32,6 +32,9 @@ MAX_NUMBER = (1 << 63) - 1  # of a control: offsets and lengths are 64-bit in bs
 # applying it, so it never stores one a device would refuse.
 BYTES_PER_CONTROL = 16
 FREE_CONTROLS = 16
+# An ``add`` is summed this much at a time: its integers take ~6 times what they sum, which for
+# one ``add`` of a whole chunk would be ~100 MiB (T-EXHAUST).
+ADD_SLICE = 1 << 20
 
 
 class PatchError(ValueError):
@@ -86,12 +89,14 @@ def apply(region: bytes | memoryview, patch: bytes, size: int) -> bytearray:
     if total_add + total_copy != size or numbers.position + size != len(patch):
         raise PatchError("a bsdiff patch's controls do not match its bytes and its chunk's size")
     diff_at, extra_at = numbers.position, numbers.position + total_add
-    out = bytearray()
+    out, extras = bytearray(), memoryview(patch)  # extra bytes are appended uncopied
     old = 0
     for add, copy, seek in _controls(patch, count, first):
         if old < 0 or old + add > len(region):
             raise PatchError("a bsdiff patch reads outside its base region")
-        out += _add(region[old:old + add], patch[diff_at:diff_at + add])
-        out += patch[extra_at:extra_at + copy]
+        for at in range(0, add, ADD_SLICE):
+            piece = min(ADD_SLICE, add - at)
+            out += _add(region[old + at:old + at + piece], patch[diff_at + at:diff_at + at + piece])
+        out += extras[extra_at:extra_at + copy]
         diff_at, extra_at, old = diff_at + add, extra_at + copy, old + add + seek
     return out  # not a copy: the chunk is held once

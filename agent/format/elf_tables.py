@@ -23,7 +23,10 @@ from array import array
 from itertools import accumulate
 from typing import Callable
 
-MAX_ELF_BYTES = 64 << 20  # held whole while re-coded, on the device as in the bundler
+# Held whole while re-coded, on the device as in the bundler, twice at once (the base file for a
+# region and the file being rebuilt): 32 MiB each keeps a device's chunk within its budget
+# (manifest.py MAX_CHUNK_BYTES). The largest kernel module, amdgpu.ko, is 19.4 MB.
+MAX_ELF_BYTES = 32 << 20
 SLICE_ROWS = 1 << 16  # rows re-coded at once
 ADDEND_SYMBOLS = 1 << 20  # symbol indexes whose last addend is remembered: 8 MiB at most
 _HEADER_BYTES = 64
@@ -205,4 +208,6 @@ def base_content(read_block: Callable[[], bytes], start: int, end: int) -> bytea
         if len(data) > MAX_ELF_BYTES:
             raise ValueError(f"the base file is larger than {MAX_ELF_BYTES} bytes")
     encode(data)
-    return data[start:end]
+    del data[end:]  # in place: a slice would copy the region beside the whole file
+    del data[:start]
+    return data

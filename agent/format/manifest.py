@@ -39,7 +39,7 @@ READS = (2, 3)
 # T-EXHAUST: the agent must stay under 256 MiB of RSS with any manifest these limits allow
 # (docs/FORMAT.md, "Limits"; tests/test_manifest_memory.py). Parsed, a manifest costs up to
 # ~3.5 bytes per byte of JSON, and an entry up to ~400 bytes however short; staging scans each
-# staged entry for ~900 more (agent/scan.py). The largest one, staged, peaks at ~205 MiB. A real
+# staged entry for ~700 more (agent/scan.py). The largest one, staged, peaks at ~180 MiB. A real
 # tree needs ~250 bytes of JSON per entry: 100,000 entries fit, 8 times a platform's 11,846.
 MAX_MANIFEST_BYTES = 32 << 20  # decompressed; also its text's size in memory (strict_json.decode)
 MAX_STORED_MANIFEST_BYTES = 16 << 20  # held for the whole install: what its signatures cover
@@ -50,7 +50,14 @@ MANIFEST_LEVEL = 19
 MANIFEST_SEARCH = (3, 23)
 MAX_ENTRIES = 100_000  # in all components together; objects and removed paths likewise
 MAX_CHUNKS = 65_536  # of one file (512 GiB in the bundler's 8 MiB chunks): an entry is read whole
-MAX_CHUNK_BYTES = codec.MAX_DECODED_BYTES  # bounds the device's decode buffers
+# What one chunk may hold the device to, at most (T-EXHAUST): its base region, its stored
+# object and its decoded bytes, 64 + 17 + 16 MiB, on top of the largest manifest's ~105 MiB while
+# files are written (tests/test_manifest_memory.py). The bundler's own are 48 + 8.5 + 8 MiB.
+MAX_CHUNK_BYTES = 16 << 20
+MAX_STORED_OBJECT_BYTES = MAX_CHUNK_BYTES + (MAX_CHUNK_BYTES >> 4)  # a zstd frame may exceed its content
+MAX_PREFIX_BYTES = 64 << 20
+MAX_GUNZIP_END = 128 << 20  # how far the device gunzips a base file for a region (T-BOMB, T-WORK)
+MAX_GZIP_CONTENT_BYTES = 64 << 20  # re-deflated as it is decoded: bounds the CPU, not memory
 MAX_VOLUME_BYTES = (4 << 30) - 1  # FAT32's file size limit
 MAX_VOLUMES = 10_000
 MAX_IDS = 256  # hardware models, target serials, downgrade sequences
@@ -555,8 +562,8 @@ def _gzip_from_json(value: dict, context: str) -> GzipRecipe:
     if not 1 <= level <= 9:
         raise JSONShapeError(f"{context}: gzip level must be 1..9")
     size = _count(field(value, "size", int, context=context), f"{context}: gzip size")
-    if size > MAX_CHUNK_BYTES:  # the content is rebuilt in one pass; keep it bounded
-        raise JSONShapeError(f"{context}: gzip content larger than {MAX_CHUNK_BYTES} bytes")
+    if size > MAX_GZIP_CONTENT_BYTES:  # the content is rebuilt in one pass; keep it bounded
+        raise JSONShapeError(f"{context}: gzip content larger than {MAX_GZIP_CONTENT_BYTES} bytes")
     shape = None
     if "shape" in value:
         shape = _hex_field(value, "shape", deflate.shape_from_bytes, context,
@@ -632,11 +639,11 @@ def _chunk_from_json(value: Any, context: str, ids: dict[str, str]) -> Chunk:
                         offset=_count(field(raw, "offset", int, context=context), "prefix offset"),
                         length=_count(field(raw, "length", int, context=context), "prefix length"),
                         gunzip=gunzip, elf_tables=elf)
-        if not 0 < prefix.length <= 2 * MAX_CHUNK_BYTES:
-            raise JSONShapeError(f"{context}: prefix length must be 1..{2 * MAX_CHUNK_BYTES}")
-        if prefix.gunzip and prefix.offset + prefix.length > 2 * MAX_CHUNK_BYTES:
+        if not 0 < prefix.length <= MAX_PREFIX_BYTES:
+            raise JSONShapeError(f"{context}: prefix length must be 1..{MAX_PREFIX_BYTES}")
+        if prefix.gunzip and prefix.offset + prefix.length > MAX_GUNZIP_END:
             # The device gunzips the base up to offset + length: keep that bounded (T-BOMB).
-            raise JSONShapeError(f"{context}: a gunzip prefix must end within {2 * MAX_CHUNK_BYTES} bytes")
+            raise JSONShapeError(f"{context}: a gunzip prefix must end within {MAX_GUNZIP_END} bytes")
         if prefix.elf_tables and prefix.offset + prefix.length > elf_tables.MAX_ELF_BYTES:
             # The device re-codes the whole base file, held in memory.
             raise JSONShapeError(f"{context}: an elf_tables prefix must end within {elf_tables.MAX_ELF_BYTES} bytes")
@@ -652,8 +659,8 @@ def _object_from_json(value: Any) -> StoredObject:
     if encoding is None:
         raise JSONShapeError(f"object encoding must be one of {ENCODINGS}")
     size = _count(field(value, "size", int, context="object"), "object size")
-    if not 0 < size <= MAX_CHUNK_BYTES + (MAX_CHUNK_BYTES >> 4):
-        raise JSONShapeError("object size is out of range")
+    if not 0 < size <= MAX_STORED_OBJECT_BYTES:
+        raise JSONShapeError(f"object size must be 1..{MAX_STORED_OBJECT_BYTES}")
     block = value.get("block")
     return StoredObject(id=_sha256(field(value, "id", str, context="object"), "object id"),
                         offset=_count(field(value, "offset", int, context="object"), "object offset"),

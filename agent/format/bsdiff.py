@@ -32,8 +32,8 @@ MAX_NUMBER = (1 << 63) - 1  # of a control: offsets and lengths are 64-bit in bs
 # applying it, so it never stores one a device would refuse.
 BYTES_PER_CONTROL = 16
 FREE_CONTROLS = 16
-# An ``add`` is summed this much at a time: its integers take ~6 times what they sum, which for
-# one ``add`` of a whole chunk would be ~100 MiB (T-EXHAUST).
+# An ``add`` is summed this much at a time: its integers take ~9 times what they sum, which for
+# one ``add`` of a whole 16 MiB chunk was ~150 MiB (T-EXHAUST; tests/test_bsdiff_codec.py).
 ADD_SLICE = 1 << 20
 
 

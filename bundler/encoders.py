@@ -323,7 +323,7 @@ def _gzip_recipe(path: Path, size: int) -> tuple[GzipRecipe, int] | None:
 def _gunzipped_size(path: Path) -> int | None:
     """Content size of a gzip base file, if it is one and small enough to serve as a prefix."""
     with open(path, "rb") as handle:
-        if gzip_recipe.header_length(handle.read(MAX_GZIP_CONTENT_BYTES)) is None:
+        if gzip_recipe.header_length(handle.read(gzip_recipe.MAX_HEADER_BYTES)) is None:  # all a header may take
             return None
         handle.seek(0)
         try:

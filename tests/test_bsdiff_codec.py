@@ -96,7 +96,7 @@ def test_bytes_are_added_modulo_256_without_carries():
 
 def test_a_long_add_is_summed_a_slice_at_a_time_in_memory_of_about_its_chunk():
     """One control may add a whole chunk of differences: summed at once, its integers would take
-    ~6 times the chunk (tests/test_manifest_memory.py has it at the format's limits)."""
+    ~9 times the chunk (tests/test_manifest_memory.py has it at the format's limits)."""
     size = (16 << 20) + 100  # a slice's end falls inside the 256-byte pattern
     region = bytes(range(256)) * (size // 256 + 1)
     diff = bytes((7 * i + 200) % 256 for i in range(256)) * (size // 256 + 1)

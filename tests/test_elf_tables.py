@@ -214,7 +214,8 @@ def _broken(bundle: Path, change) -> Exception:
                                  "sha256": e["sha256"]}), "re-coded ELF tables come only with chunks"),
     (lambda d, e: d["components"][0].pop("base"), "only allowed in a delta"),
     (lambda d, e: e["chunks"][0]["prefix"].update(gunzip=True), "not both"),
-    (lambda d, e: e["chunks"][0]["prefix"].update(offset=elf_tables.MAX_ELF_BYTES), f"must end within {elf_tables.MAX_ELF_BYTES}"),
+    (lambda d, e: e["chunks"][0]["prefix"].update(offset=elf_tables.MAX_ELF_BYTES),
+     f"must end within {elf_tables.MAX_ELF_BYTES}"),
     (lambda d, e: d["codecs"].remove("elf-tables"), "which its codecs list does not name"),
 ])
 def test_a_manifest_breaking_the_codec_rules_is_refused(delta, change, message):

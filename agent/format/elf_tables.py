@@ -114,16 +114,40 @@ def _sums(differences: list[int], before: int, mask: int) -> list[int]:
 
 def _by_key(keys: list[int], values: list[int], last: array, forward: bool) -> list[int]:
     """Each value as its difference from the last one with the same key (or back); ``last`` holds
-    those for keys below its length and is updated. A value whose key is beyond it stays as it is."""
-    recoded = []
+    those for keys below its length and is updated. A value whose key is beyond it stays as it is.
+
+    The loop runs once per row of every table of every module (the kernel pair: ~11 million on
+    the device), so a slice whose keys all lie below ``len(last)`` - nearly every one - takes a
+    loop without the test."""
+    recoded: list[int] = []
+    append = recoded.append
+    if max(keys, default=0) < len(last):
+        if forward:
+            for key, value in zip(keys, values):
+                previous = last[key]
+                last[key] = value
+                append((value - previous) & _M64)
+        else:
+            for key, value in zip(keys, values):
+                last[key] = value = (value + last[key]) & _M64
+                append(value)
+        return recoded
     for key, value in zip(keys, values):
         if key < len(last):
             if forward:
                 value, last[key] = (value - last[key]) & _M64, value
             else:
                 value = last[key] = (value + last[key]) & _M64
-        recoded.append(value)
+        append(value)
     return recoded
+
+
+def _grown(last: array, keys: list[int], limit: int) -> None:
+    """Grows ``last`` with zeros to cover ``keys``, up to ``limit`` entries: tables start empty,
+    as an array of the most they could need cost a page fault per 4 KiB on every table."""
+    wanted = min(max(keys) + 1, limit)
+    if wanted > len(last):
+        last.frombytes(bytes(8 * (wanted - len(last))))
 
 
 class _Relocations:
@@ -152,11 +176,8 @@ class _Relocations:
             words[1::3] = array("Q", [symbol << 32 | kind for symbol, kind in zip(symbols, kinds)])
             self.offset = decoded[-1]
         self.symbol = symbols[-1]
-        last = self.addends
-        wanted = min(max(symbols) + 1, ADDEND_SYMBOLS)
-        if wanted > len(last):
-            last.frombytes(bytes(8 * (wanted - len(last))))
-        words[2::3] = array("Q", _by_key(symbols, addends, last, forward))
+        _grown(self.addends, symbols, ADDEND_SYMBOLS)
+        words[2::3] = array("Q", _by_key(symbols, addends, self.addends, forward))
 
 
 class _Symbols:
@@ -165,7 +186,7 @@ class _Symbols:
 
     def __init__(self) -> None:
         self.name = 0
-        self.values = array("Q", bytes(8 << 16))  # the last value in each of the 65,536 sections
+        self.values = array("Q")  # the last value in each section (st_shndx: at most 65,536)
 
     def recode(self, words: array, forward: bool) -> None:
         firsts, values = words[0::3].tolist(), words[1::3].tolist()
@@ -173,7 +194,9 @@ class _Symbols:
         recoded_names = (_differences if forward else _sums)(names, self.name, _M32)
         self.name = (names if forward else recoded_names)[-1]
         words[0::3] = array("Q", [first & _NAME_MASK | name for first, name in zip(firsts, recoded_names)])
-        words[1::3] = array("Q", _by_key([first >> 48 for first in firsts], values, self.values, forward))
+        sections = [first >> 48 for first in firsts]
+        _grown(self.values, sections, 1 << 16)
+        words[1::3] = array("Q", _by_key(sections, values, self.values, forward))
 
 
 class Rebuilder:

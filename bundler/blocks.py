@@ -24,9 +24,10 @@ BLOCK_BYTES = codec.MAX_BLOCK_BYTES
 
 
 class BlockPacker:
-    """``add`` members; ``compress(content)`` is the block's frame, computed in the future it returns."""
+    """``add`` members; ``compress(content, last)`` is the block's frame, computed in the future it
+    returns; ``last`` is true for the block :meth:`flush` seals, the last one of its component."""
 
-    def __init__(self, writer: VolumeWriter, compress: Callable[[bytes], Future]):
+    def __init__(self, writer: VolumeWriter, compress: Callable[[bytes, bool], Future]):
         self._writer, self._compress = writer, compress
         self._open: list[tuple[str, int, str]] = []  # id, size, encoding of each member
         self._content: list[bytes] = []
@@ -49,9 +50,9 @@ class BlockPacker:
             self._size += len(data)
         return object_id
 
-    def _seal(self) -> None:
+    def _seal(self, last: bool = False) -> None:
         if self._open:
-            self._sealed.append((self._compress(b"".join(self._content)), self._open))
+            self._sealed.append((self._compress(b"".join(self._content), last), self._open))
             self._open, self._content, self._size = [], [], 0
         while len(self._sealed) > 1:  # the one before the last: the latest may still be compressing
             self._write_oldest()
@@ -62,6 +63,6 @@ class BlockPacker:
 
     def flush(self) -> None:
         """Write every block, the open one too: all members are then listed."""
-        self._seal()
+        self._seal(last=True)
         while self._sealed:
             self._write_oldest()

@@ -71,7 +71,8 @@ class Encoder:
     in_block: bool = False
 
 
-def compress(data: bytes, level: int, prefix: bytes | None = None, tick: Tick | None = None) -> bytes:
+def compress(data: bytes, level: int, prefix: bytes | None = None, tick: Tick | None = None,
+             window_log: int | None = None) -> bytes:
     """The frame ``agent.format.codec.compress`` makes, byte for byte; without a prefix it is fed
     to libzstd ``STREAM_PIECE`` bytes at a time so that ``tick`` hears of the progress (and may
     stop it). Same parameters, same frame (tests/test_codecs.py).
@@ -83,12 +84,12 @@ def compress(data: bytes, level: int, prefix: bytes | None = None, tick: Tick | 
     if not 0 < len(data) <= codec.MAX_DECODED_BYTES:
         raise ValueError(f"a frame holds 1 to {codec.MAX_DECODED_BYTES} bytes, not {len(data)}")
     if prefix is not None or len(data) <= STREAM_PIECE:
-        stored = codec.compress(data, level, prefix)
+        stored = codec.compress(data, level, prefix, window_log=window_log)
         if tick is not None:
             tick(len(data))
         return stored
     lib, ffi = codec._lib, codec._ffi
-    cctx, _ = codec.compression_context(level, len(data))
+    cctx, _ = codec.compression_context(level, len(data), window_log=window_log)
     try:
         codec._check(lib.ZSTD_CCtx_setPledgedSrcSize(cctx, len(data)), "zstd size")
         # The data stays where it is while it is fed: libzstd reads it there instead of copying
@@ -182,15 +183,19 @@ BSDIFF = Encoder("bsdiff", _bsdiff, patch=True, in_block=True)
 ENCODERS: dict[str, Encoder] = {e.name: e for e in (RAW, ZSTD, ZSTD_PATCH, BSDIFF)}
 
 
-def memory_needed(size: int, region: int, level: int) -> int:
+def memory_needed(size: int, region: int, level: int, window_log: int | None = None) -> int:
     """Bytes of memory an encoding of a ``size``-byte chunk against a ``region``-byte base region
     may hold at its peak: the chunk, the region, their frames and the largest libzstd context
     (its match tables: 81 MiB at level 19 past a few MiB, whatever the window; a patch's
     long-distance matcher adds its own, agent/format/codec.py ldm_hash_log), or a bsdiff's
-    suffix array, 17 bytes per region byte."""
+    suffix array, 17 bytes per region byte. A frame whose window is held to ``window_log`` has
+    tables libzstd shrinks to fit it: 49 MiB at level 19 with a 4 MiB window."""
     lib = codec._lib
     parameters = lib.ZSTD_getCParams(level, size, region)
     parameters.windowLog = codec._window_log(size + region)
+    if window_log is not None and window_log < parameters.windowLog:
+        parameters.windowLog = window_log
+        parameters = lib.ZSTD_adjustCParams(parameters, size, region)
     context = lib.ZSTD_estimateCCtxSize_usingCParams(parameters)  # leaves long-distance matching out
     if region:
         context += LDM_ENTRY_BYTES << codec.ldm_hash_log(level, size, region)

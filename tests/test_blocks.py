@@ -9,17 +9,19 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from agent.format import codec
 from agent.format.manifest import Manifest
-from bundler import encoders
+from bundler import encoders, make
 from bundler.blocks import BLOCK_BYTES, BlockPacker
+from bundler.make import SOLID_CONTENT_BYTES
 from bundler.volumes import VolumeWriter
 from tests.sim.releases import put, write_release
 from tests.sim.tools import run_cli
 
 
-def _done(content: bytes) -> Future:
+def _done(content: bytes, last: bool) -> Future:
     future: Future = Future()
     future.set_result(codec.compress(content, 3))
     return future
@@ -121,3 +123,28 @@ def test_a_delta_with_blocks_applies_to_exactly_the_new_tree(cli, trust, module_
     result = cli("bundle", "verify", root / "delta", "--root", trust.root, "--base",
                  f"platform={root / 'r1/platform'}", "--work-dir", tmp_path)
     assert "every file matches" in result.stdout
+
+
+def test_the_last_block_has_a_small_window_so_it_is_compressed_beside_the_one_before(cli, trust, tmp_path):
+    """A component's last two blocks are compressed after its other encodings. The last one's
+    window (make.LAST_BLOCK_WINDOW_LOG) lets its tables fit the budget beside the one before's,
+    where a full window made one wait for the other; the other blocks keep their full window."""
+    write_release(tmp_path / "r1", {"platform": ("1", 1)})
+    words = [f"reel{number}" for number in range(500)]
+    for number in range(28):  # new content of 1 MiB a file that compresses: stored raw in blocks
+        rng = random.Random(number)
+        put(tmp_path / "r1/platform", f"share/paytable-{number:02}.txt",
+            " ".join(rng.choices(words, k=300_000)).encode()[:SOLID_CONTENT_BYTES])
+    cli("bundle", "make", "--release", tmp_path / "r1/release.toml", "--key", trust.key("rel1"),
+        "--key", trust.key("rel2"), "--out", tmp_path / "full", "--level", "3")
+    manifest = Manifest.from_stored((tmp_path / "full/manifest.json.zst").read_bytes())
+    payload = b"".join((tmp_path / "full/payload" / v.name).read_bytes() for v in manifest.volumes)
+    blocks = [o for o in manifest.objects if o.encoding == "block"]
+    windows = [zstandard.get_frame_parameters(payload[b.offset:b.offset + b.size]).window_size for b in blocks]
+    assert windows == [16 << 20, 1 << make.LAST_BLOCK_WINDOW_LOG]  # 16 members of 1 MiB, then 12
+    result = cli("bundle", "verify", tmp_path / "full", "--root", trust.root, "--apply", "--work-dir", tmp_path)
+    assert "every file matches" in result.stdout
+    # The two final blocks of the platform pair (12.4 and 9.2 MiB) fit the budget together only so.
+    before, last = encoders.memory_needed(12 << 20, 0, 19), 9 << 20
+    assert before + encoders.memory_needed(last, 0, 19, make.LAST_BLOCK_WINDOW_LOG) <= make.ENCODING_MEMORY_BYTES
+    assert before + encoders.memory_needed(last, 0, 19) > make.ENCODING_MEMORY_BYTES

@@ -82,13 +82,16 @@ def ldm_hash_log(level: int, size: int, prefix_size: int) -> int:
     return max(LDM_HASH_LOG_MIN, min(window - (7 - parameters.strategy // 3), LDM_HASH_LOG_MAX))
 
 
-def compression_parameters(level: int, size: int, prefix_size: int = 0,
-                           search: tuple[int, int] | None = None) -> tuple[tuple[int, int], ...]:
+def compression_parameters(level: int, size: int, prefix_size: int = 0, search: tuple[int, int] | None = None,
+                           window_log: int | None = None) -> tuple[tuple[int, int], ...]:
     """``(parameter, value)`` of every frame the bundler makes: content size in the header, no
-    checksum (objects are hashed), a window that covers prefix + data, and for a patch long-distance
-    matching with the table of :func:`ldm_hash_log`. ``search`` is ``(searchLog, chainLog)`` in
-    place of the level's, for a frame whose time matters more than its last bytes."""
+    checksum (objects are hashed), a window that covers prefix + data (or at most ``window_log``),
+    and for a patch long-distance matching with the table of :func:`ldm_hash_log`. ``search`` is
+    ``(searchLog, chainLog)`` in place of the level's, for a frame whose time matters more than
+    its last bytes."""
     window = _window_log(size + prefix_size)
+    if window_log is not None:
+        window = min(window, window_log)
     patch = prefix_size > 0
     parameters = [(_lib.ZSTD_c_compressionLevel, level), (_lib.ZSTD_c_windowLog, window),
                   (_lib.ZSTD_c_enableLongDistanceMatching, 1 if patch else 0),
@@ -101,7 +104,7 @@ def compression_parameters(level: int, size: int, prefix_size: int = 0,
 
 
 def compression_context(level: int, size: int, prefix: bytes | memoryview | None = None,
-                        search: tuple[int, int] | None = None):
+                        search: tuple[int, int] | None = None, window_log: int | None = None):
     """A libzstd compression context set with :func:`compression_parameters` and referring to
     ``prefix``, and the cffi buffer of the prefix, which must stay alive as long as the context.
     Free the context with ``ZSTD_freeCCtx``."""
@@ -110,7 +113,7 @@ def compression_context(level: int, size: int, prefix: bytes | memoryview | None
         raise MemoryError("libzstd could not allocate a compression context")
     try:
         for parameter, value in compression_parameters(level, size, len(prefix) if prefix is not None else 0,
-                                                       search):
+                                                       search, window_log):
             _check(_lib.ZSTD_CCtx_setParameter(cctx, parameter, value), "zstd parameter")
         prefix_buffer = None
         if prefix is not None and len(prefix):
@@ -129,13 +132,13 @@ def output_buffer(capacity: int):
 
 
 def compress(data: bytes | memoryview, level: int, prefix: bytes | memoryview | None = None,
-             search: tuple[int, int] | None = None) -> bytes:
+             search: tuple[int, int] | None = None, window_log: int | None = None) -> bytes:
     """One zstd frame of ``data`` (:func:`compression_parameters`).
 
     With ``prefix`` the frame may refer back into it and needs the same prefix to decode.
     """
     assert 0 < len(data) <= MAX_DECODED_BYTES
-    cctx, prefix_buffer = compression_context(level, len(data), prefix, search)  # noqa: F841 (kept alive)
+    cctx, prefix_buffer = compression_context(level, len(data), prefix, search, window_log)  # noqa: F841 (kept alive)
     try:
         source = _ffi.from_buffer(data)
         capacity = _lib.ZSTD_compressBound(len(data))

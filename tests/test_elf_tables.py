@@ -20,6 +20,7 @@ from agent.format.manifest import MAX_CHUNK_BYTES, Manifest, MalformedManifest
 from agent.format.tree import tree_digest
 from agent.payload import Payload
 from agent.scan import scan_tree
+from tests.fuzz import fuzz_formats
 from tests.sim.elf import module, relocatable
 from tests.sim.releases import put, write_release
 from tests.sim.tools import run_cli
@@ -88,6 +89,21 @@ def test_any_bytes_are_restored_exactly(tail, head):
     base[:len(head)] = head[:64]
     data = bytes(base) + tail
     assert _restored(_recoded(data)) == data
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 50), damage=st.lists(st.tuples(st.integers(0, 1 << 14), st.binary(min_size=1, max_size=8)),
+                                             max_size=8), piece=st.integers(1, 4096), start=st.integers(0, 4096))
+def test_a_damaged_module_is_restored_rebuilt_and_cut_like_any_file(seed, damage, piece, start):
+    """A bundle's content or a base file need not be the ELF file its header says: header fields,
+    section headers and rows overwritten anywhere. The device's rebuild and its base region behave
+    as for a well-formed module (tests/fuzz/fuzz_formats.py, elf_tables_codec, explores further)."""
+    data = bytearray(module(seed, edits=2, rows=60))
+    for at, patch in damage:
+        at %= len(data)
+        data[at:at + len(patch)] = patch[:len(data) - at]
+    fuzz_formats.elf_tables_codec((piece - 1).to_bytes(4, "little") + start.to_bytes(4, "little")
+                                  + (300).to_bytes(4, "little") + bytes(data))
 
 
 def test_slices_do_not_change_the_encoding_and_high_symbols_keep_their_addends(monkeypatch):

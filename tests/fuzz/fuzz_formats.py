@@ -32,7 +32,7 @@ if str(REPO) not in sys.path:  # run as a script: make `tests` importable for th
     sys.path.insert(0, str(REPO))
 
 from agent import medium
-from agent.format import codec, gzip_recipe, paths, stick  # noqa: E402
+from agent.format import codec, elf_tables, gzip_recipe, paths, stick  # noqa: E402
 from agent.format.manifest import ENCODINGS, MalformedManifest, Manifest  # noqa: E402
 from agent.medium import read_bundle  # noqa: E402
 from keys.detached import load_root_candidate  # noqa: E402
@@ -98,6 +98,29 @@ def delta_decoder(data: bytes) -> None:
     except codec.CorruptObject:
         return
     assert len(decoded) == size
+
+
+def elf_tables_codec(data: bytes) -> None:
+    """piece size, a base range, then a file's content (any bytes: a bundle's new content, a base
+    file that is not what its header says). Re-coding and back gives the same bytes; a device
+    rebuilds content of the file's size and cuts a base region of the range's."""
+    given = _Input(data)
+    piece, start, length = 1 + given.number(1 << 12), given.number(1 << 12), given.number(1 << 12)
+    content = given.data
+    recoded = bytearray(content)
+    elf_tables.encode(recoded)
+    restored = bytearray(recoded)
+    elf_tables.decode(restored)
+    assert restored == content and len(recoded) == len(content)
+    written: list[bytes] = []
+    rebuilder = elf_tables.Rebuilder(len(content), written.append)
+    for at in range(0, len(content), piece):
+        rebuilder.feed(content[at:at + piece])
+    rebuilder.finish()
+    assert len(b"".join(written)) == len(content)
+    pieces = [content[at:at + piece] for at in range(0, len(content), piece)]
+    region = elf_tables.base_content(lambda: pieces.pop(0) if pieces else b"", start, start + length)
+    assert region == recoded[start:start + length]
 
 
 def gzip_recipes(data: bytes) -> None:
@@ -235,7 +258,7 @@ def minisign_files(data: bytes) -> None:
 
 
 TARGETS = [manifest_json, manifest_stored, delta_decoder, gzip_recipes, gunzip_prefix, path_rules, stick_names,
-           stick_layout, trust_root, minisign_files]
+           stick_layout, trust_root, minisign_files, elf_tables_codec]
 
 
 def one_input(data: bytes) -> None:
@@ -248,6 +271,7 @@ def one_input(data: bytes) -> None:
 
 def seeds() -> list[bytes]:
     """A starting input for every target: valid documents, frames and streams to mutate."""
+    from tests.sim.elf import module
     from tests.test_fuzz_formats import VALID_BYTES, VALID_STORED
 
     def seed(target, data: bytes) -> bytes:
@@ -263,6 +287,8 @@ def seeds() -> list[bytes]:
              + codec.compress(content, 3, content[:32])),
         seed(gzip_recipes, b"\x10" + gz), seed(gunzip_prefix, (300).to_bytes(4, "little") + b"\x20" + gz + gz),
         seed(path_rules, b"a/b/../c\na\tb/..\nb\t../x"),
+        seed(elf_tables_codec, b"\x00\x02\x00\x00" + (100).to_bytes(4, "little") + (300).to_bytes(4, "little")
+             + module(3, edits=2, rows=40)),
         seed(stick_names, b"\x10" + b"0123456789abcdef" + b"0123456789abcdef" * 4 + b"\n"),
         seed(stick_layout, b"".join(_stick_entry(*entry) for entry in (
             ("", "demo", 0), ("demo", "trust", 0), ("demo", "bundles", 0),

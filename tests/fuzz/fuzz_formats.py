@@ -102,8 +102,8 @@ def delta_decoder(data: bytes) -> None:
 
 def elf_tables_codec(data: bytes) -> None:
     """piece size, a base range, then a file's content (any bytes: a bundle's new content, a base
-    file that is not what its header says). Re-coding and back gives the same bytes; a device
-    rebuilds content of the file's size and cuts a base region of the range's."""
+    file that is not what its header says). Re-coding and back gives the same bytes, and so does
+    a device's rebuild re-coded again; a base region is cut at its range."""
     given = _Input(data)
     piece, start, length = 1 + given.number(1 << 12), given.number(1 << 12), given.number(1 << 12)
     content = given.data
@@ -117,7 +117,9 @@ def elf_tables_codec(data: bytes) -> None:
     for at in range(0, len(content), piece):
         rebuilder.feed(content[at:at + piece])
     rebuilder.finish()
-    assert len(b"".join(written)) == len(content)
+    rebuilt = bytearray(b"".join(written))
+    elf_tables.encode(rebuilt)  # decoding is the inverse on any bytes too: what the bundler could have sent
+    assert rebuilt == content
     pieces = [content[at:at + piece] for at in range(0, len(content), piece)]
     region = elf_tables.base_content(lambda: pieces.pop(0) if pieces else b"", start, start + length)
     assert region == recoded[start:start + length]

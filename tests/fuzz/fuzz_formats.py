@@ -112,16 +112,17 @@ def elf_tables_codec(data: bytes) -> None:
     restored = bytearray(recoded)
     elf_tables.decode(restored)
     assert restored == content and len(recoded) == len(content)
+    pieces = [content[at:at + piece] for at in range(0, len(content), piece)]
     written: list[bytes] = []
     rebuilder = elf_tables.Rebuilder(len(content), written.append)
-    for at in range(0, len(content), piece):
-        rebuilder.feed(content[at:at + piece])
+    for block in pieces:
+        rebuilder.feed(block)
     rebuilder.finish()
     rebuilt = bytearray(b"".join(written))
     elf_tables.encode(rebuilt)  # decoding is the inverse on any bytes too: what the bundler could have sent
     assert rebuilt == content
-    pieces = [content[at:at + piece] for at in range(0, len(content), piece)]
-    region = elf_tables.base_content(lambda: pieces.pop(0) if pieces else b"", start, start + length)
+    blocks = iter(pieces)
+    region = elf_tables.base_content(lambda: next(blocks, b""), start, start + length)
     assert region == recoded[start:start + length]
 
 

@@ -17,7 +17,7 @@ demo: $(STAMP)
 # The Debian tools the interop and real-filesystem tests use, as COMMAND:PACKAGE. `make test`
 # installs the missing ones first (as root), waiting for a dpkg lock another apt holds instead of
 # failing; under CI a test skipped for a missing tool fails the run (tests/conftest.py).
-TEST_TOOLS := minisign:minisign mkfs.vfat:dosfstools fsck.vfat:dosfstools fusefat:fusefat \
+TEST_TOOLS := minisign:minisign ostree:ostree mkfs.vfat:dosfstools fsck.vfat:dosfstools fusefat:fusefat \
 	fusermount:fuse mkfs.ext4:e2fsprogs mkfs.btrfs:btrfs-progs mkfs.xfs:xfsprogs losetup:mount \
 	script:bsdutils setpriv:util-linux runuser:util-linux mkfs.exfat:exfatprogs systemd-analyze:systemd \
 	grub-editenv:grub-common grub-mkstandalone:grub-common /usr/lib/grub/x86_64-efi/btrfs.mod:grub-efi-amd64-bin \

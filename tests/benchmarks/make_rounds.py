@@ -46,10 +46,9 @@ def measure(work: Path, make_command: list, bundle_out: Path, old: Path, new: Pa
             rounds: int = ROUNDS) -> list[dict]:
     """Times ``make_command`` (a `bundle make` writing ``bundle_out``) and ostree's delta of old ->
     new in turns, ``rounds`` times each, with ``timed(step, command, log_base, ok=...)``
-    (bench.run_timed, which raises when our make fails and with ``ok=None`` returns the exit code
-    of ostree's step). Returns one dict per round: who went
-    first, each tool's wall seconds and output bytes. Raises RuntimeError when an ostree step
-    fails; leaves no repository behind."""
+    (bench.run_timed: it raises when our make fails, and with ``ok=None`` returns ostree's exit
+    code). Returns one dict per round: who went first, each tool's wall seconds and output bytes.
+    Raises RuntimeError when an ostree step fails; leaves no repository behind."""
     work.mkdir(parents=True)
     repo = work / "ostree-repo"
     delta = work / "ostree-delta.bin"

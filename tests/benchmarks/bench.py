@@ -447,10 +447,11 @@ def render_report(results):
         "- The peers are run by `../shared/bench/peers.py`; a row marked FAILED failed or ran out of its time",
         f"  limit ({run.get('peer_limit_s') or 'peers.py default'} s per step) and is not counted as smallest.",
         "  Per-pair details and each peer's exact command follow the tables.",
-        f"- **make time against ostree**: where our single `bundle make` time and ostree's are within "
-        f"{make_rounds.CLOSE}x",
-        "  of each other, both are timed again in turns, "
-        f"{make_rounds.ROUNDS} times each, and the goal is held on the medians (see the pair).",
+        "- **make time against ostree**: where our single `bundle make` time and ostree's are within "
+        f"{make_rounds.CLOSE}x of",
+        f"  each other, both are timed again in turns, {make_rounds.ROUNDS} times each, and the goal is held on "
+        "the medians",
+        "  (see the pair).",
         "",
         "**What our bytes include that the peers' do not.** The per-file peers count only the delta files: no",
         "listing of paths, modes, owners, symlinks, hard links or removals, no checksums, no signature. Our",

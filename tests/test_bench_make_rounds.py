@@ -39,8 +39,8 @@ def test_rounds_take_turns_and_leave_nothing_behind(tmp_path, run_timed):
     rounds = make_rounds.measure(tmp_path / "work", ["cp", "-a", new, out], out, old, new, run_timed)
     assert [r["first"] for r in rounds] == ["ours", "ostree", "ours"]
     # the order they ran in: /usr/bin/time writes each step's report as the step ends
-    started = {log.stem: log.stat().st_mtime_ns for log in (tmp_path / "work").glob("*.time")}
-    assert [started[f"ours-{n}"] < started[f"ostree-{n}"] for n in (1, 2, 3)] == [True, False, True]
+    ended = {log.stem: log.stat().st_mtime_ns for log in (tmp_path / "work").glob("*.time")}
+    assert [ended[f"ours-{n}"] < ended[f"ostree-{n}"] for n in (1, 2, 3)] == [True, False, True]
     assert all(r["ours_bytes"] == 200_000 + 9 for r in rounds)
     assert all(r["ostree_s"] > 0 and r["ours_s"] >= 0 for r in rounds)
     assert len({r["ostree_bytes"] for r in rounds}) == 1 and rounds[0]["ostree_bytes"] > 0

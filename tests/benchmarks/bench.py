@@ -291,7 +291,7 @@ def rounds_text(results, pair):
         "machine, so both were timed again in turns on the same warm trees (ostree's repository committed once, not "
         "timed); the make-time goal is held on the medians.", width=110)]
     if not rounds.get("rounds"):
-        return lines + ["", f"Timing them in turns failed: {rounds['error']}"]
+        return lines + ["", f"Timing them again in turns failed: {rounds['error']}"]
     lines += ["", "| round | first | `bundle make` s | bytes | `ostree static-delta generate` s | bytes |",
               "|---:|---|---:|---:|---:|---:|"]
     for number, r in enumerate(rounds["rounds"], 1):

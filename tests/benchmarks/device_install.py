@@ -19,6 +19,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
+from tests.benchmarks.commands import run
 from tests.sim.grub_cabinet import HARDWARE, HEALTH, PRODUCT, GrubCabinet
 
 STAGED = 4  # on-insert's exit when it staged an update (agent/cli/install.py)
@@ -28,13 +29,6 @@ MOUNT_POINTS = ("pool", "var", "boot/efi")  # the cabinet's fstab (docs/DEVICE.m
 # Where provisioning puts the agent's configuration (tests/sim/grub_cabinet.py): a kernel pair's
 # trees have no etc/ of their own.
 FOLDERS = (*MOUNT_POINTS, "etc")
-
-
-def _run(*command) -> str:
-    result = subprocess.run([str(c) for c in command], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, command))} exited {result.returncode}: {result.stderr.strip()}")
-    return result.stdout
 
 
 def _stubs(folder: Path) -> Path:
@@ -51,7 +45,7 @@ def _stubs(folder: Path) -> Path:
 def _overlay(lower: list[Path], target: Path):
     """A read-only overlay of ``lower`` (the first wins) at ``target``."""
     target.mkdir(parents=True)
-    _run("mount", "-t", "overlay", "overlay", "-o", "ro,lowerdir=" + ":".join(map(str, lower)), target)
+    run("mount", "-t", "overlay", "overlay", "-o", "ro,lowerdir=" + ":".join(map(str, lower)), target)
     try:
         yield target
     finally:
@@ -90,8 +84,8 @@ def measure(work: Path, old: Path, new: Path, bundle: str, key: Path, root: Path
     image = work / "disk.img"
     with open(image, "wb") as handle:
         handle.truncate(disk)
-    _run("mkfs.btrfs", "-q", image)
-    device = _run("losetup", "--find", "--show", image).strip()
+    run("mkfs.btrfs", "-q", image)
+    device = run("losetup", "--find", "--show", image).strip()
     try:
         cabinet = GrubCabinet.lay_out(device, work / "cabinet", trust)
         try:
@@ -123,9 +117,9 @@ def _cabinet_floor(envs: Path, new: Path, changed: list[str], work: Path, timed)
     snapshot = envs / "floor"
     listing = work / "changed.list"
     listing.write_bytes(b"".join(os.fsencode(path) + b"\0" for path in changed))
-    _run("btrfs", "subvolume", "snapshot", envs / "env-1", snapshot)
+    run("btrfs", "subvolume", "snapshot", envs / "env-1", snapshot)
     try:
-        _run("sync")
+        run("sync")
         seconds = {
             "copy_s": timed("device install: floor: cp -a over a snapshot",
                             ["xargs", "-0", "-r", "-a", listing, "cp", "-a", "--remove-destination", "--parents",
@@ -136,7 +130,7 @@ def _cabinet_floor(envs: Path, new: Path, changed: list[str], work: Path, timed)
             "sync_s": timed("device install: floor: sync", ["sync"], str(work / "floor-sync"))["wall_s"],
         }
     finally:
-        _run("btrfs", "subvolume", "delete", snapshot)
+        run("btrfs", "subvolume", "delete", snapshot)
     return {**seconds, "floor_s": sum(seconds.values())}
 
 

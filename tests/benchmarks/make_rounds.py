@@ -14,8 +14,9 @@ options.
 """
 import shutil
 import statistics
-import subprocess
 from pathlib import Path
+
+from tests.benchmarks.commands import run
 
 CLOSE = 1.25  # the slower single sample at most this many times the faster one
 ROUNDS = 3
@@ -29,13 +30,6 @@ def close(ours_s: float, ostree_s: float) -> bool:
 def medians(rounds: list[dict]) -> tuple[float, float]:
     """The median wall seconds of ours and of ostree over ``rounds``."""
     return (statistics.median(r["ours_s"] for r in rounds), statistics.median(r["ostree_s"] for r in rounds))
-
-
-def _run(*command) -> str:
-    result = subprocess.run([str(c) for c in command], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, command))} exited {result.returncode}: {result.stderr.strip()}")
-    return result.stdout
 
 
 def _bytes(path: Path) -> int:
@@ -53,11 +47,11 @@ def measure(work: Path, make_command: list, bundle_out: Path, old: Path, new: Pa
     repo = work / "ostree-repo"
     delta = work / "ostree-delta.bin"
     try:
-        _run("ostree", f"--repo={repo}", "init", "--mode=archive")
+        run("ostree", f"--repo={repo}", "init", "--mode=archive")
         for tree, subject in ((old, "old"), (new, "new")):
-            _run("ostree", f"--repo={repo}", "commit", "-b", "main", f"--tree=dir={tree}", "-s", subject,
+            run("ostree", f"--repo={repo}", "commit", "-b", "main", f"--tree=dir={tree}", "-s", subject,
                  "--no-bindings")
-        commits = {rev: _run("ostree", f"--repo={repo}", "rev-parse", rev).strip() for rev in ("main^", "main")}
+        commits = {rev: run("ostree", f"--repo={repo}", "rev-parse", rev).strip() for rev in ("main^", "main")}
         generate = ["ostree", f"--repo={repo}", "static-delta", "generate", f"--from={commits['main^']}",
                     f"--to={commits['main']}", "--inline", "--min-fallback-size=0", f"--filename={delta}"]
         samples = []

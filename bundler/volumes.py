@@ -9,6 +9,11 @@ same bytes can be the best encoding of two chunks under two encodings - a file t
 the zstd frame stored for another file is best stored raw - so ``add`` refuses to store known
 bytes under another encoding, and the caller encodes that chunk another way
 (bundler/make.py, ``_store``).
+
+A volume is named by its SHA-256 too, and a name may be listed once. Distinct objects can still
+make two volumes of the same bytes (an incompressible file stored raw whose first volume-size
+bytes open another file as well), so a volume that repeats an earlier one is cut shorter, its
+tail carried into the next: the payload is the same, only its cuts move.
 """
 
 from __future__ import annotations
@@ -19,9 +24,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from agent.format import codec
-from agent.format.manifest import MAX_VOLUME_BYTES, StoredObject, Volume
-from keys.errors import Failed
+from agent.format.manifest import MAX_VOLUME_BYTES, MAX_VOLUMES, StoredObject, Volume
+from keys.errors import Failed, Refused
 from keys.files import write_all
+
+READ_BACK_BYTES = 1 << 20
+
+
+class TooManyVolumes(Refused):
+    """The payload does not fit the volumes a manifest may list at the size asked for."""
 
 
 class VolumeWriter:
@@ -38,6 +49,7 @@ class VolumeWriter:
         self._fd: int | None = None
         self._filled = 0
         self._hash = hashlib.sha256()
+        self._names: set[str] = set()
 
     def claim(self, object_id: str, encoding: str) -> bool | None:
         """Claims ``object_id`` for bytes stored under ``encoding``: True if it is new (the caller
@@ -77,7 +89,11 @@ class VolumeWriter:
     def _append(self, view: memoryview) -> None:
         while view:
             if self._fd is None:
-                self._fd = os.open(self.directory / ".current", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                if len(self.volumes) == MAX_VOLUMES:  # refused now, not once everything is encoded
+                    raise TooManyVolumes(f"the payload needs more than {MAX_VOLUMES} volumes of at most "
+                                         f"{self.volume_size} bytes (MAX_VOLUMES, docs/FORMAT.md \"Limits\")",
+                                         hint="choose a larger --volume-size")
+                self._fd = os.open(self.directory / ".current", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             room = self.volume_size - self._filled
             piece = view[:room]
             write_all(self._fd, piece)
@@ -98,15 +114,32 @@ class VolumeWriter:
             raise OSError(error.errno, error.strerror, str(self.directory / ".current")) from error
 
     def _finish_volume(self) -> None:
+        size, digest = self._filled, self._hash.hexdigest()
+        while f"{digest}.vol" in self._names:  # rare: never seen outside tests
+            size -= 1
+            if size == 0:
+                raise Failed(f"the payload cannot be cut into volumes of at most {self.volume_size} bytes that "
+                             "all differ", hint="choose a larger --volume-size")
+            digest = self._prefix_digest(size)
+        carried = os.pread(self._fd, self._filled - size, size)
+        os.ftruncate(self._fd, size)
         os.fsync(self._fd)
         os.close(self._fd)
-        digest = self._hash.hexdigest()
         name = f"{digest}.vol"
         os.rename(self.directory / ".current", self.directory / name)
-        self.volumes.append(Volume(name=name, size=self._filled, sha256=digest))
+        self._names.add(name)
+        self.volumes.append(Volume(name=name, size=size, sha256=digest))
         self._fd, self._filled, self._hash = None, 0, hashlib.sha256()
+        self._append(memoryview(carried))
+
+    def _prefix_digest(self, size: int) -> str:
+        """SHA-256 of the current volume's first ``size`` bytes, read back from its file."""
+        digest = hashlib.sha256()
+        for offset in range(0, size, READ_BACK_BYTES):
+            digest.update(os.pread(self._fd, min(READ_BACK_BYTES, size - offset), offset))
+        return digest.hexdigest()
 
     def close(self) -> None:
-        if self._fd is not None:
-            with self._named_errors():
+        with self._named_errors():
+            while self._fd is not None:  # a last volume cut short leaves its tail in another
                 self._finish_volume()

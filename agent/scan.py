@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from dataclasses import replace
-from typing import TYPE_CHECKING, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Container, Iterator, NamedTuple
 
 from agent.beneath import Beneath
 from agent.format.tree import DIR, EMPTY_SHA256, FILE, HARDLINK, SYMLINK, Entry, path_order
@@ -95,16 +95,20 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def _relative_paths(tree: Beneath, exclude: frozenset[str], foreign: list[str] | None
+def _relative_paths(tree: Beneath, exclude: frozenset[str], foreign: list[str] | None,
+                    mounts: list[str] | None, enter: Container[str] | None
                     ) -> Iterator[tuple[str, os.stat_result, str | None, int]]:
     """``(path, status, link target, directory fd)`` of everything in the tree; the descriptor
     is the entry's parent, valid until the next item. Directories are opened by descriptor
     beneath the tree's root, never through a symlink (T-STAGE-BENEATH). A name or a link target
-    that is not UTF-8 goes to ``foreign`` if given (not descended into), else is refused."""
-    yield ".", os.fstat(tree.fd), None, tree.fd
-    stack = [""]
+    that is not UTF-8 goes to ``foreign`` if given (not descended into), else is refused. A
+    directory on another filesystem than its parent's goes to ``mounts`` if given; with
+    ``enter`` given, it is left out unless ``enter`` holds it."""
+    root = os.fstat(tree.fd)
+    yield ".", root, None, tree.fd
+    stack = [("", root.st_dev)]
     while stack:
-        prefix = stack.pop()
+        prefix, device = stack.pop()
         with _named(tree, prefix):
             directory = tree.directory(prefix or ".")
         with directory:
@@ -130,14 +134,20 @@ def _relative_paths(tree: Beneath, exclude: frozenset[str], foreign: list[str] |
                     raise UnsupportedFile(f"{relative!r} is a symlink whose target {os.fsencode(target)!r} is not "
                                           "valid UTF-8", where=directory.where,
                                           hint="change the link: manifests carry UTF-8 link targets only")
+                if stat.S_ISDIR(info.st_mode) and info.st_dev != device:  # a mount point
+                    if mounts is not None:
+                        mounts.append(relative)
+                    if enter is not None and relative not in enter:
+                        continue
                 yield relative, info, target, directory.fd
                 if stat.S_ISDIR(info.st_mode):
-                    stack.append(relative)
+                    stack.append((relative, info.st_dev))
 
 
 def scan_tree(root: Path | Beneath, *, with_hashes: bool = True, exclude: tuple[str, ...] = (),
               hard_linked: set[str] | None = None, known: KnownHashes | None = None,
-              foreign: list[str] | None = None) -> list[Entry]:
+              foreign: list[str] | None = None, mounts: list[str] | None = None,
+              enter: Container[str] | None = None) -> list[Entry]:
     """Entries of the tree at ``root`` in listing order. Hard-linked files become one FILE entry
     (the first path in listing order) and HARDLINK entries pointing to it; ``hard_linked``, if
     given, receives the path of each FILE entry whose file has more than one link, wherever the
@@ -148,14 +158,18 @@ def scan_tree(root: Path | Beneath, *, with_hashes: bool = True, exclude: tuple[
     since it was hashed, is not read again (agent/known_hashes.py). ``foreign``, if given, receives
     the paths of FIFOs, sockets, device nodes and names or link targets that are not UTF-8 instead
     of a refusal: in a clone of a running environment, where a program made one, they are for the
-    apply to remove.
+    apply to remove. ``mounts``, if given, receives the paths of directories where another
+    filesystem is mounted (st_dev changes). Each is scanned like the rest, unless ``enter`` is
+    given and does not hold it: then it is neither listed nor entered. A running system has
+    filesystems mounted inside its environment (devices, temporary files, logs, a stick) that
+    no clone of the environment holds.
 
     Raises UnsupportedFile, EscapingPath, OSError from the filesystem.
     """
     if not isinstance(root, Beneath):
         with Beneath.open_root(Path(root), follow_root=True) as tree:
             return scan_tree(tree, with_hashes=with_hashes, exclude=exclude, hard_linked=hard_linked, known=known,
-                             foreign=foreign)
+                             foreign=foreign, mounts=mounts, enter=enter)
     found: list[list] = []  # [path, status, link target, SHA-256]
     hashing: deque[tuple[list, Future]] = deque()
 
@@ -165,7 +179,8 @@ def scan_tree(root: Path | Beneath, *, with_hashes: bool = True, exclude: tuple[
             item[3] = digest.result()
 
     with ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="scan-hash") as pool:
-        for relative, info, target, directory_fd in _relative_paths(root, frozenset(exclude), foreign):
+        walk = _relative_paths(root, frozenset(exclude), foreign, mounts, enter)
+        for relative, info, target, directory_fd in walk:
             found.append([relative, _Status.of(info), target, None])
             if stat.S_ISREG(info.st_mode) and with_hashes and info.st_size:
                 if known is not None and (digest := known.lookup(relative, info)) is not None:

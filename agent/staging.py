@@ -151,22 +151,36 @@ def _check_untouched(layout: Layout, untouched: dict[str, str], new: Beneath, ol
     disk). Only when it does not match is the running tree scanned too, because the running
     environment may itself differ from what was installed (a digest recorded over a layout
     since changed, a file the vendor's own tools edited), and that alone must not block an
-    update of something else."""
+    update of something else.
+
+    A running environment can have filesystems mounted inside it that its clone does not hold:
+    on bectl it is the live "/", with devfs, /tmp, log datasets and perhaps the stick. The
+    running tree is read only where the clone has a filesystem too, so those are left out of
+    both sides."""
     for name, installed_digest in sorted(untouched.items()):
         left_alone = layout.left_alone(name, names)
         path = layout.component_path(name)
+        mounted_in_clone: list[str] = []
         with new.directory(path) as clone:
-            cloned = _digest(clone, left_alone)
+            cloned = _digest(clone, left_alone, mounts=mounted_in_clone)
         if cloned == installed_digest:
             continue
+        mounted_running: list[str] = []
         with old.directory(path) as origin:
-            if cloned != _digest(origin, left_alone):
-                raise StagingError(f"the clone of {name} differs from the running environment",
-                                   hint="check the environments' filesystem")
+            running = _digest(origin, left_alone, mounts=mounted_running, enter=set(mounted_in_clone))
+        outside = tuple(m for m in mounted_running if m not in mounted_in_clone)
+        if outside:  # read again without them: both lists whole at once would hold twice the memory
+            with new.directory(path) as clone:
+                cloned = _digest(clone, left_alone + outside)
+        if cloned != running:
+            raise StagingError(f"the clone of {name} differs from the running environment",
+                               hint="check the environments' filesystem")
 
 
-def _digest(tree: Beneath, left_alone: tuple[str, ...]) -> str:
+def _digest(tree: Beneath, left_alone: tuple[str, ...], mounts: list[str] | None = None,
+            enter: set[str] | None = None) -> str:
     """The tree's digest, leaving out what no component carries and a program may have made in
     it (a socket, a FIFO, a name or link target that is not UTF-8): the same in the clone and
-    the running tree, and never a reason to refuse the update of another component."""
-    return tree_digest(scan_tree(tree, exclude=left_alone, foreign=[]))
+    the running tree, and never a reason to refuse the update of another component. ``mounts``
+    and ``enter`` as for scan_tree."""
+    return tree_digest(scan_tree(tree, exclude=left_alone, foreign=[], mounts=mounts, enter=enter))

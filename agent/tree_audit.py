@@ -97,7 +97,7 @@ def result_json(result: AuditResult) -> dict:
 
 def _empty(manifest_sha256: str | None, problem: str | None) -> dict:
     return {"manifest_sha256": manifest_sha256, "version": None, "sequence": None,
-            **result_json(AuditResult()), "problem": problem}
+            **result_json(AuditResult()), "other_filesystems": [], "problem": problem}
 
 
 def audit_environment(device, environment: str, *, check_owner: bool | None = None) -> dict:
@@ -161,16 +161,23 @@ def _audit_component(environment_path, layout, name: str, names: set[str], kept:
     tree = environment_path / layout.component_path(name)
     problem = None
     foreign: list[str] = []  # FIFOs, sockets, device nodes: no component carries one, so unexpected
+    mounts: list[str] = []
+    # The booted environment on bectl is the live "/", with devfs, /tmp, log datasets and perhaps
+    # the stick mounted in it. A filesystem mounted where the manifest lists nothing beneath is not
+    # the component's; one mounted over listed files (a deep boot environment's child dataset, or
+    # one that hides the files) is audited like the rest.
+    listed_beneath = {directory for entry in component.entries for directory in ancestors(entry.path)}
     if tree.is_symlink() or not tree.is_dir():
         actual = []  # everything is missing
         problem = None if not tree.exists() and not tree.is_symlink() else f"{tree} is not a directory"
     else:
         try:
-            actual = scan_tree(tree, exclude=exclude, foreign=foreign)
+            actual = scan_tree(tree, exclude=exclude, foreign=foreign, mounts=mounts, enter=listed_beneath)
         except (UpdateError, OSError) as error:  # an unreadable folder
             return {**_empty(kept.manifest_sha256, f"the tree cannot be scanned: {error}"),
                     "version": component.version, "sequence": component.sequence}
-    result = compare(component.entries, actual, exclude, check_owner=check_owner)
+    others = tuple(path for path in mounts if path not in listed_beneath)
+    result = compare(component.entries, actual, exclude + others, check_owner=check_owner)
     result.unexpected = sorted({*result.unexpected, *map(printable, foreign)})  # a name may not be UTF-8
     return {"manifest_sha256": kept.manifest_sha256, "version": component.version, "sequence": component.sequence,
-            **result_json(result), "problem": problem}
+            **result_json(result), "other_filesystems": _capped(sorted(others)), "problem": problem}

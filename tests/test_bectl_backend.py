@@ -6,7 +6,9 @@ command line with real directory trees; its header lists what it models and what
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,9 +16,12 @@ import pytest
 
 from agent.boot import BootError, open_backend
 from agent.boot.bectl import BectlBackend
+from agent.cli.technician import EXIT_NOT_CLEAN
 from agent.format.tree import tree_digest
 from agent.scan import scan_tree
 from tests.sim.device import BECTL_STANDIN as STANDIN, BEROOT, STAGED, Cabinet, World
+from tests.sim.disks import tmpfs_mounted
+from tests.sim.releases import write_release
 from tests.sim.tools import BIN
 
 
@@ -330,6 +335,34 @@ def test_install_trial_boot_and_commit(world, tmp_path, layout):
     assert tree_digest(platform_tree) == tree_digest(scan_tree(world.dir / "r2/platform"))
     refused = cabinet.agent("boot")  # the real loader chooses; `boot` is the dirs backend's
     assert refused.returncode == 1 and "bectl backend: the real boot loader chooses" in refused.stderr
+
+
+def test_filesystems_mounted_in_the_live_root_do_not_block_an_update_or_an_audit(world, tmp_path):
+    """The booted environment is the live "/", with filesystems mounted in it that a ZFS clone does
+    not hold (the stand-in clones with `cp -ax`). The platform drifted since it was installed (a
+    file the vendor's tool wrote), so staging a game compares the clone with the running tree:
+    /tmp's files must not count. Before, the update was refused ("the clone of platform differs
+    from the running environment"), and the audit listed /tmp's files as unexpected."""
+    game = world.dir / "fortune-wheel-only"
+    if not game.exists():
+        shutil.copytree(world.dir / "r2/games/fortune-wheel", game / "games/fortune-wheel")
+        write_release(game, {"game/fortune-wheel": ("1.0", 1)})
+        world.make("fortune-wheel-1", "fortune-wheel-only")
+    cabinet = Cabinet(world, tmp_path / "device", layout=LAYOUTS["platform-is-root"][0], backend="bectl")
+    cabinet.provision()
+    live = cabinet.standin / "rootfs"
+    (live / "etc/motd").write_text("set by the vendor's tool\n")
+    with tmpfs_mounted(live / "tmp"):
+        (live / "tmp/session").write_text("a program's temporary file\n")
+        audited = cabinet.agent("technician", "audit", "--json")
+        assert audited.returncode == EXIT_NOT_CLEAN, audited.stdout + audited.stderr  # etc/motd
+        platform = json.loads(audited.stdout)["components"]["platform"]
+        assert (platform["unexpected"], platform["other_filesystems"]) == (["etc/motd"], ["tmp"])
+        text = cabinet.agent("technician", "audit").stdout
+        assert "    unexpected etc/motd\n    not audited tmp (another filesystem is mounted there)\n" in text
+        result = cabinet.agent("install", world.bundles / "fortune-wheel-1")
+        assert result.returncode == STAGED, result.stdout + result.stderr
+        assert sorted(p.name for p in (cabinet.standin / "pool/env-2/tmp").iterdir()) == []
 
 
 def test_cancel_crash_and_failed_health_check_keep_the_old_default(cabinet, world):

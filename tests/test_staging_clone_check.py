@@ -16,6 +16,7 @@ from agent.apply import StagingError
 from agent.format.tree import tree_digest
 from agent.layout import Layout
 from agent.scan import scan_tree
+from tests.sim.disks import tmpfs_mounted
 from tests.sim.tools import make_unix_socket
 
 
@@ -79,3 +80,44 @@ def test_what_no_component_carries_never_blocks_the_update_of_another(environmen
     (new / "platform" / "motd").unlink()
     with pytest.raises(StagingError, match="clone of platform differs"):  # still compared, all the rest
         check(running, new, installed, chain)
+
+
+# --- filesystems mounted inside the running environment ---------------------------------------
+# On bectl the running environment is the live "/": devfs, /tmp, log datasets and a stick are
+# mounted inside it, and a ZFS clone holds none of them (the bectl stand-in's clone is `cp -ax`).
+
+
+def test_filesystems_mounted_in_the_running_tree_alone_are_not_compared(environments):
+    running, new, installed, chain = environments
+    for tree in (running, new):
+        (tree / "platform" / "motd").write_text("edited by the vendor's own tool\n")  # the check reads both
+        (tree / "platform" / "tmp").mkdir()
+    with tmpfs_mounted(running / "platform" / "tmp"):
+        (running / "platform" / "tmp" / "session").write_text("a program's temporary file\n")
+        (running / "platform" / "tmp" / "cache").mkdir()
+        scanned = []
+        real_scan = staging.scan_tree
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(staging, "scan_tree", lambda tree, **kw: scanned.append(kw) or real_scan(tree, **kw))
+            check(running, new, installed, chain)
+        # Read once more without the mount, never entered in the running tree.
+        assert [kw["exclude"] for kw in scanned] == [(), (), ("tmp",)] and scanned[1]["enter"] == set()
+        (new / "platform" / "motd").unlink()  # the rest is still compared
+        with pytest.raises(StagingError, match="clone of platform differs"):
+            check(running, new, installed, chain)
+
+
+def test_a_filesystem_mounted_in_both_trees_is_compared(environments):
+    """A filesystem the clone has too (a deep boot environment's child dataset, mounted by
+    `bectl mount`) is part of the environment: read on both sides, a difference refused."""
+    running, new, installed, chain = environments
+    for tree in (running, new):
+        (tree / "platform" / "motd").write_text("edited by the vendor's own tool\n")
+    with tmpfs_mounted(running / "platform" / "usr"), tmpfs_mounted(new / "platform" / "usr"):
+        for tree in (running, new):
+            (tree / "platform" / "usr" / "lib").mkdir()
+            (tree / "platform" / "usr" / "lib" / "libc.so").write_bytes(b"\x7fELF libc")
+        check(running, new, installed, chain)
+        (new / "platform" / "usr" / "lib" / "libc.so").write_bytes(b"\x7fELF libC")
+        with pytest.raises(StagingError, match="clone of platform differs"):
+            check(running, new, installed, chain)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.sim.disks import tmpfs_mounted
 from tests.sim.tools import debian_tools
 from click.testing import CliRunner
 
@@ -257,18 +258,8 @@ def test_the_listing_follows_no_symlink(world, tmp_path):
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A 1 MiB tmpfs: a stick that is too small for the 3 MiB bundle."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mount_point = tmp_path / "stick"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mount_point],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with tmpfs_mounted(tmp_path / "stick", "-o", "size=1m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", mount_point], check=True)
 
 
 def test_a_stick_short_of_space_is_refused_before_anything_is_written(cli, world, small_tmpfs):

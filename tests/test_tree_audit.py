@@ -13,6 +13,7 @@ from agent.device import Device
 from agent.format.tree import DIR, FILE, HARDLINK, SYMLINK, Entry
 from agent.tree_audit import Modified, audit_environment, compare
 from tests.sim.device import Cabinet
+from tests.sim.disks import tmpfs_mounted
 
 A = "a" * 64
 B = "b" * 64
@@ -158,6 +159,25 @@ def test_what_no_component_can_hold_is_unexpected_and_a_damaged_record_is_report
     (cabinet.dir / "state/environments/env-1.json").write_text("{")
     report = _audit(cabinet)
     assert "damaged" in report["problem"] and not report["clean"]
+
+
+def test_a_filesystem_mounted_over_nothing_signed_is_left_out_and_over_signed_files_is_audited(cabinet):
+    """A running system mounts filesystems inside its environment (on bectl it is the live "/"):
+    one where the manifest lists nothing beneath is not the component's, and is named, not
+    entered; one mounted over signed files hides them, so those are what the audit reports."""
+    platform = cabinet.dir / "envs/env-1/platform"
+    with tmpfs_mounted(platform / "var/log"), tmpfs_mounted(platform / "usr/share/doc"):
+        (platform / "var/log/messages").write_text("a log line\n")
+        (platform / "usr/share/doc/notes").write_text("not what the release signed\n")
+        report = _audit(cabinet)
+        component = report["components"]["platform"]
+        assert component["other_filesystems"] == ["var/log"]
+        assert _diff(report, "platform") == (["usr/share/doc/cabinet", "usr/share/doc/cabinet/changelog.gz"],
+                                             [{"path": "usr/share/doc", "what": ["mode"]}],
+                                             ["usr/share/doc/notes"], None)
+    (platform / "var/log").rmdir()  # its mount point, which the release does not list
+    (platform / "var").rmdir()
+    assert _audit(cabinet)["clean"]
 
 
 def test_a_missing_component_folder_lists_everything_missing(cabinet):

@@ -99,6 +99,8 @@ def audit_lines(audit: dict) -> list[str]:
             lines.append(f"    modified   {change['path']} ({', '.join(change['what'])})")
         for path in result["unexpected"]:
             lines.append(f"    unexpected {path}")
+        for path in result["other_filesystems"]:
+            lines.append(f"    not audited {path} (another filesystem is mounted there)")
         shown = sum(len(result[k]) for k in ("missing", "modified", "unexpected"))
         total = sum(result[k + "_count"] for k in ("missing", "modified", "unexpected"))
         if total > shown:

@@ -85,6 +85,22 @@ def loop_mounted(kind: str, size: int, directory: Path, *mkfs_options: str):
         image.unlink()
 
 
+@contextmanager
+def tmpfs_mounted(mount_point: Path, *options: str):
+    """A fresh tmpfs on ``mount_point`` (made if missing), unmounted again afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount_point.mkdir(parents=True, exist_ok=True)
+    mounted = _run("mount", "-t", "tmpfs", *options, "tmpfs", mount_point)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        unmounted = _run("umount", mount_point)
+        assert unmounted.returncode == 0, unmounted.stderr
+
+
 def fill(mounted: Mounted, leave: int) -> Path:
     """A ballast file (old logs, say) that leaves about ``leave`` bytes free; 0 means none at all."""
     ballast = mounted.path / "ballast"

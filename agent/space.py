@@ -14,16 +14,25 @@ from keys.errors import Refused
 
 
 def tree_usage(path: Path) -> tuple[int, int]:
-    """(bytes allocated, inodes) of a tree."""
+    """(bytes allocated, inodes) of a tree on its own filesystem: what a clone copies (``cp -x``)."""
     total = inodes = 0
+    device = os.stat(path).st_dev
     for directory, dirs, files in os.walk(path):
         inodes += len(dirs) + len(files)
+        dirs[:] = [name for name in dirs if _on(device, os.path.join(directory, name))]
         for name in files:
             try:
                 total += os.lstat(os.path.join(directory, name)).st_blocks * 512
             except OSError:
                 pass
     return total, inodes
+
+
+def _on(device: int, path: str) -> bool:
+    try:
+        return os.lstat(path).st_dev == device
+    except OSError:
+        return False
 
 
 def check_staging_space(device: Device, chosen: dict[str, list[Choice]], running: Path | None) -> None:

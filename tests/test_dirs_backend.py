@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from agent.boot import BootError, open_backend
+from agent.space import tree_usage
+from tests.sim.disks import tmpfs_mounted
 
 
 def test_names_are_never_made_twice(tmp_path):
@@ -26,6 +28,22 @@ def test_names_are_never_made_twice(tmp_path):
     boot.clone("env-1", "factory")  # not the agent's name: never pruned, no number recorded
     assert [(e.name, e.identity, e.made_by_agent) for e in boot.environments()] == [
         ("env-1", "env-1", True), ("factory", "factory", False)]
+
+
+def test_a_clone_holds_nothing_of_the_filesystems_mounted_in_its_source(tmp_path):
+    """A running environment may have filesystems mounted in it (a launcher's /tmp, /proc for a
+    chroot). Like a snapshot, the clone has their mount points, empty (agent/staging.py leaves
+    such mounts out of its check of the clone), and the space a clone needs leaves them out."""
+    boot = open_backend("dirs", {"root": "/envs"}, tmp_path)
+    boot.create_empty("env-1")
+    (boot.root / "env-1/etc").mkdir()
+    (boot.root / "env-1/etc/motd").write_text("welcome\n")
+    with tmpfs_mounted(boot.root / "env-1/tmp"):
+        (boot.root / "env-1/tmp/session").write_text("a program's temporary file\n")
+        clone = boot.clone("env-1", "env-2")
+        assert tree_usage(boot.root / "env-1")[1] == 3  # etc, etc/motd, tmp
+    assert (clone / "etc/motd").read_text() == "welcome\n"
+    assert list((clone / "tmp").iterdir()) == []
 
 
 @pytest.mark.parametrize("settings, message", [

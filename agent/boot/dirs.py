@@ -144,7 +144,9 @@ class DirsBackend(BootBackend):
         origin = self._check_name(source)
         path = self._reserve(name)
         crashpoint(f"clone {name}")
-        result = subprocess.run(["cp", "-a", "--reflink=auto", str(origin), str(path)], capture_output=True, text=True)
+        # -x: the environment, not what the running system mounted inside it (what a snapshot holds).
+        result = subprocess.run(["cp", "-a", "-x", "--reflink=auto", str(origin), str(path)], capture_output=True,
+                                text=True)
         if result.returncode != 0:
             shutil.rmtree(path, ignore_errors=True)
             raise BootError(self.name, f"cannot clone {source} to {name}: {result.stderr.strip()}",

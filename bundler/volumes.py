@@ -115,7 +115,7 @@ class VolumeWriter:
 
     def _finish_volume(self) -> None:
         size, digest = self._filled, self._hash.hexdigest()
-        while f"{digest}.vol" in self._names:  # rare: never seen outside tests
+        while f"{digest}.vol" in self._names:  # rare: distinct objects that line up into equal volumes
             size -= 1
             if size == 0:
                 raise Failed(f"the payload cannot be cut into volumes of at most {self.volume_size} bytes that "

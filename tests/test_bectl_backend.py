@@ -365,6 +365,21 @@ def test_filesystems_mounted_in_the_live_root_do_not_block_an_update_or_an_audit
         assert sorted(p.name for p in (cabinet.standin / "pool/env-2/tmp").iterdir()) == []
 
 
+def test_a_state_directory_on_the_booted_environments_own_dataset_is_refused(cabinet):
+    """There a clone would snapshot the journal ("pending: staging") into the trial it describes
+    (docs/BECTL.md). A dataset of its own mounted there is another filesystem, and is fine."""
+    cabinet.provision()
+    config = cabinet.dir / "agent.toml"
+    config.write_text(config.read_text().replace('state_dir = "/state"', 'state_dir = "/zfs/rootfs/var/db/agent"'))
+    for command in (("config", "check"), ("status",)):
+        result = cabinet.agent(*command)
+        assert result.returncode == 1, result.stdout + result.stderr  # BadConfig
+        assert f"state_dir {cabinet.standin}/rootfs/var/db/agent lies inside the boot environments" in result.stderr
+        assert "hint: keep the agent's state outside every environment" in result.stderr
+    with tmpfs_mounted(cabinet.standin / "rootfs/var/db/agent"):
+        cabinet.agent("config", "check", check=True)
+
+
 def test_cancel_crash_and_failed_health_check_keep_the_old_default(cabinet, world):
     cabinet.provision()
     before = tree_digest(scan_tree(cabinet.standin / "rootfs"))

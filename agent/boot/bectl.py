@@ -27,6 +27,7 @@ zone changes every identity: rollbacks to older environments are then refused, n
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -132,6 +133,23 @@ class BectlBackend(BootBackend):
         return next_agent_name([e.name for e in self.environments()])
 
     can_create_empty = False
+
+    def holds(self, path: Path) -> bool:
+        """On the booted environment's own dataset (the device of its mount point, "/"): a clone
+        would snapshot the agent's journal into the trial it describes. A deep boot environment's
+        child dataset is another device, like a dataset of its own, and is not told apart.
+        False when bectl cannot answer: the command that needs it reports that."""
+        try:
+            booted = self.booted()
+        except BootError:
+            return False
+        if booted is None or booted.path is None:
+            return False
+        resolved = Path(path).resolve()
+        if not resolved.is_relative_to(booted.path):
+            return False
+        existing = next(p for p in (resolved, *resolved.parents) if p.exists())
+        return os.stat(existing).st_dev == os.stat(booted.path).st_dev
 
     def clone_shares_blocks(self) -> bool:
         return True  # a ZFS clone shares every block with its origin until one is written

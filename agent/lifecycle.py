@@ -78,7 +78,11 @@ def _prune(device: Device, state: AgentState) -> None:
                        key=lambda e: e.identity in reachable)
     excess = len(environments) - device.config.keep
     for environment in removable[:max(0, excess)]:
-        device.backend.destroy(environment.name)
+        try:
+            device.backend.destroy(environment.name)
+        except UpdateError as error:  # the commit stands; the next commit tries again
+            device.audit.record("prune-failed", environment=environment.name, reason=error.message, hint=error.hint)
+            continue
         forget_environment(device.state_dir, environment.name)
         device.audit.record("pruned", environment=environment.name)
 

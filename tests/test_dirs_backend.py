@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from agent.boot import BootError, open_backend
 from agent.space import tree_usage
+from tests.sim.device import Cabinet, World
 from tests.sim.disks import tmpfs_mounted
 
 
@@ -44,6 +46,32 @@ def test_a_clone_holds_nothing_of_the_filesystems_mounted_in_its_source(tmp_path
         assert tree_usage(boot.root / "env-1")[1] == 3  # etc, etc/motd, tmp
     assert (clone / "etc/motd").read_text() == "welcome\n"
     assert list((clone / "tmp").iterdir()) == []
+
+
+def test_an_environment_with_a_filesystem_mounted_inside_is_not_destroyed_and_the_commit_stands(tmp_path):
+    """Removing it would empty that filesystem too (a launcher's data bound into an old
+    environment). Pruning leaves it, says why in the audit log, and the commit it follows stands."""
+    world = World(tmp_path / "world")
+    cabinet = Cabinet(world, tmp_path / "device")
+    cabinet.provision()
+    stick = world.stick(tmp_path / "stick", "d12")
+    for command in (("on-insert", stick), ("boot",), ("boot-check",), ("rollback",), ("boot",), ("on-insert", stick),
+                    ("boot",)):
+        cabinet.agent(*command, check=True)
+    assert cabinet.environments() == ["env-1", "env-2", "env-3"]
+    data = cabinet.dir / "envs/env-2/data"
+    with tmpfs_mounted(data):
+        (data / "credits").write_text("1200\n")
+        result = cabinet.agent("boot-check")  # commits env-3; keep = 2 would prune env-2, rolled back from
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert cabinet.status()["committed_environment"] == "env-3"
+        assert cabinet.environments() == ["env-1", "env-2", "env-3"] and (data / "credits").read_text() == "1200\n"
+        failed = [json.loads(line) for line in (cabinet.dir / "state/audit.log").read_text().splitlines()
+                  if '"prune-failed"' in line]
+        assert [(r["environment"], r["reason"]) for r in failed] == [
+            ("env-2", f"dirs backend: cannot destroy env-2: another filesystem is mounted at {data}")]
+    open_backend("dirs", {"root": "/envs"}, cabinet.dir).destroy("env-2")  # unmounted: it goes
+    assert cabinet.environments() == ["env-1", "env-3"]
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -18,6 +18,7 @@ content is never replaced by another environment's.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -179,6 +180,10 @@ class DirsBackend(BootBackend):
         if name in (record["default"], record["booted"]):
             raise BootError(self.name, f"environment {name} is booted or the default; it cannot be destroyed")
         path = self._check_name(name)
+        mounted = _mount_point_inside(path)
+        if mounted is not None:  # rmtree would empty that filesystem too: a launcher's data, say
+            raise BootError(self.name, f"cannot destroy {name}: another filesystem is mounted at {mounted}",
+                            hint=f"unmount it (umount {mounted}); the agent removes {name} the next time it prunes")
         if record["next_once"] == name:
             self.cancel_once()
         shutil.rmtree(path, ignore_errors=True)
@@ -207,3 +212,21 @@ class DirsBackend(BootBackend):
         record.pop("recovered", None)  # written back whole: the record is repaired
         self._save(record)  # durable before the choice is used: a crashing trial is never retried
         return self.get(choice)
+
+
+def _mount_point_inside(tree: Path) -> Path | None:
+    """The first folder inside ``tree`` on another filesystem than its parent's, if any."""
+    stack = [(tree, os.lstat(tree).st_dev)] if tree.is_dir() and not tree.is_symlink() else []
+    while stack:
+        folder, device = stack.pop()
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        inner = entry.stat(follow_symlinks=False).st_dev
+                        if inner != device:
+                            return Path(entry.path)
+                        stack.append((Path(entry.path), inner))
+        except OSError:
+            continue  # unreadable: rmtree cannot empty it either
+    return None

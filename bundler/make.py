@@ -40,6 +40,7 @@ from agent.format.manifest import (FORMAT, MAX_CHUNK_BYTES, MAX_ENTRIES, MAX_MAN
                                    store, stored_json)
 from agent.format.paths import PathError
 from agent.format.tree import FILE, SETUID_SETGID, Chunk, Entry, Prefix, tree_digest
+from agent.mounts import mount_points_inside
 from agent.progress import Progress
 from agent.scan import as_content, scan_tree
 from bundler import encoders
@@ -407,6 +408,7 @@ def make_bundle(release: Release, base: Release | None, keys: list[SecretKey], o
     shutil.rmtree(staging, ignore_errors=True)
     try:
         _create(staging)  # first: a parent that cannot take the bundle fails before hours of encoding
+        _refuse_other_filesystems(release, base)
         trees = _trees(release, base)
         before = {tree: stamps(tree) for tree in trees}
         plans = [_plan_component(c, b, options, progress) for c, b in _select_components(release, base, options)]
@@ -454,6 +456,21 @@ def _trees(release: Release, base: Release | None) -> list[Path]:
     """The folders the bundle is made from, each once (a nested component's is inside another's)."""
     paths = {c.path.resolve() for c in (*release.components.values(), *(base.components.values() if base else ()))}
     return sorted(p for p in paths if not any(p != q and p.is_relative_to(q) for q in paths))
+
+
+def _refuse_other_filesystems(release: Release, base: Release | None) -> None:
+    """A filesystem mounted inside a release or base tree would be read as the release's files: a
+    chroot's /proc left mounted after a build never ends, its /dev is refused file by file. A
+    component's own folder may be a mount point (another component nested in it, too)."""
+    roots = {c.path.resolve(): (what, c.name) for what, r in (("release", release), ("base", base)) if r
+             for c in r.components.values()}
+    for root, (what, name) in sorted(roots.items()):
+        for mounted in mount_points_inside(root):
+            if mounted.resolve() not in roots:
+                raise MakeRefused(f"another filesystem is mounted here, inside the {what} tree of component {name}",
+                                  where=mounted,
+                                  hint="unmount it (a chroot's /proc, /sys or /dev?), or copy what it holds into "
+                                       "the tree")
 
 
 def _refuse_output_inside_a_tree(out: Path, release: Release, base: Release | None) -> None:

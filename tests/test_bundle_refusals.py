@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from agent.format.bundle_dir import manifest_path
 from agent.format.manifest import Manifest
+from tests.sim.disks import tmpfs_mounted
 from tests.sim.releases import put, write_release
 
 
@@ -115,6 +117,28 @@ def test_output_is_never_overwritten(cli, trust, tmp_path):
     (tmp_path / "out").mkdir()
     result = _make(cli, trust, release, tmp_path / "out")
     assert result.returncode == 1 and "already exists" in result.stderr
+
+
+def test_a_filesystem_mounted_inside_a_tree_is_refused_before_it_is_read(cli, trust, tmp_path):
+    """A chroot's /proc left mounted after the release was built: read as files, it never ends.
+    A component's own folder may be a mount point."""
+    release = _release(tmp_path, game=True)
+    with tmpfs_mounted(_game(tmp_path)):
+        put(_game(tmp_path), "reels.dat", "reels")
+        proc = tmp_path / "r/platform/proc"
+        proc.mkdir()
+        mounted = subprocess.run(["mount", "-t", "proc", "proc", proc], capture_output=True, text=True)
+        assert mounted.returncode == 0, mounted.stderr
+        try:
+            result = _make(cli, trust, release, tmp_path / "out")
+        finally:
+            subprocess.run(["umount", proc], check=True)
+        assert result.returncode == 3, result.stdout + result.stderr
+        assert f"{proc}: another filesystem is mounted here, inside the release tree of component platform" \
+            in result.stderr
+        assert "hint: unmount it (a chroot's /proc, /sys or /dev?)" in result.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+        _make(cli, trust, release, tmp_path / "out", check=True)
 
 
 @pytest.mark.parametrize("text, message", [

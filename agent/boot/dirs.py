@@ -18,7 +18,6 @@ content is never replaced by another environment's.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from agent.boot.base import BootBackend, BootError, Environment, agent_number, next_agent_name
+from agent.mounts import mount_points_inside
 from agent.reflink import reflink
 from agent.system_root import under
 from keys.crashpoint import crashpoint
@@ -180,7 +180,7 @@ class DirsBackend(BootBackend):
         if name in (record["default"], record["booted"]):
             raise BootError(self.name, f"environment {name} is booted or the default; it cannot be destroyed")
         path = self._check_name(name)
-        mounted = _mount_point_inside(path)
+        mounted = next(mount_points_inside(path), None)
         if mounted is not None:  # rmtree would empty that filesystem too: a launcher's data, say
             raise BootError(self.name, f"cannot destroy {name}: another filesystem is mounted at {mounted}",
                             hint=f"unmount it (umount {mounted}); the agent removes {name} the next time it prunes")
@@ -212,21 +212,3 @@ class DirsBackend(BootBackend):
         record.pop("recovered", None)  # written back whole: the record is repaired
         self._save(record)  # durable before the choice is used: a crashing trial is never retried
         return self.get(choice)
-
-
-def _mount_point_inside(tree: Path) -> Path | None:
-    """The first folder inside ``tree`` on another filesystem than its parent's, if any."""
-    stack = [(tree, os.lstat(tree).st_dev)] if tree.is_dir() and not tree.is_symlink() else []
-    while stack:
-        folder, device = stack.pop()
-        try:
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        inner = entry.stat(follow_symlinks=False).st_dev
-                        if inner != device:
-                            return Path(entry.path)
-                        stack.append((Path(entry.path), inner))
-        except OSError:
-            continue  # unreadable: rmtree cannot empty it either
-    return None

@@ -18,6 +18,7 @@ from agent.format.manifest import Manifest
 from agent.format.tree import tree_digest
 from agent.payload import Payload
 from agent.scan import as_content, scan_tree
+from tests.sim.disks import tmpfs_mounted
 from tests.sim.releases import put, write_release
 
 RNG = random.Random(7)
@@ -327,3 +328,19 @@ def test_bundle_make_writes_no_format_it_cannot(cli, releases, trust, tmp_path):
     r1, _ = releases
     result = cli("bundle", "make", "--release", r1, "--key", trust.key("rel1"), "--out", tmp_path / "b", "--format", "4")
     assert result.returncode == 2 and "--format" in result.stderr and not (tmp_path / "b").exists()
+
+
+def test_verify_refuses_a_base_tree_with_a_filesystem_mounted_inside(cli, releases, bundles, trust, tmp_path):
+    """As bundle make refuses one: a chroot's /proc left mounted would be read as the base's files."""
+    r1, _ = releases
+    _, delta = bundles
+    base = tmp_path / "platform"
+    os.system(f"cp -a {r1.parent / 'platform'} {base}")
+    times = os.stat(base)
+    with tmpfs_mounted(base / "proc"):
+        result = cli("bundle", "verify", delta, "--root", trust.root, "--base", f"platform={base}")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert f"{base}/proc: another filesystem is mounted here, inside the base tree {base}" in result.stderr
+    (base / "proc").rmdir()
+    os.utime(base, ns=(times.st_atime_ns, times.st_mtime_ns))
+    cli("bundle", "verify", delta, "--root", trust.root, "--base", f"platform={base}", check=True)

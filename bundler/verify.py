@@ -17,7 +17,6 @@ from agent.known_hashes import KnownHashes
 from agent.format.bundle_dir import manifest_path
 from agent.format.tree import FILE, tree_digest
 from agent.medium import read_bundle
-from agent.mounts import mount_points_inside
 from agent.payload import Payload
 from agent.scan import as_content, scan_tree
 from agent.verify import VerifiedBundle, verify_bundle
@@ -86,9 +85,9 @@ def _tree_digest(tree: Path, policy: str) -> str:
     """The digest of ``tree`` as a component of ``policy`` lists it. Its listing is not kept: 40
     MiB at the entry limit, while the new tree is built. A filesystem mounted inside it is refused,
     as bundle make refuses one (a chroot's /proc never ends)."""
-    mounted = next(mount_points_inside(tree), None)
-    if mounted is not None:
-        raise Refused(f"another filesystem is mounted here, inside the base tree {tree}", where=mounted,
+    mounted: list[str] = []
+    entries = scan_tree(tree, mounts=mounted, enter=())  # the scan finds them: no second walk
+    if mounted:
+        raise Refused(f"another filesystem is mounted here, inside the base tree {tree}", where=tree / mounted[0],
                       hint="unmount it (a chroot's /proc, /sys or /dev?), or copy what it holds into the tree")
-    entries = scan_tree(tree)
     return tree_digest(as_content(entries) if policy == "content" else entries)

@@ -58,6 +58,7 @@ from keys.signing import sign
 from keys.strict_json import JSONShapeError
 from bundler.volumes import VolumeWriter
 from bundler.partial import partial_path, remove_stale_partials
+from bundler.xattrs import with_xattrs
 from bundler.workers import Counter, MemoryBudget, Workers
 
 # 8 MiB: the chunks in flight, their base regions and frames, and the results waiting to be
@@ -267,11 +268,33 @@ class _Plan:
     removed: tuple[str, ...] = ()
 
 
+def _check_xattrs(component: ReleaseComponent, entries: list[Entry], dropped: list[tuple[str, str]] | None) -> None:
+    """Refuses the component's files that have extended attributes, which no bundle carries
+    (bundler/xattrs.py); ``dropped``, if given, receives ``(component, path)`` of each instead."""
+    found = with_xattrs(component.path, entries)
+    if dropped is not None:
+        dropped.extend((component.name, path) for path, _ in found)
+        return
+    first = next(found, None)
+    if first is None:
+        return
+    path, names = first
+    more = sum(1 for _ in found)
+    others = f", and so do {more} more paths" if more > 1 else ", and so does 1 more path" if more else ""
+    raise MakeRefused(f"{path!r} of component {component.name} has extended attributes "
+                      f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}){others}; bundles do not "
+                      "carry them, so devices would install it without them", where=component.path,
+                      hint="remove them from the release tree (setfacl -b, setfattr -x NAME), or make the "
+                           "bundle with --drop-xattrs if the machines do without them or set them themselves "
+                           "(systemd-tmpfiles sets /var/log/journal's ACLs at boot)")
+
+
 def _plan_component(component: ReleaseComponent, base: ReleaseComponent | None, options: MakeOptions,
-                    progress: Progress | None = None) -> _Plan:
+                    progress: Progress | None = None, xattrs_dropped: list[tuple[str, str]] | None = None) -> _Plan:
     if progress is not None:  # hashing the trees: no total known, the bar shows the time it takes
         progress(f"scanning {component.name}", 0, 0)
     entries = _component_entries(component)
+    _check_xattrs(component, entries, xattrs_dropped)
     if base is None:
         plan_entries, jobs = [], {}
         for entry in entries:
@@ -384,9 +407,13 @@ def _select_components(release: Release, base: Release | None, options: MakeOpti
 
 
 def make_bundle(release: Release, base: Release | None, keys: list[SecretKey], out: Path,
-                options: MakeOptions = MakeOptions(), progress: Progress | None = None) -> Manifest:
+                options: MakeOptions = MakeOptions(), progress: Progress | None = None,
+                xattrs_dropped: list[tuple[str, str]] | None = None) -> Manifest:
     """Write a signed bundle directory at ``out`` (which must not exist). Returns its manifest.
     ``progress(step, done, total)`` hears how far planning and encoding are, from any thread.
+    A carried file, folder or link with extended attributes is refused (bundler/xattrs.py);
+    ``xattrs_dropped``, if given, receives ``(component, path)`` of each instead, and the bundle
+    is made without them.
 
     Raises MakeRefused, UnsupportedFile, Failed, OSError; on any error or interrupt nothing is left
     at ``out`` and no partial output beside it.
@@ -411,7 +438,8 @@ def make_bundle(release: Release, base: Release | None, keys: list[SecretKey], o
         _refuse_other_filesystems(release, base)
         trees = _trees(release, base)
         before = {tree: stamps(tree) for tree in trees}
-        plans = [_plan_component(c, b, options, progress) for c, b in _select_components(release, base, options)]
+        plans = [_plan_component(c, b, options, progress, xattrs_dropped)
+                 for c, b in _select_components(release, base, options)]
         _check_counts(plans, release)
         writer = VolumeWriter(staging / bundle_dir.PAYLOAD, options.volume_size)
         used: set[str] = set()

@@ -27,6 +27,9 @@ from keys.rotation import accept_chain
 from keys.signing import sign
 
 
+DROPPED_SHOWN = 20  # a build host's SELinux labels are on every file: the first few say enough
+
+
 def _pairs(values: tuple[str, ...], option: str, convert) -> dict:
     result = {}
     for value in values:
@@ -68,9 +71,12 @@ def _trusted_root(paths: tuple[Path, ...]):
 @click.option("--codecs", "codec_names", metavar="CODEC[,CODEC]",
               help="Use only these codecs: those the machines' agent has, as its refusal of a bundle lists them "
                    "(docs/FORMAT.md, \"Codecs\"). Default: every codec this bundler writes.")
+@click.option("--drop-xattrs", is_flag=True,
+              help="Make the bundle even though release files have extended attributes (ACLs, file capabilities, "
+                   "SELinux labels), which bundles do not carry; lists the paths that lose them.")
 @json_option
 def make(release_path, base_path, full, key_paths, passphrase_files, out, volume_size, level, threads, targets,
-         downgrades, format_version, codec_names, as_json):
+         downgrades, format_version, codec_names, drop_xattrs, as_json):
     """Make a signed full or delta bundle from release descriptions."""
     release = load_release(release_path)
     base = load_release(base_path) if base_path else None
@@ -80,8 +86,15 @@ def make(release_path, base_path, full, key_paths, passphrase_files, out, volume
                           format=format_version)
     if codec_names is not None:  # "a, b" as an agent prints its codecs, or "a,b"
         options = replace(options, codecs=frozenset(codec_names.replace(",", " ").split()))
+    dropped = [] if drop_xattrs else None
     with ProgressDisplay("make") as progress:
-        manifest = make_bundle(release, base, keys, out, options, progress)
+        manifest = make_bundle(release, base, keys, out, options, progress, dropped)
+    for component, path in (dropped or [])[:DROPPED_SHOWN]:
+        click.echo(f"warning: {path!r} of component {component} is carried without its extended attributes "
+                   "(--drop-xattrs)", err=True)
+    if len(dropped or ()) > DROPPED_SHOWN:
+        click.echo(f"warning: and {len(dropped) - DROPPED_SHOWN} more paths are carried without their extended "
+                   "attributes (--drop-xattrs)", err=True)
     # The base release is at hand: a file rewritten at a path it has counts as changed, not added.
     base_paths = {name: examine.tree_paths(c.path) for name, c in base.components.items()} if base else None
     report = summary(manifest, None, [k.id for k in keys], bundle_id=bundle_id(read_bundle(out).manifest_bytes),

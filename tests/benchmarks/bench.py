@@ -432,8 +432,10 @@ def render_report(results):
         "Both trees of a pair are read once before our steps and again before the peers', so every tool",
         "starts from a warm page cache.",
         "",
-        "- **bundle make**: `bundle make --release new.toml --base old.toml --key ... --out ...` (zstd level 19,",
-        "  default options; one component `platform` whose path is the whole tree). Apply: `bundle verify BUNDLE",
+        "- **bundle make**: `bundle make --release new.toml --base old.toml --key ... --out ... --drop-xattrs`",
+        "  (zstd level 19, default options; one component `platform` whose path is the whole tree;",
+        "  `--drop-xattrs`: the platform pair's `var/log/journal` has POSIX ACLs, which bundles do not carry and",
+        "  ostree does, a few bytes). Apply: `bundle verify BUNDLE",
         "  --root root.json --base platform=OLD --work-dir ...`, which checks the signatures and every stored",
         "  byte, builds the complete new tree from old plus the payload in a scratch directory with the device's",
         "  apply engine, and checks every entry of the new tree (SHA-256 of every file, modes, owners, links)",
@@ -805,7 +807,7 @@ class Bench:
         load_before = os.getloadavg()[0]
         make = run_timed(f"{name}: bundle make",
                          [self.bundle, "make", "--release", f"{d}/new.toml", "--base", f"{d}/old.toml",
-                          "--key", key, "--out", bundle_dir], os.path.join(d, "make"))
+                          "--key", key, "--out", bundle_dir, "--drop-xattrs"], os.path.join(d, "make"))
         load_after = os.getloadavg()[0]
         apply_dir = os.path.join(d, "apply")
         os.makedirs(apply_dir)
@@ -954,8 +956,8 @@ class Bench:
         try:
             return {"rounds": make_rounds.measure(
                 d / "rounds", [self.bundle, "make", "--release", d / "new.toml", "--base", d / "old.toml", "--key",
-                               key, "--out", d / "rounds" / "bundle"], d / "rounds" / "bundle", Path(old),
-                Path(new), run_timed)}
+                               key, "--out", d / "rounds" / "bundle", "--drop-xattrs"], d / "rounds" / "bundle",
+                Path(old), Path(new), run_timed)}
         except RuntimeError as e:
             log(f"warning: {pair}: {e}")
             return {"error": str(e)}

@@ -72,10 +72,11 @@ def measure(work: Path, old: Path, new: Path, bundle: str, key: Path, root: Path
         old_release = _release(work / "old.toml", old_tree, 1)
         new_release = _release(work / "new.toml", new_tree, 2)
         timed("device install: bundle make (full bundle of old, to provision)",
-              [bundle, "make", "--release", old_release, "--key", key, "--out", full, "--level", "3"],
+              [bundle, "make", "--release", old_release, "--key", key, "--out", full, "--level", "3", "--drop-xattrs"],
               str(work / "make-full"))
         timed("device install: bundle make (the delta, from the trees with the stand-ins)",
-              [bundle, "make", "--release", new_release, "--base", old_release, "--key", key, "--out", delta],
+              [bundle, "make", "--release", new_release, "--base", old_release, "--key", key, "--out", delta,
+               "--drop-xattrs"],
               str(work / "make-delta"))
         disk = sum(_tree_bytes(tree) for tree in (old, new)) + (1 << 30)
     stick.mkdir()

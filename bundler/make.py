@@ -58,6 +58,7 @@ from keys.signing import sign
 from keys.strict_json import JSONShapeError
 from bundler.volumes import VolumeWriter
 from bundler.partial import partial_path, remove_stale_partials
+from bundler.key_files import secret_key_files
 from bundler.xattrs import with_xattrs
 from bundler.workers import Counter, MemoryBudget, Workers
 
@@ -289,12 +290,25 @@ def _check_xattrs(component: ReleaseComponent, entries: list[Entry], dropped: li
                            "(systemd-tmpfiles sets /var/log/journal's ACLs at boot)")
 
 
+def _refuse_secret_keys(component: ReleaseComponent, entries: list[Entry]) -> None:
+    """A secret key in the tree would be on every machine: whoever opens one could sign bundles
+    (bundler/key_files.py)."""
+    path = next(secret_key_files(component.path, entries), None)
+    if path is not None:
+        raise MakeRefused(f"{path!r} of component {component.name} is a secret signing key; a bundle would put "
+                          "it on every machine, where whoever reads it could sign bundles", where=component.path,
+                          hint="move it out of the release tree: secret keys stay on the signing machine (if a "
+                               "bundle ever carried it, rotate it out: docs/TRUST.md, \"Rotating after a lost or "
+                               "stolen key\")")
+
+
 def _plan_component(component: ReleaseComponent, base: ReleaseComponent | None, options: MakeOptions,
                     progress: Progress | None = None, xattrs_dropped: list[tuple[str, str]] | None = None) -> _Plan:
     if progress is not None:  # hashing the trees: no total known, the bar shows the time it takes
         progress(f"scanning {component.name}", 0, 0)
     entries = _component_entries(component)
     _check_xattrs(component, entries, xattrs_dropped)
+    _refuse_secret_keys(component, entries)
     if base is None:
         plan_entries, jobs = [], {}
         for entry in entries:

@@ -307,8 +307,8 @@ def _plan_component(component: ReleaseComponent, base: ReleaseComponent | None, 
     if progress is not None:  # hashing the trees: no total known, the bar shows the time it takes
         progress(f"scanning {component.name}", 0, 0)
     entries = _component_entries(component)
-    _check_xattrs(component, entries, xattrs_dropped)
     _refuse_secret_keys(component, entries)
+    _check_xattrs(component, entries, xattrs_dropped)
     if base is None:
         plan_entries, jobs = [], {}
         for entry in entries:
@@ -425,9 +425,10 @@ def make_bundle(release: Release, base: Release | None, keys: list[SecretKey], o
                 xattrs_dropped: list[tuple[str, str]] | None = None) -> Manifest:
     """Write a signed bundle directory at ``out`` (which must not exist). Returns its manifest.
     ``progress(step, done, total)`` hears how far planning and encoding are, from any thread.
-    A carried file, folder or link with extended attributes is refused (bundler/xattrs.py);
-    ``xattrs_dropped``, if given, receives ``(component, path)`` of each instead, and the bundle
-    is made without them.
+    A carried tree holding a secret key file is refused (bundler/key_files.py), and so is a
+    carried file, folder or link with extended attributes (bundler/xattrs.py), unless
+    ``xattrs_dropped`` is given: it receives ``(component, path)`` of each, and the bundle is
+    made without them.
 
     Raises MakeRefused, UnsupportedFile, Failed, OSError; on any error or interrupt nothing is left
     at ``out`` and no partial output beside it.

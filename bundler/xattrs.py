@@ -19,7 +19,7 @@ from agent.format.tree import HARDLINK, Entry
 
 # Python has no listxattr where the kernel has no Linux-style extended attributes (FreeBSD's
 # extattr and NFSv4 ACLs, macOS): there make cannot see them (docs/OPERATOR.md says so).
-CAN_LIST = hasattr(os, "listxattr")
+_CAN_LIST = hasattr(os, "listxattr")
 _UNSUPPORTED = {errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
@@ -27,7 +27,7 @@ def with_xattrs(root: Path, entries: Iterable[Entry]) -> Iterator[tuple[str, lis
     """``(path, attribute names)`` of each entry of the tree at ``root`` that has extended
     attributes, in listing order. A hard link is its file's inode: listed under the file only.
     Nothing is yielded where they cannot be listed. Raises OSError naming the path."""
-    if not CAN_LIST:
+    if not _CAN_LIST:
         return
     for entry in entries:
         if entry.type == HARDLINK:

@@ -11,6 +11,9 @@ import os
 from pathlib import Path
 from typing import Iterator
 
+# What to do about one inside a tree the bundler reads (bundle make, bundle verify --base).
+UNMOUNT_HINT = "unmount it (a chroot's /proc, /sys or /dev?), or copy what it holds into the tree"
+
 
 def mount_points_inside(tree: Path) -> Iterator[Path]:
     """Each folder beneath ``tree`` on another filesystem than its parent's (its device number

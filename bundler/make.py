@@ -40,7 +40,7 @@ from agent.format.manifest import (FORMAT, MAX_CHUNK_BYTES, MAX_ENTRIES, MAX_MAN
                                    store, stored_json)
 from agent.format.paths import PathError
 from agent.format.tree import FILE, SETUID_SETGID, Chunk, Entry, Prefix, tree_digest
-from agent.mounts import mount_points_inside
+from agent.mounts import UNMOUNT_HINT, mount_points_inside
 from agent.progress import Progress
 from agent.scan import as_content, scan_tree
 from bundler import encoders
@@ -511,9 +511,7 @@ def _refuse_other_filesystems(release: Release, base: Release | None) -> None:
         for mounted in mount_points_inside(root):
             if mounted.resolve() not in roots:
                 raise MakeRefused(f"another filesystem is mounted here, inside the {what} tree of component {name}",
-                                  where=mounted,
-                                  hint="unmount it (a chroot's /proc, /sys or /dev?), or copy what it holds into "
-                                       "the tree")
+                                  where=mounted, hint=UNMOUNT_HINT)
 
 
 def _refuse_output_inside_a_tree(out: Path, release: Release, base: Release | None) -> None:

@@ -17,6 +17,7 @@ from agent.known_hashes import KnownHashes
 from agent.format.bundle_dir import manifest_path
 from agent.format.tree import FILE, tree_digest
 from agent.medium import read_bundle
+from agent.mounts import UNMOUNT_HINT
 from agent.payload import Payload
 from agent.scan import as_content, scan_tree
 from agent.verify import VerifiedBundle, verify_bundle
@@ -89,5 +90,5 @@ def _tree_digest(tree: Path, policy: str) -> str:
     entries = scan_tree(tree, mounts=mounted, enter=())  # the scan finds them: no second walk
     if mounted:
         raise Refused(f"another filesystem is mounted here, inside the base tree {tree}", where=tree / mounted[0],
-                      hint="unmount it (a chroot's /proc, /sys or /dev?), or copy what it holds into the tree")
+                      hint=UNMOUNT_HINT)
     return tree_digest(as_content(entries) if policy == "content" else entries)

@@ -7,6 +7,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -335,7 +336,7 @@ def test_verify_refuses_a_base_tree_with_a_filesystem_mounted_inside(cli, releas
     r1, _ = releases
     _, delta = bundles
     base = tmp_path / "platform"
-    os.system(f"cp -a {r1.parent / 'platform'} {base}")
+    subprocess.run(["cp", "-a", r1.parent / "platform", base], check=True)
     times = os.stat(base)
     with tmpfs_mounted(base / "proc"):
         result = cli("bundle", "verify", delta, "--root", trust.root, "--base", f"platform={base}")
